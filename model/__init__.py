@@ -1,0 +1,1 @@
+"""onebyte.model: seeded perturbations, the zeroth-order step, fused replay, loading."""

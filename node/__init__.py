@@ -1,0 +1,1 @@
+"""onebyte.node: the daemon shell (transport, worker, log, status, CLI)."""

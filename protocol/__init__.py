@@ -1,0 +1,1 @@
+"""onebyte.protocol: the sans-IO gossip engine and its wire format."""
