@@ -1,0 +1,223 @@
+"""The node config (`node.toml`): where a daemon listens, whom it knows, where it keeps state.
+
+Every field, its default and its meaning is in docs/config.md; this module is the
+validator. Errors name the file, the field and the fix, in one line. Relative paths
+resolve against the config file's directory; `$VARS` in paths are expanded (so a
+systemd unit can point `key` at `$CREDENTIALS_DIRECTORY/node.key`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+Addr = tuple[str, int]
+
+DEFAULT_PORT = 7470
+
+# field -> (default, description). The single source for validation and docs/config.md.
+NODE_FIELDS: dict[str, tuple[Any, str]] = {
+    "listen": ("0.0.0.0:7470", 'UDP address to bind, "host:port" or "[v6]:port"; port 0 picks a free port'),
+    "peers": ([], 'bootstrap peers, a list of "host:port"'),
+    "genesis": (None, "path to the genesis TOML (required)"),
+    "key": (None, "path to the node key written by `onebyte keygen` (required)"),
+    "state_dir": (None, "directory for the update log and snapshots (required)"),
+    "status_socket": ("", "Unix socket path; default $RUNTIME_DIRECTORY/status.sock, else <state_dir>/status.sock"),
+    "model": ("", "model spec overriding the genesis base_model (e.g. a local copy); must hash to base_model_hash"),
+    "device": ("cpu", 'torch device of the worker: "cpu", "cuda" or "cuda:N"'),
+    "data": ("", "training data (file or built-in task name); default: the genesis [task] data"),
+    "batch_size": (8, "examples per local step (per loss evaluation)"),
+    "max_steps": (0, "stop producing own updates after this many own steps (0 = unlimited); the node keeps replaying"),
+    "step_interval_s": (0.0, "minimum seconds between own steps (also capped by the genesis rate cap)"),
+    "eval_every": (0, "evaluate every N own steps (0 = never)"),
+    "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
+    "eval_examples": (256, "examples of eval_data used per evaluation"),
+    "snapshot_every": (2000, "write a snapshot after this many newly applied updates (0 = only at shutdown)"),
+    "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
+    "seed": (0, "seed of the local batch sampler (mixed with the node id)"),
+    "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
+    "max_backlog": (1_000_000, "replay backlog (updates) above which the node stops producing own updates"),
+    "log_level": ("info", "debug, info, warning or error"),
+}
+REQUIRED = ("genesis", "key", "state_dir")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    genesis: Path
+    key: Path
+    state_dir: Path
+    listen: Addr = ("0.0.0.0", DEFAULT_PORT)
+    peers: tuple[Addr, ...] = ()
+    status_socket: Path | None = None
+    model: str = ""
+    device: str = "cpu"
+    data: str = ""
+    batch_size: int = 8
+    max_steps: int = 0
+    step_interval_s: float = 0.0
+    eval_every: int = 0
+    eval_data: str = ""
+    eval_examples: int = 256
+    snapshot_every: int = 2000
+    fsync: bool = True
+    seed: int = 0
+    threads: int = 0
+    max_backlog: int = 1_000_000
+    log_level: str = "info"
+    protocol: dict = field(default_factory=dict)  # [protocol] overrides of ProtocolConfig tuning
+    path: Path | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        if self.status_socket is not None:
+            return self.status_socket
+        rt = os.environ.get("RUNTIME_DIRECTORY")
+        if rt:
+            return Path(rt.split(":")[0]) / "status.sock"
+        return self.state_dir / "status.sock"
+
+
+def parse_addr(text: Any, where: str, allow_port0: bool) -> Addr:
+    """"host:port" or "[v6]:port" -> (host, port). Hostnames are kept (resolved at start)."""
+    hint = f'{where}: expected "host:port" or "[ipv6]:port" (e.g. "127.0.0.1:{DEFAULT_PORT}"), got {text!r}'
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(hint)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1:end + 2] != ":":
+            raise ConfigError(hint)
+        host, port_s = text[1:end], text[end + 2:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not an IPv6 address") from None
+    else:
+        host, _, port_s = text.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"{where}: put IPv6 addresses in brackets, e.g. \"[{host}]:{port_s}\"")
+    if not host or not port_s.isdigit():
+        raise ConfigError(hint)
+    port = int(port_s)
+    lo = 0 if allow_port0 else 1
+    if not lo <= port <= 65535:
+        raise ConfigError(f"{where}: port must be in {lo}..65535, got {port}")
+    return host, port
+
+
+def format_addr(addr: Addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _path(v: Any, where: str, base: Path) -> Path:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{where}: expected a non-empty path string, got {v!r}")
+    p = Path(os.path.expanduser(os.path.expandvars(v)))
+    return p if p.is_absolute() else base / p
+
+
+def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
+    where = f"config {path}" if path else "config"
+    base = path.parent if path else Path.cwd()
+    extra = set(data) - {"node", "protocol"}
+    if extra:
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(extra))}; "
+                          "a node config has [node] and optionally [protocol]")
+    node = data.get("node")
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: missing [node] table (see docs/config.md or systemd/node.example.toml)")
+    for k in node:
+        if k not in NODE_FIELDS:
+            raise ConfigError(f"{where}: unknown field [node] {k}; known: {', '.join(NODE_FIELDS)}")
+    for k in REQUIRED:
+        if k not in node:
+            raise ConfigError(f"{where}: missing required field [node] {k} ({NODE_FIELDS[k][1]})")
+
+    def get(k: str, typ: type | tuple):
+        v = node.get(k, NODE_FIELDS[k][0])
+        ok = isinstance(v, typ) and not (isinstance(v, bool) and typ is not bool)
+        if not ok:
+            want = typ.__name__ if isinstance(typ, type) else "number"
+            raise ConfigError(f"{where}: [node] {k} must be a {want}, got {v!r}")
+        return v
+
+    def nonneg(k: str, typ=int):
+        v = get(k, typ)
+        if v < 0:
+            raise ConfigError(f"{where}: [node] {k} must be >= 0, got {v}")
+        return v
+
+    listen = parse_addr(get("listen", str), f"{where}: [node] listen", allow_port0=True)
+    peers_raw = get("peers", list)
+    peers = tuple(parse_addr(p, f"{where}: [node] peers[{i}]", allow_port0=False)
+                  for i, p in enumerate(peers_raw))
+    device = get("device", str)
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f'{where}: [node] device must be "cpu", "cuda" or "cuda:N", got {device!r}')
+    batch_size = get("batch_size", int)
+    if batch_size < 1:
+        raise ConfigError(f"{where}: [node] batch_size must be >= 1, got {batch_size}")
+    level = get("log_level", str).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{where}: [node] log_level must be debug, info, warning or error, got {level!r}")
+    sock = get("status_socket", str)
+    protocol = data.get("protocol", {})
+    if not isinstance(protocol, dict):
+        raise ConfigError(f"{where}: [protocol] must be a table")
+    return NodeConfig(
+        genesis=_path(node["genesis"], f"{where}: [node] genesis", base),
+        key=_path(node["key"], f"{where}: [node] key", base),
+        state_dir=_path(node["state_dir"], f"{where}: [node] state_dir", base),
+        listen=listen,
+        peers=peers,
+        status_socket=_path(sock, f"{where}: [node] status_socket", base) if sock else None,
+        model=get("model", str),
+        device=device,
+        data=_maybe_path(get("data", str), base),
+        batch_size=batch_size,
+        max_steps=nonneg("max_steps"),
+        step_interval_s=float(nonneg("step_interval_s", (int, float))),
+        eval_every=nonneg("eval_every"),
+        eval_data=_maybe_path(get("eval_data", str), base),
+        eval_examples=max(1, nonneg("eval_examples")),
+        snapshot_every=nonneg("snapshot_every"),
+        fsync=get("fsync", bool),
+        seed=get("seed", int),
+        threads=nonneg("threads"),
+        max_backlog=max(1, nonneg("max_backlog")),
+        log_level=level,
+        protocol=dict(protocol),
+        path=path,
+    )
+
+
+def _maybe_path(v: str, base: Path) -> str:
+    """Data may be a built-in task name or a file; resolve it only if it names a file."""
+    if not v:
+        return v
+    p = Path(os.path.expanduser(os.path.expandvars(v)))
+    if not p.is_absolute() and (base / p).exists():
+        return str(base / p)
+    return str(p) if p.exists() else v
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (see systemd/node.example.toml)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(data, path.resolve())

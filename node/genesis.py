@@ -1,0 +1,218 @@
+"""The genesis: the immutable swarm definition, and the swarm id derived from it.
+
+A genesis is a TOML file with three tables:
+
+    [swarm]  name, protocol_version, admission, members, rate caps, record size,
+             base_model (spec string) and base_model_hash
+    [hyper]  the fields of onebyte.model.Hyper (every one written out by `onebyte init`)
+    [task]   the task spec handed to onebyte.model's task loader
+
+The swarm id is blake2b-256 over the *canonical bytes* of the parsed genesis: JSON
+with sorted keys, no whitespace, ASCII only. Parsing first means comments, key
+order and TOML formatting do not change the id; any change of a value does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+GENESIS_TABLES = ("swarm", "hyper", "task")
+
+# [swarm] fields, their types and defaults. Rate caps and record sizes are swarm-wide
+# (every receiver enforces them), so they live here and not in the per-node config.
+SWARM_DEFAULTS: dict[str, Any] = {
+    "name": "onebyte",
+    "protocol_version": 1,
+    "admission": "open",           # "open": any key may publish; "closed": only `members`
+    "members": [],                 # hex Ed25519 public keys (closed admission)
+    "max_updates_per_s_per_origin": 50.0,  # receivers drop records above this rate
+    "updates_per_record": 32,      # updates sealed into one signed record
+    "record_linger_s": 0.25,       # seal a partial record after this long
+    "base_model": "tiny",          # model spec (see docs/config.md)
+    "base_model_hash": "",         # blake2b-256 of the base weights, hex
+}
+_SWARM_REQUIRED = ("base_model", "base_model_hash")
+
+
+def canonical_bytes(parsed: dict) -> bytes:
+    """The bytes the swarm id hashes: sorted-key compact JSON of the parsed genesis."""
+    try:
+        return json.dumps(parsed, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True, allow_nan=False).encode("ascii")
+    except (TypeError, ValueError) as exc:  # datetimes, NaN: not allowed in a genesis
+        raise ConfigError(f"genesis: value not allowed in a genesis ({exc}); use strings, "
+                          "numbers, booleans, lists and tables only") from None
+
+
+def compute_swarm_id(parsed: dict) -> bytes:
+    return hashlib.blake2b(canonical_bytes(parsed), digest_size=32).digest()
+
+
+@dataclass(frozen=True)
+class Genesis:
+    swarm: dict
+    hyper: dict
+    task: dict
+    swarm_id: bytes
+    path: Path | None = None
+
+    @property
+    def parsed(self) -> dict:
+        return {"swarm": self.swarm, "hyper": self.hyper, "task": self.task}
+
+    def to_toml(self) -> str:
+        return dump_toml(self.parsed)
+
+    def make_hyper(self):
+        """onebyte.model.Hyper from [hyper]; unknown fields are a config error."""
+        from onebyte.model import Hyper  # imported late: torch is heavy
+        known = {f.name for f in dataclasses.fields(Hyper)}
+        unknown = sorted(set(self.hyper) - known)
+        if unknown:
+            raise ConfigError(f"genesis [hyper]: unknown field(s) {', '.join(unknown)}; "
+                              f"known fields: {', '.join(sorted(known))}")
+        try:
+            return Hyper(**self.hyper)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"genesis [hyper]: {exc}") from None
+
+    def member_keys(self) -> frozenset[bytes]:
+        return frozenset(bytes.fromhex(m) for m in self.swarm.get("members", []))
+
+
+def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
+    """Validate a parsed genesis dict; every problem names the field."""
+    for table in data:
+        if table not in GENESIS_TABLES:
+            raise ConfigError(f"{where}: unknown table [{table}]; a genesis has "
+                              f"[swarm], [hyper] and [task]")
+    swarm = data.get("swarm")
+    if not isinstance(swarm, dict):
+        raise ConfigError(f"{where}: missing [swarm] table; create one with `onebyte init`")
+    for key in swarm:
+        if key not in SWARM_DEFAULTS:
+            raise ConfigError(f"{where}: unknown field [swarm] {key}; known fields: "
+                              f"{', '.join(SWARM_DEFAULTS)}")
+    for key in _SWARM_REQUIRED:
+        if key not in swarm:
+            raise ConfigError(f"{where}: missing [swarm] {key}; `onebyte init` writes it")
+    _check_type(where, "swarm", swarm, "name", str)
+    _check_type(where, "swarm", swarm, "protocol_version", int)
+    _check_type(where, "swarm", swarm, "base_model", str)
+    _check_type(where, "swarm", swarm, "base_model_hash", str)
+    _check_type(where, "swarm", swarm, "updates_per_record", int)
+    for f in ("max_updates_per_s_per_origin", "record_linger_s"):
+        _check_type(where, "swarm", swarm, f, (int, float))
+        if f in swarm and not (math.isfinite(swarm[f]) and swarm[f] > 0):
+            raise ConfigError(f"{where}: [swarm] {f} must be a positive number")
+    if swarm.get("admission", "open") not in ("open", "closed"):
+        raise ConfigError(f'{where}: [swarm] admission must be "open" or "closed", '
+                          f"got {swarm.get('admission')!r}")
+    members = swarm.get("members", [])
+    if not isinstance(members, list) or not all(_is_hex_key(m) for m in members):
+        raise ConfigError(f"{where}: [swarm] members must be a list of hex Ed25519 public "
+                          "keys (64 hex digits each; `onebyte keygen` prints one)")
+    if swarm.get("admission") == "closed" and not members:
+        raise ConfigError(f'{where}: [swarm] admission = "closed" needs at least one member key')
+    h = swarm["base_model_hash"]
+    if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        raise ConfigError(f"{where}: [swarm] base_model_hash must be 64 lowercase hex digits "
+                          "(blake2b-256); `onebyte init` computes it")
+    hyper = data.get("hyper", {})
+    task = data.get("task", {})
+    if not isinstance(hyper, dict) or not isinstance(task, dict):
+        raise ConfigError(f"{where}: [hyper] and [task] must be tables")
+    parsed = {"swarm": swarm, "hyper": hyper, "task": task}
+    return Genesis(swarm=swarm, hyper=hyper, task=task, swarm_id=compute_swarm_id(parsed))
+
+
+def load_genesis(path: str | Path) -> Genesis:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"genesis file {path} not found; create one with `onebyte init`") from None
+    except OSError as exc:
+        raise ConfigError(f"genesis file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"genesis file {path} is not valid TOML: {exc}") from None
+    g = parse_genesis(data, where=f"genesis {path}")
+    return dataclasses.replace(g, path=path)
+
+
+def _is_hex_key(m: Any) -> bool:
+    return isinstance(m, str) and len(m) == 64 and all(c in "0123456789abcdef" for c in m)
+
+
+def _check_type(where: str, table: str, d: dict, key: str, typ) -> None:
+    if key in d and (not isinstance(d[key], typ) or isinstance(d[key], bool)):
+        want = typ.__name__ if isinstance(typ, type) else "number"
+        raise ConfigError(f"{where}: [{table}] {key} must be a {want}, got {d[key]!r}")
+
+
+def hash_model_weights(model) -> str:
+    """blake2b-256 (hex) over the base model's state dict: names, dtypes, shapes, bytes.
+
+    Names are sorted so the hash does not depend on module registration order.
+    """
+    import torch
+
+    h = hashlib.blake2b(digest_size=32)
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0"
+                 + repr(tuple(t.shape)).encode() + b"\0")
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --- a small TOML writer (genesis and example configs only hold plain values) --------
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ConfigError(f"cannot write non-finite number {v} to TOML")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(k: str) -> str:
+    if k and all(c.isalnum() or c in "_-" for c in k):
+        return k
+    return json.dumps(k)
+
+
+def dump_toml(tables: dict[str, dict], comments: dict[str, str] | None = None) -> str:
+    """Write {table: {key: value}} as TOML; `comments` maps "table.key" to a trailing note."""
+    comments = comments or {}
+    out = []
+    for table, fields in tables.items():
+        out.append(f"[{table}]")
+        for k, v in fields.items():
+            line = f"{_toml_key(k)} = {_toml_value(v)}"
+            note = comments.get(f"{table}.{k}")
+            out.append(f"{line}  # {note}" if note else line)
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,347 @@
+"""The durable, append-only update log; also the engine's RecordStore.
+
+File layout (`<state_dir>/updates.log`):
+
+    header  16 bytes  b"onebyte-log\\0" + u32 format version (1)
+    entry*  u32 payload length | u32 crc32(payload) | payload
+    payload u8 kind | 16B origin | u64 first_step | u64 last_step | body
+            kind 1 UPDATES: body = one signed byte q per step (first..last)
+            kind 2 RECORD:  body = the origin's signed wire record covering first..last
+
+UPDATES entries are the node's state: the weights are a pure function of the base
+model and the set of updates in UPDATES entries (docs/operations.md, "Durability").
+RECORD entries are kept to serve other nodes' anti-entropy pulls.
+
+Ordering rules (why this is crash safe):
+- a peer's updates are appended, and the log fsynced (policy `fsync`), *before* they
+  are handed to the worker for replay; own updates are appended and fsynced by the
+  worker right after its local step and *before* the engine publishes them. So every
+  applied update is in the log, and a snapshot never covers an update the log lacks.
+- on restart the node loads the latest snapshot, then replays every UPDATES step not
+  covered by the snapshot's version vector; duplicates (an update logged twice) are
+  recognised by (origin, step) and applied once.
+- a torn last entry (short header, short payload or checksum mismatch at the very end)
+  is what a crash during an append leaves: it is discarded by truncating the file. A
+  bad entry followed by valid data is not a torn tail but corruption: StateError.
+
+Everything indexed here is also held in memory (per origin: the contiguous prefix of
+q bytes, and the records); a 1M-update log costs a few MB.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import StateError
+
+log = logging.getLogger("onebyte.node.log")
+
+MAGIC = b"onebyte-log\0"
+VERSION = 1
+HEADER = MAGIC + struct.pack("<I", VERSION)
+FRAME = struct.Struct("<II")           # payload length, crc32(payload)
+PREFIX = struct.Struct("<B16sQQ")      # kind, origin, first_step, last_step
+KIND_UPDATES = 1
+KIND_RECORD = 2
+MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
+
+
+@dataclass
+class _Origin:
+    qs: bytearray = field(default_factory=bytearray)          # q of steps 1..len (contiguous)
+    records: list[tuple[int, int, bytes]] = field(default_factory=list)  # sorted by first step
+    record_keys: set[tuple[int, int]] = field(default_factory=set)
+
+    def records_contiguous(self) -> int:
+        """Highest step n such that records cover 1..n."""
+        top = 0
+        for first, last, _ in self.records:
+            if first > top + 1:
+                break
+            top = max(top, last)
+        return top
+
+
+def encode_entry(kind: int, origin: bytes, first: int, last: int, body: bytes) -> bytes:
+    payload = PREFIX.pack(kind, origin, first, last) + body
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class UpdateLog:
+    """Append-only log with an in-memory index; thread safe (the loop appends peers'
+    updates and records, the worker appends own updates)."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True, readonly: bool = False):
+        self.path = Path(path)
+        self.fsync_enabled = fsync
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._origins: dict[bytes, _Origin] = {}
+        self._dirty = False
+        self.entries = 0
+        self.truncated_bytes = 0   # discarded torn tail, reported in status
+        self.duplicates = 0        # updates seen twice (ignored)
+        self._fd: int | None = None
+        self._open()
+
+    # --- opening and recovery ----------------------------------------------------------
+
+    def _open(self) -> None:
+        exists = self.path.exists()
+        if self.readonly:
+            data = self.path.read_bytes() if exists else b""
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            data = _read_all(self._fd)
+        if not data:
+            if not self.readonly:
+                os.write(self._fd, HEADER)
+                self._sync(force=True)
+                _fsync_dir(self.path.parent)
+            return
+        if len(data) < len(HEADER) and HEADER.startswith(data):
+            good = 0  # crashed while writing the header of a new log
+        elif data[:len(MAGIC)] != MAGIC:
+            raise StateError(f"{self.path} is not an onebyte update log (bad magic); "
+                             "move it aside or point state_dir elsewhere")
+        else:
+            (version,) = struct.unpack_from("<I", data, len(MAGIC))
+            if version != VERSION:
+                raise StateError(f"{self.path}: update log format {version} is not supported "
+                                 f"(this onebyte reads format {VERSION})")
+            good = self._scan(data)
+        if good < len(data):
+            self.truncated_bytes = len(data) - good
+            log.warning("update log %s: discarding torn tail of %d bytes at offset %d",
+                        self.path, self.truncated_bytes, good)
+            if not self.readonly:
+                os.ftruncate(self._fd, good)
+                if good == 0:
+                    os.write(self._fd, HEADER)
+                self._sync(force=True)
+
+    def _scan(self, data: bytes) -> int:
+        """Index every valid entry; return the offset where valid data ends."""
+        off = len(HEADER)
+        n = len(data)
+        while off < n:
+            bad = None
+            if n - off < FRAME.size:
+                bad = "short header"
+            else:
+                length, crc = FRAME.unpack_from(data, off)
+                end = off + FRAME.size + length
+                if length < PREFIX.size or length > MAX_PAYLOAD:
+                    bad = f"bad length {length}"
+                elif end > n:
+                    bad = "short payload"
+                else:
+                    payload = data[off + FRAME.size:end]
+                    if zlib.crc32(payload) != crc:
+                        bad = "checksum mismatch"
+            if bad is not None:
+                if bad in ("short header", "short payload") or _is_tail(data, off):
+                    return off
+                raise StateError(f"update log {self.path} is corrupt at offset {off} ({bad}) "
+                                 "with valid entries after it; this is not a crash artefact. "
+                                 "Restore the state directory from backup, or move it aside "
+                                 "to rejoin from peers")
+            self._index(payload)
+            off = end
+        return off
+
+    def _index(self, payload: bytes) -> None:
+        kind, origin, first, last = PREFIX.unpack_from(payload)
+        body = payload[PREFIX.size:]
+        if kind == KIND_UPDATES:
+            self._index_updates(origin, first, body)
+        elif kind == KIND_RECORD:
+            self._index_record(origin, first, last, body)
+        else:
+            raise StateError(f"update log {self.path}: unknown entry kind {kind} "
+                             "(written by a newer onebyte?)")
+        self.entries += 1
+
+    def _index_updates(self, origin: bytes, first: int, qs: bytes) -> tuple[int, bytes]:
+        """Add to the contiguous prefix; return (first new step, new q bytes)."""
+        o = self._origins.setdefault(origin, _Origin())
+        have = len(o.qs)
+        if first > have + 1:
+            # The engine delivers each origin's updates contiguously; a gap is a bug upstream.
+            raise ValueError(f"gap in updates of origin {origin.hex()}: have 1..{have}, got {first}")
+        skip = have + 1 - first
+        if skip > 0:
+            self.duplicates += min(skip, len(qs))
+        fresh = qs[skip:] if skip > 0 else qs
+        o.qs.extend(fresh)
+        return have + 1, bytes(fresh)
+
+    def _index_record(self, origin: bytes, first: int, last: int, record: bytes) -> bool:
+        o = self._origins.setdefault(origin, _Origin())
+        if (first, last) in o.record_keys:
+            return False
+        o.record_keys.add((first, last))
+        bisect.insort(o.records, (first, last, bytes(record)))
+        return True
+
+    # --- appending ---------------------------------------------------------------------
+
+    def append_updates(self, origin: bytes, first_step: int, qs: bytes | list[int]) -> list[tuple[bytes, int, int]]:
+        """Log updates; returns the ones not seen before as [(origin, step, q)], in order.
+
+        Durable only after `sync()` (or at once when called with the worker's own updates
+        through `append_own`)."""
+        body = bytes(q & 0xFF for q in qs) if not isinstance(qs, (bytes, bytearray)) else bytes(qs)
+        if not body:
+            return []
+        with self._lock:
+            have = len(self._origins.get(origin, _Origin()).qs)
+            if first_step + len(body) - 1 <= have:
+                self.duplicates += len(body)
+                return []
+            start, fresh = self._index_updates(origin, first_step, body)
+            self._write(encode_entry(KIND_UPDATES, origin, start, start + len(fresh) - 1, fresh))
+        return [(origin, start + i, _signed(b)) for i, b in enumerate(fresh)]
+
+    def append_own(self, origin: bytes, step: int, q: int) -> None:
+        """The worker's own update: logged and fsynced before the engine may publish it."""
+        self.append_updates(origin, step, bytes([q & 0xFF]))
+        self.sync()
+
+    def _write(self, entry: bytes) -> None:
+        if self.readonly:
+            raise RuntimeError("update log opened read-only")
+        os.write(self._fd, entry)  # O_APPEND: one write per entry, never interleaved
+        self._dirty = True
+        self.entries += 1
+
+    def sync(self) -> None:
+        """Make everything appended so far durable (per the fsync policy)."""
+        with self._lock:
+            if self._dirty:
+                self._sync()
+                self._dirty = False
+
+    def _sync(self, force: bool = False) -> None:
+        if self._fd is not None and (self.fsync_enabled or force):
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                self._sync()
+                os.close(self._fd)
+                self._fd = None
+
+    # --- RecordStore interface (onebyte.protocol) ---------------------------------------
+
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
+        with self._lock:
+            if self._index_record(origin, first_step, last_step, record):
+                self._write(encode_entry(KIND_RECORD, origin, first_step, last_step, bytes(record)))
+
+    def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list[bytes]:
+        """Records covering from_step onwards, in step order, up to limit_bytes (at least one)."""
+        with self._lock:
+            o = self._origins.get(origin)
+            if o is None:
+                return []
+            out, size = [], 0
+            i = max(0, bisect.bisect_left(o.records, (from_step, 0, b"")) - 1)
+            for first, last, rec in o.records[i:]:
+                if last < from_step:
+                    continue
+                if out and size + len(rec) > limit_bytes:
+                    break
+                out.append(rec)
+                size += len(rec)
+            return out
+
+    def version_vector(self) -> dict[bytes, int]:
+        """Per origin, the highest step n such that records for 1..n are stored *and* the
+        updates 1..n are logged: after a crash between the two appends the engine pulls
+        the record again and the updates get logged."""
+        with self._lock:
+            vv = {}
+            for origin, o in self._origins.items():
+                n = min(o.records_contiguous(), len(o.qs))
+                if n:
+                    vv[origin] = n
+            return vv
+
+    # --- state views ---------------------------------------------------------------------
+
+    def updates_vv(self) -> dict[bytes, int]:
+        """Per origin, how many updates (steps 1..n) the log holds: the node's durable state."""
+        with self._lock:
+            return {o: len(v.qs) for o, v in self._origins.items() if v.qs}
+
+    def records_vv(self, origin: bytes) -> int:
+        with self._lock:
+            o = self._origins.get(origin)
+            return o.records_contiguous() if o else 0
+
+    def updates_after(self, vv: dict[bytes, int]) -> list[tuple[bytes, int, int]]:
+        """Every logged update not covered by `vv`, as [(origin, step, q)]."""
+        with self._lock:
+            out = []
+            for origin in sorted(self._origins):
+                qs = self._origins[origin].qs
+                for i in range(vv.get(origin, 0), len(qs)):
+                    out.append((origin, i + 1, _signed(qs[i])))
+            return out
+
+    def qs_of(self, origin: bytes, first: int, last: int) -> list[int]:
+        with self._lock:
+            qs = self._origins.get(origin, _Origin()).qs
+            return [_signed(b) for b in qs[first - 1:last]]
+
+    def total_updates(self) -> int:
+        with self._lock:
+            return sum(len(o.qs) for o in self._origins.values())
+
+
+def _signed(b: int) -> int:
+    return b - 256 if b > 127 else b
+
+
+def _is_tail(data: bytes, off: int) -> bool:
+    """A checksum or length failure is a torn tail only if nothing valid follows it.
+
+    We cannot know the true extent of the broken entry, so look for any later offset
+    where a whole valid entry starts; if there is one, the damage is in the middle."""
+    n = len(data)
+    for start in range(off + 1, n - FRAME.size - PREFIX.size + 1):
+        length, crc = FRAME.unpack_from(data, start)
+        end = start + FRAME.size + length
+        if PREFIX.size <= length <= MAX_PAYLOAD and end <= n:
+            payload = data[start + FRAME.size:end]
+            if payload[0] in (KIND_UPDATES, KIND_RECORD) and zlib.crc32(payload) == crc:
+                return False
+    return True
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

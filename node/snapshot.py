@@ -1,0 +1,136 @@
+"""Snapshots: the weights at a known state, so a restart need not replay the whole log.
+
+Layout under `<state_dir>/snapshots/`:
+
+    weights-<digest prefix>.safetensors   the replica's weights (Replica.save)
+    snapshot.json                         {"format", "weights", "vv", "digest", "updates", "created"}
+
+`snapshot.json` is the commit point. Writing one is two atomic steps, each
+"temp file + fsync + rename + fsync(dir)": first the weights under a fresh name, then
+the JSON that points at them. A crash before the JSON rename leaves the previous
+snapshot in force (plus an orphan weights file, removed at the next snapshot); a crash
+after it leaves the new one. Readers never see a half-written file.
+
+The version vector `vv` maps origin (hex) to n: the snapshot contains exactly the
+updates 1..n of each origin (the node applies each origin's updates contiguously).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StateError
+
+log = logging.getLogger("onebyte.node.snapshot")
+
+FORMAT = 1
+POINTER = "snapshot.json"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    weights: Path
+    vv: dict[bytes, int]
+    digest: str
+    updates: int
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str | None = None) -> SnapshotInfo:
+    """Write the replica's weights and `vv` atomically; the caller (the worker thread,
+    the replica's only writer) guarantees the weights hold exactly `vv`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = digest or replica.digest()
+    name = f"weights-{digest[:16]}-{sum(vv.values())}.safetensors"
+    final = directory / name
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    replica.save(tmp)
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(directory)
+    pointer = {
+        "format": FORMAT,
+        "weights": name,
+        "vv": {o.hex(): n for o, n in sorted(vv.items())},
+        "digest": digest,
+        "updates": sum(vv.values()),
+        "created": time.time(),
+    }
+    atomic_write_bytes(directory / POINTER, json.dumps(pointer, indent=1).encode())
+    for old in directory.glob("weights-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    for tmpf in directory.glob(".*.tmp-*"):
+        tmpf.unlink(missing_ok=True)
+    return SnapshotInfo(final, dict(vv), digest, pointer["updates"])
+
+
+def read_snapshot(directory: Path) -> SnapshotInfo | None:
+    """The committed snapshot, or None if there is none."""
+    p = directory / POINTER
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(raw)
+        if d.get("format") != FORMAT:
+            raise StateError(f"{p}: snapshot format {d.get('format')} not supported")
+        vv = {bytes.fromhex(o): int(n) for o, n in d["vv"].items()}
+        weights = directory / d["weights"]
+        if "/" in d["weights"] or not weights.exists():
+            raise StateError(f"{p} points at missing weights {d['weights']}; delete "
+                             f"{p} to rebuild the state from the update log")
+        return SnapshotInfo(weights, vv, str(d["digest"]), int(d.get("updates", sum(vv.values()))))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"{p} is malformed ({exc}); delete it to rebuild the state from "
+                         "the update log") from None
+
+
+def write_standalone(path: Path, replica, vv: dict[bytes, int], digest: str) -> dict:
+    """A snapshot requested through the status socket (for export): weights at `path`,
+    metadata beside it at `path` + ".json". Same atomicity as the node's own snapshots."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    replica.save(tmp)
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    meta = {"format": FORMAT, "weights": path.name, "digest": digest,
+            "vv": {o.hex(): n for o, n in sorted(vv.items())}, "updates": sum(vv.values())}
+    atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps(meta, indent=1).encode())
+    return {"path": str(path), "meta": str(path) + ".json", "digest": digest, "updates": meta["updates"]}
