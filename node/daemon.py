@@ -1,0 +1,387 @@
+"""The daemon: one asyncio loop owns the engine and the UDP socket, one worker thread
+owns the model. Lifecycle in the manner of aiohttp's runner:
+
+    d = Daemon(cfg); await d.setup(); await d.serve(); await d.shutdown()
+
+- setup: validate everything (config, genesis, key, model, data, state dir) before
+  binding anything, restore the replica, start the engine, UDP, status socket and
+  worker, then tell systemd READY=1.
+- serve: wait for SIGTERM/SIGINT (or a fatal worker error).
+- shutdown: STOPPING=1, engine.leave (peers learn it at once), stop the worker (it
+  replays what is logged and writes a final snapshot), sync and close the log.
+
+The engine is driven by one re-armed timer (loop.call_at at engine.get_timer()),
+by datagrams, and by the worker's own updates; after each input `_pump` drains the
+engine's events and outgoing datagrams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+
+from .config import NodeConfig, format_addr
+from .errors import ConfigError, UserError
+from .genesis import Genesis, load_genesis
+from .keys import loose_permissions, read_key
+from .notify import Notifier
+from .snapshot import write_snapshot, write_standalone
+from .state import StateDir, restore
+from .status import StatusServer
+from .stats import Rates, build_status
+from .transport import UdpTransport, open_udp, resolve_peer
+from .worker import Worker
+
+log = logging.getLogger("onebyte.node.daemon")
+
+# [swarm] fields of the genesis that are ProtocolConfig fields (swarm-wide, not per node).
+GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
+                           "updates_per_record", "record_linger_s")
+
+
+def protocol_config(genesis: Genesis, overrides: dict):
+    import dataclasses
+    from onebyte.protocol import ProtocolConfig
+
+    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members", "extra"}
+    for k in overrides:
+        if k in GENESIS_PROTOCOL_FIELDS:
+            raise ConfigError(f"[protocol] {k} is fixed by the genesis ([swarm] {k}); remove it from the node config")
+        if k not in known:
+            raise ConfigError(f"[protocol] unknown field {k}; known: {', '.join(sorted(known))}")
+    fields = {k: genesis.swarm[k] for k in GENESIS_PROTOCOL_FIELDS if k in genesis.swarm}
+    try:
+        return ProtocolConfig(swarm_id=genesis.swarm_id, members=genesis.member_keys(), **fields, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"protocol settings: {exc}") from None
+
+
+class Daemon:
+    def __init__(self, cfg: NodeConfig, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.started = time.time()
+        self.exit_code = 0
+        self.failure: str | None = None
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+        self._to_replay: list = []
+        self.udp: UdpTransport | None = None
+        self.status_server: StatusServer | None = None
+        self.worker: Worker | None = None
+        self.engine = None
+        self.ulog = None
+        self.sd: StateDir | None = None
+        self.rates = Rates()
+        self.published = 0
+        self.events_seen: dict[str, int] = {}
+        self.equivocations = 0
+
+    # --- setup ---------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        from onebyte.model import update_seed
+        from onebyte.protocol import Engine, Identity
+
+        cfg = self.cfg
+        self.loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        genesis = self.genesis = load_genesis(cfg.genesis)
+        private = read_key(cfg.key)
+        if loose_permissions(cfg.key):
+            log.warning("key file %s is readable by others; chmod 600 it", cfg.key)
+        self.identity = Identity.from_private_bytes(private)
+        self.node_id = self.identity.node_id
+        pconfig = protocol_config(genesis, cfg.protocol)
+
+        sd = self.sd = StateDir(cfg.state_dir)
+        sd.create()
+        sd.lock()
+        sd.check_genesis(genesis, write=True)
+        self.ulog = sd.open_log(fsync=cfg.fsync)
+        self.notifier.status("loading model and restoring state")
+        # Loading a model takes seconds: do it off the loop so signals are still handled.
+        restored = await asyncio.to_thread(restore, genesis, cfg.model, cfg.device, sd, self.ulog,
+                                           update_seed, self.node_id)
+        self.replica, self.tokenizer = restored.replica, restored.tokenizer
+        self.restored = restored
+        sample, loss_fn, evaluator = await asyncio.to_thread(self._load_data, genesis)
+
+        now = self.loop.time()
+        self.udp = await open_udp(cfg.listen, self._on_datagram)
+        peers = [await resolve_peer(p, self.udp.family) for p in cfg.peers]
+        self.engine = Engine(self.identity, pconfig, rng=random.Random(), now=now, store=self.ulog,
+                             bootstrap=peers)
+        self._republish_journal(now)
+
+        rate_cap = float(genesis.swarm.get("max_updates_per_s_per_origin", 50.0))
+        self.worker = Worker(
+            replica=self.replica, node_id=self.node_id, swarm_id=genesis.swarm_id, update_log=self.ulog,
+            applied_vv=restored.applied_vv, sample=sample, loss_fn=loss_fn, evaluator=evaluator,
+            max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
+            eval_every=cfg.eval_every, snapshot=self._snapshot_writer(), snapshot_every=cfg.snapshot_every,
+            max_backlog=cfg.max_backlog, post=self._post_from_worker, update_seed=update_seed)
+        self.status_server = StatusServer(cfg.socket_path, self.handle_request)
+        await self.status_server.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.worker.start()
+        self._pump()
+        self._arm_watchdog()
+        where = format_addr(self.udp.local_addr)
+        log.info("node %s of swarm %s listening on %s (status socket %s)", self.node_id.hex(),
+                 genesis.swarm_id.hex()[:16], where, cfg.socket_path)
+        self.notifier.ready(f"serving on {where}, {len(peers)} bootstrap peer(s)")
+
+    def _load_data(self, genesis: Genesis):
+        from onebyte.model.data import BatchSampler, DataError, load_task, make_loss_fn
+        from onebyte.model.evaluate import evaluate
+
+        cfg = self.cfg
+        task_table = dict(genesis.task)
+        train_name = cfg.data or task_table.pop("data", "")
+        eval_name = cfg.eval_data or task_table.pop("eval_data", "")
+        task_table.pop("data", None)
+        task_table.pop("eval_data", None)
+        spec = task_table or None
+        if not train_name:
+            log.warning("no training data ([node] data or genesis [task] data): replaying only")
+            return None, None, None
+        try:
+            task = load_task(train_name, spec, split="train")
+            loss_fn = make_loss_fn(task, self.tokenizer)
+            eval_task = load_task(eval_name, spec, split="eval") if eval_name else None
+        except DataError as exc:
+            raise ConfigError(f"data: {exc}") from None
+        seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + self.node_id,
+                                              digest_size=8).digest(), "little")
+        sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
+        examples = task.examples
+
+        def sample(step: int):
+            return sampler.batch(examples, step)
+
+        evaluator = None
+        if eval_task is not None:
+            subset = eval_task.examples[:cfg.eval_examples]
+
+            def evaluator():
+                return evaluate(self.replica.model, self.tokenizer, eval_task, subset)
+        return sample, loss_fn, evaluator
+
+    def _republish_journal(self, now: float) -> None:
+        """Own updates logged before a crash but never sealed into a stored record: publish
+        them again (same steps, same q), so peers get them and step numbers stay unique."""
+        own_logged = self.ulog.updates_vv().get(self.node_id, 0)
+        sealed = self.ulog.records_vv(self.node_id)
+        if own_logged > sealed:
+            qs = self.ulog.qs_of(self.node_id, sealed + 1, own_logged)
+            for i, q in enumerate(qs):
+                self.engine.publish(sealed + 1 + i, q, now)
+            log.info("re-published own steps %d..%d logged before the last stop", sealed + 1, own_logged)
+
+    def _snapshot_writer(self):
+        directory = self.sd.snapshots
+
+        def write(replica, vv, digest):  # runs in the worker thread (the replica's writer)
+            info = write_snapshot(directory, replica, vv, digest)
+            log.info("snapshot: %d updates, digest %s", info.updates, digest[:16])
+            return info
+        return write
+
+    # --- serving -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        await self._stop_event.wait()
+
+    def request_stop(self) -> None:
+        if not self._stopping:
+            log.info("stop requested: leaving the swarm")
+            self._stopping = True
+            self._stop_event.set()
+
+    def _post_from_worker(self, kind: str, *args) -> None:
+        """Called in the worker thread; hops onto the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self._from_worker, kind, args)
+        except RuntimeError:  # loop already closed at shutdown
+            pass
+
+    def _from_worker(self, kind: str, args: tuple) -> None:
+        if kind == "own":
+            step, q, _loss = args
+            if self.engine is not None and not self._stopping:
+                self.engine.publish(step, q, self.loop.time())
+                self.published += 1
+                self.rates.own.add(1)
+                self._pump()
+        elif kind == "failed":
+            self.failure = args[0]
+            self.exit_code = 1
+            log.error("worker failed: %s", args[0])
+            self.request_stop()
+
+    def _on_datagram(self, data: bytes, addr) -> None:
+        if self.engine is None:
+            return
+        self.engine.receive_datagram(data, addr, self.loop.time())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.engine is not None:
+            self.engine.handle_timer(self.loop.time())
+            self._pump()
+
+    def _pump(self) -> None:
+        """After any engine input: events, then datagrams out, then re-arm the one timer."""
+        engine = self.engine
+        got_updates = False
+        while (ev := engine.next_event()) is not None:
+            got_updates |= self._on_event(ev)
+        if got_updates and not self._flush_scheduled:
+            # Batch the fsync: every datagram the loop handles in this iteration shares one.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        for data, addr in engine.datagrams_to_send(self.loop.time()):
+            self.udp.sendto(data, addr)
+        when = engine.get_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._on_timer) if when is not None else None
+            self._timer_at = when
+
+    def _on_event(self, ev) -> bool:
+        name = type(ev).__name__
+        self.events_seen[name] = self.events_seen.get(name, 0) + 1
+        if name == "UpdatesReceived":
+            try:
+                fresh = self.ulog.append_updates(ev.origin, ev.first_step, ev.qs)
+            except ValueError as exc:  # a gap: the engine broke its contract; never apply it
+                log.error("ignoring updates: %s", exc)
+                return False
+            self._to_replay.extend(fresh)
+            self.rates.received.add(len(fresh))
+            return bool(fresh)
+        if name in ("PeerJoined", "PeerLeft", "PeerDead", "PeerSuspected", "PeerAlive"):
+            log.info("%s %s", name, ev.node_id.hex()[:16])
+        elif name == "EquivocationDetected":
+            self.equivocations += 1
+            log.warning("equivocation by origin %s at steps %d..%d", ev.origin.hex()[:16],
+                        ev.first_step, ev.last_step)
+        return False
+
+    def _flush(self) -> None:
+        """Log durable first, then hand the updates to the worker (log before apply)."""
+        self._flush_scheduled = False
+        self.ulog.sync()
+        items, self._to_replay = self._to_replay, []
+        if self.worker is not None:
+            self.worker.backlog.extend(items)
+
+    def _arm_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is None:
+            return
+
+        def ping():
+            # Only while the worker lives: a dead worker means a node that no longer applies.
+            if self.worker is not None and self.worker.is_alive():
+                self.notifier.watchdog()
+            self._watchdog = self.loop.call_later(interval, ping)
+        ping()
+
+    # --- status socket ---------------------------------------------------------------------
+
+    async def handle_request(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, **build_status(self)}
+        if cmd == "digest":
+            return await self._ask_worker("digest")
+        if cmd == "snapshot":
+            path = req.get("path")
+            if path is None:
+                self.sd.exports.mkdir(exist_ok=True)
+                path = self.sd.exports / f"snapshot-{int(time.time())}.safetensors"
+            path = Path(path)
+            if not path.is_absolute():
+                raise UserError(f"snapshot path must be absolute, got {str(path)!r}")
+            return await self._ask_worker("snapshot", lambda r, vv, d: write_standalone(path, r, vv, d))
+        if cmd == "eval":
+            return await self._ask_worker("eval")
+        if cmd == "leave":
+            self.request_stop()
+            return {"ok": True}
+        raise UserError(f"unknown cmd {cmd!r}; known: status, digest, snapshot, eval, leave")
+
+    async def _ask_worker(self, cmd: str, *args) -> dict:
+        if self.worker is None or not self.worker.is_alive():
+            raise UserError("the worker is not running")
+        fut = self.loop.create_future()
+
+        def reply(result):  # worker thread
+            self.loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
+        if not self.worker.submit(cmd, *args, reply):
+            raise UserError("busy: too many pending requests, retry")
+        result = await fut
+        if "error" in result:
+            return {"ok": False, **result}
+        return {"ok": True, **result}
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        if self.engine is not None and self.udp is not None:
+            try:
+                self.engine.leave(self.loop.time())
+                self._pump()
+            except Exception:
+                log.exception("engine.leave failed")
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.status_server is not None:
+            await self.status_server.close()
+        if self._to_replay:
+            self._flush()
+        if self.worker is not None and self.worker.is_alive():
+            self.worker.stop()
+            await asyncio.to_thread(self.worker.join)
+        self.engine = None
+        if self.udp is not None:
+            self.udp.close()
+        if self.ulog is not None:
+            self.ulog.close()
+        if self.sd is not None:
+            self.sd.unlock()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.remove_signal_handler(sig)
+            except (RuntimeError, ValueError):
+                pass
+        self.notifier.close()
+        log.info("stopped")
+
+
+async def run_daemon(cfg: NodeConfig) -> int:
+    d = Daemon(cfg)
+    try:
+        await d.setup()
+        await d.serve()
+    finally:
+        await d.shutdown()
+    return d.exit_code

@@ -1,0 +1,97 @@
+"""Export the fine-tuned weights as a plain transformers folder, and offline state reads.
+
+    onebyte export --out DIR      # asks the running daemon for a consistent snapshot,
+                                  # or, with no daemon, rebuilds the state from the state dir
+
+The folder holds config.json, model.safetensors, the tokenizer files and
+onebyte.json (swarm id, digest, updates): `AutoModelForCausalLM.from_pretrained(DIR)`
+loads it with no onebyte installed. It is written to a temporary sibling and renamed
+into place, so DIR is never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .config import NodeConfig
+from .errors import StateError, UserError
+from .genesis import Genesis, load_genesis
+from .state import StateDir, build_replica, restore
+
+log = logging.getLogger("onebyte.node.export")
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"--out {out} exists and is not empty; choose a new folder or pass --force")
+
+
+def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) -> Path:
+    out = Path(out)
+    check_out_dir(out, force)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = replica.model
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    (tmp / "onebyte.json").write_text(json.dumps(meta, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
+    """(replica, tokenizer, applied_vv, genesis) rebuilt from the state dir: snapshot + log.
+
+    Read-only: safe while a daemon runs (a torn tail is skipped, not truncated)."""
+    from onebyte.model import update_seed
+
+    genesis = genesis or load_genesis(cfg.genesis)
+    sd = StateDir(cfg.state_dir)
+    if not sd.path.is_dir():
+        raise StateError(f"state_dir {sd.path} does not exist (has this node ever run?)")
+    sd.check_genesis(genesis, write=False)
+    ulog = sd.open_log(readonly=True)
+    r = restore(genesis, cfg.model, "cpu", sd, ulog, update_seed)
+    return r.replica, r.tokenizer, r.applied_vv, genesis
+
+
+def export_offline(cfg: NodeConfig, out: Path, force: bool = False) -> dict:
+    check_out_dir(out, force)
+    replica, tokenizer, vv, genesis = offline_state(cfg)
+    digest = replica.digest()
+    meta = _meta(genesis, digest, vv, source="state_dir")
+    save_folder(replica, tokenizer, out, meta, force)
+    return meta
+
+
+def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = False) -> dict:
+    """Build the folder from a snapshot the daemon wrote (weights + .json beside them)."""
+    genesis = load_genesis(cfg.genesis)
+    replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
+    replica.load(Path(snapshot["path"]))
+    digest = replica.digest()
+    if digest != snapshot["digest"]:
+        raise StateError(f"snapshot {snapshot['path']} does not match the digest the daemon reported")
+    meta_path = Path(snapshot["meta"])
+    vv = {bytes.fromhex(o): n for o, n in json.loads(meta_path.read_text())["vv"].items()}
+    meta = _meta(genesis, digest, vv, source="daemon")
+    save_folder(replica, tokenizer, out, meta, force)
+    for p in (Path(snapshot["path"]), meta_path):
+        p.unlink(missing_ok=True)
+    return meta
+
+
+def _meta(genesis: Genesis, digest: str, vv: dict, source: str) -> dict:
+    return {"swarm_id": genesis.swarm_id.hex(), "base_model": genesis.swarm["base_model"],
+            "base_model_hash": genesis.swarm["base_model_hash"], "digest": digest,
+            "updates": sum(vv.values()), "origins": len(vv), "source": source}

@@ -1,0 +1,149 @@
+"""The state directory and the replica built from it (daemon and offline tools share this).
+
+    <state_dir>/
+        lock               flock()ed by the running daemon
+        genesis.toml       copy of the genesis of the swarm this state belongs to
+        updates.log        the durable update log (node/log.py)
+        snapshots/         snapshot.json + weights-*.safetensors (node/snapshot.py)
+        exports/           snapshots requested through the status socket
+
+Restoring a replica: base model -> Replica -> latest snapshot (if any) -> one fused
+replay of every logged update the snapshot does not cover.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, StateError, UserError
+from .genesis import Genesis, load_genesis
+from .log import UpdateLog
+from .snapshot import atomic_write_bytes, read_snapshot
+
+log = logging.getLogger("onebyte.node.state")
+
+REPLAY_CHUNK = 1 << 20  # updates per fused replay call at restore (bounds the seed arrays)
+
+
+class StateDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.log_path = self.path / "updates.log"
+        self.snapshots = self.path / "snapshots"
+        self.exports = self.path / "exports"
+        self.genesis_copy = self.path / "genesis.toml"
+        self._lock_fd: int | None = None
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"[node] state_dir {self.path}: cannot create: {exc.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise ConfigError(f"[node] state_dir {self.path} is not writable by this user")
+
+    def lock(self) -> None:
+        """One daemon per state directory: a second one would interleave the log."""
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise StateError(f"state_dir {self.path} is in use by another onebyte daemon"
+                             f"{f' (pid {other})' if other else ''}; stop it or use another state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def check_genesis(self, genesis: Genesis, write: bool) -> None:
+        """The state belongs to one swarm: refuse a different genesis (a different swarm id)."""
+        if self.genesis_copy.exists():
+            try:
+                old = load_genesis(self.genesis_copy)
+            except UserError as exc:
+                raise StateError(f"state_dir {self.path}: its genesis copy is unreadable ({exc})") from None
+            if old.swarm_id != genesis.swarm_id:
+                raise StateError(f"wrong genesis: state_dir {self.path} belongs to swarm "
+                                 f"{old.swarm_id.hex()[:16]}…, but {genesis.path} defines swarm "
+                                 f"{genesis.swarm_id.hex()[:16]}…; use the swarm's genesis or a fresh state_dir")
+        elif write:
+            atomic_write_bytes(self.genesis_copy, genesis.to_toml().encode())
+
+    def open_log(self, fsync: bool = True, readonly: bool = False) -> UpdateLog:
+        if readonly and not self.log_path.exists():
+            raise StateError(f"state_dir {self.path} has no update log (has this node ever run?)")
+        return UpdateLog(self.log_path, fsync=fsync, readonly=readonly)
+
+
+@dataclass
+class Restored:
+    replica: object
+    tokenizer: object
+    applied_vv: dict[bytes, int]
+    from_snapshot: int   # updates covered by the snapshot
+    replayed: int        # updates replayed from the log at restore
+    seconds: float
+
+
+def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
+    """Load the base model, check it is the genesis's, wrap it in a Replica."""
+    from onebyte.model import Replica
+    from onebyte.model.load import ModelLoadError, load_model, model_hash
+
+    spec = model_spec or genesis.swarm["base_model"]
+    try:
+        h = model_hash(spec)
+        if h != genesis.swarm["base_model_hash"]:
+            raise ConfigError(f"wrong genesis: model {spec!r} has hash {h[:16]}…, the genesis "
+                              f"pins {genesis.swarm['base_model_hash'][:16]}…; use the swarm's base model")
+        model, tokenizer = load_model(spec)
+    except ModelLoadError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    hyper = genesis.make_hyper()
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f'[node] device = "{device}" but no CUDA device is available')
+    return Replica(model, hyper, device=device), tokenizer
+
+
+def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
+            update_seed, own_origin: bytes | None = None) -> Restored:
+    t0 = time.perf_counter()
+    replica, tokenizer = build_replica(genesis, model_spec, device)
+    snap = read_snapshot(sd.snapshots)
+    base_vv: dict[bytes, int] = {}
+    if snap is not None:
+        replica.load(snap.weights)
+        got = replica.digest()
+        if got != snap.digest:
+            raise StateError(f"snapshot {snap.weights} does not match its recorded digest; delete "
+                             f"{sd.snapshots / 'snapshot.json'} to rebuild the state from the update log")
+        base_vv = dict(snap.vv)
+        logged = ulog.updates_vv()
+        ahead = {o: n for o, n in base_vv.items() if n > logged.get(o, 0)}
+        if ahead:
+            # Only possible with fsync = false and a power loss: the snapshot holds updates the log
+            # lost, and we could not serve them (or, for our own origin, would reuse step numbers).
+            raise StateError(f"snapshot is ahead of the update log for {len(ahead)} origin(s) (log tail "
+                             "lost, fsync disabled?); move the state_dir aside and rejoin from peers")
+    pending = ulog.updates_after(base_vv)
+    for i in range(0, len(pending), REPLAY_CHUNK):
+        chunk = pending[i:i + REPLAY_CHUNK]
+        replica.replay([(update_seed(genesis.swarm_id, o, s), q, s) for o, s, q in chunk])
+    dt = time.perf_counter() - t0
+    if snap is not None or pending:
+        log.info("restored state: snapshot with %d updates + %d replayed from the log in %.2fs",
+                 snap.updates if snap else 0, len(pending), dt)
+    return Restored(replica, tokenizer, ulog.updates_vv(), snap.updates if snap else 0, len(pending), dt)
