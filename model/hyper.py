@@ -1,0 +1,92 @@
+"""Hyper: the genesis hyper-parameters model/ needs. Immutable, plain types (TOML-serialisable).
+
+Every node of a swarm must hold the same Hyper: the update coefficients, the grid and the
+noise are pure functions of (base weights, Hyper, seed, q, step).
+"""
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+from .rng import RNG_ID
+
+
+class HyperError(ValueError):
+    """A hyper-parameter is invalid; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class Hyper:
+    lr: float = 1e-6                 # learning rate: update = -lr(step) * q * q_scale * z (MeZO range 1e-7..1e-5)
+    lr_schedule: str = "constant"    # "constant" or "linear": lr * max(0, 1 - step / lr_decay_steps)
+    lr_decay_steps: int = 0          # origin steps until a linear schedule reaches 0 (needed only for "linear")
+    eps: float = 1e-3                # SPSA perturbation scale (MeZO default); snapped per tensor onto the grid
+    q_scale: float = 0.5             # quantizer step: q = round_stochastic(g / q_scale) in [-127, 127], so
+                                     # |g| <= 63.5 is represented without clipping (docs/numerics.md)
+    perturbation: str = "rademacher" # noise kind; only Rademacher (+-1, exact in floating point) exists in v1
+    rng: str = RNG_ID                # noise generator id (docs/rng.md); guards against silent spec changes
+    headroom_bits: int = 2           # grid bound = 2**(ceil_log2(max|w|) + headroom): weights may grow 4x
+    grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
+    trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
+    max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
+
+    def __post_init__(self):
+        _finite_positive("lr", self.lr, allow_zero=True)
+        if self.lr_schedule not in ("constant", "linear"):
+            raise HyperError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
+        _int_in("lr_decay_steps", self.lr_decay_steps, 0, 1 << 62)
+        if self.lr_schedule == "linear" and self.lr_decay_steps < 1:
+            raise HyperError("lr_schedule 'linear' needs lr_decay_steps >= 1")
+        _finite_positive("eps", self.eps)
+        _finite_positive("q_scale", self.q_scale)
+        if self.perturbation != "rademacher":
+            raise HyperError(f"perturbation must be 'rademacher', got {self.perturbation!r}")
+        if self.rng != RNG_ID:
+            raise HyperError(f"rng must be {RNG_ID!r} (the only generator this build implements), got {self.rng!r}")
+        _int_in("headroom_bits", self.headroom_bits, 1, 8)
+        _int_in("grid_min_exp", self.grid_min_exp, -60, 60)
+        # The +-eps perturbation must fit inside the smallest possible grid bound.
+        if self.eps >= 2.0 ** (self.grid_min_exp + self.headroom_bits - 1):
+            raise HyperError(f"eps={self.eps} is too large for grid_min_exp={self.grid_min_exp} "
+                             f"and headroom_bits={self.headroom_bits}")
+        if not isinstance(self.trainable, str):
+            raise HyperError(f"trainable must be a regex string, got {self.trainable!r}")
+        try:
+            re.compile(self.trainable)
+        except re.error as e:
+            raise HyperError(f"trainable is not a valid regex ({e}): {self.trainable!r}") from None
+        _int_in("max_fused", self.max_fused, 1, 1 << 16)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of an origin's step (>= 1), in float64: deterministic on every machine."""
+        if self.lr_schedule == "constant":
+            return float(self.lr)
+        return float(self.lr) * max(0.0, 1.0 - step / self.lr_decay_steps)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Hyper":
+        """Build from a parsed TOML table; unknown keys are an error (a typo must not be ignored)."""
+        if not isinstance(d, dict):
+            raise HyperError(f"hyper must be a table, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HyperError(f"unknown hyper field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+def _finite_positive(name, v, allow_zero=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise HyperError(f"{name} must be a finite number, got {v!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise HyperError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+def _int_in(name, v, lo, hi):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise HyperError(f"{name} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise HyperError(f"{name} must be in [{lo}, {hi}], got {v}")

@@ -1,0 +1,175 @@
+"""Replica: a model whose trainable weights are a pure function of (base, set of applied updates).
+
+At construction the trainable parameters (Hyper.trainable, floating point, tied weights once)
+are moved into one flat fp32 buffer in index order (sorted names) and the parameters become
+views of it, so the noise index of a weight is its position in the buffer (docs/rng.md).
+The buffer is snapped onto the fixed-point grid (model/grid.py). After that, every change
+(+-eps perturbations, own and peers' updates) goes through one function, `_apply`, which
+runs the fused kernel: numba on CPU, Triton on CUDA.
+"""
+import hashlib
+import json
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .grid import (Grid, GridError, GridOverflowError, build_grid, check_on_grid, plan_batches,
+                   snap_, update_coefficients)
+from .hyper import Hyper, HyperError
+from .quantize import Q_MAX, quantize
+from .rng import RNG_ID
+
+SNAPSHOT_FORMAT = "onebyte-replica-v1"
+
+
+class Replica:
+    def __init__(self, model: torch.nn.Module, hyper: Hyper, device="cpu"):
+        if not isinstance(hyper, Hyper):
+            raise HyperError(f"hyper must be a onebyte.model.Hyper, got {type(hyper).__name__}")
+        self.hyper = hyper
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.poisoned = None  # set to a message once exactness is lost (grid overflow)
+        pattern = re.compile(hyper.trainable)
+        # named_parameters() yields a tied tensor once (under its first name): counted once.
+        params = {n: p for n, p in self.model.named_parameters() if p.is_floating_point() and pattern.fullmatch(n)}
+        if not params:
+            raise HyperError(f"trainable={hyper.trainable!r} matches no floating-point parameter of the model")
+        names = sorted(params)
+        self.params = [params[n] for n in names]
+        with torch.no_grad():
+            self.grid: Grid = build_grid(names, [p.detach() for p in self.params], hyper)
+            self.flat = torch.empty(self.grid.total, dtype=torch.float32, device=self.device)
+            for p, o, n in zip(self.params, self.grid.offsets.tolist(), self.grid.sizes.tolist()):
+                self.flat[o:o + n].copy_(p.detach().reshape(-1))
+                p.data = self.flat[o:o + n].view(p.shape)  # the model now reads the flat buffer
+            snap_(self.flat, self.grid)
+        if self.device.type == "cuda":
+            from .replay_triton import TritonReplay
+            self._triton = TritonReplay(self.grid, self.device)
+        elif self.device.type == "cpu":
+            from .replay_cpu import make_items
+            self._items = make_items(self.grid.offsets, self.grid.sizes)
+            self._np = self.flat.numpy()  # shares memory with self.flat
+        else:
+            raise HyperError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+    @property
+    def names(self) -> list:
+        return self.grid.names
+
+    @property
+    def n_trainable(self) -> int:
+        return self.grid.total
+
+    # -- the one path that changes weights ---------------------------------------------------
+    def _apply(self, seeds: Sequence[int], coefs: Sequence[np.ndarray]) -> None:
+        """Add sum_u coefs[u][t] * quantum[t] * z(seeds[u], i) to every trainable weight, exactly."""
+        if self.poisoned:
+            raise GridOverflowError(self.poisoned)
+        for keys, coef_t in plan_batches(self.grid, seeds, coefs, self.hyper.max_fused):
+            if self.device.type == "cpu":
+                from .replay_cpu import replay_cpu
+                bad = replay_cpu(self._np, keys, coef_t, self._items, self.grid.quantum, self.grid.bound)
+            else:
+                bad = self._triton.apply(self.flat, keys, coef_t)
+            if len(bad):
+                names = ", ".join(self.grid.names[int(t)] for t in bad[:5])
+                self.poisoned = (f"grid overflow: weights of {names} reached their bound 2**e; the replica is "
+                                 f"no longer exact (restore a snapshot; raise headroom_bits or lower lr)")
+                raise GridOverflowError(self.poisoned)
+
+    def replay(self, updates: Sequence[tuple]) -> None:
+        """Apply updates [(seed, q, step), ...] in one fused pass; any order gives the same bits."""
+        seeds, coefs = [], []
+        for up in updates:
+            seed, q, step = _check_update(up)
+            seeds.append(seed)
+            coefs.append(update_coefficients(self.grid, self.hyper, seed, q, step))
+        if seeds:
+            self._apply(seeds, coefs)
+
+    def local_step(self, loss_fn: Callable, batch, seed: int, step: int) -> tuple[int, float]:
+        """One SPSA step: returns (q, mean of l+ and l-), with the own update applied.
+
+        Weights go w -> w + eps z -> w - eps z -> w + c z (restore and update fused in one pass;
+        the integer sum eps + c gives the same bits as restoring then replaying (seed, q, step))."""
+        seed, _, step = _check_update((seed, 0, step))
+        eps_k = self.grid.eps_k
+        live = 0  # which multiple of eps*z is on the weights right now
+        try:
+            self._apply([seed], [eps_k])
+            live = 1
+            with torch.no_grad():
+                l_plus = float(loss_fn(self.model, batch))
+            self._apply([seed], [-2 * eps_k])
+            live = -1
+            with torch.no_grad():
+                l_minus = float(loss_fn(self.model, batch))
+            g = (l_plus - l_minus) / (2.0 * self.hyper.eps)  # projected gradient along z
+            q = quantize(g, seed, self.hyper.q_scale)
+            c = update_coefficients(self.grid, self.hyper, seed, q, step)
+        except BaseException:
+            if live and not self.poisoned:  # a failing loss_fn must not leave the weights perturbed
+                self._apply([seed], [-live * eps_k])
+            raise
+        self._apply([seed], [eps_k + c])
+        return q, 0.5 * (l_plus + l_minus)
+
+    # -- state ------------------------------------------------------------------------------
+    def digest(self) -> str:
+        """blake2b-256 hex of the trainable weights: little-endian fp32 bytes in index order."""
+        h = hashlib.blake2b(digest_size=32)
+        h.update(self.flat.detach().cpu().numpy().astype("<f4", copy=False).tobytes())
+        return h.hexdigest()
+
+    def metadata(self) -> dict:
+        return {"format": SNAPSHOT_FORMAT, "rng": RNG_ID, "hyper": json.dumps(self.hyper.to_dict(), sort_keys=True),
+                "grid_exps": json.dumps([int(e) for e in self.grid.exps])}
+
+    def save(self, path) -> None:
+        """safetensors snapshot of the trainable weights (the rest of the model is the base, unchanged)."""
+        from safetensors.torch import save_file
+        tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.grid.names, self.params)}
+        save_file(tensors, str(path), metadata=self.metadata())
+
+    def load(self, path) -> None:
+        """Restore a snapshot written by save() for the same base model and Hyper."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as e:  # corrupt/missing file: one clear line for the caller
+            raise GridError(f"cannot read snapshot {path}: {e}") from None
+        mine = self.metadata()
+        for k in ("format", "rng", "grid_exps"):
+            if meta.get(k) != mine[k]:
+                raise GridError(f"snapshot {path} does not match this replica ({k} differs)")
+        if sorted(tensors) != self.grid.names:
+            raise GridError(f"snapshot {path} holds different tensors than this replica's trainable set")
+        new = torch.empty_like(self.flat)
+        for n, o, size, shape in zip(self.grid.names, self.grid.offsets.tolist(), self.grid.sizes.tolist(),
+                                     self.grid.shapes):
+            t = tensors[n]
+            if tuple(t.shape) != shape or t.dtype != torch.float32:
+                raise GridError(f"snapshot tensor {n} has shape {tuple(t.shape)} {t.dtype}, expected {shape} float32")
+            new[o:o + size].copy_(t.reshape(-1))
+        check_on_grid(new, self.grid)
+        with torch.no_grad():
+            self.flat.copy_(new)
+        self.poisoned = None
+
+
+def _check_update(up):
+    try:
+        seed, q, step = up
+    except (TypeError, ValueError):
+        raise ValueError(f"an update is (seed, q, step), got {up!r}") from None
+    for name, v, lo, hi in (("seed", seed, 0, (1 << 64) - 1), ("q", q, -Q_MAX, Q_MAX), ("step", step, 1, 1 << 62)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+            raise ValueError(f"update {name} must be an int in [{lo}, {hi}], got {v!r}")
+    return int(seed), int(q), int(step)

@@ -1,0 +1,56 @@
+"""Pure-torch reference of onebyte-rng-v1 and of replay: the oracle the kernels are checked against.
+
+Written independently of model/rng.py and the kernels: torch int64 arithmetic wraps modulo
+2**64 like uint64, and a logical right shift is an arithmetic shift with the sign-extended
+high bits masked off. Slow and simple on purpose; one update at a time, in fp32.
+"""
+
+import torch
+
+
+M64 = (1 << 64) - 1
+
+
+def s64(u: int) -> int:
+    """uint64 value -> the int64 with the same bits (torch has no general uint64 arithmetic)."""
+    u &= M64
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+GAMMA = s64(0x9E3779B97F4A7C15)
+MIX1 = s64(0xBF58476D1CE4E5B9)
+MIX2 = s64(0x94D049BB133111EB)
+NOISE_DOMAIN = int.from_bytes(b"ob-noise", "little")
+
+
+def lsr(z: torch.Tensor, k: int) -> torch.Tensor:
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    z = (z ^ lsr(z, 30)) * MIX1
+    z = (z ^ lsr(z, 27)) * MIX2
+    return z ^ lsr(z, 31)
+
+
+def words(seed: int, w: torch.Tensor) -> torch.Tensor:
+    key = mix64(torch.tensor([s64(seed ^ NOISE_DOMAIN)], dtype=torch.int64))
+    return mix64(key + w * GAMMA)
+
+
+def signs(seed: int, idx: torch.Tensor) -> torch.Tensor:
+    """Rademacher signs (int32, +-1) of the given int64 element indices."""
+    h = words(seed, idx >> 6)
+    bit = (h >> (idx & 63)) & 1  # bit (i & 63) survives an arithmetic shift unchanged
+    return (1 - 2 * bit).to(torch.int32)
+
+
+def replay(flat: torch.Tensor, offsets, sizes, quantum, updates) -> torch.Tensor:
+    """Return flat + sum over updates (seed, coef[T]) of coef[t] * quantum[t] * z, one update at a time."""
+    out = flat.clone()
+    for seed, coef in updates:
+        for t, (o, n) in enumerate(zip(offsets, sizes)):
+            o, n = int(o), int(n)
+            z = signs(seed, torch.arange(o, o + n, dtype=torch.int64))
+            out[o:o + n] += (int(coef[t]) * z).to(torch.float32) * float(quantum[t])
+    return out
