@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -289,13 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--force", action="store_true", help="replace a non-empty --out")
         s.set_defaults(func=func)
 
-    try:
-        from onebyte.node import demo  # owned by the demo helper; registers `onebyte demo`
-    except ImportError as exc:
-        if exc.name != "onebyte.node.demo":
-            raise
-    else:
-        demo.add_parser(sub)
+    # `onebyte demo` lives in node/demo.py (the demo's own module); registered when present.
+    if importlib.util.find_spec("onebyte.node.demo") is not None:
+        importlib.import_module("onebyte.node.demo").add_parser(sub)
     return p
 
 

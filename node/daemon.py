@@ -119,8 +119,9 @@ class Daemon:
         now = self.loop.time()
         self.udp = await open_udp(cfg.listen, self._on_datagram)
         peers = [await resolve_peer(p, self.udp.family) for p in cfg.peers]
+        own_logged = self.ulog.updates_vv().get(self.node_id, 0)
         self.engine = Engine(self.identity, pconfig, rng=random.Random(), now=now, store=self.ulog,
-                             bootstrap=peers)
+                             bootstrap=peers, own_last_step=own_logged, generation=sd.next_generation())
         self._republish_journal(now)
 
         rate_cap = float(genesis.swarm.get("max_updates_per_s_per_origin", 50.0))
@@ -181,13 +182,12 @@ class Daemon:
     def _republish_journal(self, now: float) -> None:
         """Own updates logged before a crash but never sealed into a stored record: publish
         them again (same steps, same q), so peers get them and step numbers stay unique."""
-        own_logged = self.ulog.updates_vv().get(self.node_id, 0)
-        sealed = self.ulog.records_vv(self.node_id)
-        if own_logged > sealed:
-            qs = self.ulog.qs_of(self.node_id, sealed + 1, own_logged)
-            for i, q in enumerate(qs):
-                self.engine.publish(sealed + 1 + i, q, now)
-            log.info("re-published own steps %d..%d logged before the last stop", sealed + 1, own_logged)
+        steps = self.engine.own_steps_to_republish
+        if len(steps):
+            qs = self.ulog.qs_of(self.node_id, steps.start, steps.stop - 1)
+            for step, q in zip(steps, qs):
+                self.engine.publish(step, q, now)
+            log.info("re-published own steps %d..%d logged before the last stop", steps.start, steps.stop - 1)
 
     def _snapshot_writer(self):
         directory = self.sd.snapshots

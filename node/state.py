@@ -80,6 +80,19 @@ class StateDir:
         elif write:
             atomic_write_bytes(self.genesis_copy, genesis.to_toml().encode())
 
+    def next_generation(self) -> int:
+        """A number that grows with every start of this node (the engine's session epoch):
+        max(previous + 1, wall-clock seconds), persisted before use so a clock step back
+        cannot make a restart reuse an old generation."""
+        path = self.path / "generation"
+        try:
+            prev = int(path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            prev = 0
+        gen = max(prev + 1, int(time.time()))
+        atomic_write_bytes(path, f"{gen}\n".encode())
+        return gen
+
     def open_log(self, fsync: bool = True, readonly: bool = False) -> UpdateLog:
         if readonly and not self.log_path.exists():
             raise StateError(f"state_dir {self.path} has no update log (has this node ever run?)")
@@ -125,7 +138,12 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     snap = read_snapshot(sd.snapshots)
     base_vv: dict[bytes, int] = {}
     if snap is not None:
-        replica.load(snap.weights)
+        from onebyte.model import GridError
+        try:
+            replica.load(snap.weights)
+        except GridError as exc:
+            raise StateError(f"{exc}; delete {sd.snapshots / 'snapshot.json'} to rebuild the state "
+                             "from the update log") from None
         got = replica.digest()
         if got != snap.digest:
             raise StateError(f"snapshot {snap.weights} does not match its recorded digest; delete "
