@@ -1,0 +1,87 @@
+"""ProtocolConfig: the knobs of the gossip engine (most come from the genesis)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A ProtocolConfig value is out of range (our own misuse, so it raises)."""
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    swarm_id: bytes                       # 32 bytes, blake2b-256 of the genesis
+    protocol_version: int = 1             # first byte of every datagram
+    admission: str = "open"               # "open": any key (rate limited); "closed": members only
+    members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
+    max_updates_per_s_per_origin: float = 50.0  # cap on unsolicited (pushed) updates per origin
+    rate_burst_s: float = 30.0            # token bucket depth, in seconds of the cap
+    updates_per_record: int = 64          # own updates batched per signed record
+    record_linger_s: float = 2.0          # flush a partial record after this long
+    gossip_interval_s: float = 0.2        # eager push round
+    fanout: int = 3                       # peers per push round
+    retransmit_mult: int = 4              # membership gossip: limit = mult * ceil(log10(n + 1))
+    record_retransmit_mult: int = 2       # records: the same rule; anti-entropy covers the tail
+    max_push_datagrams: int = 4           # per peer per push round, when the queue is long
+    probe_interval_s: float = 1.0         # SWIM protocol period
+    probe_timeout_s: float = 0.5          # direct ack wait before indirect probes
+    indirect_probes: int = 3              # helpers asked to ping a silent peer
+    suspicion_mult: int = 4               # suspect -> dead after mult * max(1, log10 n) periods
+    dead_forget_s: float = 60.0           # dead/left peers forgotten (and allowed back) after this
+    reconnect_interval_s: float = 5.0     # ping a dead peer / re-join bootstrap this often
+    anti_entropy_interval_s: float = 1.0  # version-vector comparison with one random peer
+    peer_exchange_interval_s: float = 10.0
+    max_datagram: int = 1200              # safe under IPv6 minimum MTU minus headers
+    max_record_updates: int = 1024        # largest record accepted from a peer
+    max_pending_updates_per_origin: int = 4096  # out-of-order buffer, per origin
+    max_pending_records: int = 20000      # out-of-order buffer, total
+    max_peers: int = 4096                 # membership table bound
+    max_events: int = 100000              # high-value events before back-pressure
+    max_drop_events: int = 1024           # DatagramDropped events kept if not drained
+    max_broadcasts: int = 2048            # queued records / gossip items per queue
+    cert_verifies_per_s: float = 200.0    # budget for verifying unknown certificates (JOIN floods)
+    pull_serve_bytes: int = 4 * 1100      # bytes of records served per PULL request
+    extra: dict = field(default_factory=dict, compare=False)  # room for node-specific notes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.swarm_id, bytes) or len(self.swarm_id) != 32:
+            raise ConfigError("swarm_id must be 32 bytes")
+        if not 0 < self.protocol_version < 256:
+            raise ConfigError("protocol_version must be in 1..255")
+        if self.admission not in ("open", "closed"):
+            raise ConfigError(f"admission must be 'open' or 'closed', not {self.admission!r}")
+        for key in self.members:
+            if not isinstance(key, bytes) or len(key) != 32:
+                raise ConfigError("members must be raw 32-byte Ed25519 public keys")
+        if self.admission == "closed" and not self.members:
+            raise ConfigError("a closed swarm needs at least one member key")
+        if not 1 <= self.updates_per_record <= min(256, self.max_record_updates):
+            raise ConfigError("updates_per_record must be in 1..256")
+        if self.max_datagram < 600 or self.max_datagram > 1400:
+            raise ConfigError("max_datagram must be in 600..1400")
+        for name in ("gossip_interval_s", "probe_interval_s", "probe_timeout_s",
+                     "anti_entropy_interval_s", "record_linger_s", "max_updates_per_s_per_origin"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.probe_timeout_s >= self.probe_interval_s:
+            raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
+        if self.fanout < 1 or self.retransmit_mult < 1:
+            raise ConfigError("fanout and retransmit_mult must be >= 1")
+
+    @property
+    def swarm_tag(self) -> bytes:
+        """8-byte tag on every datagram: a cheap first filter for foreign traffic.
+
+        It is not the security boundary (every MAC key and signature covers the
+        full 32-byte swarm id); it only has to make collisions between swarms
+        that share a network rare, and 64 bits does that for 24 bytes less.
+        """
+        import hashlib
+        return hashlib.blake2b(b"onebyte-tag-v1" + self.swarm_id, digest_size=8).digest()
+
+    def transmit_limit(self, n: int, mult: int | None = None) -> int:
+        return (mult or self.retransmit_mult) * max(1, math.ceil(math.log10(n + 1)))
+
+    def suspicion_timeout(self, n: int) -> float:
+        return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval_s

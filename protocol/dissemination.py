@@ -1,0 +1,139 @@
+"""Eager push queue (memberlist's TransmitLimitedQueue) and version-vector digests.
+
+Push gives speed: a fresh record or membership change is piggybacked on the
+next few push rounds until it has been sent `limit` times, with
+limit = retransmit_mult * ceil(log10(n + 1)).  Pull gives the guarantee: every
+anti-entropy round compares bucketed hashes of the version vector with one
+random peer and pulls whatever is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+
+
+class TransmitLimitedQueue:
+    """Items (already packed) sent fewest-transmits-first, newest first among equals.
+
+    `key` lets a newer item invalidate an older one about the same subject
+    (e.g. a DEAD message replaces the SUSPECT about that node).
+    """
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self._by_count: dict[int, dict] = {}   # transmits -> {key: packed}, insertion ordered
+        self._where: dict = {}                 # key -> transmits
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def push(self, key, packed: bytes) -> None:
+        old = self._where.pop(key, None)
+        if old is not None:
+            self._drop_from(old, key)
+        self._by_count.setdefault(0, {})[key] = packed
+        self._where[key] = 0
+        if len(self._where) > self.max_items:
+            self._prune()
+
+    def _prune(self) -> None:
+        # Drop the most-transmitted items first: they have done most of their work.
+        for count in sorted(self._by_count, reverse=True):
+            bucket = self._by_count[count]
+            while bucket and len(self._where) > self.max_items:
+                key = next(iter(bucket))
+                del bucket[key]
+                del self._where[key]
+            if not bucket:
+                del self._by_count[count]
+            if len(self._where) <= self.max_items:
+                return
+
+    def take(self, budget: int, limit: int, overhead: int = 0) -> list:
+        """Items fitting in budget bytes (each costs len + overhead); counts one transmit each.
+
+        Stops after a few items that do not fit, so a long queue costs O(taken), not O(queue).
+        """
+        out, moved, misses = [], [], 0
+        for count in sorted(self._by_count):
+            bucket = self._by_count[count]
+            for key in reversed(bucket):  # newest first among equals
+                packed = bucket[key]
+                cost = len(packed) + overhead
+                if cost > budget:
+                    misses += 1
+                    if misses >= 4:
+                        break
+                    continue
+                budget -= cost
+                out.append(packed)
+                moved.append((key, count, packed))
+            if misses >= 4 or budget <= overhead:
+                break
+        by_count, where = self._by_count, self._where
+        for key, count, packed in moved:
+            bucket = by_count[count]
+            del bucket[key]
+            if not bucket:
+                del by_count[count]
+            if count + 1 >= limit:
+                del where[key]
+            else:
+                nxt = by_count.get(count + 1)
+                if nxt is None:
+                    nxt = by_count[count + 1] = {}
+                nxt[key] = packed
+                where[key] = count + 1
+        return out
+
+    def discard(self, key) -> None:
+        count = self._where.pop(key, None)
+        if count is not None:
+            self._drop_from(count, key)
+
+    def _drop_from(self, count: int, key) -> None:
+        bucket = self._by_count.get(count)
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del self._by_count[count]
+
+
+DIGEST_BUCKETS = 64
+BUCKET_HASH = 8
+
+
+def _entry_hash(origin: bytes, step: int) -> int:
+    return int.from_bytes(hashlib.blake2b(origin + step.to_bytes(8, "little"),
+                                          digest_size=BUCKET_HASH).digest(), "little")
+
+
+def bucket_of(origin: bytes) -> int:
+    return origin[0] % DIGEST_BUCKETS
+
+
+class VersionDigest:
+    """XOR of per-(origin, contiguous step) hashes in 64 buckets, updated incrementally."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * DIGEST_BUCKETS
+        self.members: list[set] = [set() for _ in range(DIGEST_BUCKETS)]
+
+    def update(self, origin: bytes, old: int, new: int) -> None:
+        b = bucket_of(origin)
+        if old:
+            self.buckets[b] ^= _entry_hash(origin, old)
+        else:
+            self.members[b].add(origin)
+        self.buckets[b] ^= _entry_hash(origin, new)
+
+    def packed(self) -> bytes:
+        return b"".join(h.to_bytes(BUCKET_HASH, "little") for h in self.buckets)
+
+    def differing(self, other: bytes) -> list:
+        """Bucket indices whose hash differs from a peer's packed digest."""
+        out = []
+        for i in range(DIGEST_BUCKETS):
+            theirs = int.from_bytes(other[i * BUCKET_HASH:(i + 1) * BUCKET_HASH], "little")
+            if theirs != self.buckets[i]:
+                out.append(i)
+        return out

@@ -1,0 +1,84 @@
+"""Events the engine hands to its driver through Engine.next_event()."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class UpdatesReceived(Event):
+    """Updates first_step .. first_step+len(qs)-1 of origin, each delivered exactly once.
+
+    Per origin these arrive in contiguous step order; the record holding them is
+    already in the RecordStore when this event is queued.
+    """
+    origin: bytes
+    first_step: int
+    qs: tuple  # ints in [-127, 127]
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + len(self.qs) - 1
+
+    def updates(self) -> list:
+        return [(self.origin, self.first_step + i, q) for i, q in enumerate(self.qs)]
+
+
+@dataclass(frozen=True)
+class PeerJoined(Event):
+    node_id: bytes
+    addr: Any
+
+
+@dataclass(frozen=True)
+class PeerAlive(Event):
+    """A suspected peer refuted the suspicion (or a dead one came back)."""
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class PeerSuspected(Event):
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class PeerDead(Event):
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class PeerLeft(Event):
+    node_id: bytes
+
+
+@dataclass(frozen=True)
+class DatagramDropped(Event):
+    """Low-value: dropped first when the driver does not drain events."""
+    reason: str
+    addr: Any
+
+
+@dataclass(frozen=True)
+class EquivocationDetected(Event):
+    """origin signed two different records for overlapping steps.
+
+    record_a was accepted first (and stays); record_b is the conflicting one.
+    Both are canonical signed records, so the pair is proof any node can verify.
+    """
+    origin: bytes
+    first_step: int
+    last_step: int
+    record_a: bytes
+    record_b: bytes
+
+
+DROP_REASONS = (
+    "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
+    "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",
+    "from_self", "stale_generation", "buffer_full", "backpressure", "unsolicited",
+)

@@ -1,0 +1,68 @@
+"""RecordStore: where accepted records live so they can be served to peers.
+
+The node backs it with its durable log; MemoryRecordStore is the in-memory
+version used by tests and the simulator.  The engine only calls add() for
+records it delivers in step order, so a store never has gaps per origin.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Protocol
+
+
+class RecordStore(Protocol):
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None: ...
+    def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list: ...
+    def version_vector(self) -> dict: ...
+
+
+class MemoryRecordStore:
+    """Per origin: records sorted by first step; version vector = last contiguous step."""
+
+    def __init__(self) -> None:
+        self._firsts: dict[bytes, list[int]] = {}
+        self._records: dict[bytes, list[tuple[int, int, bytes]]] = {}
+        self._vv: dict[bytes, int] = {}
+
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
+        if last_step < first_step:
+            raise ValueError("last_step < first_step")
+        firsts = self._firsts.setdefault(origin, [])
+        recs = self._records.setdefault(origin, [])
+        i = bisect.bisect_left(firsts, first_step)
+        if i < len(firsts) and firsts[i] == first_step:
+            return  # already held
+        firsts.insert(i, first_step)
+        recs.insert(i, (first_step, last_step, record))
+        top = self._vv.get(origin, 0)
+        # Advance the contiguous mark over every record that now touches it.
+        j = bisect.bisect_right(firsts, top + 1) - 1
+        while 0 <= j < len(recs) and recs[j][0] <= top + 1:
+            top = max(top, recs[j][1])
+            j += 1
+        self._vv[origin] = top
+
+    def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list:
+        """Records (in step order) covering from_step onwards, up to limit_bytes (at least one)."""
+        firsts = self._firsts.get(origin)
+        if not firsts:
+            return []
+        recs = self._records[origin]
+        i = max(0, bisect.bisect_right(firsts, from_step) - 1)
+        if recs[i][1] < from_step:
+            i += 1
+        out, used = [], 0
+        while i < len(recs):
+            rec = recs[i][2]
+            if out and used + len(rec) > limit_bytes:
+                break
+            out.append(rec)
+            used += len(rec)
+            i += 1
+        return out
+
+    def version_vector(self) -> dict:
+        return dict(self._vv)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._records.values())

@@ -1,0 +1,217 @@
+"""Datagram wire format (spec: docs/protocol.md).
+
+    version u8 | swarm_tag 8 | type u8 | flags u8 | sender 16 | counter u64le   (35-byte header)
+    [cert 140]                    if flags & FLAG_CERT
+    body                          msgpack [payload, gossip[], records[]]
+    mac 16                        keyed blake2b over everything before it (absent on JOIN)
+
+The header is fixed-size and parsed with struct, so foreign, truncated and
+unauthenticated datagrams are rejected before msgpack ever sees the body.
+"""
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+import msgpack
+
+from .identity import CERT_SIZE, SIG_SIZE
+
+
+class MessageType(IntEnum):
+    """Append-only: these numbers are wire format.  Never renumber or reuse."""
+    JOIN = 1        # unauthenticated: sender cert + padding; asks for the receiver's cert
+    HELLO = 2       # answer to JOIN: receiver's cert, MAC'd
+    PING = 3        # payload: seq
+    ACK = 4         # payload: seq
+    PING_REQ = 5    # payload: [seq, target node id]
+    PUSH = 6        # payload: nil; carries gossip and fresh records
+    DIGEST = 7      # payload: bucket hashes of the version vector
+    VECTOR = 8      # payload: [buckets, [[origin, step], ...]]
+    PULL = 9        # payload: [[origin, from_step], ...]
+    RECORDS = 10    # payload: nil; records answering a PULL
+    PEERS_REQ = 11  # payload: nil
+    PEERS = 12      # payload: nil; gossip holds ALIVE items
+
+
+class GossipKind(IntEnum):
+    """Append-only membership gossip item kinds."""
+    ALIVE = 0    # [0, cert, addr|nil]
+    SUSPECT = 1  # [1, node_id, incarnation]
+    DEAD = 2     # [2, node_id, incarnation]
+    LEAVE = 3    # [3, node_id, generation, incarnation, sig]
+
+
+HEADER = struct.Struct("<B8sBB16sQ")
+HEADER_SIZE = HEADER.size  # 35
+MAC_SIZE = 16
+FLAG_CERT = 0x01
+KNOWN_FLAGS = FLAG_CERT
+JOIN_MIN_SIZE = 400  # JOIN is padded: the HELLO it triggers must not be larger
+_TYPES = frozenset(int(t) for t in MessageType)
+
+
+class WireError(Exception):
+    """A datagram failed to parse; .reason is the counted drop reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Header:
+    __slots__ = ("version", "tag", "type", "flags", "sender", "counter", "cert", "body", "mac", "signed")
+
+    def __init__(self, data: bytes):
+        (self.version, self.tag, self.type, self.flags, self.sender,
+         self.counter) = HEADER.unpack_from(data)
+
+
+def parse_header(data: bytes, version: int, tag: bytes, max_size: int) -> Header:
+    """Cheap checks only (no crypto, no msgpack).  Raises WireError."""
+    if len(data) > max_size:
+        raise WireError("oversize")
+    if len(data) < 1:
+        raise WireError("truncated")
+    if data[0] != version:
+        raise WireError("wrong_version")
+    if len(data) < HEADER_SIZE:
+        raise WireError("truncated")
+    h = Header(data)
+    if h.tag != tag:
+        raise WireError("wrong_swarm")
+    if h.type not in _TYPES:
+        raise WireError("unknown_type")
+    if h.flags & ~KNOWN_FLAGS:
+        raise WireError("malformed")
+    pos = HEADER_SIZE
+    if h.flags & FLAG_CERT:
+        if len(data) < pos + CERT_SIZE:
+            raise WireError("truncated")
+        h.cert = data[pos:pos + CERT_SIZE]
+        pos += CERT_SIZE
+    else:
+        h.cert = None
+    if h.type == MessageType.JOIN:
+        if h.cert is None:
+            raise WireError("malformed")
+        h.body, h.mac, h.signed = data[pos:], b"", data
+        return h
+    if len(data) < pos + MAC_SIZE + 1:
+        raise WireError("truncated")
+    h.body = data[pos:-MAC_SIZE]
+    h.mac = data[-MAC_SIZE:]
+    h.signed = data[:-MAC_SIZE]
+    return h
+
+
+def pack_header(version: int, tag: bytes, mtype: int, sender: bytes, counter: int,
+                cert: bytes | None) -> bytes:
+    flags = FLAG_CERT if cert else 0
+    head = HEADER.pack(version, tag, mtype, flags, sender, counter)
+    return head + cert if cert else head
+
+
+def _array_header(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+
+
+def pack_body(payload: bytes, gossip: list, records: list) -> bytes:
+    """payload is already msgpack-packed; gossip/records are lists of packed items."""
+    return (b"\x93" + payload + _array_header(len(gossip)) + b"".join(gossip)
+            + _array_header(len(records)) + b"".join(records))
+
+
+BODY_OVERHEAD = 1 + 3 + 3  # outer array + worst-case headers of the two inner arrays
+
+
+def unpack_body(body: bytes) -> tuple:
+    """(payload, gossip, records).  Raises WireError('malformed')."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True,
+                              max_str_len=256, max_bin_len=2048, max_array_len=512, max_map_len=0,
+                              max_ext_len=0)
+    except Exception:  # msgpack raises many types on garbage
+        raise WireError("malformed") from None
+    if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[1], list) \
+            or not isinstance(obj[2], list):
+        raise WireError("malformed")
+    return obj[0], obj[1], obj[2]
+
+
+def packb(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_addr(addr) -> list:
+    return list(addr)
+
+
+def decode_addr(obj):
+    """Addresses are opaque tuples of str/int (host, port[, flowinfo, scope]); None if invalid."""
+    if not isinstance(obj, list) or not 2 <= len(obj) <= 4:
+        return None
+    for part in obj:
+        if isinstance(part, bool) or not isinstance(part, (str, int)):
+            return None
+        if isinstance(part, str) and len(part) > 64:
+            return None
+        if isinstance(part, int) and not 0 <= part < 2 ** 32:
+            return None
+    return tuple(obj)
+
+
+# ---------------------------------------------------------------- records
+# A record travels as one msgpack bin:
+#     flags u8 | [origin public key 32 if flags & 1] | first_step LEB128 | qs (n bytes, int8) | sig 64
+# The key is omitted when the datagram's (authenticated) sender is the origin:
+# that is what makes bytes per update at the origin approach one.
+REC_HAS_KEY = 0x01
+MAX_STEP = 2 ** 53
+
+
+def leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_record(pub: bytes | None, first_step: int, qs: bytes, sig: bytes) -> bytes:
+    if pub is None:
+        return b"\x00" + leb128(first_step) + qs + sig
+    return b"\x01" + pub + leb128(first_step) + qs + sig
+
+
+def decode_record(rec: bytes) -> tuple:
+    """(pub or None, first_step, qs, sig).  Raises WireError('malformed')."""
+    if not isinstance(rec, bytes) or len(rec) < 1 + 1 + 1 + SIG_SIZE:
+        raise WireError("malformed")
+    flags = rec[0]
+    pos = 1
+    if flags == REC_HAS_KEY:
+        pub = rec[1:33]
+        pos = 33
+    elif flags == 0:
+        pub = None
+    else:
+        raise WireError("malformed")
+    step, shift = 0, 0
+    while True:
+        if pos >= len(rec) or shift > 56:
+            raise WireError("malformed")
+        b = rec[pos]
+        pos += 1
+        step |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    qs = rec[pos:-SIG_SIZE]
+    if step < 1 or step >= MAX_STEP or len(qs) < 1 or len(rec) - pos < SIG_SIZE + 1:
+        raise WireError("malformed")
+    return pub, step, qs, rec[-SIG_SIZE:]
