@@ -29,7 +29,12 @@ class Replica:
         if not isinstance(hyper, Hyper):
             raise HyperError(f"hyper must be a onebyte.model.Hyper, got {type(hyper).__name__}")
         self.hyper = hyper
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            self.device = None
+        if self.device is None or self.device.type not in ("cpu", "cuda"):
+            raise HyperError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
         self.model = model.to(self.device)
         self.poisoned = None  # set to a message once exactness is lost (grid overflow)
         pattern = re.compile(hyper.trainable)
@@ -49,12 +54,10 @@ class Replica:
         if self.device.type == "cuda":
             from .replay_triton import TritonReplay
             self._triton = TritonReplay(self.grid, self.device)
-        elif self.device.type == "cpu":
+        else:
             from .replay_cpu import make_items
             self._items = make_items(self.grid.offsets, self.grid.sizes)
             self._np = self.flat.numpy()  # shares memory with self.flat
-        else:
-            raise HyperError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
     @property
     def names(self) -> list:

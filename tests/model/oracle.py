@@ -54,3 +54,23 @@ def replay(flat: torch.Tensor, offsets, sizes, quantum, updates) -> torch.Tensor
             z = signs(seed, torch.arange(o, o + n, dtype=torch.int64))
             out[o:o + n] += (int(coef[t]) * z).to(torch.float32) * float(quantum[t])
     return out
+
+
+# -- tiny models and a loss for the tests ------------------------------------------------------
+def tiny_llama(seed: int = 0, tie: bool = True):
+    """A 2-layer LlamaForCausalLM (~30k params), tied embeddings, random init from `seed`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)  # model init only; never used for perturbations
+    cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                      tie_word_embeddings=tie)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def lm_batch(seed: int = 0, n: int = 4, length: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 61, (n, length), generator=g)
+
+
+def lm_loss(model, batch) -> float:
+    return model(input_ids=batch, labels=batch).loss.item()
