@@ -343,9 +343,11 @@ class Engine(HandlersMixin):
     def _on_join(self, h, size: int, addr, now: float) -> None:
         # JOIN has no MAC (the joiner lacks our session key): it may be a replay, so it only
         # teaches us a genuine signed certificate and earns a HELLO no larger than itself.
-        if size < JOIN_MIN_SIZE:
-            raise WireError("malformed")
         nid, pub, xpub, gen, inc = self._check_cert(h.cert, h.sender, now)
+        if not self.crypto.is_cached(pub, h.mac, h.signed) and not self._cert_budget.take(1, now):
+            raise WireError("rate_limited")
+        if not self.crypto.verify(pub, h.mac, h.signed):
+            raise WireError("bad_signature")
         m = self.members.members.get(nid)
         if m is not None and gen < m.generation:
             raise WireError("stale_generation")
@@ -363,7 +365,8 @@ class Engine(HandlersMixin):
         self._counter += 1
         head = pack_header(self._version, self._tag, MessageType.JOIN, self.node_id, self._counter,
                            self._cert)
-        self._out.append((head + bytes(JOIN_MIN_SIZE - len(head)), addr))
+        data = head + bytes(JOIN_MIN_SIZE - len(head) - 64)
+        self._out.append((data + self.identity.sign(data), addr))
 
     def _budget(self, m, payload_len: int) -> int:
         cert = 0 if m.confirmed else CERT_SIZE

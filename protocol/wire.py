@@ -3,7 +3,8 @@
     version u8 | swarm_tag 8 | type u8 | flags u8 | sender 16 | counter u64le   (35-byte header)
     [cert 140]                    if flags & FLAG_CERT
     body                          msgpack [payload, gossip[], records[]]
-    mac 16                        keyed blake2b over everything before it (absent on JOIN)
+    mac 16                        keyed blake2b over everything before it
+                                  (JOIN instead: zero padding and a 64-byte Ed25519 signature)
 
 The header is fixed-size and parsed with struct, so foreign, truncated and
 unauthenticated datagrams are rejected before msgpack ever sees the body.
@@ -93,9 +94,12 @@ def parse_header(data: bytes, version: int, tag: bytes, max_size: int) -> Header
     else:
         h.cert = None
     if h.type == MessageType.JOIN:
+        # JOIN: cert, zero padding, then an Ed25519 signature by the cert's key over all before.
         if h.cert is None:
             raise WireError("malformed")
-        h.body, h.mac, h.signed = data[pos:], b"", data
+        if len(data) < JOIN_MIN_SIZE:
+            raise WireError("truncated")
+        h.body, h.mac, h.signed = data[pos:-SIG_SIZE], data[-SIG_SIZE:], data[:-SIG_SIZE]
         return h
     if len(data) < pos + MAC_SIZE + 1:
         raise WireError("truncated")
