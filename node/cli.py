@@ -108,11 +108,27 @@ def cmd_init(args) -> int:
     parse_genesis(parsed, where="init")  # the same validation a node applies
     header = ("# onebyte genesis: the immutable definition of a swarm. Any change makes a new swarm id.\n"
               "# Fields: docs/config.md. Written by `onebyte init`.\n\n")
-    comments = {f"hyper.{k}": "default" for k in hyper}
+    notes = _field_comments(Hyper)
+    comments = {f"hyper.{k}": notes.get(k, "") for k in hyper}
     out.write_text(header + dump_toml(parsed, comments))
     sid = compute_swarm_id(parsed)
     print(f"wrote {out}\nswarm id {sid.hex()}")
     return 0
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing comment of each field in a dataclass's source: the documented meaning
+    of each default, copied into the genesis so the file explains itself."""
+    import inspect
+    import re
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$", src, re.M):
+        out.setdefault(m.group(1), m.group(2).strip())
+    return out
 
 
 def cmd_keygen(args) -> int:

@@ -113,7 +113,7 @@ class Worker(threading.Thread):
         self.commands: queue.Queue = queue.Queue(maxsize=COMMAND_QUEUE)
         self.stats = WorkerStats(own_steps=applied_vv.get(node_id, 0))
         self._losses: deque = deque(maxlen=LOSS_WINDOW)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._since_snapshot = 0
         self._next_step_at = 0.0
         self._dirty_digest = True
@@ -130,7 +130,7 @@ class Worker(threading.Thread):
         return True
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.backlog.wake()
 
     # --- the thread --------------------------------------------------------------------
@@ -146,12 +146,12 @@ class Worker(threading.Thread):
 
     def _run(self) -> None:
         self._refresh_digest()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             did = self._replay_backlog()
             did |= self._run_commands()
             if self.snapshot_every and self._since_snapshot >= self.snapshot_every:
                 self._write_snapshot()
-            if self._stop.is_set():
+            if self._halt.is_set():
                 break
             wait = self._maybe_step() if not did else 0.0
             if wait is None:   # a step ran
