@@ -18,8 +18,9 @@ class TransmitLimitedQueue:
     (e.g. a DEAD message replaces the SUSPECT about that node).
     """
 
-    def __init__(self, max_items: int):
+    def __init__(self, max_items: int, newest_first: bool = True):
         self.max_items = max_items
+        self.newest_first = newest_first   # records go oldest first: receivers then see steps in order
         self._by_count: dict[int, dict] = {}   # transmits -> {key: packed}, insertion ordered
         self._where: dict = {}                 # key -> transmits
 
@@ -56,7 +57,7 @@ class TransmitLimitedQueue:
         out, moved, misses = [], [], 0
         for count in sorted(self._by_count):
             bucket = self._by_count[count]
-            for key in reversed(bucket):  # newest first among equals
+            for key in (reversed(bucket) if self.newest_first else iter(bucket)):
                 packed = bucket[key]
                 cost = len(packed) + overhead
                 if cost > budget:

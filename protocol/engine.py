@@ -83,7 +83,7 @@ class Engine(HandlersMixin):
                                "equivocations": 0, "events_dropped": 0, "internal_errors": 0}
 
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)
-        self.record_q = TransmitLimitedQueue(config.max_broadcasts)
+        self.record_q = TransmitLimitedQueue(config.max_broadcasts, newest_first=False)
         self.members = Membership(config, self.node_id, self._emit, self._on_broadcast)
         self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
         self.digest = VersionDigest()
