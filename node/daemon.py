@@ -106,13 +106,15 @@ class Daemon:
         sd = self.sd = StateDir(cfg.state_dir)
         sd.create()
         sd.lock()
-        sd.check_genesis(genesis, write=True)
+        sd.check_genesis(genesis, write=False)
         self.ulog = sd.open_log(fsync=cfg.fsync)
         self.notifier.status("loading model and restoring state")
         # Loading a model takes seconds: do it off the loop so signals are still handled.
         restored = await asyncio.to_thread(restore, genesis, cfg.model, cfg.device, sd, self.ulog,
                                            update_seed, self.node_id)
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
+        # Pin the state dir to this swarm only once the model matched the genesis.
+        sd.check_genesis(genesis, write=True)
         self.restored = restored
         sample, loss_fn, evaluator = await asyncio.to_thread(self._load_data, genesis)
 

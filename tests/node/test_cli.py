@@ -1,0 +1,97 @@
+"""User mistakes through the real CLI: one clear line on stderr, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from node_harness import Node, run_cli
+
+
+def one_error_line(r, pattern: str, code: int | None = None):
+    assert r.returncode != 0
+    if code is not None:
+        assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("onebyte: error:")]
+    assert len(lines) == 1, r.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_help_for_every_command():
+    for cmd in ("init", "keygen", "run", "status", "export", "digest"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0 and "usage: onebyte" in r.stdout, r.stderr
+
+
+def test_bad_config(tmp_path):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[node]\ngenesis = "g.toml"\nkey = "k"\nstate_dir = "s"\nlisten = "localhost"\n')
+    one_error_line(run_cli("run", "--config", cfg), r"\[node\] listen: expected", 2)
+    one_error_line(run_cli("run", "--config", tmp_path / "missing.toml"), r"not found", 2)
+
+
+def test_missing_model_file(tmp_path, genesis_path):
+    n = Node(tmp_path, "m", genesis_path, [], model=str(tmp_path / "nope.gguf"))
+    one_error_line(run_cli("run", "--config", n.config), r"model: GGUF file not found", 2)
+
+
+def test_wrong_genesis(tmp_path, genesis_path):
+    # a genesis whose base model hash does not match the model
+    bad = tmp_path / "bad-genesis.toml"
+    bad.write_text(genesis_path.read_text().replace('base_model = "tiny"', 'base_model = "tiny:1"'))
+    n = Node(tmp_path, "w", bad, [])
+    one_error_line(run_cli("run", "--config", n.config), r"wrong genesis: model 'tiny:1' has hash", 2)
+    # a state dir that belongs to another swarm
+    other = tmp_path / "other-genesis.toml"
+    other.write_text(genesis_path.read_text().replace('name = "test"', 'name = "other"'))
+    assert not (n.state_dir / "genesis.toml").exists()  # a failed start pins nothing
+    n.state_dir.mkdir(parents=True, exist_ok=True)
+    (n.state_dir / "genesis.toml").write_text(other.read_text())
+    n.fields["genesis"] = str(genesis_path)
+    n.write_config()
+    one_error_line(run_cli("run", "--config", n.config), r"wrong genesis: state_dir .* belongs to swarm", 3)
+    # not a genesis at all
+    junk = tmp_path / "junk.toml"
+    junk.write_text("[swarm]\nname = 1\n")
+    n.fields["genesis"] = str(junk)
+    n.write_config()
+    one_error_line(run_cli("run", "--config", n.config), r"genesis .*junk.toml", 2)
+
+
+def test_unreadable_key(tmp_path, genesis_path):
+    n = Node(tmp_path, "k", genesis_path, [])
+    n.key.write_text("not a key\n")
+    one_error_line(run_cli("run", "--config", n.config), r"key file .* is malformed", 2)
+    n.fields["key"] = str(tmp_path)  # a directory
+    n.write_config()
+    one_error_line(run_cli("run", "--config", n.config), r"key file .* cannot be read", 2)
+
+
+def test_port_in_use(tmp_path, genesis_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        n = Node(tmp_path, "p", genesis_path, [], )
+        n.fields["listen"] = f"127.0.0.1:{s.getsockname()[1]}"
+        n.write_config()
+        one_error_line(run_cli("run", "--config", n.config), r"listen .* cannot bind", 2)
+
+
+def test_status_without_daemon(tmp_path, genesis_path):
+    n = Node(tmp_path, "s", genesis_path, [])
+    one_error_line(run_cli("status", "--config", n.config), r"no daemon", 4)
+
+
+def test_init_and_keygen(tmp_path):
+    g = tmp_path / "g.toml"
+    r = run_cli("init", "--out", g, "--model", "tiny")
+    assert r.returncode == 0 and re.search(r"swarm id [0-9a-f]{64}", r.stdout), r.stderr
+    one_error_line(run_cli("init", "--out", g), r"exists; pass --force", 2)
+    one_error_line(run_cli("init", "--out", tmp_path / "h.toml", "--model", tmp_path / "x.gguf"), r"GGUF file not found", 2)
+    one_error_line(run_cli("init", "--out", tmp_path / "h.toml", "--hyper", "eps=-1"), r"eps", 2)
+    k = tmp_path / "n.key"
+    r = run_cli("keygen", "--out", k)
+    assert r.returncode == 0 and "node id" in r.stdout
+    one_error_line(run_cli("keygen", "--out", k), r"already exists", 2)
