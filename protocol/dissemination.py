@@ -49,15 +49,19 @@ class TransmitLimitedQueue:
             if len(self._where) <= self.max_items:
                 return
 
-    def take(self, budget: int, limit: int, overhead: int = 0) -> list:
+    def take(self, budget: int, limit: int, overhead: int = 0, sent: set | None = None) -> list:
         """Items fitting in budget bytes (each costs len + overhead); counts one transmit each.
 
-        Stops after a few items that do not fit, so a long queue costs O(taken), not O(queue).
+        `sent` (keys already given to this peer this round) is skipped and extended, so one
+        peer never gets the same item twice in a round.  Stops after a few items that do not
+        fit, so a long queue costs O(taken), not O(queue).
         """
         out, moved, misses = [], [], 0
         for count in sorted(self._by_count):
             bucket = self._by_count[count]
             for key in (reversed(bucket) if self.newest_first else iter(bucket)):
+                if sent is not None and key in sent:
+                    continue
                 packed = bucket[key]
                 cost = len(packed) + overhead
                 if cost > budget:
@@ -72,6 +76,8 @@ class TransmitLimitedQueue:
                 break
         by_count, where = self._by_count, self._where
         for key, count, packed in moved:
+            if sent is not None:
+                sent.add(key)
             bucket = by_count[count]
             del bucket[key]
             if not bucket:

@@ -123,6 +123,10 @@ class HandlersMixin:
         self.incarnation = inc + 1
         self._cert = make_cert(self.identity, self._swarm, self._xpub, self.generation, self.incarnation)
         self._on_broadcast("self", self.node_id, None)
+        # Attach the new certificate to the next datagram to every peer: a peer that holds us
+        # dead revives us on sight, and gossips it on (this is what heals partitions quickly).
+        for m in self.members.members.values():
+            m.confirmed = False
 
     def _tell_dead(self, m, now: float) -> None:
         """A peer we hold dead talks to us: tell it, so it can refute with a higher incarnation."""
@@ -187,8 +191,9 @@ class HandlersMixin:
     def _reconnect(self, now: float) -> None:
         dead = [m for m in self.members.members.values() if m.state == MemberState.DEAD
                 and m.addr is not None]
-        if dead:
-            m = self.rng.choice(dead)
+        # A few dead members per interval: false positives (lossy links, partitions) come back
+        # within a few intervals even when most of the table is really dead.
+        for m in self.rng.sample(dead, min(3, len(dead))):
             m.told_dead = now
             self._send(MessageType.PING, m, packb(0), [packb([2, m.node_id, m.incarnation])])
         if self.members.live_count() < max(1, min(len(self.bootstrap), 3)):
@@ -204,11 +209,12 @@ class HandlersMixin:
         limit = cfg.transmit_limit(n)
         rlimit = cfg.transmit_limit(n, cfg.record_retransmit_mult)
         for peer in self.members.random_live(self.rng, cfg.fanout):
+            sent_g, sent_r = set(), set()
             for _ in range(cfg.max_push_datagrams):
                 budget = self._budget(peer, 1)
-                gossip = self.gossip_q.take(budget, limit, 0)
+                gossip = self.gossip_q.take(budget, limit, 0, sent_g)
                 budget -= sum(len(g) for g in gossip)
-                records = self.record_q.take(budget, rlimit, 0)
+                records = self.record_q.take(budget, rlimit, 0, sent_r)
                 if not gossip and not records:
                     break
                 self._send(MessageType.PUSH, peer, packb(None), gossip, records)
