@@ -1,0 +1,575 @@
+"""`onebyte demo`: a real swarm of daemons on this machine, end to end, in minutes.
+
+What it does, in order (every step uses the same commands a user would):
+1. `onebyte keygen` per node, `onebyte init` for a closed-swarm genesis naming those keys,
+   one node config per node (docs/config.md) on loopback ports;
+2. evaluates the base model zero-shot on the held-out split (the "before");
+3. starts the nodes as `onebyte run --config ...` subprocesses in one process group and
+   shows a live view from their status sockets while they fine-tune;
+4. stops the producers: each node leaves (SIGTERM), is restarted with max_steps at the
+   steps it reached, so it only serves and replays; anti-entropy then brings every
+   replica to the same update set, and the demo waits for identical digests;
+5. `onebyte export` from one node, evaluates the exported weights (the "after"), prints
+   the summary (accuracy before/after, digests, bytes on the wire versus fp32 gradients)
+   and writes a PNG plot.
+
+Daemons never outlive the demo: they share one process group that is killed on every
+exit path (normal end, error, Ctrl-C, SIGTERM), and on Linux each also gets SIGTERM
+from the kernel if the demo process dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DaemonUnreachable, UserError
+from .liveview import History, LiveView, human_bytes
+from .status import request
+
+# Recommended settings per model spec: hyper-parameters for the genesis and node settings.
+# They come from the model-io measurements (docs/data.md); a swarm started by hand with
+# `onebyte init` can use the same `--hyper` values.
+PRESETS: dict[str, dict] = {
+    "smollm2": {"hyper": {}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256},
+    "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64},
+}
+DEFAULT_MODEL = "smollm2"
+DEFAULT_DATA = "builtin:sentiment"
+POLL_S = 1.0              # status poll period of the live view
+READY_TIMEOUT_S = 300.0   # a node must answer its status socket within this after start
+QUIESCE_TIMEOUT_S = 180.0  # replicas must converge within this after the producers stop
+STOP_TIMEOUT_S = 60.0      # graceful leave (final snapshot) before SIGKILL
+
+
+class DemoError(UserError):
+    """The demo could not run; the message says which step failed and where the logs are."""
+
+    exit_code = 1
+
+
+class _Terminated(Exception):
+    """SIGTERM to the demo: unwind through the same cleanup as Ctrl-C."""
+
+
+# --- the swarm's processes ------------------------------------------------------------------
+
+def _pdeathsig() -> None:
+    """Child-side: ask Linux to SIGTERM us when the demo dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux/glibc: the process-group cleanup still covers every normal exit
+
+
+def onebyte_cmd() -> list[str]:
+    """How to call the CLI: the `onebyte` script beside this Python, else `python -m`."""
+    script = Path(sys.executable).with_name("onebyte")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "onebyte.node.cli"]
+
+
+def run_cli(args: list[str], cwd: Path, what: str, timeout: float = 600.0) -> str:
+    """Run one short `onebyte ...` command; its one-line error becomes ours."""
+    proc = __import__("subprocess").run(onebyte_cmd() + args, cwd=cwd, capture_output=True, text=True,
+                                        timeout=timeout)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DemoError(f"{what} failed: {err}")
+    return proc.stdout
+
+
+def free_udp_ports(n: int) -> list[int]:
+    """n distinct free loopback UDP ports, held open together so they differ. Port 0 in
+    the configs would serialize start-up (each node's port must be known to the others
+    before they start); a port taken between here and the bind fails that node's start
+    with a clear error."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Node:
+    name: str
+    dir: Path
+    port: int
+    public_key: str = ""
+    node_id: str = ""
+    proc: object = None  # subprocess.Popen
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "node.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "status.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "daemon.log"
+
+    def log_tail(self, n: int = 5) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-n:])
+
+
+@dataclass
+class Swarm:
+    """N daemons in one process group, configured under `root`."""
+
+    root: Path
+    n: int
+    model: str
+    data: str
+    eval_data: str
+    hyper: dict
+    batch_size: int
+    eval_examples: int
+    threads: int
+    nodes: list[Node] = field(default_factory=list)
+    pgid: int | None = None
+
+    def prepare(self) -> str:
+        """Keys, genesis and configs. Returns the swarm id (hex)."""
+        ports = free_udp_ports(self.n)
+        for i in range(self.n):
+            node = Node(name=f"node{i + 1}", dir=self.root / f"node{i + 1}", port=ports[i])
+            node.dir.mkdir(parents=True, exist_ok=True)
+            out = run_cli(["keygen", "--out", "node.key"], node.dir, f"{node.name}: onebyte keygen")
+            for line in out.splitlines():
+                if line.startswith("public key "):
+                    node.public_key = line.split()[-1]
+                elif line.startswith("node id "):
+                    node.node_id = line.split()[-1]
+            if len(node.public_key) != 64:
+                raise DemoError(f"onebyte keygen printed no public key: {out.strip()!r}")
+            self.nodes.append(node)
+        # A closed swarm: only these keys may publish, as a private swarm would be run.
+        args = ["init", "--model", self.model, "--data", self.data, "--name", "demo", "--out", "genesis.toml",
+                "--admission", "closed"]
+        if self.eval_data:
+            args += ["--eval-data", self.eval_data]
+        for node in self.nodes:
+            args += ["--member", node.public_key]
+        for k, v in self.hyper.items():
+            args += ["--hyper", f"{k}={v}"]
+        out = run_cli(args, self.root, "onebyte init")
+        swarm_id = next((ln.split()[-1] for ln in out.splitlines() if ln.startswith("swarm id ")), "")
+        for node in self.nodes:
+            self.write_config(node, max_steps=0)
+        return swarm_id
+
+    def write_config(self, node: Node, max_steps: int) -> None:
+        peers = [f"127.0.0.1:{o.port}" for o in self.nodes if o is not node]
+        text = "\n".join([
+            "# Written by `onebyte demo`; fields: docs/config.md",
+            "[node]",
+            f'listen = "127.0.0.1:{node.port}"',
+            "peers = [" + ", ".join(f'"{p}"' for p in peers) + "]",
+            'genesis = "../genesis.toml"',
+            'key = "node.key"',
+            'state_dir = "state"',
+            f'status_socket = "{node.socket}"',
+            f"batch_size = {self.batch_size}",
+            f"max_steps = {max_steps}",
+            f"eval_examples = {self.eval_examples}",
+            f"seed = {self.nodes.index(node)}",
+            f"threads = {self.threads}",
+            "",
+        ])
+        node.config.write_text(text)
+
+    def start(self) -> None:
+        import subprocess
+
+        for node in self.nodes:
+            logf = open(node.log, "ab")
+            try:
+                # All nodes join the first one's process group: one killpg stops them all,
+                # and a Ctrl-C in the terminal reaches only the demo, which then stops them
+                # in order instead of letting them die mid-write.
+                node.proc = subprocess.Popen(
+                    onebyte_cmd() + ["run", "--config", str(node.config)], cwd=node.dir,
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    process_group=0 if self.pgid is None else self.pgid,
+                    preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
+            finally:
+                logf.close()
+            if self.pgid is None:
+                self.pgid = node.proc.pid
+
+    def status(self, node: Node, timeout: float = 5.0) -> dict | None:
+        try:
+            st = request(node.socket, {"cmd": "status"}, timeout=timeout)
+        except (DaemonUnreachable, OSError, ValueError):
+            return None
+        return st if st.get("ok") else None
+
+    def statuses(self) -> dict[str, dict | None]:
+        return {n.name: self.status(n) for n in self.nodes}
+
+    def check_alive(self) -> None:
+        for node in self.nodes:
+            rc = node.proc.poll() if node.proc is not None else None
+            if rc is not None:
+                raise DemoError(f"{node.name} exited with code {rc}: {node.log_tail()} (log: {node.log})")
+
+    def wait_ready(self) -> dict[str, dict]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            self.check_alive()
+            sts = self.statuses()
+            if all(sts.values()):
+                return sts  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                down = [k for k, v in sts.items() if not v]
+                raise DemoError(f"{', '.join(down)} did not answer on the status socket within "
+                                f"{READY_TIMEOUT_S:.0f}s (logs: {self.root}/node*/daemon.log)")
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Graceful: SIGTERM (leave + final snapshot), then SIGKILL what is left."""
+        if self.pgid is None:
+            return
+        try:
+            os.killpg(self.pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except Exception:  # TimeoutExpired: handled by the SIGKILL below
+                pass
+        # SIGKILL only while a member is unreaped: the group id is then still ours, never
+        # a recycled one.
+        if any(n.proc is not None and n.proc.poll() is None for n in self.nodes):
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for node in self.nodes:
+            if node.proc is not None:
+                node.proc.wait()
+                node.proc = None
+        self.pgid = None
+
+
+# --- evaluation in the demo process ---------------------------------------------------------
+
+def genesis_task(genesis: Path) -> tuple[dict, str]:
+    """(task spec, eval data) from the genesis [task] table, exactly as a node reads them."""
+    import tomllib
+
+    table = dict(tomllib.loads(genesis.read_text())["task"])
+    table.pop("data", None)
+    return table, table.pop("eval_data", "")
+
+
+def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> dict:
+    """Held-out accuracy of a model spec (base model, or an exported folder) on the first
+    n_examples of the genesis eval data: the examples a node's `eval` uses too."""
+    import re
+    import tomllib
+
+    import torch
+
+    from onebyte.model.data import load_task
+    from onebyte.model.evaluate import evaluate
+    from onebyte.model.load import load_model
+
+    torch.set_num_threads(threads)
+    task_spec, eval_data = genesis_task(genesis)
+    task = load_task(eval_data, task_spec or None, split="eval")
+    model, tokenizer = load_model(spec)
+    model.eval()
+    t0 = time.monotonic()
+    res = evaluate(model, tokenizer, task, task.examples[:n_examples])
+    res["seconds"] = time.monotonic() - t0
+    # Parameter counts for the wire comparison, counted as the Replica does
+    # (named_parameters yields a tied tensor once; `trainable` is a fullmatch regex).
+    pattern = re.compile(tomllib.loads(genesis.read_text())["hyper"].get("trainable", ".*"))
+    params = [(n, p.numel()) for n, p in model.named_parameters() if p.is_floating_point()]
+    res["params"] = sum(k for _, k in params)
+    res["trainable"] = sum(k for n, k in params if pattern.fullmatch(n))
+    del model
+    gc.collect()  # the daemons need the memory more than we do
+    return res
+
+
+class Evaluator(threading.Thread):
+    """Asks the nodes, round-robin, to evaluate every `every_s` seconds, so the plot gets
+    an accuracy curve at a steady pace whatever the step rate. A thread, because an eval
+    occupies a node's worker for seconds and the live view must keep moving meanwhile."""
+
+    def __init__(self, swarm: Swarm, every_s: float):
+        super().__init__(name="demo-eval", daemon=True)
+        self.swarm, self.every_s = swarm, every_s
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.halt.wait(self.every_s):
+            node = self.swarm.nodes[i % len(self.swarm.nodes)]
+            i += 1
+            try:
+                request(node.socket, {"cmd": "eval"}, timeout=600)
+            except (DaemonUnreachable, OSError, ValueError):
+                pass  # a node restarting or stopping: the next tick asks another
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_zero: float) -> dict:
+    """Poll and draw until the training time is up; returns the last statuses."""
+    evaluator = Evaluator(swarm, every_s=max(5.0, train_s / 5))
+    evaluator.start()
+    t_train = time.monotonic()
+    try:
+        while True:
+            swarm.check_alive()
+            sts = swarm.statuses()
+            elapsed = time.monotonic() - t_train
+            history.record(sts, time.monotonic() - t_zero)
+            view.update(sts, elapsed)
+            if elapsed >= train_s:
+                return sts
+            time.sleep(POLL_S)
+    finally:
+        evaluator.halt.set()
+
+
+def quiesce(swarm: Swarm, view: LiveView, history: History, t_zero: float) -> dict[str, dict]:
+    """Wait until every node has applied the same update set; returns each node's
+    {"digest", "updates", "vv"} from the `digest` command (digest and vv read together)."""
+    deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+    t0 = time.monotonic()
+    while True:
+        swarm.check_alive()
+        answers = {}
+        for node in swarm.nodes:
+            try:
+                answers[node.name] = request(node.socket, {"cmd": "digest"}, timeout=60)
+            except (DaemonUnreachable, OSError, ValueError):
+                answers[node.name] = None
+        sts = swarm.statuses()
+        history.record(sts, time.monotonic() - t0 + t_zero)
+        got = [a for a in answers.values() if a and a.get("ok")]
+        counts = "/".join(str(a.get("updates", "?")) if a else "?" for a in answers.values())
+        view.update(sts, time.monotonic() - t0, note=f"converging: updates applied {counts}")
+        if len(got) == len(answers) and all(a["vv"] == got[0]["vv"] for a in got):
+            if any(a["digest"] != got[0]["digest"] for a in got):
+                raise DemoError("replicas applied the same updates but their digests differ: "
+                                + ", ".join(f"{k} {a['digest'][:16]}" for k, a in answers.items()))
+            return answers  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise DemoError(f"replicas did not converge within {QUIESCE_TIMEOUT_S:.0f}s (updates {counts}; "
+                            f"logs: {swarm.root}/node*/daemon.log)")
+        time.sleep(POLL_S)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    preset = PRESETS.get(args.model.split(":")[0], PRESETS["tiny"] if args.model.startswith("tiny") else {})
+    minutes = args.minutes if args.minutes is not None else preset.get("minutes", 5.0)
+    batch_size = args.batch_size or preset.get("batch_size", 8)
+    eval_n = args.eval_examples or preset.get("eval_examples", 256)
+    if args.nodes < 2 or args.nodes > 16:
+        raise DemoError(f"--nodes must be between 2 and 16, got {args.nodes}")
+    if not minutes > 0:
+        raise DemoError(f"--minutes must be > 0, got {minutes}")
+    if not args.data.startswith("builtin:") and not args.eval_data:
+        raise DemoError("--data is a file: give --eval-data FILE too (held-out examples, not the training ones)")
+    hyper = dict(preset.get("hyper", {}))
+    for item in args.hyper:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise DemoError(f"--hyper {item!r}: expected NAME=VALUE")
+        hyper[key] = val
+    if args.out:
+        root = Path(args.out).expanduser().resolve()
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise DemoError(f"--out {root} exists and is not empty; choose a new folder")
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="onebyte-demo-"))
+    cpus = os.cpu_count() or 1
+    swarm = Swarm(root=root, n=args.nodes, model=args.model, data=args.data,
+                  eval_data=args.eval_data, hyper=hyper,
+                  batch_size=batch_size, eval_examples=eval_n,
+                  # One torch thread per node when nodes outnumber cores: oversubscribed
+                  # threads cost more in contention than they add.
+                  threads=max(1, cpus // args.nodes))
+    train_s = minutes * 60.0
+    tty = sys.stdout.isatty()
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    t_zero = time.monotonic()
+    try:
+        return _run(args, swarm, root, train_s, eval_n, tty, t_zero)
+    except (KeyboardInterrupt, _Terminated):
+        print("\ninterrupted: stopping the daemons", file=sys.stderr, flush=True)
+        swarm.stop(timeout=20.0)
+        print(f"stopped; run dir kept: {root}", file=sys.stderr)
+        return 130
+    finally:
+        swarm.stop(timeout=20.0)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool, t_zero: float) -> int:
+    from .plot import plot_run
+
+    cpus = os.cpu_count() or 1
+    _say(f"onebyte demo: {swarm.n} nodes fine-tune {swarm.model} on {swarm.data} for "
+         f"{_fmt_s(train_s)}, exchanging one byte per update")
+    _say(f"run dir {root}")
+    swarm_id = swarm.prepare()
+    genesis = root / "genesis.toml"
+    _say(f"genesis {genesis} (closed swarm of {swarm.n} keys), swarm id {swarm_id[:16]}…")
+
+    _say(f"evaluating the base model zero-shot on {eval_n} held-out examples …")
+    before = evaluate_model(swarm.model, genesis, eval_n, threads=min(cpus, 4))
+    _say(f"zero-shot accuracy {before['accuracy'] * 100:.1f}% (n={before['n']}, {before['seconds']:.0f}s)")
+
+    _say(f"starting {swarm.n} daemons (`onebyte run`) on 127.0.0.1 ports "
+         f"{', '.join(str(n.port) for n in swarm.nodes)} …")
+    swarm.start()
+    swarm.wait_ready()
+    view = LiveView(sys.stdout, train_s, tty, title="training")
+    history = History()
+    t_train0 = time.monotonic() - t_zero
+    last = train(swarm, view, history, train_s, t_zero)
+    t_train1 = time.monotonic() - t_zero
+
+    # Stop the producers: a graceful leave writes each node's final snapshot; restarted with
+    # max_steps at what it reached, a node only serves and replays, and anti-entropy fills
+    # in whatever was still in flight when the others left.
+    own = {n.name: int((last.get(n.name) or {}).get("own_steps", 0)) for n in swarm.nodes}
+    wire = {n.name: int((last.get(n.name) or {}).get("bytes_out", 0)) for n in swarm.nodes}
+    view.message("time is up: stopping the producers (leave, restart replay-only) …")
+    swarm.stop()
+    for node in swarm.nodes:
+        swarm.write_config(node, max_steps=max(1, own[node.name]))
+    swarm.start()
+    swarm.wait_ready()
+    digests = quiesce(swarm, view, history, time.monotonic() - t_zero)
+    end_sts = swarm.statuses()
+    for node in swarm.nodes:
+        wire[node.name] += int((end_sts.get(node.name) or {}).get("bytes_out", 0))
+    updates = next(iter(digests.values()))["updates"]
+    own_final = {n.name: int(next(iter(digests.values()))["vv"].get(n.node_id, 0)) for n in swarm.nodes}
+
+    _say("replicas identical; exporting node1's weights (`onebyte export`) …")
+    model_dir = root / "model"
+    run_cli(["export", "--config", str(swarm.nodes[0].config), "--out", str(model_dir)], root,
+            "onebyte export")
+    swarm.stop()
+    _say(f"evaluating the fine-tuned weights on the same {eval_n} held-out examples …")
+    after = evaluate_model(str(model_dir), genesis, eval_n, threads=min(cpus, 4))
+    t_end = time.monotonic() - t_zero
+
+    png = plot_run(history, root / "demo.png", acc_before=before["accuracy"], acc_after=after["accuracy"],
+                   t_end=t_train1, title=f"onebyte demo: {swarm.n} nodes, {swarm.model}, {swarm.data}")
+    summary = {
+        "model": swarm.model, "data": swarm.data, "nodes": swarm.n, "swarm_id": swarm_id,
+        "train_seconds": round(t_train1 - t_train0, 1), "total_seconds": round(t_end, 1),
+        "updates": updates, "own_steps": own_final,
+        "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"], "eval_examples": before["n"],
+        "digests": {k: a["digest"] for k, a in digests.items()},
+        "digests_identical": len({a["digest"] for a in digests.values()}) == 1,
+        "bytes_sent": sum(wire.values()), "params": before["params"], "trainable": before["trainable"],
+        "fp32_gradient_bytes": updates * (swarm.n - 1) * before["trainable"] * 4,
+        "plot": str(png), "model_dir": str(model_dir), "run_dir": str(root),
+    }
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print_summary(summary)
+    return 0 if summary["digests_identical"] else 1
+
+
+def print_summary(s: dict) -> None:
+    gain = (s["accuracy_after"] - s["accuracy_before"]) * 100
+    per_update = s["bytes_sent"] / s["updates"] if s["updates"] else 0.0
+    ratio = s["fp32_gradient_bytes"] / s["bytes_sent"] if s["bytes_sent"] else float("inf")
+    rate = s["updates"] / s["train_seconds"] if s["train_seconds"] else 0.0
+    lines = [
+        "",
+        "== onebyte demo: summary ==",
+        f"model      {s['model']}: {s['params'] / 1e6:.1f}M parameters, {s['trainable'] / 1e6:.3f}M trainable; "
+        f"task {s['data']}",
+        f"swarm      {s['nodes']} nodes, {_fmt_s(s['train_seconds'])} of training, {s['updates']} updates "
+        f"({', '.join(f'{k} {v}' for k, v in s['own_steps'].items())}), {rate:.2f} updates/s",
+        f"accuracy   zero-shot {s['accuracy_before'] * 100:.1f}% -> fine-tuned {s['accuracy_after'] * 100:.1f}% "
+        f"({gain:+.1f} points, {s['eval_examples']} held-out examples)",
+        "digests    " + "  ".join(f"{k} {d[:16]}" for k, d in s["digests"].items())
+        + ("  (identical)" if s["digests_identical"] else "  (DIFFERENT)"),
+        f"wire       {human_bytes(s['bytes_sent'])} sent in total, {per_update:.0f} B per update "
+        "(payload, signatures, membership and anti-entropy included)",
+        f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates "
+        f"({s['updates']} x {s['nodes'] - 1} peers x {s['trainable']:,} trainable params x 4 B): {ratio:,.0f}x more",
+        f"plot       {s['plot']}",
+        f"model      {s['model_dir']} (transformers folder, `onebyte export`)",
+        f"took       {_fmt_s(s['total_seconds'])} in all; run dir {s['run_dir']}",
+    ]
+    _say("\n".join(lines))
+
+
+def add_parser(sub) -> None:
+    """Register `onebyte demo` (called by node/cli.py)."""
+    s = sub.add_parser(
+        "demo", help="run a local swarm of real daemons end to end (minutes)",
+        description="Start a swarm of daemons on loopback, fine-tune, show a live view, then stop the "
+        "producers, check that all replicas hold identical weights, and report held-out accuracy "
+        "before and after, bytes on the wire and a plot. Everything goes in a run dir.")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="training time in minutes (default: per model, 6 for smollm2)")
+    s.add_argument("--nodes", type=int, default=3, help="number of daemons (default 3)")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL}; tiny for a quick run)")
+    s.add_argument("--data", default=DEFAULT_DATA, help=f"training data: built-in task or file (default {DEFAULT_DATA})")
+    s.add_argument("--eval-data", default="", help="held-out data (default: the built-in task's held-out "
+                   "split; required with a data file)")
+    s.add_argument("--out", default="", help="run dir for keys, state, logs, plot (default: a new temp folder)")
+    s.add_argument("--batch-size", type=int, default=0, help="examples per local step (default: per model)")
+    s.add_argument("--eval-examples", type=int, default=0, help="held-out examples evaluated (default: per model)")
+    s.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a genesis hyper-parameter (see onebyte init --help)")
+    s.set_defaults(func=cmd_demo)
