@@ -1,0 +1,249 @@
+"""SST-2 fine-tuning benchmark: one node versus a synchronous swarm of four, same steps per node.
+
+    flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sst2.py            # reduced CPU default
+    .venv/bin/python bench/sst2.py --device cuda --bf16 --steps 4000 --eval-n 872 --trainable '.*'
+
+What runs (all through onebyte.model.Replica, so every weight change is the exact fixed-point
+update a real swarm would apply):
+
+* zero-shot: dev accuracy of the base model with prompt "<sentence> It was" and verbalizer
+  " terrible" / " great" (MeZO's SST-2 recipe; candidate-restricted cross-entropy, model/data.py).
+* 1 node: `--steps` local steps on the whole training set.
+* 4 nodes, simulated exactly in one process as a *synchronous* swarm: in round r every node
+  measures its SPSA step on the same weights W_r (its own seed and its own quarter of the
+  training data), then all four updates are applied: W_{r+1} = W_r + sum of the four updates.
+  Replica.local_step applies its own update at once, so after each node's measurement the
+  trainable buffer is put back to W_r (an exact copy: the weights live on the fixed-point grid)
+  and the four (seed, q, step) updates are replayed together at the end of the round. This is
+  the swarm with zero network delay; a real swarm is slightly asynchronous (a node measures on
+  weights missing the peers' updates still in flight).
+
+Output: JSON (docs/results.json) and a plot (docs/results.png) of dev accuracy and loss against
+per-node steps. Bytes exchanged count the one-byte q of every update; the seed is never sent
+(it is derived from the origin and step that the record already carries).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from onebyte.model import (BatchSampler, DataError, Hyper, HyperError, ModelLoadError, Replica, TaskSpec,
+                           evaluate, load_model, load_task, make_loss_fn, shard, update_seed)
+
+DEFAULT_DATA = "/work/shared/data/sst2"
+SPEC = TaskSpec(template="{sentence} It was", verbalizer=(" terrible", " great"), label_column="label")
+SWARM_ID = hashlib.blake2b(b"onebyte-bench-sst2", digest_size=32).digest()
+
+
+def origin(k: int) -> bytes:
+    return hashlib.blake2b(b"bench-node-%d" % k, digest_size=16).digest()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder with train.tsv and dev.tsv (SST-2 GLUE format)")
+    p.add_argument("--task", default=None, help="a built-in task (e.g. builtin:sentiment) instead of SST-2")
+    p.add_argument("--model", default="smollm2", help="model spec for onebyte.model.load_model")
+    p.add_argument("--steps", type=int, default=240, help="local steps per node (both runs)")
+    p.add_argument("--nodes", type=int, default=4, help="swarm size of the second run")
+    p.add_argument("--eval-every", type=int, default=40, help="evaluate every this many per-node steps")
+    p.add_argument("--eval-n", type=int, default=200, help="dev examples per evaluation (0 = all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast forward passes (weights stay exact fp32)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--eps", type=float, default=1e-3)
+    p.add_argument("--q-scale", type=float, default=0.01)
+    p.add_argument("--trainable", default=r"model\.norm\.weight",
+                   help="regex of perturbed parameters (default: the final RMSNorm gain, 576 weights)")
+    p.add_argument("--skip-single", action="store_true", help="run only the swarm (for quick tuning)")
+    p.add_argument("--out", default="docs/results.json")
+    p.add_argument("--plot", default="docs/results.png")
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        torch.set_num_threads(args.threads)
+        autocast = torch.bfloat16 if args.bf16 else None
+        if args.bf16 and not str(args.device).startswith("cuda"):
+            print("note: --bf16 on CPU runs bf16 autocast on CPU (slow on most CPUs)", file=sys.stderr)
+        t = time.time()
+        model, self.tok = load_model(args.model)
+        self.load_s = time.time() - t
+        if args.task:
+            self.train = load_task(args.task, split="train")
+            self.dev = load_task(args.task, split="eval")
+        else:
+            self.train = load_task(os.path.join(args.data_dir, "train.tsv"), SPEC)
+            self.dev = load_task(os.path.join(args.data_dir, "dev.tsv"), SPEC)
+        n = len(self.dev) if args.eval_n <= 0 else min(args.eval_n, len(self.dev))
+        self.dev_examples = self.dev.examples[:n]
+        self.hyper = Hyper(lr=args.lr, eps=args.eps, q_scale=args.q_scale, trainable=args.trainable)
+        self.replica = Replica(model, self.hyper, device=args.device)
+        # The base weights as snapped onto the grid: both runs start from exactly these bits.
+        self.base = self.replica.flat.clone()
+        self.loss_fn = make_loss_fn(self.train, self.tok, autocast_dtype=autocast)
+        self.autocast = autocast
+
+    def eval(self) -> dict:
+        t = time.time()
+        r = evaluate(self.replica.model, self.tok, self.dev, self.dev_examples, batch_size=32,
+                     autocast_dtype=self.autocast)
+        r["eval_s"] = round(time.time() - t, 2)
+        return r
+
+    def reset(self):
+        with torch.no_grad():
+            self.replica.flat.copy_(self.base)
+
+    def run(self, nodes: int) -> dict:
+        """`nodes` synchronous nodes for args.steps rounds; curve of dev metrics per eval."""
+        a = self.args
+        self.reset()
+        data = [self.train.examples] if nodes == 1 else [shard(self.train.examples, k, nodes) for k in range(nodes)]
+        samplers = [BatchSampler(len(d), a.batch_size, seed=k) for k, d in enumerate(data)]
+        curve, train_losses, qs = [], [], []
+        t0 = time.time()
+        step_s = 0.0
+        for step in range(1, a.steps + 1):
+            ts = time.time()
+            start = self.replica.flat.clone() if nodes > 1 else None
+            round_updates, round_loss = [], 0.0
+            for k in range(nodes):
+                seed = update_seed(SWARM_ID, origin(k), step)
+                batch = samplers[k].batch(data[k], step)
+                q, loss = self.replica.local_step(self.loss_fn, batch, seed, step)
+                round_updates.append((seed, q, step))
+                round_loss += loss / nodes
+                qs.append(q)
+                if nodes > 1:
+                    with torch.no_grad():  # back to W_r: the next node measures on the same weights
+                        self.replica.flat.copy_(start)
+            if nodes > 1:
+                self.replica.replay(round_updates)
+            step_s += time.time() - ts
+            train_losses.append(round_loss)
+            if step % a.eval_every == 0 or step == a.steps:
+                r = self.eval()
+                window = train_losses[-a.eval_every:]
+                point = {"step": step, "accuracy": r["accuracy"], "loss": r["loss"],
+                         "train_loss": sum(window) / len(window), "elapsed_s": round(time.time() - t0, 1)}
+                curve.append(point)
+                print(json.dumps({"nodes": nodes, **point}), flush=True)
+        clipped = sum(abs(q) == 127 for q in qs)
+        return {"nodes": nodes, "curve": curve, "final_accuracy": curve[-1]["accuracy"],
+                "final_loss": curve[-1]["loss"], "updates": len(qs), "mean_abs_q": sum(map(abs, qs)) / len(qs),
+                "clipped_q_fraction": clipped / len(qs), "wall_s": round(time.time() - t0, 1),
+                "s_per_local_step": round(step_s / (a.steps * nodes), 3), "digest": self.replica.digest()}
+
+
+def steps_to_reach(curve, target) -> int | None:
+    for p in curve:
+        if p["accuracy"] >= target:
+            return p["step"]
+    return None
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    zs = results["zero_shot"]
+    for run, style in ((results["run_1node"], "o-"), (results.get("run_4node"), "s-")):
+        if not run:
+            continue
+        steps = [0] + [p["step"] for p in run["curve"]]
+        label = f"{run['nodes']} node" + ("s" if run["nodes"] > 1 else "")
+        ax1.plot(steps, [zs["accuracy"]] + [p["accuracy"] for p in run["curve"]], style, label=label)
+        ax2.plot(steps, [zs["loss"]] + [p["loss"] for p in run["curve"]], style, label=label + " (dev)")
+    ax1.axhline(zs["accuracy"], color="gray", ls="--", label="zero-shot")
+    ax1.set_xlabel("per-node steps")
+    ax1.set_ylabel(f"dev accuracy (n={zs['n']})")
+    ax2.set_xlabel("per-node steps")
+    ax2.set_ylabel("dev loss (verbalizer cross-entropy)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{results['task']}: {results['model']}, trainable={results['hyper']['trainable']}, "
+                 f"batch {results['batch_size']}", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.steps < 1 or args.eval_every < 1 or args.nodes < 1 or args.batch_size < 1:
+        print("error: --steps, --eval-every, --nodes and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        bench = Bench(args)
+    except (ModelLoadError, DataError, HyperError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    zero = bench.eval()
+    print(json.dumps({"zero_shot": zero}), flush=True)
+    single = None if args.skip_single else bench.run(1)
+    swarm = bench.run(args.nodes) if args.nodes > 1 else None
+    results = {
+        "task": args.task or "sst2",
+        "model": args.model,
+        "device": str(args.device) + (f" ({torch.cuda.get_device_name()})" if str(args.device).startswith("cuda")
+                                      else f" ({platform.processor() or platform.machine()}, {args.threads} threads)"),
+        "bf16_forward": args.bf16,
+        "command": " ".join([os.path.basename(sys.executable), "bench/sst2.py"] + (argv if argv is not None else sys.argv[1:])),
+        "hyper": bench.hyper.to_dict(),
+        "n_trainable": bench.replica.n_trainable,
+        "batch_size": args.batch_size,
+        "steps_per_node": args.steps,
+        "eval_every": args.eval_every,
+        "eval_n": len(bench.dev_examples),
+        "train_n": len(bench.train),
+        "model_load_s": round(bench.load_s, 1),
+        "zero_shot_accuracy": zero["accuracy"],
+        "zero_shot": zero,
+    }
+    if single:
+        results["dev_accuracy_1node"] = single["final_accuracy"]
+        results["run_1node"] = single
+    if swarm:
+        results[f"dev_accuracy_{args.nodes}node"] = swarm["final_accuracy"]
+        results[f"run_{args.nodes}node"] = swarm
+        # Bytes on the wire for the updates themselves: one q byte each. A full-gradient data-parallel
+        # exchange of the same trainable tensors would send n_trainable fp32 values per update.
+        results["bytes_exchanged"] = {
+            "updates": swarm["updates"], "bytes_per_update": 1, "total_update_bytes": swarm["updates"],
+            "fp32_gradient_bytes_per_update_for_comparison": 4 * bench.replica.n_trainable,
+        }
+    if single and swarm:
+        reach = steps_to_reach(swarm["curve"], single["final_accuracy"])
+        results[f"steps_ratio_{args.nodes}node_to_match"] = None if reach is None else reach / args.steps
+        results[f"steps_{args.nodes}node_to_match"] = reach
+    results["total_wall_s"] = round(time.time() - t0, 1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot and single:
+        plot(results, args.plot)
+    summary = {k: v for k, v in results.items() if not k.startswith("run_") and k != "hyper"}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
