@@ -357,17 +357,16 @@ def _fmt_s(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_zero: float) -> dict:
+def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_train: float) -> dict:
     """Poll and draw until the training time is up; returns the last statuses."""
     evaluator = Evaluator(swarm, every_s=max(5.0, train_s / 5))
     evaluator.start()
-    t_train = time.monotonic()
     try:
         while True:
             swarm.check_alive()
             sts = swarm.statuses()
             elapsed = time.monotonic() - t_train
-            history.record(sts, time.monotonic() - t_zero)
+            history.record(sts, elapsed)
             view.update(sts, elapsed)
             if elapsed >= train_s:
                 return sts
@@ -376,7 +375,7 @@ def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_zero
         evaluator.halt.set()
 
 
-def quiesce(swarm: Swarm, view: LiveView, history: History, t_zero: float) -> dict[str, dict]:
+def quiesce(swarm: Swarm, view: LiveView, history: History, t_train: float) -> dict[str, dict]:
     """Wait until every node has applied the same update set; returns each node's
     {"digest", "updates", "vv"} from the `digest` command (digest and vv read together)."""
     deadline = time.monotonic() + QUIESCE_TIMEOUT_S
@@ -390,7 +389,7 @@ def quiesce(swarm: Swarm, view: LiveView, history: History, t_zero: float) -> di
             except (DaemonUnreachable, OSError, ValueError):
                 answers[node.name] = None
         sts = swarm.statuses()
-        history.record(sts, time.monotonic() - t0 + t_zero)
+        history.record(sts, time.monotonic() - t_train)
         got = [a for a in answers.values() if a and a.get("ok")]
         counts = "/".join(str(a.get("updates", "?")) if a else "?" for a in answers.values())
         view.update(sts, time.monotonic() - t0, note=f"converging: updates applied {counts}")
@@ -460,59 +459,67 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
     from .plot import plot_run
 
     cpus = os.cpu_count() or 1
-    _say(f"onebyte demo: {swarm.n} nodes fine-tune {swarm.model} on {swarm.data} for "
-         f"{_fmt_s(train_s)}, exchanging one byte per update")
-    _say(f"run dir {root}")
+
+    def say(text: str) -> None:  # phase messages carry the demo's clock, so slow phases show
+        m, sec = divmod(int(time.monotonic() - t_zero), 60)
+        _say(f"{m:02d}:{sec:02d} {text}")
+
+    say(f"onebyte demo: {swarm.n} nodes fine-tune {swarm.model} on {swarm.data} for "
+        f"{_fmt_s(train_s)}, exchanging one byte per update")
+    say(f"run dir {root}")
     swarm_id = swarm.prepare()
     genesis = root / "genesis.toml"
-    _say(f"genesis {genesis} (closed swarm of {swarm.n} keys), swarm id {swarm_id[:16]}…")
+    say(f"keys and genesis written (closed swarm of {swarm.n} keys), swarm id {swarm_id[:16]}…")
 
-    _say(f"evaluating the base model zero-shot on {eval_n} held-out examples …")
+    say(f"evaluating the base model zero-shot on {eval_n} held-out examples …")
     before = evaluate_model(swarm.model, genesis, eval_n, threads=min(cpus, 4))
-    _say(f"zero-shot accuracy {before['accuracy'] * 100:.1f}% (n={before['n']}, {before['seconds']:.0f}s)")
+    say(f"zero-shot accuracy {before['accuracy'] * 100:.1f}% (n={before['n']})")
 
-    _say(f"starting {swarm.n} daemons (`onebyte run`) on 127.0.0.1 ports "
-         f"{', '.join(str(n.port) for n in swarm.nodes)} …")
+    say(f"starting {swarm.n} daemons (`onebyte run`) on 127.0.0.1 ports "
+        f"{', '.join(str(n.port) for n in swarm.nodes)} …")
     swarm.start()
     swarm.wait_ready()
+    say("all nodes up; training (live view below)")
     view = LiveView(sys.stdout, train_s, tty, title="training")
     history = History()
-    t_train0 = time.monotonic() - t_zero
-    last = train(swarm, view, history, train_s, t_zero)
-    t_train1 = time.monotonic() - t_zero
+    t_train = time.monotonic()
+    last = train(swarm, view, history, train_s, t_train)
+    train_seconds = time.monotonic() - t_train
 
     # Stop the producers: a graceful leave writes each node's final snapshot; restarted with
     # max_steps at what it reached, a node only serves and replays, and anti-entropy fills
     # in whatever was still in flight when the others left.
     own = {n.name: int((last.get(n.name) or {}).get("own_steps", 0)) for n in swarm.nodes}
     wire = {n.name: int((last.get(n.name) or {}).get("bytes_out", 0)) for n in swarm.nodes}
-    view.message("time is up: stopping the producers (leave, restart replay-only) …")
+    say("time is up: stopping the producers (each node leaves, then restarts replay-only) …")
     swarm.stop()
     for node in swarm.nodes:
         swarm.write_config(node, max_steps=max(1, own[node.name]))
     swarm.start()
     swarm.wait_ready()
-    digests = quiesce(swarm, view, history, time.monotonic() - t_zero)
+    say("nodes back up; waiting until every replica holds the same updates …")
+    digests = quiesce(swarm, view, history, t_train)
     end_sts = swarm.statuses()
     for node in swarm.nodes:
         wire[node.name] += int((end_sts.get(node.name) or {}).get("bytes_out", 0))
-    updates = next(iter(digests.values()))["updates"]
-    own_final = {n.name: int(next(iter(digests.values()))["vv"].get(n.node_id, 0)) for n in swarm.nodes}
+    first = next(iter(digests.values()))
+    updates = first["updates"]
+    own_final = {n.name: int(first["vv"].get(n.node_id, 0)) for n in swarm.nodes}
 
-    _say("replicas identical; exporting node1's weights (`onebyte export`) …")
+    say("replicas identical; exporting node1's weights (`onebyte export`) …")
     model_dir = root / "model"
     run_cli(["export", "--config", str(swarm.nodes[0].config), "--out", str(model_dir)], root,
             "onebyte export")
     swarm.stop()
-    _say(f"evaluating the fine-tuned weights on the same {eval_n} held-out examples …")
+    say(f"daemons stopped; evaluating the fine-tuned weights on the same {eval_n} held-out examples …")
     after = evaluate_model(str(model_dir), genesis, eval_n, threads=min(cpus, 4))
     t_end = time.monotonic() - t_zero
 
     png = plot_run(history, root / "demo.png", acc_before=before["accuracy"], acc_after=after["accuracy"],
-                   t_end=t_train1, title=f"onebyte demo: {swarm.n} nodes, {swarm.model}, {swarm.data}")
+                   t_end=train_seconds, title=f"onebyte demo: {swarm.n} nodes, {swarm.model}, {swarm.data}")
     summary = {
         "model": swarm.model, "data": swarm.data, "nodes": swarm.n, "swarm_id": swarm_id,
-        "train_seconds": round(t_train1 - t_train0, 1), "total_seconds": round(t_end, 1),
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(t_end, 1),
         "updates": updates, "own_steps": own_final,
         "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"], "eval_examples": before["n"],
         "digests": {k: a["digest"] for k, a in digests.items()},
