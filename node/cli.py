@@ -308,8 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
 
     # `onebyte demo` lives in node/demo.py (the demo's own module); registered when present.
+    # A broken demo module must not take the daemon's CLI down: `onebyte demo` then explains.
     if importlib.util.find_spec("onebyte.node.demo") is not None:
-        importlib.import_module("onebyte.node.demo").add_parser(sub)
+        try:
+            importlib.import_module("onebyte.node.demo").add_parser(sub)
+        except Exception as exc:  # noqa: BLE001 (any failure of an optional command)
+            reason = f"{type(exc).__name__}: {exc}"
+            s = sub.add_parser("demo", help="(unavailable) run the demo", add_help=True)
+
+            def unavailable(_args, reason=reason):
+                raise UserError(f"onebyte demo is unavailable: {reason}")
+            s.set_defaults(func=unavailable)
     return p
 
 

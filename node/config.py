@@ -42,7 +42,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
     "seed": (0, "seed of the local batch sampler (mixed with the node id)"),
     "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
-    "max_backlog": (1_000_000, "replay backlog (updates) above which the node stops producing own updates"),
+    "max_backlog": (1_000_000, "most updates applied by one fused replay call (bounds its memory; the rest waits for the next call)"),
     "log_level": ("info", "debug, info, warning or error"),
 }
 REQUIRED = ("genesis", "key", "state_dir")

@@ -139,11 +139,11 @@ class Daemon:
             self.loop.add_signal_handler(sig, self.request_stop)
         self.worker.start()
         self._pump()
-        self._arm_watchdog()
         where = format_addr(self.udp.local_addr)
         log.info("node %s of swarm %s listening on %s (status socket %s)", self.node_id.hex(),
                  genesis.swarm_id.hex()[:16], where, cfg.socket_path)
         self.notifier.ready(f"serving on {where}, {len(peers)} bootstrap peer(s)")
+        self._arm_watchdog()  # systemd's watchdog runs from READY=1 on
 
     def _load_data(self, genesis: Genesis):
         from onebyte.model.data import BatchSampler, DataError, load_task, make_loss_fn

@@ -43,8 +43,13 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never block the event loop: if the receiver stops reading, drop the message.
+                self._sock.setblocking(False)
             self._sock.sendto(msg, self.address)
             return True
+        except BlockingIOError:
+            log.debug("sd_notify: %r not reading, message dropped", self.address)
+            return False
         except OSError as exc:  # systemd went away or the socket is wrong: never fatal
             log.warning("sd_notify to %r failed: %s", self.address, exc)
             return False

@@ -45,9 +45,13 @@ class Backlog:
             self.max_seen = max(self.max_seen, len(self._items))
             self._cond.notify()
 
-    def take_all(self) -> list[tuple[bytes, int, int]]:
+    def take(self, limit: int) -> list[tuple[bytes, int, int]]:
+        """Up to `limit` updates, oldest first (per origin they stay in step order)."""
         with self._cond:
-            items, self._items = self._items, []
+            if len(self._items) <= limit:
+                items, self._items = self._items, []
+            else:
+                items, self._items = self._items[:limit], self._items[limit:]
             return items
 
     def wake(self) -> None:
@@ -168,7 +172,7 @@ class Worker(threading.Thread):
         self.stats.state = "stopped"
 
     def _replay_backlog(self) -> bool:
-        items = self.backlog.take_all()
+        items = self.backlog.take(self.max_backlog)
         if not items:
             return False
         batch, vv = [], self.applied_vv

@@ -36,8 +36,10 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
 
 
 class Node:
-    def __init__(self, root: Path, name: str, genesis: Path, peers: list[str], **fields):
+    def __init__(self, root: Path, name: str, genesis: Path, peers: list[str], env: dict | None = None,
+                 **fields):
         self.name = name
+        self.env = env
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = self.dir / "node.key"
@@ -60,8 +62,9 @@ class Node:
 
     def start(self) -> "Node":
         self._err = open(self.stderr_path, "ab")
+        env = dict(os.environ, **self.env) if self.env else None
         self.proc = subprocess.Popen(ONEBYTE + ["run", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._err)
+                                     stdout=subprocess.DEVNULL, stderr=self._err, env=env)
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 
 import pytest
 
@@ -88,11 +89,53 @@ def test_garbage_flood_changes_nothing_and_is_counted(swarm):
     assert after["worker_state"] == before["worker_state"]
 
 
-def test_late_joiner_reaches_the_same_digest(swarm, genesis_path):
+class FakeSystemd:
+    """The receiving end of $NOTIFY_SOCKET, drained by a thread as systemd would."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[bytes] = []
+        self._run = True
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self):
+        while self._run:
+            try:
+                self.messages.append(self.sock.recv(4096))
+            except (socket.timeout, OSError):
+                continue
+
+    def wait_for(self, prefix: bytes) -> list[bytes]:
+        wait_for(lambda: any(m.startswith(prefix) for m in self.messages), 60, f"sd_notify {prefix!r}")
+        return list(self.messages)
+
+    def close(self):
+        self._run = False
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def notify_socket(tmp_path_factory):
+    fake = FakeSystemd(tmp_path_factory.mktemp("notify") / "notify.sock")
+    yield fake
+    fake.close()
+
+
+def test_late_joiner_reaches_the_same_digest(swarm, genesis_path, notify_socket):
     root, nodes = swarm
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
-    d = nodes["d"] = Node(root, "d", genesis_path, [c.addr], max_steps=STEPS["d"], **COMMON).start()
+    # d runs as under systemd: Type=notify with a 0.4 s watchdog (pinged every 0.2 s).
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"}
+    d = nodes["d"] = Node(root, "d", genesis_path, [c.addr], env=env, max_steps=STEPS["d"], **COMMON).start()
     d.wait_ready()
+    msgs = notify_socket.wait_for(b"WATCHDOG=1")
+    ready = [i for i, m in enumerate(msgs) if m.startswith(b"READY=1\nSTATUS=serving on 127.0.0.1:")]
+    assert ready and ready[0] < msgs.index(b"WATCHDOG=1"), msgs
     total = sum(STEPS.values())
     digest = wait_for(lambda: converged([a, b, c, d], total), CONVERGE_TIMEOUT, "all four to converge", 0.5)
     expect, _ = union_digest([n.state_dir for n in (a, b, c, d)], genesis_path)
@@ -127,13 +170,14 @@ def test_export_loads_with_plain_transformers(swarm, tmp_path):
     assert h.hexdigest() == meta["digest"]
 
 
-def test_sigterm_is_a_graceful_leave_and_offline_digest_matches(swarm):
+def test_sigterm_is_a_graceful_leave_and_offline_digest_matches(swarm, notify_socket):
     _, nodes = swarm
     a, d = nodes["a"], nodes["d"]
     digest = d.digest()["digest"]
     d_id = d.status()["node_id"]
     assert d.terminate() == 0
     assert "Traceback" not in d.stderr()
+    notify_socket.wait_for(b"STOPPING=1")
     # Peers learn of a graceful leave at once ("left"), not by suspicion ("suspect" -> "dead").
     wait_for(lambda: any(p["node_id"] == d_id and p["state"] == "left" for p in a.status()["peers"]),
              30, "a to see d as left")

@@ -161,6 +161,19 @@ def test_notify_against_fake_socket(tmp_path):
         srv.close()
 
 
+def test_notify_never_blocks_when_nobody_reads(tmp_path):
+    path = str(tmp_path / "n.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    try:
+        n = Notifier({"NOTIFY_SOCKET": path})
+        results = [n.watchdog() for _ in range(5000)]   # far more than the socket buffer holds
+        assert results[0] and not results[-1]
+        n.close()
+    finally:
+        srv.close()
+
+
 def test_notify_disabled_and_abstract():
     assert not Notifier({}).notify(READY=1)
     assert Notifier({"NOTIFY_SOCKET": "@abc"}).address == "\0abc"
