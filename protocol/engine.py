@@ -72,6 +72,10 @@ class Engine(HandlersMixin):
         self._ids: dict[bytes, bytes] = {self._pub: self.node_id}
         self._leave_sigs: dict[bytes, bytes] = {}
         self._seen_conflicts: set = set()
+        # Signatures of records accepted recently: a relayed duplicate (the common case under
+        # gossip) is recognised by one set lookup, before decoding anything.
+        self._seen_sigs: set = set()
+        self._seen_order: deque = deque()
 
         self._out: list = []
         self._events_high: deque = deque()
@@ -293,6 +297,12 @@ class Engine(HandlersMixin):
         m.last_heard = now
         if not m.live:
             self._tell_dead(m, now)
+        if self._probes:
+            # Any authenticated datagram from a probed member proves it alive (fewer false
+            # suspicions under load and loss than waiting for the one ACK).
+            for seq, probe in list(self._probes.items()):
+                if probe[0] == m.node_id and h.type != MessageType.ACK:
+                    del self._probes[seq]
         self._dispatch(h.type, m, payload, addr, now)
         if gossip:
             self._on_gossip(m, gossip, addr, now)
@@ -422,6 +432,7 @@ class Engine(HandlersMixin):
         self.digest.update(self.node_id, st.contiguous, rec.last_step)
         st.contiguous = rec.last_step
         self.counters["records_published"] += 1
+        self._remember_sig(sig)
         self.record_q.push((self.node_id, first), packb(encode_record(None, first, qs, sig)))
 
     # ================================================================ records in
@@ -429,7 +440,11 @@ class Engine(HandlersMixin):
         from .records import CONFLICT, DUP
         from .wire import decode_record
         cfg = self.config
+        seen = self._seen_sigs
         for raw in records[:64]:
+            if isinstance(raw, bytes) and raw[-64:] in seen:
+                self.counters["duplicate_records"] += 1
+                continue
             try:
                 pub, first, qs, sig = decode_record(raw)
             except WireError as e:
@@ -494,7 +509,14 @@ class Engine(HandlersMixin):
                     self._deliver(st, nxt)
                     nxt = self.book.pop_next(st)
             self.counters["records_accepted"] += 1
+            self._remember_sig(sig)
             self.record_q.push((origin, first), packb(rec.canonical()))
+
+    def _remember_sig(self, sig: bytes) -> None:
+        self._seen_sigs.add(sig)
+        self._seen_order.append(sig)
+        if len(self._seen_order) > 65536:
+            self._seen_sigs.discard(self._seen_order.popleft())
 
     def _deliver(self, st, rec: Record) -> None:
         offset = st.contiguous + 1 - rec.first_step

@@ -76,13 +76,16 @@ class HandlersMixin:
         if kind == 0:  # ALIVE
             if len(item) != 3 or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
                 raise WireError("malformed")
-            pub, xpub, gen, inc, _sig = parse_cert(item[1])
-            nid = self._origin_id(pub)
+            cert = item[1]
+            nid = self._origin_id(cert[:32])
             if nid == self.node_id:
                 return
             known = members.get(nid)
+            if known is not None and known.cert == cert:
+                return  # the certificate we hold: nothing new, no parsing, no signature check
+            pub, xpub, gen, inc, _sig = parse_cert(cert)
             if known is not None and (gen, inc) <= (known.generation, known.incarnation):
-                return  # nothing new: skip the signature check entirely
+                return
             peer_addr = addr if nid == m.node_id else (decode_addr(item[2]) if item[2] is not None
                                                        else None)
             if peer_addr is None and known is None:
