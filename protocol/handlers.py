@@ -199,9 +199,13 @@ class HandlersMixin:
         for m in self.rng.sample(dead, min(3, len(dead))):
             m.told_dead = now
             self._send(MessageType.PING, m, packb(0), [packb([2, m.node_id, m.incarnation])])
-        if self.members.live_count() < max(1, min(len(self.bootstrap), 3)):
+        # Keep knocking on configured addresses that are not live members: a node whose
+        # bootstrap peers were down when it started would otherwise stay on an island.
+        if self.bootstrap:
+            live_addrs = {m.addr for m in self.members.live_members()}
             for addr in self.bootstrap:
-                self._send_join(addr)
+                if addr not in live_addrs:
+                    self._send_join(addr)
 
     # ============================================================ dissemination
     def _push_round(self, now: float) -> None:

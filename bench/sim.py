@@ -1,0 +1,253 @@
+"""Swarm dissemination benchmark over the deterministic simulator (onebyte.protocol.sim).
+
+    flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sim.py --json bench-sim.json
+
+For each swarm size, one swarm warms up its membership, then every node
+publishes updates at a steady rate for the whole run while the network loss
+is stepped through 0%, 5% and 20%. Each loss phase tracks the records emitted
+in its measurement window and checks, after a drain period at the same loss,
+which of them reached every live node. On the largest swarm, 80% of the nodes
+then crash at once and the survivors keep publishing.
+
+Definitions (also written into the JSON):
+  delivered_fraction    updates (of tracked records) held by every live node other than
+                        their origin at the end of the phase / updates tracked
+  dissemination time    from the moment the origin signs a record (its first send) to the
+                        moment the last live node delivers it (UpdatesReceived), simulated s
+  from_publish time     the same, from the publish() of the record's first update (adds the
+                        batching wait: up to updates_per_record / rate)
+  bytes_per_node_per_s  all datagram bytes sent (headers, MACs, membership, anti-entropy,
+                        retransmits) per live node per simulated second in the phase
+  bytes_per_update_K    bytes of an origin's first PUSH datagram in steady state (header,
+                        MAC, msgpack framing and K-update records, packed as full as the
+                        engine packs them) / updates it carries; see docs/protocol.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from onebyte.protocol import ProtocolConfig, UpdatesReceived  # noqa: E402
+from onebyte.protocol.sim import NetConfig, Swarm  # noqa: E402
+from onebyte.protocol.testing import Net  # noqa: E402
+from onebyte.protocol.wire import MessageType, decode_record, unpack_body  # noqa: E402
+
+SWARM_ID = bytes.fromhex("6f6e6562797465" + "00" * 25)
+
+
+def pct(values, q):
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+class Tracker:
+    """Records emitted (by origin, last step) and their deliveries, per phase window."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.window = None          # (t0, t1) of records to track
+        self.tracked = {}           # (origin, last) -> [emit_t, size, first_step, deliveries, last_t]
+
+    def on_record(self, node, first, last, now):
+        if self.window and self.window[0] <= now <= self.window[1]:
+            self.tracked[(node.identity.node_id, last)] = [now, last - first + 1, first, 0, now]
+
+    def on_event(self, node, ev, now):
+        if isinstance(ev, UpdatesReceived):
+            rec = self.tracked.get((ev.origin, ev.last_step))
+            if rec is not None:
+                rec[3] += 1
+                rec[4] = now
+
+    def evaluate(self, swarm, nodes):
+        live = [n for n in nodes if n.alive]
+        floor = {}
+        for (origin, last) in self.tracked:
+            if origin not in floor:
+                floor[origin] = min((n.engine.book.contiguous(origin) for n in live
+                                     if n.identity.node_id != origin), default=0)
+        total = done = 0
+        times, from_pub = [], []
+        for (origin, last), (emit, size, first, _, last_t) in self.tracked.items():
+            total += size
+            if floor[origin] >= last:
+                done += size
+                times.append(last_t - emit)
+                from_pub.append(last_t - emit + (size - 1) / self.rate)
+        return {
+            "records_tracked": len(self.tracked),
+            "updates_tracked": total,
+            "delivered_fraction": done / total if total else None,
+            "p50_dissemination_s": pct(times, 0.50),
+            "p99_dissemination_s": pct(times, 0.99),
+            "max_dissemination_s": max(times) if times else None,
+            "p99_from_publish_s": pct(from_pub, 0.99),
+        }
+
+
+def bytes_sent(nodes):
+    return sum(n.engine.counters["bytes_out"] for n in nodes if n.alive)
+
+
+def run_size(n, args, log):
+    rate, k = args.rate, 64
+    cfg = ProtocolConfig(swarm_id=SWARM_ID, updates_per_record=k, record_linger_s=2 * k / rate,
+                         gossip_interval_s=0.2)
+    tracker = Tracker(rate)
+    swarm = Swarm(n, cfg, seed=args.seed + n, net=NetConfig(delay_s=0.01, jitter_s=0.005),
+                  on_event=tracker.on_event, on_record=tracker.on_record)
+    t_wall = time.perf_counter()
+    swarm.start_all(stagger_s=2.0)
+    # Publishing starts at a random moment per node, so records are emitted steadily.
+    for node in swarm.nodes:
+        swarm.schedule(swarm.rng.uniform(0, k / rate), swarm.set_publishing, node, rate)
+    swarm.run_for(args.warmup)
+    log(f"n={n} warm-up {args.warmup}s sim in {time.perf_counter() - t_wall:.0f}s wall")
+    results = []
+    for loss in (0.0, 0.05, 0.20):
+        t_phase = time.perf_counter()
+        swarm.net.loss = loss
+        tracker.tracked = {}
+        tracker.window = (swarm.now, swarm.now + args.window)
+        b0, t0 = bytes_sent(swarm.nodes), swarm.now
+        swarm.run_for(args.window + args.drain)
+        res = tracker.evaluate(swarm, swarm.nodes)
+        res.update(nodes=n, loss=loss, window_s=args.window, drain_s=args.drain,
+                   bytes_per_node_per_s=(bytes_sent(swarm.nodes) - b0) / n / (swarm.now - t0),
+                   wall_s=round(time.perf_counter() - t_phase, 1))
+        results.append(res)
+        log(json.dumps(res))
+    crash = None
+    if n == max(args.sizes):
+        t_phase = time.perf_counter()
+        swarm.net.loss = 0.05
+        victims = swarm.rng.sample(swarm.nodes, int(0.8 * n))
+        for v in victims:
+            swarm.crash(v)
+        survivors = [x for x in swarm.nodes if x.alive]
+        tracker.tracked = {}
+        tracker.window = (swarm.now, swarm.now + args.window)
+        b0, t0 = bytes_sent(survivors), swarm.now
+        swarm.run_for(args.window + args.crash_drain)
+        crash = tracker.evaluate(swarm, survivors)
+        crash.update(nodes=n, crashed=len(victims), loss=0.05, window_s=args.window,
+                     drain_s=args.crash_drain,
+                     bytes_per_node_per_s=(bytes_sent(survivors) - b0) / len(survivors) / (swarm.now - t0),
+                     wall_s=round(time.perf_counter() - t_phase, 1))
+        log("crash80 " + json.dumps(crash))
+    cache = swarm.shared_crypto
+    meta = {"nodes": n, "sim_s": swarm.now, "wall_s": round(time.perf_counter() - t_wall, 1),
+            "datagrams": swarm.stats["sent"], "ed25519_verifications": cache.verifications,
+            "x25519_exchanges": cache.exchanges}
+    return results, crash, meta
+
+
+def bytes_per_update(k: int) -> dict:
+    """Measure an origin's steady-state PUSH datagram with records of k updates."""
+    cfg = ProtocolConfig(swarm_id=SWARM_ID, updates_per_record=k, record_linger_s=1000.0, fanout=1)
+    net = Net(cfg)
+    a = net.add(1)
+    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
+    net.deliver()
+    net.advance(3.0)
+    b_addr = net.addr_of[b.node_id]
+    per = max(1, 1100 // (k + 72))
+    step = a.next_own_step
+    for _ in range(per * k * 2):
+        a.publish(step, random.Random(step).randint(-127, 127), net.now)
+        step += 1
+    pushes = []
+
+    def grab(data, src, dst):
+        if dst == b_addr and data[9] == MessageType.PUSH:
+            pushes.append(data)
+        return False
+
+    while not pushes:
+        net.advance(0.05, drop=grab)
+    data = pushes[0]
+    _, gossip, records = unpack_body(data[35:-16])
+    updates = sum(len(decode_record(r)[2]) for r in records)
+    return {"updates_per_record": k, "datagram_bytes": len(data), "records_in_datagram": len(records),
+            "gossip_items_in_datagram": len(gossip), "updates_in_datagram": updates,
+            "bytes_per_update": len(data) / updates,
+            "record_bytes_per_update": (len(data) - 35 - 16 - 5) / updates,
+            "floor_qs_plus_signature": (k + 64) / k}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the result object here")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--rate", type=float, default=4.0, help="updates per second per node")
+    ap.add_argument("--warmup", type=float, default=20.0)
+    ap.add_argument("--window", type=float, default=10.0)
+    ap.add_argument("--drain", type=float, default=10.0)
+    ap.add_argument("--crash-drain", type=float, default=40.0)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    bpu = {k: bytes_per_update(k) for k in (1, 8, 64, 256)}
+    log("bytes/update " + json.dumps({k: round(v["bytes_per_update"], 3) for k, v in bpu.items()}))
+    scenarios, crash, runs = [], None, []
+    for n in args.sizes:
+        res, c, meta = run_size(n, args, log)
+        scenarios += res
+        runs.append(meta)
+        crash = c or crash
+    big = max(args.sizes)
+    loss5 = [s for s in scenarios if s["nodes"] == big and s["loss"] == 0.05]
+    out = {
+        "command": "flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sim.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
+        "delivered_fraction_min": min(s["delivered_fraction"] for s in scenarios + [crash]),
+        "crash80_delivered_fraction": crash["delivered_fraction"],
+        f"p99_dissemination_s_{big}_loss5": loss5[0]["p99_dissemination_s"],
+        **{f"bytes_per_update_{k}": round(v["bytes_per_update"], 4) for k, v in bpu.items()},
+        "bytes_per_update_detail": bpu,
+        "scenarios": scenarios,
+        "crash80": crash,
+        "runs": runs,
+        "settings": {"rate_updates_per_s_per_node": args.rate, "updates_per_record": 64,
+                     "gossip_interval_s": 0.2, "fanout": 3, "retransmit_mult": 4,
+                     "record_retransmit_mult": 2, "anti_entropy_interval_s": 1.0,
+                     "probe_interval_s": 1.0, "net_delay_s": 0.01, "net_jitter_s": 0.005,
+                     "warmup_s": args.warmup, "window_s": args.window, "drain_s": args.drain,
+                     "seed": args.seed},
+        "crypto": "real Ed25519/X25519/blake2b; one CryptoCache shared by all simulated engines "
+                  "(each distinct signature verified once per process, not once per node)",
+        "definitions": {k.strip(): v for k, v in (
+            ("delivered_fraction", "updates held by every live non-origin node at phase end / "
+                                   "updates in records emitted in the window"),
+            ("dissemination_s", "record signed at origin -> delivered by the last live node "
+                                "(simulated seconds)"),
+            ("from_publish_s", "as dissemination_s but from publish() of the record's first update"),
+            ("bytes_per_node_per_s", "all bytes sent by live nodes / nodes / simulated seconds"),
+            ("bytes_per_update_K", "len(origin's steady-state PUSH datagram) / updates in it; "
+                                   "includes 35-byte header, 16-byte MAC, msgpack framing, "
+                                   "64-byte signature per record"),
+        )},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
