@@ -75,7 +75,8 @@ class TransmitLimitedQueue:
             if misses >= 4 or budget <= overhead:
                 break
         by_count, where = self._by_count, self._where
-        for key, count, packed in moved:
+        # Re-insert in original age order, so "newest first" still holds among equals.
+        for key, count, packed in (reversed(moved) if self.newest_first else moved):
             if sent is not None:
                 sent.add(key)
             bucket = by_count[count]

@@ -263,9 +263,9 @@ class Engine(HandlersMixin):
         if h.cert is not None:
             cert_info = self._check_cert(h.cert, h.sender, now)
             _, pub, xpub, gen, inc = cert_info
-            if m is not None and gen < m.generation:
+            if m is not None and (gen < m.generation or gen == m.generation and xpub != m.xpub):
                 raise WireError("stale_generation")
-            if m is not None and gen == m.generation and xpub == m.xpub and m.mac_key:
+            if m is not None and gen == m.generation and m.mac_key:
                 key = m.mac_key
             else:
                 key = self._derive_key(xpub)

@@ -112,6 +112,8 @@ class Membership:
             m.addr = addr
         if (gen, inc) <= (m.generation, m.incarnation):
             return m, False
+        if gen == m.generation and xpub != m.xpub:
+            return m, False  # two session keys in one generation: the first one seen wins
         fresh = gen != m.generation
         if fresh:
             if gen < m.generation:
