@@ -9,6 +9,7 @@ random peer and pulls whatever is missing.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 
 
 class TransmitLimitedQueue:
@@ -125,6 +126,7 @@ class VersionDigest:
     def __init__(self) -> None:
         self.buckets = [0] * DIGEST_BUCKETS
         self.members: list[set] = [set() for _ in range(DIGEST_BUCKETS)]
+        self.recent: deque = deque(maxlen=4096)   # origins in order of their last advance
 
     def update(self, origin: bytes, old: int, new: int) -> None:
         b = bucket_of(origin)
@@ -133,6 +135,20 @@ class VersionDigest:
         else:
             self.members[b].add(origin)
         self.buckets[b] ^= _entry_hash(origin, new)
+        self.recent.append(origin)
+
+    def recently_changed(self, buckets: set, limit: int) -> list:
+        """Up to `limit` distinct origins in `buckets`, most recently advanced first."""
+        out, seen = [], set()
+        for origin in reversed(self.recent):
+            if origin in seen:
+                continue
+            seen.add(origin)
+            if origin[0] % DIGEST_BUCKETS in buckets:
+                out.append(origin)
+                if len(out) >= limit:
+                    break
+        return out
 
     def packed(self) -> bytes:
         return b"".join(h.to_bytes(BUCKET_HASH, "little") for h in self.buckets)

@@ -234,20 +234,27 @@ class HandlersMixin:
             self._send(MessageType.DIGEST, peer[0], packb(self.digest.packed()))
 
     def _on_digest(self, m, theirs: bytes) -> None:
+        """Answer with our entries for origins in differing buckets.
+
+        Under steady publishing nearly every bucket differs (records in flight), so the answer
+        leads with the origins that advanced most recently here (what a lossy push most likely
+        failed to deliver), then fills up with whole random differing buckets (what a node that
+        was away lacks).  Only whole buckets are listed as complete.
+        """
         differing = self.digest.differing(theirs)
         if not differing:
             return
+        listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
+        entries = [[o, self.book.contiguous(o)] for o in listed]
+        listed = set(listed)
         self.rng.shuffle(differing)
-        buckets, entries = [], []
+        buckets = []
         for b in differing:
-            origins = self.digest.members[b]
-            if entries and len(entries) + len(origins) > VECTOR_ENTRIES:
+            origins = [o for o in self.digest.members[b] if o not in listed]
+            if len(entries) + len(origins) > VECTOR_ENTRIES:
                 break
             buckets.append(b)
-            for o in origins:
-                entries.append([o, self.book.contiguous(o)])
-            if len(entries) >= VECTOR_ENTRIES:
-                break
+            entries.extend([o, self.book.contiguous(o)] for o in origins)
         self._send(MessageType.VECTOR, m, packb([buckets, entries]), piggyback=False)
 
     def _on_vector(self, m, payload, now: float) -> None:
