@@ -167,9 +167,14 @@ def decode_addr(obj):
 
 # ---------------------------------------------------------------- records
 # A record travels as one msgpack bin:
-#     flags u8 | [origin public key 32 if flags & 1] | first_step LEB128 | qs (n bytes, int8) | sig 64
-# The key is omitted when the datagram's (authenticated) sender is the origin:
-# that is what makes bytes per update at the origin approach one.
+#     flags u8 | [origin public key 32 if flags & 1] | first_step LEB128 | body | sig 64
+#     flags bits 4-7 = w:  w == 0: body = qs, n int8 bytes
+#                          1 <= w <= 7: body = n LEB128 | n zigzag values of w bits, MSB first,
+#                                       zero-padded to a byte
+# The key is omitted when the datagram's (authenticated) sender is the origin, and
+# small q values are packed below 8 bits: that is what brings bytes per update at
+# the origin towards (and, for concentrated q, below) two.  The signature is over
+# the decoded q bytes, so the packing is transport only.
 REC_HAS_KEY = 0x01
 MAX_STEP = 2 ** 53
 
@@ -186,36 +191,78 @@ def leb128(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_record(pub: bytes | None, first_step: int, qs: bytes, sig: bytes) -> bytes:
-    if pub is None:
-        return b"\x00" + leb128(first_step) + qs + sig
-    return b"\x01" + pub + leb128(first_step) + qs + sig
-
-
-def decode_record(rec: bytes) -> tuple:
-    """(pub or None, first_step, qs, sig).  Raises WireError('malformed')."""
-    if not isinstance(rec, bytes) or len(rec) < 1 + 1 + 1 + SIG_SIZE:
-        raise WireError("malformed")
-    flags = rec[0]
-    pos = 1
-    if flags == REC_HAS_KEY:
-        pub = rec[1:33]
-        pos = 33
-    elif flags == 0:
-        pub = None
-    else:
-        raise WireError("malformed")
-    step, shift = 0, 0
+def _read_leb128(rec: bytes, pos: int) -> tuple:
+    value, shift = 0, 0
     while True:
         if pos >= len(rec) or shift > 56:
             raise WireError("malformed")
         b = rec[pos]
         pos += 1
-        step |= (b & 0x7F) << shift
+        value |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
-            break
-    qs = rec[pos:-SIG_SIZE]
-    if step < 1 or step >= MAX_STEP or len(qs) < 1 or len(rec) - pos < SIG_SIZE + 1:
+            return value, pos
+
+
+def pack_qs(qs: bytes) -> tuple:
+    """(w, body): the smallest of raw int8 and w-bit zigzag packing."""
+    zz = [(511 - 2 * b) if b >= 128 else 2 * b for b in qs]   # int8 byte b -> zigzag of its value
+    w = max(zz).bit_length() if zz else 0
+    if w >= 8 or w == 0 and not zz:
+        return 0, qs
+    w = max(w, 1)
+    acc = 0
+    for z in zz:
+        acc = (acc << w) | z
+    nbits = w * len(zz)
+    nbytes = (nbits + 7) // 8
+    body = leb128(len(zz)) + (acc << (nbytes * 8 - nbits)).to_bytes(nbytes, "big")
+    return (w, body) if len(body) < len(qs) else (0, qs)
+
+
+def unpack_qs(w: int, body: bytes) -> bytes:
+    n, pos = _read_leb128(body, 0)
+    data = body[pos:]
+    nbits = w * n
+    if n < 1 or len(data) != (nbits + 7) // 8:
         raise WireError("malformed")
+    acc = int.from_bytes(data, "big")
+    pad = len(data) * 8 - nbits
+    if acc & ((1 << pad) - 1):
+        raise WireError("malformed")      # padding must be zero: one encoding per record
+    acc >>= pad
+    mask = (1 << w) - 1
+    out = bytearray(n)
+    for i in range(n - 1, -1, -1):
+        z = acc & mask
+        acc >>= w
+        out[i] = (256 - ((z + 1) >> 1)) & 0xFF if z & 1 else z >> 1   # zigzag -> int8 byte
+    if 0x80 in out:
+        raise WireError("malformed")
+    return bytes(out)
+
+
+def encode_record(pub: bytes | None, first_step: int, qs: bytes, sig: bytes) -> bytes:
+    w, body = pack_qs(qs)
+    head = bytes([(w << 4) | (REC_HAS_KEY if pub is not None else 0)])
+    return head + (pub or b"") + leb128(first_step) + body + sig
+
+
+def decode_record(rec: bytes) -> tuple:
+    """(pub or None, first_step, qs, sig) with qs as int8 bytes.  Raises WireError('malformed')."""
+    if not isinstance(rec, bytes) or len(rec) < 1 + 1 + 1 + SIG_SIZE:
+        raise WireError("malformed")
+    flags = rec[0]
+    w = flags >> 4
+    if flags & 0x0E or w > 7:
+        raise WireError("malformed")
+    if flags & REC_HAS_KEY:
+        pub, pos = rec[1:33], 33
+    else:
+        pub, pos = None, 1
+    step, pos = _read_leb128(rec, pos)
+    body = rec[pos:-SIG_SIZE]
+    if step < 1 or step >= MAX_STEP or len(body) < 1 or len(rec) - pos < SIG_SIZE + 1:
+        raise WireError("malformed")
+    qs = unpack_qs(w, body) if w else body
     return pub, step, qs, rec[-SIG_SIZE:]

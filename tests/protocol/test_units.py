@@ -92,7 +92,23 @@ def test_record_codec_roundtrip(first, qs, with_key):
     rec = encode_record(pub, first, raw, b"s" * 64)
     assert decode_record(rec) == (pub, first, raw, b"s" * 64)
     assert bytes_to_qs(raw) == tuple(qs)
-    assert len(rec) == (33 if with_key else 1) + len(leb128(first)) + len(qs) + 64
+    # Never larger than the raw int8 form; smaller when every |q| fits in fewer bits.
+    raw_len = (33 if with_key else 1) + len(leb128(first)) + len(qs) + 64
+    assert len(rec) <= raw_len
+    if max(abs(q) for q in qs) <= 7 and len(qs) >= 16:
+        assert len(rec) <= raw_len - len(qs) // 2 + 2
+
+
+def test_packed_record_rejects_bad_padding_and_minus_128():
+    rec = bytearray(encode_record(None, 5, qs_to_bytes([1, -1, 2] * 10), b"s" * 64))
+    assert rec[0] >> 4 == 3                       # 3-bit zigzag values
+    assert decode_record(bytes(rec))[2] == qs_to_bytes([1, -1, 2] * 10)
+    rec[-65] |= 1                                 # a padding bit (30 values * 3 bits = 90 of 96)
+    with pytest.raises(WireError):
+        decode_record(bytes(rec))
+    bad = bytes([0x80 | 0x00]) + leb128(1) + leb128(1) + bytes([0xFF]) + b"s" * 64  # w=8 invalid
+    with pytest.raises(WireError):
+        decode_record(bad)
 
 
 @given(st.binary(max_size=200))
