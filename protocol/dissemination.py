@@ -125,7 +125,8 @@ class VersionDigest:
 
     def __init__(self) -> None:
         self.buckets = [0] * DIGEST_BUCKETS
-        self.members: list[set] = [set() for _ in range(DIGEST_BUCKETS)]
+        # dicts, not sets: iteration order must not depend on the per-process hash seed
+        self.members: list[dict] = [{} for _ in range(DIGEST_BUCKETS)]
         self.recent: deque = deque(maxlen=4096)   # origins in order of their last advance
 
     def update(self, origin: bytes, old: int, new: int) -> None:
@@ -133,7 +134,7 @@ class VersionDigest:
         if old:
             self.buckets[b] ^= _entry_hash(origin, old)
         else:
-            self.members[b].add(origin)
+            self.members[b][origin] = None
         self.buckets[b] ^= _entry_hash(origin, new)
         self.recent.append(origin)
 

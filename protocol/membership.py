@@ -59,6 +59,9 @@ class Membership:
         self._probe_order: list = []
         self._live_count = 0
         self._live: list | None = None   # cached live members with an address
+        # ids in SUSPECT, DEAD or LEFT: what expire() looks at (a dict: insertion-ordered, so
+        # runs are reproducible across processes, unlike a set of bytes)
+        self._not_alive: dict = {}
 
     def invalidate(self) -> None:
         self._live = None
@@ -87,6 +90,10 @@ class Membership:
         self._live = None
         m.state = state
         m.state_since = now
+        if state == MemberState.ALIVE:
+            self._not_alive.pop(m.node_id, None)
+        else:
+            self._not_alive[m.node_id] = None
         self._live_count += int(m.live) - int(was_live)
 
     # ---------------------------------------------------------- facts
@@ -178,7 +185,11 @@ class Membership:
         """Suspects past their timeout become dead; dead/left past dead_forget_s are forgotten."""
         timeout = self.config.suspicion_timeout(self._live_count + 1)
         forget = []
-        for m in self.members.values():
+        for nid in list(self._not_alive):
+            m = self.members.get(nid)
+            if m is None:
+                self._not_alive.pop(nid, None)
+                continue
             if m.state == MemberState.SUSPECT and now - m.state_since >= timeout:
                 self._set_state(m, MemberState.DEAD, now)
                 self._emit(PeerDead(m.node_id))
@@ -187,6 +198,7 @@ class Membership:
                 forget.append(m.node_id)
         for nid in forget:
             del self.members[nid]
+            self._not_alive.pop(nid, None)
             self._live = None
 
     def _evict_one(self) -> bool:
@@ -196,5 +208,6 @@ class Membership:
             return False
         victim = min(dead, key=lambda m: m.state_since)
         del self.members[victim.node_id]
+        self._not_alive.pop(victim.node_id, None)
         self._live = None
         return True

@@ -44,10 +44,18 @@ class Record:
         return self.first_step + len(self.qs) - 1
 
     def canonical(self) -> bytes:
-        return encode_record(self.pub, self.first_step, self.qs, self.sig)
+        canon = self.__dict__.get("_canonical")
+        if canon is None:
+            canon = self.__dict__["_canonical"] = encode_record(self.pub, self.first_step, self.qs,
+                                                                self.sig)
+        return canon
 
     def fingerprint(self) -> bytes:
-        return hashlib.blake2b(self.qs + self.sig, digest_size=8).digest()
+        fp = self.__dict__.get("_fingerprint")
+        if fp is None:
+            fp = self.__dict__["_fingerprint"] = hashlib.blake2b(self.qs + self.sig,
+                                                                 digest_size=8).digest()
+        return fp
 
 
 class TokenBucket:

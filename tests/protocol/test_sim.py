@@ -179,3 +179,25 @@ def test_closed_swarm_in_simulation():
     insiders = {n.identity.node_id: n.store.version_vector().get(n.identity.node_id, 0)
                 for n in swarm.nodes[:6]}
     assert all(n.engine.book.contiguous(o) >= s for n in swarm.nodes[:6] for o, s in insiders.items())
+
+
+def test_same_seed_same_run_across_processes():
+    """No iteration over hash-ordered containers: a different PYTHONHASHSEED gives the same run."""
+    import os
+    import subprocess
+    import sys
+    code = ("from onebyte.protocol import ProtocolConfig\n"
+            "from onebyte.protocol.sim import NetConfig, Swarm\n"
+            "from onebyte.protocol.testing import SWARM\n"
+            "s = Swarm(12, ProtocolConfig(swarm_id=SWARM, updates_per_record=8, record_linger_s=1.0),"
+            " seed=4, net=NetConfig(loss=0.1, reorder=0.1))\n"
+            "s.start_all(); s.run_for(2.0)\n"
+            "[s.set_publishing(n, 4.0) for n in s.nodes]\n"
+            "s.crash(s.nodes[3]); s.run_for(8.0)\n"
+            "print(s.stats, [n.engine.counters['bytes_out'] for n in s.live_nodes()])\n")
+    outs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1
