@@ -137,8 +137,6 @@ def main() -> int:
                 _wait(lambda s=s: status(s), p, 900)
             t_ready = time.monotonic()
             total = steps * args.nodes
-            done_at: dict[str, float] = {}
-            first_step_at: dict[str, float] = {}
             while True:
                 sts = {}
                 for name, p, s in zip(names, procs, socks):
@@ -150,10 +148,6 @@ def main() -> int:
                     now = time.monotonic() - t_ready
                     samples[name].append([round(now, 2), st["own_steps"], st["replay_backlog"],
                                           st["version_vector"]["updates"]])
-                    if st["own_steps"] > 0 and name not in first_step_at:
-                        first_step_at[name] = now
-                    if st["own_steps"] >= steps and name not in done_at:
-                        done_at[name] = now
                 if all(st["version_vector"]["updates"] == total and st["replay_backlog"] == 0
                        for st in sts.values()):
                     break
@@ -178,8 +172,8 @@ def main() -> int:
                     p.kill()
         infer_kib = inference_peak_rss(model, args.data, args.batch_size, args.threads)
 
-    rates = {n: round((steps - 1) / (done_at[n] - first_step_at[n]), 3)
-             if n in done_at and done_at[n] > first_step_at.get(n, 0) else None for n in names}
+    # from each node's own clock: first to last own step, replays in between included
+    rates = {n: st["producing_steps_per_s"] for n, st in final.items()}
     bytes_out = sum(st["bytes_out"] for st in final.values())
     dgrams_out = sum(st["datagrams_out"] for st in final.values())
     result = {
@@ -196,7 +190,8 @@ def main() -> int:
         "replay_seconds": {n: st["replay_seconds"] for n, st in final.items()},
         "replay_calls": {n: st["replay_calls"] for n, st in final.items()},
         "replay_backlog_max": max(st["replay_backlog_max"] for st in final.values()),
-        "replay_backlog_series": {n: [[t, b] for t, _s, b, _u in samples[n]] for n in names},
+        # [seconds since all nodes were ready, backlog], only where it changed
+        "replay_backlog_series": {n: _changes([[t, b] for t, _s, b, _u in samples[n]]) for n in names},
         "bytes_out_total": bytes_out,
         "datagrams_out_total": dgrams_out,
         "bytes_per_update_wire": round(bytes_out / total, 2),
@@ -214,6 +209,14 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
+
+
+def _changes(series: list) -> list:
+    out = []
+    for t, v in series:
+        if not out or out[-1][1] != v:
+            out.append([t, v])
+    return out
 
 
 def _wait(fn, proc, timeout):

@@ -98,6 +98,10 @@ def build_status(d) -> dict:
             "window_s": RATE_WINDOW_S,
         },
         "step_seconds_mean": round(s.step_seconds / s.steps_this_run, 5) if s.steps_this_run else None,
+        "own_steps_this_run": s.steps_this_run,
+        # own steps per second of wall time while producing (first to last own step of this run)
+        "producing_steps_per_s": (round((s.steps_this_run - 1) / (s.last_step_at - s.first_step_at), 3)
+                                  if s.steps_this_run > 1 and s.last_step_at > s.first_step_at else None),
         "loss_mean": s.loss_mean,
         "last_loss": s.last_loss,
         "last_eval": s.last_eval,

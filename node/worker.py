@@ -84,6 +84,8 @@ class WorkerStats:
     digest_updates: int = 0
     state: str = "starting"       # starting | producing | replaying | idle | done | failed
     error: str | None = None
+    first_step_at: float | None = None   # monotonic time of this run's first own step
+    last_step_at: float | None = None
     step_times: deque = field(default_factory=lambda: deque(maxlen=256))
     applied_times: deque = field(default_factory=lambda: deque(maxlen=256))  # (t, n) per replay
 
@@ -227,7 +229,11 @@ class Worker(threading.Thread):
         s.steps_this_run += 1
         s.applied_own += 1
         s.step_seconds += dt
-        s.step_times.append(time.monotonic())
+        t_done = time.monotonic()
+        s.step_times.append(t_done)
+        if s.first_step_at is None:
+            s.first_step_at = t_done
+        s.last_step_at = t_done
         s.last_loss = float(loss)
         if math.isfinite(loss):
             self._losses.append(float(loss))
