@@ -42,8 +42,8 @@ from .status import request
 # They come from the model-io measurements (docs/data.md); a swarm started by hand with
 # `onebyte init` can use the same `--hyper` values.
 PRESETS: dict[str, dict] = {
-    "smollm2": {"hyper": {}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256},
-    "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64},
+    "smollm2": {"hyper": {}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256, "curve_examples": 128},
+    "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64, "curve_examples": 64},
 }
 DEFAULT_MODEL = "smollm2"
 DEFAULT_DATA = "builtin:sentiment"
@@ -150,7 +150,8 @@ class Swarm:
     eval_data: str
     hyper: dict
     batch_size: int
-    eval_examples: int
+    curve_examples: int  # examples per periodic evaluation inside a node (the plot's curve)
+    eval_examples: int   # examples of the before/after evaluation
     threads: int
     nodes: list[Node] = field(default_factory=list)
     pgid: int | None = None
@@ -182,10 +183,10 @@ class Swarm:
         out = run_cli(args, self.root, "onebyte init")
         swarm_id = next((ln.split()[-1] for ln in out.splitlines() if ln.startswith("swarm id ")), "")
         for node in self.nodes:
-            self.write_config(node, max_steps=0)
+            self.write_config(node, max_steps=0, eval_examples=self.curve_examples, threads=self.threads)
         return swarm_id
 
-    def write_config(self, node: Node, max_steps: int) -> None:
+    def write_config(self, node: Node, max_steps: int, eval_examples: int, threads: int) -> None:
         peers = [f"127.0.0.1:{o.port}" for o in self.nodes if o is not node]
         text = "\n".join([
             "# Written by `onebyte demo`; fields: docs/config.md",
@@ -198,9 +199,9 @@ class Swarm:
             f'status_socket = "{node.socket}"',
             f"batch_size = {self.batch_size}",
             f"max_steps = {max_steps}",
-            f"eval_examples = {self.eval_examples}",
+            f"eval_examples = {eval_examples}",
             f"seed = {self.nodes.index(node)}",
-            f"threads = {self.threads}",
+            f"threads = {threads}",
             "",
         ])
         node.config.write_text(text)
@@ -359,7 +360,10 @@ def _fmt_s(seconds: float) -> str:
 
 def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_train: float) -> dict:
     """Poll and draw until the training time is up; returns the last statuses."""
-    evaluator = Evaluator(swarm, every_s=max(5.0, train_s / 5))
+    # Three evaluations inside the run (at 1/4, 1/2 and 3/4 of it): each occupies a node's
+    # worker for a while, so more would cost training steps; the zero-shot and final
+    # evaluations give the curve its ends.
+    evaluator = Evaluator(swarm, every_s=max(5.0, train_s / 4))
     evaluator.start()
     try:
         while True:
@@ -431,7 +435,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cpus = os.cpu_count() or 1
     swarm = Swarm(root=root, n=args.nodes, model=args.model, data=args.data,
                   eval_data=args.eval_data, hyper=hyper,
-                  batch_size=batch_size, eval_examples=eval_n,
+                  batch_size=batch_size, curve_examples=min(eval_n, preset.get("curve_examples", 128)),
+                  eval_examples=eval_n,
                   # One torch thread per node when nodes outnumber cores: oversubscribed
                   # threads cost more in contention than they add.
                   threads=max(1, cpus // args.nodes))
@@ -488,31 +493,36 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
 
     # Stop the producers: a graceful leave writes each node's final snapshot; restarted with
     # max_steps at what it reached, a node only serves and replays, and anti-entropy fills
-    # in whatever was still in flight when the others left.
+    # in whatever was still in flight when the others left. (The node config cannot change
+    # while a daemon runs, hence the restart.) No training from here on, so each node may
+    # use every core, and node1 evaluates on the same examples as the zero-shot run.
     own = {n.name: int((last.get(n.name) or {}).get("own_steps", 0)) for n in swarm.nodes}
     wire = {n.name: int((last.get(n.name) or {}).get("bytes_out", 0)) for n in swarm.nodes}
     say("time is up: stopping the producers (each node leaves, then restarts replay-only) …")
     swarm.stop()
     for node in swarm.nodes:
-        swarm.write_config(node, max_steps=max(1, own[node.name]))
+        swarm.write_config(node, max_steps=max(1, own[node.name]), eval_examples=eval_n, threads=cpus)
     swarm.start()
     swarm.wait_ready()
     say("nodes back up; waiting until every replica holds the same updates …")
     digests = quiesce(swarm, view, history, t_train)
-    end_sts = swarm.statuses()
-    for node in swarm.nodes:
-        wire[node.name] += int((end_sts.get(node.name) or {}).get("bytes_out", 0))
     first = next(iter(digests.values()))
     updates = first["updates"]
     own_final = {n.name: int(first["vv"].get(n.node_id, 0)) for n in swarm.nodes}
 
-    say("replicas identical; exporting node1's weights (`onebyte export`) …")
-    model_dir = root / "model"
-    run_cli(["export", "--config", str(swarm.nodes[0].config), "--out", str(model_dir)], root,
-            "onebyte export")
+    node1 = swarm.nodes[0]
+    say(f"replicas identical; {node1.name} evaluates its weights on the same {eval_n} held-out examples …")
+    after = request(node1.socket, {"cmd": "eval"}, timeout=1800)
+    if not after.get("ok"):
+        raise DemoError(f"{node1.name} could not evaluate: {after.get('error')}")
+    check = request(node1.socket, {"cmd": "digest"}, timeout=60)
+    if check.get("digest") != first["digest"]:
+        raise DemoError(f"{node1.name}'s weights changed after the swarm went quiet (digest "
+                        f"{str(check.get('digest'))[:16]} != {first['digest'][:16]})")
+    end_sts = swarm.statuses()
+    for node in swarm.nodes:
+        wire[node.name] += int((end_sts.get(node.name) or {}).get("bytes_out", 0))
     swarm.stop()
-    say(f"daemons stopped; evaluating the fine-tuned weights on the same {eval_n} held-out examples …")
-    after = evaluate_model(str(model_dir), genesis, eval_n, threads=min(cpus, 4))
     t_end = time.monotonic() - t_zero
 
     png = plot_run(history, root / "demo.png", acc_before=before["accuracy"], acc_after=after["accuracy"],
@@ -522,11 +532,13 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(t_end, 1),
         "updates": updates, "own_steps": own_final,
         "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"], "eval_examples": before["n"],
+        "eval_examples_after": after.get("n"),
         "digests": {k: a["digest"] for k, a in digests.items()},
         "digests_identical": len({a["digest"] for a in digests.values()}) == 1,
         "bytes_sent": sum(wire.values()), "params": before["params"], "trainable": before["trainable"],
         "fp32_gradient_bytes": updates * (swarm.n - 1) * before["trainable"] * 4,
-        "plot": str(png), "model_dir": str(model_dir), "run_dir": str(root),
+        "plot": str(png), "run_dir": str(root),
+        "export_command": f"onebyte export --config {node1.config} --out {root / 'model'}",
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary)
@@ -554,7 +566,7 @@ def print_summary(s: dict) -> None:
         f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates "
         f"({s['updates']} x {s['nodes'] - 1} peers x {s['trainable']:,} trainable params x 4 B): {ratio:,.0f}x more",
         f"plot       {s['plot']}",
-        f"model      {s['model_dir']} (transformers folder, `onebyte export`)",
+        f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
         f"took       {_fmt_s(s['total_seconds'])} in all; run dir {s['run_dir']}",
     ]
     _say("\n".join(lines))
