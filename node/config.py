@@ -30,6 +30,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "state_dir": (None, "directory for the update log and snapshots (required)"),
     "status_socket": ("", "Unix socket path; default $RUNTIME_DIRECTORY/status.sock, else <state_dir>/status.sock"),
     "model": ("", "model spec overriding the genesis base_model (e.g. a local copy); must hash to base_model_hash"),
+    "initial_snapshot": ("", "a fresh node starts from this snapshot (weights written by the status socket's snapshot command, with its .json beside) instead of the base model"),
     "device": ("cpu", 'torch device of the worker: "cpu", "cuda" or "cuda:N"'),
     "data": ("", "training data (file or built-in task name); default: the genesis [task] data"),
     "batch_size": (8, "examples per local step (per loss evaluation)"),
@@ -57,6 +58,7 @@ class NodeConfig:
     peers: tuple[Addr, ...] = ()
     status_socket: Path | None = None
     model: str = ""
+    initial_snapshot: Path | None = None
     device: str = "cpu"
     data: str = ""
     batch_size: int = 8
@@ -179,6 +181,8 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         peers=peers,
         status_socket=_path(sock, f"{where}: [node] status_socket", base) if sock else None,
         model=get("model", str),
+        initial_snapshot=(_path(get("initial_snapshot", str), f"{where}: [node] initial_snapshot", base)
+                          if get("initial_snapshot", str) else None),
         device=device,
         data=_maybe_path(get("data", str), base),
         batch_size=batch_size,

@@ -107,6 +107,8 @@ class Daemon:
         sd.create()
         sd.lock()
         sd.check_genesis(genesis, write=False)
+        if cfg.initial_snapshot is not None:
+            sd.import_snapshot(cfg.initial_snapshot)
         self.ulog = sd.open_log(fsync=cfg.fsync)
         self.notifier.status("loading model and restoring state")
         # Loading a model takes seconds: do it off the loop so signals are still handled.

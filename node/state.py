@@ -80,6 +80,38 @@ class StateDir:
         elif write:
             atomic_write_bytes(self.genesis_copy, genesis.to_toml().encode())
 
+    def import_snapshot(self, weights: Path) -> None:
+        """Seed a fresh state dir with a snapshot from elsewhere (`initial_snapshot`): the
+        weights file plus the `<weights>.json` that `{"cmd": "snapshot"}` writes beside it."""
+        import json
+        import shutil
+
+        from .snapshot import POINTER, fsync_dir, fsync_file
+        if (self.snapshots / POINTER).exists() or (self.log_path.exists() and self.log_path.stat().st_size > 16):
+            return  # not a fresh node: its own state wins
+        meta_path = Path(str(weights) + ".json")
+        try:
+            meta = json.loads(meta_path.read_text())
+            vv, digest = meta["vv"], meta["digest"]
+        except FileNotFoundError:
+            raise ConfigError(f"[node] initial_snapshot: {meta_path} not found (written beside the "
+                              "weights by the status socket's snapshot command)") from None
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"[node] initial_snapshot: {meta_path} is malformed ({exc})") from None
+        if not weights.is_file():
+            raise ConfigError(f"[node] initial_snapshot: {weights} not found")
+        self.snapshots.mkdir(parents=True, exist_ok=True)
+        name = f"weights-imported-{digest[:16]}.safetensors"
+        tmp = self.snapshots / f".{name}.tmp"
+        shutil.copyfile(weights, tmp)
+        fsync_file(tmp)
+        os.replace(tmp, self.snapshots / name)
+        pointer = {"format": 1, "weights": name, "vv": vv, "digest": digest,
+                   "updates": sum(vv.values()), "created": time.time(), "imported_from": str(weights)}
+        atomic_write_bytes(self.snapshots / POINTER, json.dumps(pointer, indent=1).encode())
+        fsync_dir(self.snapshots)
+        log.info("state dir seeded from snapshot %s (%d updates)", weights, pointer["updates"])
+
     def next_generation(self) -> int:
         """A number that grows with every start of this node (the engine's session epoch):
         max(previous + 1, wall-clock seconds), persisted before use so a clock step back
@@ -150,12 +182,15 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
                              f"{sd.snapshots / 'snapshot.json'} to rebuild the state from the update log")
         base_vv = dict(snap.vv)
         logged = ulog.updates_vv()
-        ahead = {o: n for o, n in base_vv.items() if n > logged.get(o, 0)}
-        if ahead:
-            # Only possible with fsync = false and a power loss: the snapshot holds updates the log
-            # lost, and we could not serve them (or, for our own origin, would reuse step numbers).
-            raise StateError(f"snapshot is ahead of the update log for {len(ahead)} origin(s) (log tail "
-                             "lost, fsync disabled?); move the state_dir aside and rejoin from peers")
+        # A snapshot may hold peers' updates the log lacks: a joiner that started from another
+        # node's snapshot (initial_snapshot), or a log tail lost with fsync = false. That is safe:
+        # the engine (which knows only the log) pulls them again, they are logged, and the worker
+        # skips every step already in the weights. Our *own* steps must not be ahead: we would
+        # re-use their numbers for different updates.
+        if own_origin is not None and base_vv.get(own_origin, 0) > logged.get(own_origin, 0):
+            raise StateError(f"the snapshot holds own steps up to {base_vv[own_origin]} but the update log "
+                             f"only {logged.get(own_origin, 0)} (log tail lost with fsync = false, or a "
+                             "snapshot of this same key from elsewhere); start with a new key or a fresh state_dir")
     pending = ulog.updates_after(base_vv)
     for i in range(0, len(pending), REPLAY_CHUNK):
         chunk = pending[i:i + REPLAY_CHUNK]
@@ -164,4 +199,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     if snap is not None or pending:
         log.info("restored state: snapshot with %d updates + %d replayed from the log in %.2fs",
                  snap.updates if snap else 0, len(pending), dt)
-    return Restored(replica, tokenizer, ulog.updates_vv(), snap.updates if snap else 0, len(pending), dt)
+    applied = ulog.updates_vv()
+    for o, n in base_vv.items():
+        applied[o] = max(n, applied.get(o, 0))
+    return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)

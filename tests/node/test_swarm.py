@@ -12,11 +12,13 @@ import threading
 
 import pytest
 
+from onebyte.node.status import request
+
 from node_harness import CONVERGE_TIMEOUT, Node, run_cli, union_digest, wait_for
 
 pytestmark = pytest.mark.slow
 
-STEPS = {"a": 30, "b": 60, "c": 30, "d": 10}
+STEPS = {"a": 30, "b": 60, "c": 30, "d": 10, "e": 5}
 COMMON = dict(step_interval_s=0.05, snapshot_every=25, threads=1)
 
 
@@ -132,15 +134,24 @@ def test_late_joiner_reaches_the_same_digest(swarm, genesis_path, notify_socket)
     # d runs as under systemd: Type=notify with a 0.4 s watchdog (pinged every 0.2 s).
     env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"}
     d = nodes["d"] = Node(root, "d", genesis_path, [c.addr], env=env, max_steps=STEPS["d"], **COMMON).start()
+    # e joins from a snapshot of a (taken through the status socket) instead of the base model.
+    snap = request(a.socket, {"cmd": "snapshot", "path": str(root / "a-snap.safetensors")}, timeout=60)
+    assert snap["ok"], snap
+    e = nodes["e"] = Node(root, "e", genesis_path, [b.addr], max_steps=STEPS["e"],
+                          initial_snapshot=snap["path"], **COMMON).start()
     d.wait_ready()
     msgs = notify_socket.wait_for(b"WATCHDOG=1")
     ready = [i for i, m in enumerate(msgs) if m.startswith(b"READY=1\nSTATUS=serving on 127.0.0.1:")]
     assert ready and ready[0] < msgs.index(b"WATCHDOG=1"), msgs
+    e.wait_ready()
     total = sum(STEPS.values())
-    digest = wait_for(lambda: converged([a, b, c, d], total), CONVERGE_TIMEOUT, "all four to converge", 0.5)
-    expect, _ = union_digest([n.state_dir for n in (a, b, c, d)], genesis_path)
+    digest = wait_for(lambda: converged([a, b, c, d, e], total), CONVERGE_TIMEOUT, "all five to converge", 0.5)
+    expect, _ = union_digest([n.state_dir for n in (a, b, c, d, e)], genesis_path)
     assert digest == expect
     assert d.status()["applied_replayed"] == total - STEPS["d"]
+    st = e.status()
+    assert st["restored"]["from_snapshot"] == snap["updates"] > 0
+    assert st["applied_replayed"] == total - STEPS["e"] - snap["updates"]   # the snapshot's were skipped
 
 
 def test_export_loads_with_plain_transformers(swarm, tmp_path):
