@@ -30,12 +30,35 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise UserError(f"--out {out} exists and is not empty; choose a new folder or pass --force")
 
 
+def plain_copy(model):
+    """A plain transformers model holding the replica's current weights.
+
+    The live model cannot be saved as is: a GGUF-loaded model carries a gguf quantizer that
+    save_pretrained refuses (and its config would make loaders expect GGUF), and the
+    replica's trainable weights are views into one flat buffer, which save_pretrained would
+    take for tied tensors. So: same class, config without quantization, weights copied.
+    """
+    import copy
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = type(model)(config)
+    state = model.state_dict()
+    fresh.load_state_dict({k: v.detach().to("cpu", copy=True) for k, v in state.items()}, strict=False)
+    missing = [k for k in fresh.state_dict() if k not in state]
+    if missing:
+        raise StateError(f"export: the model has no weights for {missing[:3]}")
+    fresh.tie_weights()
+    return fresh.eval()
+
+
 def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) -> Path:
     out = Path(out)
     check_out_dir(out, force)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = replica.model
+    model = plain_copy(replica.model)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
