@@ -94,7 +94,9 @@ class NodeRow:
             name=name,
             up=True,
             own_steps=int(_num(st, "own_steps")),
-            applied=int(_num(st, "applied_own") + _num(st, "applied_replayed")),
+            # applied_total covers the whole state (a restarted node's per-run counters
+            # start again at 0); the per-run sum is the fallback for older daemons.
+            applied=int(_num(st, "applied_total", _num(st, "applied_own") + _num(st, "applied_replayed"))),
             backlog=int(_num(st, "replay_backlog")),
             peers=len(peers) if isinstance(peers, (list, tuple)) else int(_num(st, "peers")),
             loss=_opt(st, "loss_mean"),
@@ -177,9 +179,10 @@ class LiveView:
             self._print_line(tot, frac, elapsed_s, note)
 
     def _header(self, tot: SwarmTotals, frac: float, elapsed_s: float) -> str:
+        # duration_s <= 0: an open-ended phase (waiting for something), no progress bar.
+        clock = f"{bar(frac)}  {elapsed_s:5.0f}s/{self.duration_s:.0f}s" if self.duration_s > 0 else f"{elapsed_s:5.0f}s"
         return (
-            f"{self.title}  {bar(frac)}  {elapsed_s:5.0f}s/{self.duration_s:.0f}s  "
-            f"updates {tot.own_steps}  loss {_fmt_opt(tot.loss, '.4f')}  "
+            f"{self.title}  {clock}  updates {tot.own_steps}  loss {_fmt_opt(tot.loss, '.4f')}  "
             f"wire {human_bytes(tot.bytes_out)}"
         )
 
@@ -209,8 +212,9 @@ class LiveView:
         per_node = " ".join(
             f"{r.name}:{r.own_steps}" + ("" if r.up else "(down)") for r in self.last_rows
         )
+        pct = f" {frac * 100:5.1f}%" if self.duration_s > 0 else ""
         line = (
-            f"[{elapsed_s:5.0f}s] {frac * 100:5.1f}% updates={tot.own_steps} ({per_node}) "
+            f"[{elapsed_s:5.0f}s]{pct} updates={tot.own_steps} ({per_node}) "
             f"loss={_fmt_opt(tot.loss, '.4f')} sent={human_bytes(tot.bytes_out)}"
         )
         if note:
@@ -218,14 +222,10 @@ class LiveView:
         self.stream.write(line + "\n")
         self.stream.flush()
 
-    def message(self, text: str) -> None:
-        """A one-off line (phase change). On a TTY it goes above the block and
-        the block is redrawn below it on the next update."""
-        if self.is_tty and self._drawn:
-            # Start the block afresh under the message rather than over it.
-            self._drawn = 0
-        self.stream.write(text + "\n")
-        self.stream.flush()
+    def detach(self) -> None:
+        """Leave the drawn block where it is: whatever is printed next goes below it,
+        and a later update draws a fresh block instead of moving up over that text."""
+        self._drawn = 0
 
 
 @dataclass

@@ -170,3 +170,20 @@ def test_sigterm_stops_every_daemon(tmp_path):
     while daemons_using(run_dir) and time.monotonic() < deadline:
         time.sleep(0.2)  # reaped by the demo already; /proc may lag a moment
     assert daemons_using(run_dir) == []
+
+
+def test_detached_view_draws_a_fresh_block_below_printed_text():
+    out = io.StringIO()
+    view = LiveView(out, duration_s=0, is_tty=True, title="converging")
+    view.update({"node1": fake_status(1)}, elapsed_s=1)
+    assert "converging      1s  updates 1" in out.getvalue() and "%" not in out.getvalue().split("\n")[0]
+    view.detach()
+    out.write("a phase message\n")
+    mark = len(out.getvalue())
+    view.update({"node1": fake_status(2)}, elapsed_s=2)
+    assert out.getvalue()[mark:].startswith("\x1b[2Kconverging")  # no cursor-up over the message
+
+
+def test_applied_counts_the_whole_state_after_a_restart():
+    st = dict(fake_status(4), applied_total=120)
+    assert NodeRow.from_status("node1", st).applied == 120
