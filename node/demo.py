@@ -545,7 +545,10 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         "digests": {k: a["digest"] for k, a in digests.items()},
         "digests_identical": len({a["digest"] for a in digests.values()}) == 1,
         "bytes_sent": sum(wire.values()), "params": before["params"], "trainable": before["trainable"],
-        "fp32_gradient_bytes": updates * (swarm.n - 1) * before["trainable"] * 4,
+        # What exchanging fp32 gradients instead would cost: every update to every peer,
+        # 4 bytes per parameter, for the full model and for the trainable tensors only.
+        "fp32_gradient_bytes": updates * (swarm.n - 1) * before["params"] * 4,
+        "fp32_trainable_gradient_bytes": updates * (swarm.n - 1) * before["trainable"] * 4,
         "plot": str(png), "run_dir": str(root),
         "export_command": f"onebyte export --config {node1.config} --out {root / 'model'}",
     }
@@ -557,12 +560,17 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
 def print_summary(s: dict) -> None:
     gain = (s["accuracy_after"] - s["accuracy_before"]) * 100
     per_update = s["bytes_sent"] / s["updates"] if s["updates"] else 0.0
-    ratio = s["fp32_gradient_bytes"] / s["bytes_sent"] if s["bytes_sent"] else float("inf")
+    def times(b: float) -> str:
+        if not s["bytes_sent"]:
+            return "-"
+        r = b / s["bytes_sent"]
+        return f"{r:,.0f}x more" if r >= 10 else f"{r:.2f}x as much"
+
     rate = s["updates"] / s["train_seconds"] if s["train_seconds"] else 0.0
     lines = [
         "",
         "== onebyte demo: summary ==",
-        f"model      {s['model']}: {s['params'] / 1e6:.1f}M parameters, {s['trainable'] / 1e6:.3f}M trainable; "
+        f"model      {s['model']}: {s['params'] / 1e6:.1f}M parameters, {s['trainable']:,} trainable; "
         f"task {s['data']}",
         f"swarm      {s['nodes']} nodes, {_fmt_s(s['train_seconds'])} of training, {s['updates']} updates "
         f"({', '.join(f'{k} {v}' for k, v in s['own_steps'].items())}), {rate:.2f} updates/s",
@@ -570,10 +578,12 @@ def print_summary(s: dict) -> None:
         f"({gain:+.1f} points, {s['eval_examples']} held-out examples)",
         "digests    " + "  ".join(f"{k} {d[:16]}" for k, d in s["digests"].items())
         + ("  (identical)" if s["digests_identical"] else "  (DIFFERENT)"),
-        f"wire       {human_bytes(s['bytes_sent'])} sent in total, {per_update:.0f} B per update "
-        "(payload, signatures, membership and anti-entropy included)",
-        f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates "
-        f"({s['updates']} x {s['nodes'] - 1} peers x {s['trainable']:,} trainable params x 4 B): {ratio:,.0f}x more",
+        f"wire       {human_bytes(s['bytes_sent'])} sent in total, {per_update:.0f} B per update: one byte of "
+        "payload, the rest record headers, signatures, membership and anti-entropy",
+        f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates, each to {s['nodes'] - 1} peers "
+        f"({s['params']:,} params x 4 B): {times(s['fp32_gradient_bytes'])}",
+        f"           gradients of the {s['trainable']:,} trainable weights only: "
+        f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})",
         f"plot       {s['plot']}",
         f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
         f"took       {_fmt_s(s['total_seconds'])} in all; run dir {s['run_dir']}",

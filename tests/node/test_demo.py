@@ -135,7 +135,8 @@ def test_demo_end_to_end_with_the_tiny_model(tmp_path):
     assert s["digests_identical"] is True
     assert 0.0 <= s["accuracy_before"] <= 1.0 and 0.0 <= s["accuracy_after"] <= 1.0
     assert s["updates"] == sum(s["own_steps"].values()) and s["updates"] > 0
-    assert s["bytes_sent"] > 0 and s["fp32_gradient_bytes"] == s["updates"] * 2 * s["trainable"] * 4
+    assert s["bytes_sent"] > 0 and s["fp32_gradient_bytes"] == s["updates"] * 2 * s["params"] * 4
+    assert s["fp32_trainable_gradient_bytes"] == s["updates"] * 2 * s["trainable"] * 4
     assert Path(s["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert s["plot"] in out
     # "after" is node1's own evaluation of its final replica, on the very examples of "before"
