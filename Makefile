@@ -22,8 +22,11 @@ setup: $(VENV)/.installed
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The demo: a local swarm of three daemons; options via DEMO_ARGS, e.g.
+# `make demo DEMO_ARGS="--model tiny --minutes 1"` (see `onebyte demo --help`).
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/onebyte demo
+	$(BIN)/onebyte demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
