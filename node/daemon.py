@@ -303,8 +303,16 @@ class Daemon:
             # Only while the worker lives: a dead worker means a node that no longer applies.
             if self.worker is not None and self.worker.is_alive():
                 self.notifier.watchdog()
+                self.notifier.status(self._status_line())
             self._watchdog = self.loop.call_later(interval, ping)
         ping()
+
+    def _status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        st = self.worker.stats
+        alive = sum(1 for p in self.engine.peers() if p.state == "alive") if self.engine else 0
+        return (f"{st.state}: own steps {st.own_steps}, {sum(dict(self.worker.applied_vv).values())} updates applied, "
+                f"backlog {len(self.worker.backlog)}, {alive} peers alive")
 
     # --- status socket ---------------------------------------------------------------------
 
