@@ -1,0 +1,184 @@
+"""Replay and local-step benchmark: onebyte's fused kernel vs a MeZO-style baseline, side by side.
+
+    flock /tmp/onebyte-heavy.lock python bench/replay.py --json out.json [--device cuda]
+
+Model: shaped like SmolLM2-135M (LlamaConfig hidden 576, intermediate 1536, 30 layers, 9 heads,
+3 kv heads, vocab 49152, tied embeddings: 134.5M fp32 parameters), random init. All parameters
+are trainable (the worst case for replay).
+
+- ours: Replica.replay() of B updates (B = 1 and the fused batch sizes), updates/s.
+- baseline, in the style of the MeZO reference code: per update torch.manual_seed(seed), then per
+  parameter z = torch.normal(0, 1, size) and param.add_(z, alpha=coef); updates/s (it has no
+  fused form, so its fused rate is its single rate).
+- step_overhead: Replica.local_step time / time of its two forward passes - 1, batch 16 x 64
+  fixed tokens, on the real SmolLM2 when onebyte.model.load.load_model("smollm2") works, else on
+  the random model. Timings are interleaved and the minimum of the repetitions is kept, so
+  background load on a shared machine biases both sides alike.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from onebyte.model import Hyper, Replica
+
+BATCHES = (8, 32, 128)
+STEP_BATCH, STEP_LEN = 16, 64
+
+
+def smollm2_shaped(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                      tie_word_embeddings=True)
+    torch.manual_seed(seed)  # model init only
+    return LlamaForCausalLM(cfg).eval()
+
+
+def timer(device):
+    def now():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+    return now
+
+
+def bench_replay(replica, now, reps, batches):
+    """updates/s of Replica.replay for B = 1 and each fused batch size (best of reps)."""
+    seed = 1
+    rates = {}
+    for b in (1,) + tuple(batches):
+        best = float("inf")
+        for _ in range(reps if b < 64 else max(2, reps // 2)):
+            ups = [(seed + i, (i * 37) % 255 - 127, 1) for i in range(b)]
+            seed += b
+            t = now()
+            replica.replay(ups)
+            best = min(best, now() - t)
+        rates[b] = b / best
+    return rates
+
+
+def bench_baseline(shapes, device, now, reps):
+    """MeZO reference style: torch.manual_seed, then torch.normal per tensor and add_ (updates/s)."""
+    params = [torch.zeros(s, device=device) for s in shapes]
+    best = float("inf")
+    for r in range(reps + 1):  # first round warms the allocator
+        t = now()
+        torch.manual_seed(1000 + r)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.size(), device=p.device, dtype=p.dtype)
+            p.add_(z, alpha=-1e-6 * 3.0)
+        dt = now() - t
+        if r:
+            best = min(best, dt)
+    del params
+    return 1.0 / best
+
+
+def step_model(device):
+    try:
+        from onebyte.model.load import load_model
+        model, _ = load_model("smollm2")
+        return model.float().eval(), "smollm2"
+    except Exception as e:  # absent package or loader: fall back to the same shape, random
+        print(f"[bench] real SmolLM2 unavailable ({type(e).__name__}: {str(e)[:120]}); using random weights",
+              file=sys.stderr)
+        return smollm2_shaped(), "random-smollm2-shaped"
+
+
+def bench_step(replica, device, now, reps):
+    vocab = replica.model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, vocab, (STEP_BATCH, STEP_LEN), generator=g).to(device)
+
+    def loss_fn(model, b):
+        return model(input_ids=b, labels=b).loss.item()
+
+    with torch.no_grad():
+        loss_fn(replica.model, batch)  # warm-up (allocator, kernels)
+    fwd2, steps = [], []
+    for r in range(reps):  # interleaved so slow phases of a shared machine hit both sides
+        t = now()
+        with torch.no_grad():
+            loss_fn(replica.model, batch)
+            loss_fn(replica.model, batch)
+        fwd2.append(now() - t)
+        t = now()
+        replica.local_step(loss_fn, batch, seed=777 + r, step=r + 1)
+        steps.append(now() - t)
+    return min(steps), min(fwd2), steps, fwd2
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the result object to this path")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per measurement (best is kept)")
+    ap.add_argument("--step-reps", type=int, default=3, help="interleaved local-step / two-forward pairs")
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="fused batch sizes")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench/replay.py: --device cuda needs a CUDA build of torch and a GPU")
+    device = torch.device(args.device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    batches = tuple(int(b) for b in args.batches.split(","))
+    now = timer(device)
+    t0 = time.perf_counter()
+
+    model = smollm2_shaped()
+    n_params = sum(p.numel() for p in model.parameters())  # tied tensors once
+    hyper = Hyper(lr=1e-6, max_fused=max(batches))
+    rep = Replica(model, hyper, device)
+    shapes = [tuple(p.shape) for p in rep.params]
+    bench_replay(rep, now, 1, (8,))  # compile / warm up the kernel (numba caches it on disk too)
+    ours = bench_replay(rep, now, args.reps, batches)
+    base = bench_baseline(shapes, device, now, args.reps)
+    del rep, model
+
+    smodel, which = step_model(device)
+    srep = Replica(smodel, Hyper(lr=1e-6), device)
+    step_t, fwd2_t, steps, fwd2 = bench_step(srep, device, now, args.step_reps)
+
+    fused_best = max(batches, key=lambda b: ours[b])
+    result = {
+        "replay_speedup_single": ours[1] / base,
+        "replay_speedup_fused": ours[fused_best] / base,
+        "replay_speedup_fused_batch": fused_best,
+        "replay_speedup_by_batch": {str(b): ours[b] / base for b in batches},
+        "ours_updates_per_s": {str(b): ours[b] for b in (1,) + batches},
+        "baseline_updates_per_s": base,
+        "batch_sizes": list(batches),
+        "step_overhead": step_t / fwd2_t - 1.0,
+        "step_time_s": step_t,
+        "two_forward_time_s": fwd2_t,
+        "step_samples_s": {"local_step": steps, "two_forwards": fwd2},
+        "step_model": which,
+        "step_batch": [STEP_BATCH, STEP_LEN],
+        "param_count": n_params,
+        "trainable_count": len(shapes) and sum(int(torch.Size(s).numel()) for s in shapes),
+        "core_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "numba_version": __import__("numba").__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "wall_s": time.perf_counter() - t0,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
