@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .hyper import Hyper
-from .rng import COEF_DOMAIN, noise_key, uniform
+from .rng import COEF_DOMAIN, GAMMA, MIX1, MIX2, mix64, noise_key
 
 MANTISSA = 24          # fp32 significand bits: integers below 2**24 are exact
 MAX_SUM = 1 << 24      # a fused pass may add at most this many quanta to one weight (exact in fp32)
@@ -111,15 +111,23 @@ def update_coefficients(grid: Grid, hyper: Hyper, seed: int, q: int, step: int) 
     exact power-of-two scaling). It is rounded stochastically with a uniform keyed by
     (seed, t), so E[c_t] = x_t: tiny learning rates on coarse grids are not rounded to 0."""
     delta = -hyper.lr_at(step) * q * hyper.q_scale
-    out = np.empty(len(grid.names), dtype=np.int64)
-    for t in range(len(grid.names)):
-        x = math.ldexp(delta, MANTISSA - int(grid.exps[t]))
-        if not abs(x) < MAX_SUM:
-            raise GridOverflowError(f"update step {delta:.3g} is {x:.3g} quanta on tensor {grid.names[t]}: "
-                                    f"larger than the whole grid (lower lr or q_scale)")
-        f = math.floor(x)
-        out[t] = f + (1 if uniform(seed, COEF_DOMAIN, t) < x - f else 0)  # x - f is exact in float64
-    return out
+    x = np.ldexp(delta, MANTISSA - grid.exps)  # float64 [T], exact power-of-two scaling
+    if not bool((np.abs(x) < MAX_SUM).all()):
+        t = int(np.argmax(np.abs(x)))
+        raise GridOverflowError(f"update step {delta:.3g} is {x[t]:.3g} quanta on tensor {grid.names[t]}: "
+                                f"larger than the whole grid (lower lr or q_scale)")
+    f = np.floor(x)
+    return (f + (uniforms(seed, COEF_DOMAIN, len(grid.names)) < x - f)).astype(np.int64)  # x - f exact
+
+
+def uniforms(seed: int, domain: int, n: int) -> np.ndarray:
+    """[uniform(seed, domain, j) for j < n] vectorised (numpy uint64 wraps like the spec)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(mix64(seed ^ domain)) + np.arange(n, dtype=np.uint64) * np.uint64(GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))  # < 2**53: exact conversion
 
 
 def plan_batches(grid: Grid, seeds, coefs, max_fused: int):

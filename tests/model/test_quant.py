@@ -52,3 +52,10 @@ def test_lr_schedule():
     assert Hyper(lr=2e-5).lr_at(10**9) == 2e-5
     grid = build_grid(["a"], [torch.ones(8)], lin)
     assert not update_coefficients(grid, lin, 1, 100, 100).any()  # decayed to zero: no move
+
+
+def test_vectorised_uniforms_match_spec():
+    from onebyte.model.grid import uniforms
+    from onebyte.model.rng import COEF_DOMAIN, uniform
+    for seed in (0, 1, 2**64 - 1, 0xDEADBEEF):
+        assert uniforms(seed, COEF_DOMAIN, 300).tolist() == [uniform(seed, COEF_DOMAIN, j) for j in range(300)]
