@@ -95,6 +95,9 @@ class Daemon:
         cfg = self.cfg
         self.loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
+        # From here on SIGTERM is a graceful stop, also while the model loads.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
         genesis = self.genesis = load_genesis(cfg.genesis)
         private = read_key(cfg.key)
         if loose_permissions(cfg.key):
@@ -111,7 +114,7 @@ class Daemon:
             sd.import_snapshot(cfg.initial_snapshot)
         self.ulog = sd.open_log(fsync=cfg.fsync)
         self.notifier.status("loading model and restoring state")
-        # Loading a model takes seconds: do it off the loop so signals are still handled.
+        # Loading a model takes seconds: off the loop, so a SIGTERM meanwhile is still seen.
         restored = await asyncio.to_thread(restore, genesis, cfg.model, cfg.device, sd, self.ulog,
                                            update_seed, self.node_id)
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
@@ -137,8 +140,6 @@ class Daemon:
             max_backlog=cfg.max_backlog, post=self._post_from_worker, update_seed=update_seed)
         self.status_server = StatusServer(cfg.socket_path, self.handle_request)
         await self.status_server.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop)
         self.worker.start()
         self._pump()
         where = format_addr(self.udp.local_addr)
