@@ -1,0 +1,83 @@
+"""The worker thread with a fake replica: fused replay of the whole backlog before any local
+step, exactly-once application, own updates logged before they are posted, snapshots."""
+
+import queue
+
+from onebyte.node.log import UpdateLog
+from onebyte.node.worker import Worker
+
+ME = b"\x01" * 16
+PEER = b"\x02" * 16
+
+
+class FakeReplica:
+    def __init__(self):
+        self.calls = []          # ("replay", [(seed, q, step)...]) | ("step", step)
+        self.applied = []
+
+    def replay(self, updates):
+        self.calls.append(("replay", list(updates)))
+        self.applied.extend(updates)
+
+    def local_step(self, loss_fn, batch, seed, step):
+        self.calls.append(("step", step))
+        self.applied.append((seed, 3, step))
+        return 3, 0.5
+
+    def digest(self):
+        return f"{len(self.applied):064x}"
+
+
+def seed_of(swarm, origin, step):
+    return hash((origin, step)) & 0xFFFF
+
+
+def make_worker(tmp_path, **kw):
+    posted = queue.Queue()
+    snaps = []
+    lg = UpdateLog(tmp_path / "u.log")
+    args = dict(replica=FakeReplica(), node_id=ME, swarm_id=b"s" * 32, update_log=lg, applied_vv={},
+                sample=lambda step: [step], loss_fn=None, evaluator=None, max_steps=3,
+                min_step_interval_s=0.0, eval_every=0, snapshot=lambda r, vv, d: snaps.append(dict(vv)),
+                snapshot_every=4, max_backlog=1000, post=lambda *a: posted.put(a), update_seed=seed_of)
+    args.update(kw)
+    return Worker(**args), posted, snaps, lg
+
+
+def test_backlog_is_replayed_in_one_call_before_local_steps(tmp_path):
+    w, posted, snaps, lg = make_worker(tmp_path)
+    # 5 peer updates are waiting before the worker starts: they go first, in one call
+    w.backlog.extend([(PEER, s, 1) for s in range(1, 6)])
+    w.start()
+    own = [posted.get(timeout=30) for _ in range(3)]
+    assert [o[:3] for o in own] == [("own", 1, 3), ("own", 2, 3), ("own", 3, 3)]
+    # duplicates and already-applied steps are skipped
+    w.backlog.extend([(PEER, 5, 1), (PEER, 6, -1)])
+    assert w.submit("digest", lambda r: posted.put(("digest", r)))
+    kind, ans = posted.get(timeout=30)
+    w.stop()
+    w.join(30)
+    r = w.replica
+    assert r.calls[0] == ("replay", [(seed_of(None, PEER, s), 1, s) for s in range(1, 6)])
+    assert [c for c in r.calls if c[0] == "step"] == [("step", 1), ("step", 2), ("step", 3)]
+    assert len(r.applied) == 9                      # 6 peer + 3 own, each once
+    assert lg.updates_vv() == {ME: 3}               # own updates were logged by the worker
+    assert ans["vv"] == {ME.hex(): 3, PEER.hex(): 6}
+    assert snaps and snaps[-1] == {ME: 3, PEER: 6}  # final snapshot covers everything applied
+    assert w.stats.applied_replayed == 6 and w.stats.applied_own == 3 and w.stats.state == "stopped"
+
+
+def test_max_backlog_bounds_one_fused_call(tmp_path):
+    w, posted, snaps, lg = make_worker(tmp_path, max_backlog=4, sample=None)
+    w.backlog.extend([(PEER, s, 1) for s in range(1, 11)])
+    w.start()
+    got = queue.Queue()
+    w.submit("digest", got.put)
+    ans = got.get(timeout=30)
+    while ans["updates"] < 10:
+        w.submit("digest", got.put)
+        ans = got.get(timeout=30)
+    w.stop()
+    w.join(30)
+    sizes = [len(c[1]) for c in w.replica.calls if c[0] == "replay"]
+    assert sum(sizes) == 10 and max(sizes) <= 4
