@@ -75,8 +75,35 @@ class TransmitLimitedQueue:
                 moved.append((key, count, packed))
             if misses >= 4 or budget <= overhead:
                 break
-        by_count, where = self._by_count, self._where
         # Re-insert in original age order, so "newest first" still holds among equals.
+        self._advance(moved, limit, sent)
+        return out
+
+    def take_into(self, rooms: list, limit: int) -> list:
+        """Fill several datagrams for one peer in one pass: rooms[i] is datagram i's free bytes
+        (updated in place); returns the items per datagram.  An item goes into the current
+        datagram if it fits, else the next; each item is taken at most once per call."""
+        out = [[] for _ in rooms]
+        moved, cur, n = [], 0, len(rooms)
+        for count in sorted(self._by_count):
+            bucket = self._by_count[count]
+            for key in (reversed(bucket) if self.newest_first else iter(bucket)):
+                packed = bucket[key]
+                size = len(packed)
+                while cur < n and size > rooms[cur]:
+                    cur += 1
+                if cur >= n:
+                    break
+                rooms[cur] -= size
+                out[cur].append(packed)
+                moved.append((key, count, packed))
+            if cur >= n:
+                break
+        self._advance(moved, limit, None)
+        return out
+
+    def _advance(self, moved: list, limit: int, sent) -> None:
+        by_count, where = self._by_count, self._where
         for key, count, packed in (reversed(moved) if self.newest_first else moved):
             if sent is not None:
                 sent.add(key)
@@ -92,7 +119,6 @@ class TransmitLimitedQueue:
                     nxt = by_count[count + 1] = {}
                 nxt[key] = packed
                 where[key] = count + 1
-        return out
 
     def discard(self, key) -> None:
         count = self._where.pop(key, None)

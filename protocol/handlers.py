@@ -216,15 +216,14 @@ class HandlersMixin:
         limit = cfg.transmit_limit(n)
         rlimit = cfg.transmit_limit(n, cfg.record_retransmit_mult)
         for peer in self.members.random_live(self.rng, cfg.fanout):
-            sent_g, sent_r = set(), set()
-            for _ in range(cfg.max_push_datagrams):
-                budget = self._budget(peer, 1)
-                gossip = self.gossip_q.take(budget, limit, 0, sent_g)
-                budget -= sum(len(g) for g in gossip)
-                records = self.record_q.take(budget, rlimit, 0, sent_r)
-                if not gossip and not records:
-                    break
-                self._send(MessageType.PUSH, peer, packb(None), gossip, records)
+            # Up to max_push_datagrams per peer, filled in one pass over each queue: gossip
+            # first (small, urgent), records in the space left.
+            rooms = [self._budget(peer, 1)] * cfg.max_push_datagrams
+            gossip = self.gossip_q.take_into(rooms, limit)
+            records = self.record_q.take_into(rooms, rlimit)
+            for g, r in zip(gossip, records):
+                if g or r:
+                    self._send(MessageType.PUSH, peer, packb(None), g, r)
 
     def _anti_entropy_round(self, now: float) -> None:
         for o in [o for o, t in self._pulls.items() if t < now]:
