@@ -43,7 +43,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
     "seed": (0, "seed of the local batch sampler (mixed with the node id)"),
     "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
-    "max_backlog": (1_000_000, "most updates applied by one fused replay call (bounds its memory; the rest waits for the next call)"),
+    "max_backlog": (1_000_000, "replay backlog bound: above it the loop stops taking updates from the engine (back-pressure); also the most updates one fused replay call applies"),
     "log_level": ("info", "debug, info, warning or error"),
 }
 REQUIRED = ("genesis", "key", "state_dir")

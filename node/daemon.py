@@ -85,6 +85,8 @@ class Daemon:
         self.published = 0
         self.events_seen: dict[str, int] = {}
         self.equivocations = 0
+        self.paused = False   # event intake paused by back-pressure (see _pump)
+        self.pauses = 0
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -229,6 +231,9 @@ class Daemon:
                 self.published += 1
                 self.rates.own.add(1)
                 self._pump()
+        elif kind == "replayed":
+            if self.paused and self.engine is not None:
+                self._pump()   # the worker caught up: take the engine's queued events
         elif kind == "failed":
             self.failure = args[0]
             self.exit_code = 1
@@ -252,7 +257,10 @@ class Daemon:
         """After any engine input: events, then datagrams out, then re-arm the one timer."""
         engine = self.engine
         got_updates = False
-        while (ev := engine.next_event()) is not None:
+        # Back-pressure: while the worker is more than max_backlog updates behind, leave the
+        # engine's events queued. The engine then refuses new records once its bounded event
+        # queue is full (drop reason "backpressure"); anti-entropy fetches them again later.
+        while not self._over_backlog() and (ev := engine.next_event()) is not None:
             got_updates |= self._on_event(ev)
         if got_updates and not self._flush_scheduled:
             # Batch the fsync: every datagram the loop handles in this iteration shares one.
@@ -266,6 +274,17 @@ class Daemon:
                 self._timer.cancel()
             self._timer = self.loop.call_at(when, self._on_timer) if when is not None else None
             self._timer_at = when
+
+    def _over_backlog(self) -> bool:
+        if self.worker is None:
+            return False
+        over = len(self.worker.backlog) + len(self._to_replay) >= self.cfg.max_backlog
+        if over != self.paused:
+            self.paused = over
+            self.pauses += over
+            log.debug("replay backlog %s max_backlog: %s", "over" if over else "under",
+                      "pausing event intake" if over else "resuming")
+        return over
 
     def _on_event(self, ev) -> bool:
         name = type(ev).__name__

@@ -89,6 +89,7 @@ def build_status(d) -> dict:
         # logged but not yet in the weights (waiting for the fsync batch or the worker)
         "replay_backlog": max(0, logged_total - applied_total),
         "replay_backlog_max": w.backlog.max_seen,
+        "backpressure": {"paused": d.paused, "pauses": d.pauses},
         "replay_calls": s.replay_calls,
         "replay_seconds": round(s.replay_seconds, 4),
         "update_rate": {

@@ -200,6 +200,7 @@ class Worker(threading.Thread):
         self._since_snapshot += len(batch)
         self._dirty_digest = True
         log.debug("replayed %d updates in %.3fs", len(batch), dt)
+        self.post("replayed", len(batch))
         return True
 
     def _maybe_step(self) -> float | None:
