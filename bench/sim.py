@@ -109,9 +109,18 @@ def run_size(n, args, log):
                   on_event=tracker.on_event, on_record=tracker.on_record)
     t_wall = time.perf_counter()
     swarm.start_all(stagger_s=2.0)
-    # Publishing starts at a random moment per node, so records are emitted steadily.
+
+    def begin(node):
+        # A random backlog of 0..k-1 updates, then the steady rate: each node's record
+        # boundaries fall at a random phase, so the swarm emits records steadily from the
+        # start instead of all at once after k / rate seconds.
+        for _ in range(swarm.rng.randrange(k)):
+            node.engine.publish(node.engine.next_own_step, swarm.rng.randint(-127, 127), swarm.now)
+        swarm._after(node)
+        swarm.set_publishing(node, rate)
+
     for node in swarm.nodes:
-        swarm.schedule(swarm.rng.uniform(0, k / rate), swarm.set_publishing, node, rate)
+        swarm.schedule(2.0 + swarm.rng.uniform(0, 1.0 / rate), begin, node)
     swarm.run_for(args.warmup)
     members = sum(len(x.engine.members.live_members()) for x in swarm.nodes) / n
     log(f"n={n} mean live members after warm-up {members:.1f}")
@@ -229,7 +238,8 @@ def main(argv=None):
     out = {
         "command": "flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sim.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
-        "delivered_fraction_min": min(s["delivered_fraction"] for s in scenarios + [crash]),
+        "delivered_fraction_min": min((s["delivered_fraction"] for s in scenarios + [crash]
+                                       if s["delivered_fraction"] is not None), default=None),
         "crash80_delivered_fraction": crash["delivered_fraction"],
         f"p99_dissemination_s_{big}_loss5": loss5[0]["p99_dissemination_s"],
         **{f"bytes_per_update_{k}": round(v["bytes_per_update"], 4) for k, v in bpu.items()},
