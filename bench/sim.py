@@ -214,7 +214,7 @@ def main(argv=None):
                     help="updates per second over the whole swarm (per node: this / nodes)")
     ap.add_argument("--warmup", type=float, default=15.0)
     ap.add_argument("--window", type=float, default=10.0)
-    ap.add_argument("--drain", type=float, default=10.0)
+    ap.add_argument("--drain", type=float, default=15.0)
     ap.add_argument("--crash-drain", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
