@@ -561,6 +561,7 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
 def print_summary(s: dict) -> None:
     gain = (s["accuracy_after"] - s["accuracy_before"]) * 100
     per_update = s["bytes_sent"] / s["updates"] if s["updates"] else 0.0
+
     def times(b: float) -> str:
         if not s["bytes_sent"]:
             return "-"
@@ -583,8 +584,11 @@ def print_summary(s: dict) -> None:
         "payload, the rest record headers, signatures, membership and anti-entropy",
         f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates, each to {s['nodes'] - 1} peers "
         f"({s['params']:,} params x 4 B): {times(s['fp32_gradient_bytes'])}",
-        f"           gradients of the {s['trainable']:,} trainable weights only: "
-        f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})",
+    ]
+    if s["trainable"] != s["params"]:
+        lines.append(f"           gradients of the {s['trainable']:,} trainable weights only: "
+                     f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})")
+    lines += [
         f"plot       {s['plot']}",
         f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
         f"took       {_fmt_s(s['total_seconds'])} in all; run dir {s['run_dir']}",
