@@ -331,3 +331,20 @@ def test_backpressure_when_events_not_drained():
         net.advance(0.5)
     assert b.version_vector()[a.node_id] == 20
     assert [s for _, s, _ in updates(net, b, a.node_id)] == list(range(1, 21))
+
+
+def test_join_flood_is_bounded_by_the_verification_budget():
+    cfg = ProtocolConfig(swarm_id=SWARM, cert_verifies_per_s=50.0)
+    victim = Engine(Identity.from_seed(1), cfg, rng=random.Random(1), now=0.0)
+    joins = []
+    for seed in range(100, 160):
+        e = Engine(Identity.from_seed(seed), cfg, rng=random.Random(seed), now=0.0, bootstrap=[("v", 1)])
+        joins += [d for d, _ in e.datagrams_to_send(0.0)]
+    for i, data in enumerate(joins):
+        victim.receive_datagram(data, ("10.1.0.1", 1000 + i), 0.0)
+    drops = victim.counters["drops"]
+    # Each JOIN costs two verifications (certificate, datagram); the bucket holds 2 * 50.
+    assert drops.get("rate_limited", 0) > 0
+    assert len(victim.peers()) <= 50
+    out = victim.datagrams_to_send(0.0)
+    assert sum(len(d) for d, _ in out) < sum(len(d) for d in joins)   # never amplifies
