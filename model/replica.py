@@ -38,8 +38,13 @@ class Replica:
         self.model = model.to(self.device)
         self.poisoned = None  # set to a message once exactness is lost (grid overflow)
         pattern = re.compile(hyper.trainable)
-        # named_parameters() yields a tied tensor once (under its first name): counted once.
-        params = {n: p for n, p in self.model.named_parameters() if p.is_floating_point() and pattern.fullmatch(n)}
+        # A tied tensor (lm_head tied to the embeddings) is one tensor under several names: it is
+        # counted once, under its first name, and is trainable if any of its names matches.
+        first, params = {}, {}
+        for n, p in self.model.named_parameters(remove_duplicate=False):
+            canon = first.setdefault(id(p), n)
+            if p.is_floating_point() and pattern.fullmatch(n):
+                params[canon] = p
         if not params:
             raise HyperError(f"trainable={hyper.trainable!r} matches no floating-point parameter of the model")
         names = sorted(params)

@@ -89,6 +89,8 @@ def test_tied_weights_counted_once():
     untied = Replica(oracle.tiny_llama(tie=False), HYPER)
     assert "lm_head.weight" in untied.names
     assert r.n_trainable == untied.n_trainable - r.model.lm_head.weight.numel()
+    head_only = Replica(oracle.tiny_llama(tie=True), Hyper(trainable=r"lm_head\.weight"))
+    assert head_only.names == ["model.embed_tokens.weight"]  # the alias selects the shared tensor
 
 
 def test_index_order_is_sorted_names():
