@@ -212,7 +212,7 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--swarm-rate", type=float, default=800.0,
                     help="updates per second over the whole swarm (per node: this / nodes)")
-    ap.add_argument("--warmup", type=float, default=15.0)
+    ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--drain", type=float, default=15.0)
     ap.add_argument("--crash-drain", type=float, default=30.0)

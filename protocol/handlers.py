@@ -216,11 +216,12 @@ class HandlersMixin:
         limit = cfg.transmit_limit(n)
         rlimit = cfg.transmit_limit(n, cfg.record_retransmit_mult)
         for peer in self.members.random_live(self.rng, cfg.fanout):
-            # Up to max_push_datagrams per peer, filled in one pass over each queue: gossip
-            # first (small, urgent), records in the space left.
+            # Up to max_push_datagrams per peer, filled in one pass over each queue: records
+            # first, membership gossip in the space left (it also rides on every ping, ack
+            # and digest), so a membership backlog (a thousand joins) never delays updates.
             rooms = [self._budget(peer, 1)] * cfg.max_push_datagrams
-            gossip = self.gossip_q.take_into(rooms, limit)
             records = self.record_q.take_into(rooms, rlimit)
+            gossip = self.gossip_q.take_into(rooms, limit)
             for g, r in zip(gossip, records):
                 if g or r:
                     self._send(MessageType.PUSH, peer, packb(None), g, r)
