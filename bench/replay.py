@@ -84,8 +84,8 @@ def bench_baseline(shapes, device, now, reps):
 def step_model(device):
     try:
         from onebyte.model.load import load_model
-        model, _ = load_model("smollm2")
-        return model.float().eval(), "smollm2"
+        model, _ = load_model("smollm2")  # float32 by default (dequantised GGUF)
+        return model.eval(), "smollm2"
     except Exception as e:  # absent package or loader: fall back to the same shape, random
         print(f"[bench] real SmolLM2 unavailable ({type(e).__name__}: {str(e)[:120]}); using random weights",
               file=sys.stderr)
