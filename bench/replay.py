@@ -130,6 +130,7 @@ def main(argv=None):
     batches = tuple(int(b) for b in args.batches.split(","))
     now = timer(device)
     t0 = time.perf_counter()
+    load_start = os.getloadavg()  # recorded: other work on a shared machine slows both sides
 
     model = smollm2_shaped()
     n_params = sum(p.numel() for p in model.parameters())  # tied tensors once
@@ -170,6 +171,7 @@ def main(argv=None):
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "wall_s": time.perf_counter() - t0,
+        "loadavg_start_end": [load_start[0], os.getloadavg()[0]],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     text = json.dumps(result, indent=2)
