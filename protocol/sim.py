@@ -71,7 +71,8 @@ class Swarm:
         self.nodes: list[SimNode] = []
         self.by_addr: dict = {}
         self.partitioned = False
-        self.stats = {"sent": 0, "lost": 0, "duplicated": 0, "partition_dropped": 0, "delivered": 0}
+        self.stats = {"sent": 0, "lost": 0, "duplicated": 0, "partition_dropped": 0, "delivered": 0,
+                      "largest_datagram": 0}
         for _ in range(n):
             self.add_node(start=False)
 
@@ -194,8 +195,11 @@ class Swarm:
 
     def _transmit(self, src: SimNode, out: list) -> None:
         net, rng, heap = self.net, self.rng, self._heap
+        stats = self.stats
         for data, dst in out:
-            self.stats["sent"] += 1
+            stats["sent"] += 1
+            if len(data) > stats["largest_datagram"]:
+                stats["largest_datagram"] = len(data)
             if net.loss and rng.random() < net.loss:
                 self.stats["lost"] += 1
                 continue

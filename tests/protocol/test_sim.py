@@ -59,6 +59,7 @@ def test_lossy_duplicating_reordering_network_converges():
     assert swarm.converged()
     assert ledger.errors == []
     assert swarm.stats["lost"] > 0 and swarm.stats["duplicated"] > 0
+    assert 1000 < swarm.stats["largest_datagram"] <= CFG.max_datagram
     assert all(n.engine.counters["internal_errors"] == 0 for n in swarm.nodes)
 
 
