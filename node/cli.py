@@ -218,7 +218,8 @@ def cmd_digest(args) -> int:
     from .export import offline_state
 
     replica, _tok, vv, _g = offline_state(load_config(args.config))
-    digest = replica.digest()
+    from .state import replica_digest
+    digest = replica_digest(replica)
     print(json.dumps({"digest": digest, "updates": sum(vv.values()),
                       "vv": {o.hex(): n for o, n in sorted(vv.items())}}) if args.json else digest)
     return 0

@@ -74,7 +74,9 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
     """Write the replica's weights and `vv` atomically; the caller (the worker thread,
     the replica's only writer) guarantees the weights hold exactly `vv`."""
     directory.mkdir(parents=True, exist_ok=True)
-    digest = digest or replica.digest()
+    if digest is None:
+        from .state import replica_digest
+        digest = replica_digest(replica)
     name = f"weights-{digest[:16]}-{sum(vv.values())}.safetensors"
     final = directory / name
     tmp = directory / f".{name}.tmp-{os.getpid()}"
