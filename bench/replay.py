@@ -49,37 +49,35 @@ def timer(device):
     return now
 
 
-def bench_replay(replica, now, reps, batches):
-    """updates/s of Replica.replay for B = 1 and each fused batch size (best of reps)."""
-    seed = 1
-    rates = {}
-    for b in (1,) + tuple(batches):
-        best = float("inf")
-        for _ in range(reps if b < 64 else max(2, reps // 2)):
-            ups = [(seed + i, (i * 37) % 255 - 127, 1) for i in range(b)]
-            seed += b
-            t = now()
-            replica.replay(ups)
-            best = min(best, now() - t)
-        rates[b] = b / best
-    return rates
+def bench_replay(replica, shapes, device, now, reps, batches):
+    """updates/s of Replica.replay (B = 1 and each fused size) and of the MeZO-style baseline.
 
+    Measurements alternate (ours B=1, baseline, ours B=8, baseline, ...) and the best of the
+    repetitions is kept, so load that comes and goes on a shared machine hits both sides."""
+    params = [torch.zeros(s, device=device) for s in shapes]  # the baseline's own weights
 
-def bench_baseline(shapes, device, now, reps):
-    """MeZO reference style: torch.manual_seed, then torch.normal per tensor and add_ (updates/s)."""
-    params = [torch.zeros(s, device=device) for s in shapes]
-    best = float("inf")
-    for r in range(reps + 1):  # first round warms the allocator
+    def baseline_once(r):  # MeZO reference style: manual_seed, then torch.normal + add_ per tensor
         t = now()
         torch.manual_seed(1000 + r)
         for p in params:
             z = torch.normal(mean=0, std=1, size=p.size(), device=p.device, dtype=p.dtype)
             p.add_(z, alpha=-1e-6 * 3.0)
-        dt = now() - t
-        if r:
-            best = min(best, dt)
+        return now() - t
+
+    baseline_once(0)  # warms the allocator
+    seed, ours, base = 1, {b: float("inf") for b in (1,) + tuple(batches)}, float("inf")
+    for r in range(reps):
+        for b in ours:
+            if b >= 64 and r >= max(2, reps // 2):
+                continue  # big batches are long: fewer repetitions
+            ups = [(seed + i, (i * 37) % 255 - 127, 1) for i in range(b)]
+            seed += b
+            t = now()
+            replica.replay(ups)
+            ours[b] = min(ours[b], now() - t)
+            base = min(base, baseline_once(r + 1))
     del params
-    return 1.0 / best
+    return {b: b / t for b, t in ours.items()}, 1.0 / base
 
 
 def step_model(device):
@@ -150,9 +148,8 @@ def main(argv=None):
     hyper = Hyper(lr=1e-6, max_fused=max(batches))
     rep = Replica(model, hyper, device)
     shapes = [tuple(p.shape) for p in rep.params]
-    bench_replay(rep, now, 1, (8,))  # compile / warm up the kernel (numba caches it on disk too)
-    ours = bench_replay(rep, now, args.reps, batches)
-    base = bench_baseline(shapes, device, now, args.reps)
+    rep.replay([(i, 1, 1) for i in range(8)])  # compile / warm up the kernel (numba caches it on disk too)
+    ours, base = bench_replay(rep, shapes, device, now, args.reps, batches)
     del rep, model
 
     smodel, which = step_model(device)
