@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
     # Only the final RMSNorm gain (576 weights) is trained: a linear probe on the last hidden
     # state, which SPSA learns in a few hundred updates (docs/data.md). lr and q_scale: the
     # bench/sst2.py run that took one node from 53% to 71.5% in 200 steps of batch 16.
-    "smollm2": {"hyper": {"trainable": r"model\.norm\.weight", "lr": 0.5, "q_scale": 0.01}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256, "curve_examples": 128},
+    "smollm2": {"hyper": {"trainable": r"model\.norm\.weight", "lr": 0.5, "q_scale": 0.01}, "batch_size": 16, "minutes": 5.0, "eval_examples": 256, "curve_examples": 128},
     "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64, "curve_examples": 64},
 }
 DEFAULT_MODEL = "smollm2"
@@ -617,7 +617,7 @@ def add_parser(sub) -> None:
         "producers, check that all replicas hold identical weights, and report held-out accuracy "
         "before and after, bytes on the wire and a plot. Everything goes in a run dir.")
     s.add_argument("--minutes", type=float, default=None,
-                   help="training time in minutes (default: per model, 6 for smollm2)")
+                   help="training time in minutes (default: per model, 5 for smollm2)")
     s.add_argument("--nodes", type=int, default=3, help="number of daemons (default 3)")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL}; tiny for a quick run)")
     s.add_argument("--data", default=DEFAULT_DATA, help=f"training data: built-in task or file (default {DEFAULT_DATA})")
