@@ -137,9 +137,9 @@ class TrunkCache:
 
     def self_check(self, examples) -> None:
         """The shortcut must give the full forward's logits (up to float summation order)."""
-        full = classification_logits(self.model, self.tok, [e.text for e in examples],
-                                     self.label_ids, self.autocast)
         with torch.inference_mode():
+            full = classification_logits(self.model, self.tok, [e.text for e in examples],
+                                         self.label_ids, self.autocast)
             fast = self.logits(examples)
         tol = 5e-2 if self.autocast is not None else 1e-3
         err = float((full - fast).abs().max())
@@ -239,7 +239,7 @@ class Bench:
         return {"nodes": nodes, "curve": curve, "final_accuracy": curve[-1]["accuracy"],
                 "final_loss": curve[-1]["loss"], "updates": len(qs), "mean_abs_q": sum(map(abs, qs)) / len(qs),
                 "clipped_q_fraction": clipped / len(qs), "wall_s": round(time.time() - t0, 1),
-                "s_per_local_step": round(step_s / (a.steps * nodes), 3), "digest": self.replica.digest()}
+                "s_per_local_step": round(step_s / (a.steps * nodes), 6), "digest": self.replica.digest()}
 
 
 def steps_to_reach(curve, target) -> int | None:
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         "steps_per_node": args.steps,
         "eval_every": args.eval_every,
         "eval_n": len(bench.dev_examples),
-        "train_n": len(bench.train),
+        "train_n": len(bench.train_examples),
         "model_load_s": round(bench.load_s, 1),
         "trunk_cache": None if bench.trunk is None else {
             "examples": len(bench.trunk.h), "build_s": round(bench.trunk_s, 1),
