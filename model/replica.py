@@ -130,7 +130,10 @@ class Replica:
     def digest(self) -> str:
         """blake2b-256 hex of the trainable weights: little-endian fp32 bytes in index order."""
         h = hashlib.blake2b(digest_size=32)
-        h.update(self.flat.detach().cpu().numpy().astype("<f4", copy=False).tobytes())
+        # Hash the buffer in place: a tobytes() copy would double the weights in memory for
+        # a moment, and nodes take digests often (status, snapshots). On CUDA the one host
+        # copy is unavoidable; astype is a no-op on little-endian hosts.
+        h.update(memoryview(self.flat.detach().cpu().numpy().astype("<f4", copy=False)))
         return h.hexdigest()
 
     def metadata(self) -> dict:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .errors import ConfigError, DaemonUnreachable, UserError
+from .errors import DaemonUnreachable, UserError
 
 log = logging.getLogger("onebyte.node.cli")
 
@@ -218,8 +218,7 @@ def cmd_digest(args) -> int:
     from .export import offline_state
 
     replica, _tok, vv, _g = offline_state(load_config(args.config))
-    from .state import replica_digest
-    digest = replica_digest(replica)
+    digest = replica.digest()
     print(json.dumps({"digest": digest, "updates": sum(vv.values()),
                       "vv": {o.hex(): n for o, n in sorted(vv.items())}}) if args.json else digest)
     return 0

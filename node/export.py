@@ -20,7 +20,7 @@ from pathlib import Path
 from .config import NodeConfig
 from .errors import StateError, UserError
 from .genesis import Genesis, load_genesis
-from .state import StateDir, build_replica, replica_digest, restore
+from .state import StateDir, build_replica, restore
 
 log = logging.getLogger("onebyte.node.export")
 
@@ -91,7 +91,7 @@ def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
 def export_offline(cfg: NodeConfig, out: Path, force: bool = False) -> dict:
     check_out_dir(out, force)
     replica, tokenizer, vv, genesis = offline_state(cfg)
-    digest = replica_digest(replica)
+    digest = replica.digest()
     meta = _meta(genesis, digest, vv, source="state_dir")
     save_folder(replica, tokenizer, out, meta, force)
     return meta
@@ -102,7 +102,7 @@ def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = Fa
     genesis = load_genesis(cfg.genesis)
     replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
     replica.load(Path(snapshot["path"]))
-    digest = replica_digest(replica)
+    digest = replica.digest()
     if digest != snapshot["digest"]:
         raise StateError(f"snapshot {snapshot['path']} does not match the digest the daemon reported")
     meta_path = Path(snapshot["meta"])

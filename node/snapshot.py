@@ -75,8 +75,7 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
     the replica's only writer) guarantees the weights hold exactly `vv`."""
     directory.mkdir(parents=True, exist_ok=True)
     if digest is None:
-        from .state import replica_digest
-        digest = replica_digest(replica)
+            digest = replica.digest()
     name = f"weights-{digest[:16]}-{sum(vv.values())}.safetensors"
     final = directory / name
     tmp = directory / f".{name}.tmp-{os.getpid()}"

@@ -14,7 +14,6 @@ replay of every logged update the snapshot does not cover.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import time
@@ -28,29 +27,7 @@ from .snapshot import atomic_write_bytes, read_snapshot
 
 log = logging.getLogger("onebyte.node.state")
 
-REPLAY_CHUNK = 1 << 20
-
-
-def replica_digest(replica) -> str:
-    """Replica.digest(), without its temporary copy of all trainable weights.
-
-    Replica.digest() hashes `flat.numpy().astype("<f4").tobytes()`: the tobytes() doubles the
-    weights in memory for a moment, and the daemon computes digests often (status, snapshots),
-    so on SmolLM2-135M that one copy raised the node's peak RSS from ~1.2x to ~1.6x of plain
-    inference. blake2b can read the CPU buffer in place; the bytes hashed are the same (fp32
-    little-endian, index order), and tests/node/test_digest.py checks the two agree. Anything
-    else (CUDA, big-endian) takes Replica.digest() as is."""
-    import sys
-
-    import torch
-
-    flat = getattr(replica, "flat", None)
-    if (flat is None or flat.device.type != "cpu" or flat.dtype != torch.float32
-            or not flat.is_contiguous() or sys.byteorder != "little"):
-        return replica.digest()
-    h = hashlib.blake2b(digest_size=32)
-    h.update(flat.detach().numpy())
-    return h.hexdigest()  # updates per fused replay call at restore (bounds the seed arrays)
+REPLAY_CHUNK = 1 << 20  # updates per fused replay call at restore (bounds the seed arrays)
 
 
 class StateDir:
@@ -199,7 +176,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
         except GridError as exc:
             raise StateError(f"{exc}; delete {sd.snapshots / 'snapshot.json'} to rebuild the state "
                              "from the update log") from None
-        got = replica_digest(replica)
+        got = replica.digest()
         if got != snap.digest:
             raise StateError(f"snapshot {snap.weights} does not match its recorded digest; delete "
                              f"{sd.snapshots / 'snapshot.json'} to rebuild the state from the update log")

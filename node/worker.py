@@ -24,7 +24,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .state import replica_digest
 
 log = logging.getLogger("onebyte.node.worker")
 
@@ -258,7 +257,7 @@ class Worker(threading.Thread):
                  res.get("loss", float("nan")))
 
     def _refresh_digest(self) -> str:
-        self.stats.digest = replica_digest(self.replica)
+        self.stats.digest = self.replica.digest()
         self.stats.digest_updates = sum(self.applied_vv.values())
         self._dirty_digest = False
         return self.stats.digest

@@ -6,8 +6,7 @@ as counted drops in Engine.receive_datagram.
 """
 from __future__ import annotations
 
-from .dissemination import bucket_of
-from .identity import CERT_SIZE, SIG_SIZE, node_id_of, parse_cert
+from .identity import CERT_SIZE, SIG_SIZE, parse_cert
 from .membership import MemberState
 from .wire import MessageType, WireError, decode_addr, encode_record, packb
 

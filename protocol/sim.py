@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from .config import ProtocolConfig
 from .engine import Engine
-from .events import UpdatesReceived
 from .identity import CryptoCache, Identity
 from .store import MemoryRecordStore
 

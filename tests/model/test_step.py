@@ -129,3 +129,13 @@ def test_replica_input_errors():
         Replica(oracle.tiny_llama().to(torch.bfloat16), HYPER)
     with pytest.raises(HyperError, match="device"):
         Replica(oracle.tiny_llama(), HYPER, device="meta")
+
+
+def test_digest_is_blake2b_of_the_trainable_fp32_bytes():
+    """The digest format that replicas compare (docs/numerics.md): blake2b-256 of the
+    little-endian fp32 bytes of the trainable weights in index order, hashed in place."""
+    import hashlib
+    r = Replica(oracle.tiny_llama(), Hyper(lr=2e-4), "cpu")
+    r.replay([(7, 5, 1), (8, -3, 2)])
+    want = hashlib.blake2b(r.flat.numpy().astype("<f4").tobytes(), digest_size=32).hexdigest()
+    assert r.digest() == want

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 
-import pytest
 
 from node_harness import Node, run_cli
 
