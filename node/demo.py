@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DaemonUnreachable, UserError
-from .liveview import History, LiveView, human_bytes
+from .liveview import History, LiveView, fmt_seconds, render_summary
 from .status import request
 
 # Recommended settings per model spec: hyper-parameters for the genesis and node settings.
@@ -365,11 +365,6 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _fmt_s(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def train(swarm: Swarm, view: LiveView, history: History, train_s: float, t_train: float) -> dict:
     """Poll and draw until the training time is up; returns the last statuses."""
     # Three evaluations inside the run (at 1/4, 1/2 and 3/4 of it): each occupies a node's
@@ -490,7 +485,7 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         _say(f"{m:02d}:{sec:02d} {text}")
 
     say(f"onebyte demo: {swarm.n} nodes fine-tune {swarm.model} on {swarm.data} for "
-        f"{_fmt_s(train_s)}, exchanging one byte per update")
+        f"{fmt_seconds(train_s)}, exchanging one byte per update")
     say(f"run dir {root}")
     swarm_id = swarm.prepare()
     genesis = root / "genesis.toml"
@@ -567,46 +562,8 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         "export_command": f"onebyte export --config {node1.config} --out {root / 'model'}",
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print_summary(summary)
+    _say(render_summary(summary))
     return 0 if summary["digests_identical"] else 1
-
-
-def print_summary(s: dict) -> None:
-    gain = (s["accuracy_after"] - s["accuracy_before"]) * 100
-    per_update = s["bytes_sent"] / s["updates"] if s["updates"] else 0.0
-
-    def times(b: float) -> str:
-        if not s["bytes_sent"]:
-            return "-"
-        r = b / s["bytes_sent"]
-        return f"{r:,.0f}x more" if r >= 10 else f"{r:.2f}x as much"
-
-    rate = s["updates"] / s["train_seconds"] if s["train_seconds"] else 0.0
-    lines = [
-        "",
-        "== onebyte demo: summary ==",
-        f"model      {s['model']}: {s['params'] / 1e6:.1f}M parameters, {s['trainable']:,} trainable; "
-        f"task {s['data']}",
-        f"swarm      {s['nodes']} nodes, {_fmt_s(s['train_seconds'])} of training, {s['updates']} updates "
-        f"({', '.join(f'{k} {v}' for k, v in s['own_steps'].items())}), {rate:.2f} updates/s",
-        f"accuracy   zero-shot {s['accuracy_before'] * 100:.1f}% -> fine-tuned {s['accuracy_after'] * 100:.1f}% "
-        f"({gain:+.1f} points, {s['eval_examples']} held-out examples)",
-        "digests    " + "  ".join(f"{k} {d[:16]}" for k, d in s["digests"].items())
-        + ("  (identical)" if s["digests_identical"] else "  (DIFFERENT)"),
-        f"wire       {human_bytes(s['bytes_sent'])} sent in total, {per_update:.0f} B per update: one byte of "
-        "payload, the rest record headers, signatures, membership and anti-entropy",
-        f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates, each to {s['nodes'] - 1} peers "
-        f"({s['params']:,} params x 4 B): {times(s['fp32_gradient_bytes'])}",
-    ]
-    if s["trainable"] != s["params"]:
-        lines.append(f"           gradients of the {s['trainable']:,} trainable weights only: "
-                     f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})")
-    lines += [
-        f"plot       {s['plot']}",
-        f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
-        f"took       {_fmt_s(s['total_seconds'])} in all; run dir {s['run_dir']}",
-    ]
-    _say("\n".join(lines))
 
 
 def add_parser(sub) -> None:

@@ -289,3 +289,46 @@ class History:
             ys.append(s.accuracy)
         return xs, ys
 
+
+def fmt_seconds(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def render_summary(s: dict) -> str:
+    """The demo's closing summary, from the dict it also writes as summary.json."""
+    gain = (s["accuracy_after"] - s["accuracy_before"]) * 100
+    per_update = s["bytes_sent"] / s["updates"] if s["updates"] else 0.0
+
+    def times(b: float) -> str:
+        if not s["bytes_sent"]:
+            return "-"
+        r = b / s["bytes_sent"]
+        return f"{r:,.0f}x more" if r >= 10 else f"{r:.2f}x as much"
+
+    rate = s["updates"] / s["train_seconds"] if s["train_seconds"] else 0.0
+    lines = [
+        "",
+        "== onebyte demo: summary ==",
+        f"model      {s['model']}: {s['params'] / 1e6:.1f}M parameters, {s['trainable']:,} trainable; "
+        f"task {s['data']}",
+        f"swarm      {s['nodes']} nodes, {fmt_seconds(s['train_seconds'])} of training, {s['updates']} updates "
+        f"({', '.join(f'{k} {v}' for k, v in s['own_steps'].items())}), {rate:.2f} updates/s",
+        f"accuracy   zero-shot {s['accuracy_before'] * 100:.1f}% -> fine-tuned {s['accuracy_after'] * 100:.1f}% "
+        f"({gain:+.1f} points, {s['eval_examples']} held-out examples)",
+        "digests    " + "  ".join(f"{k} {d[:16]}" for k, d in s["digests"].items())
+        + ("  (identical)" if s["digests_identical"] else "  (DIFFERENT)"),
+        f"wire       {human_bytes(s['bytes_sent'])} sent in total, {per_update:.0f} B per update: one byte of "
+        "payload, the rest record headers, signatures, membership and anti-entropy",
+        f"fp32 grads {human_bytes(s['fp32_gradient_bytes'])} for the same updates, each to {s['nodes'] - 1} peers "
+        f"({s['params']:,} params x 4 B): {times(s['fp32_gradient_bytes'])}",
+    ]
+    if s["trainable"] != s["params"]:
+        lines.append(f"           gradients of the {s['trainable']:,} trainable weights only: "
+                     f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})")
+    lines += [
+        f"plot       {s['plot']}",
+        f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
+        f"took       {fmt_seconds(s['total_seconds'])} in all; run dir {s['run_dir']}",
+    ]
+    return "\n".join(lines)
