@@ -180,9 +180,10 @@ class Daemon:
 
         evaluator = None
         if eval_task is not None:
-            subset = eval_task.examples[:cfg.eval_examples]
-
-            def evaluator():
+            def evaluator(n_examples: int | None = None):
+                # The periodic evaluation uses eval_examples; a client may ask for another
+                # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
+                subset = eval_task.examples[:n_examples or cfg.eval_examples]
                 return evaluate(self.replica.model, self.tokenizer, eval_task, subset)
         return sample, loss_fn, evaluator
 
@@ -352,11 +353,16 @@ class Daemon:
                 raise UserError(f"snapshot path must be absolute, got {str(path)!r}")
             return await self._ask_worker("snapshot", lambda r, vv, d: write_standalone(path, r, vv, d))
         if cmd == "eval":
-            return await self._ask_worker("eval")
+            n = req.get("examples")
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+                raise UserError(f"eval examples must be a positive integer, got {n!r}")
+            return await self._ask_worker("eval", n)
+        if cmd == "stop_producing":
+            return await self._ask_worker("stop_producing")
         if cmd == "leave":
             self.request_stop()
             return {"ok": True}
-        raise UserError(f"unknown cmd {cmd!r}; known: status, digest, snapshot, eval, leave")
+        raise UserError(f"unknown cmd {cmd!r}; known: status, digest, snapshot, eval, stop_producing, leave")
 
     async def _ask_worker(self, cmd: str, *args) -> dict:
         if self.worker is None or not self.worker.is_alive():

@@ -6,9 +6,9 @@ What it does, in order (every step uses the same commands a user would):
 2. evaluates the base model zero-shot on the held-out split (the "before");
 3. starts the nodes as `onebyte run --config ...` subprocesses in one process group and
    shows a live view from their status sockets while they fine-tune;
-4. stops the producers: each node leaves (SIGTERM), is restarted with max_steps at the
-   steps it reached, so it only serves and replays; anti-entropy then brings every
-   replica to the same update set, and the demo waits for identical digests;
+4. stops the producers in place (status-socket command `stop_producing`): each node then
+   only serves and replays; anti-entropy brings every replica to the same update set,
+   and the demo waits for identical digests;
 5. node1 evaluates its converged replica on the same held-out examples (the "after");
    the demo prints the summary (accuracy before/after, digests, bytes on the wire versus
    fp32 gradients, the `onebyte export` command for the model) and writes a PNG plot.
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
     # Only the final RMSNorm gain (576 weights) is trained: a linear probe on the last hidden
     # state, which SPSA learns in a few hundred updates (docs/data.md). lr and q_scale: the
     # bench/sst2.py run that took one node from 53% to 71.5% in 200 steps of batch 16.
-    "smollm2": {"hyper": {"trainable": r"model\.norm\.weight", "lr": 0.5, "q_scale": 0.01}, "batch_size": 16, "minutes": 5.0, "eval_examples": 256, "curve_examples": 128},
+    "smollm2": {"hyper": {"trainable": r"model\.norm\.weight", "lr": 0.5, "q_scale": 0.01}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256, "curve_examples": 128},
     "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64, "curve_examples": 64},
 }
 DEFAULT_MODEL = "smollm2"
@@ -504,23 +504,19 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
     views.append(view)
     history = History()
     t_train = time.monotonic()
-    last = train(swarm, view, history, train_s, t_train)
+    train(swarm, view, history, train_s, t_train)
     train_seconds = time.monotonic() - t_train
 
-    # Stop the producers: a graceful leave writes each node's final snapshot; restarted with
-    # max_steps at what it reached, a node only serves and replays, and anti-entropy fills
-    # in whatever was still in flight when the others left. (The node config cannot change
-    # while a daemon runs, hence the restart.) No training from here on, so each node may
-    # use every core, and node1 evaluates on the same examples as the zero-shot run.
-    own = {n.name: int((last.get(n.name) or {}).get("own_steps", 0)) for n in swarm.nodes}
-    wire = {n.name: int((last.get(n.name) or {}).get("bytes_out", 0)) for n in swarm.nodes}
-    say("time is up: stopping the producers (each node leaves, then restarts replay-only) …")
-    swarm.stop()
+    # Stop the producers in place: each daemon finishes the step it is in and from then on
+    # only replays and serves (status-socket command `stop_producing`), so no restart is
+    # needed; anti-entropy fills in whatever was still in flight.
+    wire = {n.name: 0 for n in swarm.nodes}  # bytes_out is read once at the end
+    say("time is up: stopping the producers (each node now only replays and serves) …")
     for node in swarm.nodes:
-        swarm.write_config(node, max_steps=max(1, own[node.name]), eval_examples=eval_n, threads=cpus)
-    swarm.start()
-    swarm.wait_ready()
-    say("nodes back up; waiting until every replica holds the same updates …")
+        res = request(node.socket, {"cmd": "stop_producing"}, timeout=120)
+        if not res.get("ok"):
+            raise DemoError(f"{node.name} could not stop producing: {res.get('error')}")
+    say("waiting until every replica holds the same updates …")
     settle = LiveView(sys.stdout, 0, tty, title="converging")
     views.append(settle)
     digests = quiesce(swarm, settle, history, t_train)
@@ -530,7 +526,7 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
 
     node1 = swarm.nodes[0]
     say(f"replicas identical; {node1.name} evaluates its weights on the same {eval_n} held-out examples …")
-    after = request(node1.socket, {"cmd": "eval"}, timeout=1800)
+    after = request(node1.socket, {"cmd": "eval", "examples": eval_n}, timeout=1800)
     if not after.get("ok"):
         raise DemoError(f"{node1.name} could not evaluate: {after.get('error')}")
     check = request(node1.socket, {"cmd": "digest"}, timeout=60)
@@ -574,7 +570,7 @@ def add_parser(sub) -> None:
         "producers, check that all replicas hold identical weights, and report held-out accuracy "
         "before and after, bytes on the wire and a plot. Everything goes in a run dir.")
     s.add_argument("--minutes", type=float, default=None,
-                   help="training time in minutes (default: per model, 5 for smollm2)")
+                   help="training time in minutes (default: per model, 6 for smollm2)")
     s.add_argument("--nodes", type=int, default=3, help="number of daemons (default 3)")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL}; tiny for a quick run)")
     s.add_argument("--data", default=DEFAULT_DATA, help=f"training data: built-in task or file (default {DEFAULT_DATA})")

@@ -109,6 +109,7 @@ class Worker(threading.Thread):
         self.loss_fn = loss_fn
         self.evaluator = evaluator
         self.max_steps = max_steps
+        self.producing = True                # cleared by "stop_producing": replay and serve only
         self.min_interval = min_step_interval_s
         self.eval_every = eval_every
         self._snapshot = snapshot
@@ -206,7 +207,8 @@ class Worker(threading.Thread):
 
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""
-        if self.sample is None or (self.max_steps and self.stats.own_steps >= self.max_steps):
+        if (self.sample is None or not self.producing
+                or (self.max_steps and self.stats.own_steps >= self.max_steps)):
             if self.stats.state != "done":
                 self.stats.state = "done" if self.sample is not None else "idle"
             return 0.0
@@ -248,9 +250,9 @@ class Worker(threading.Thread):
             self._evaluate(step)
         return None
 
-    def _evaluate(self, step: int) -> None:
+    def _evaluate(self, step: int, n_examples: int | None = None) -> None:
         t0 = time.perf_counter()
-        res = self.evaluator()
+        res = self.evaluator(n_examples)
         self.stats.last_eval = {"step": step, "accuracy": res.get("accuracy"), "loss": res.get("loss"),
                                 "n": res.get("n"), "seconds": round(time.perf_counter() - t0, 3)}
         log.info("eval at own step %d: accuracy %.4f loss %.4f", step, res.get("accuracy", float("nan")),
@@ -290,8 +292,13 @@ class Worker(threading.Thread):
                     if self.evaluator is None:
                         reply({"error": "no eval data configured"})
                     else:
-                        self._evaluate(self.stats.own_steps)
+                        self._evaluate(self.stats.own_steps, args[0])
                         reply(dict(self.stats.last_eval))
+                elif cmd == "stop_producing":
+                    # Takes effect before the next local step; steps already taken stay
+                    # published (the engine seals the open record after its linger).
+                    self.producing = False
+                    reply({"own_steps": self.stats.own_steps})
                 else:
                     reply({"error": f"unknown worker command {cmd!r}"})
             except Exception as exc:

@@ -90,3 +90,27 @@ def test_max_backlog_bounds_one_fused_call(tmp_path):
     w.join(30)
     sizes = [len(c[1]) for c in w.replica.calls if c[0] == "replay"]
     assert sum(sizes) == 10 and max(sizes) <= 4
+
+
+def test_stop_producing_ends_local_steps_but_not_replay(tmp_path):
+    evals = []
+    w, posted, snaps, lg = make_worker(tmp_path, max_steps=0, min_step_interval_s=0.05,
+                                       evaluator=lambda n=None: evals.append(n) or {"accuracy": 1.0, "n": n})
+    w.start()
+    while posted.get(timeout=30)[0] != "own":   # it is producing (max_steps=0: unlimited)
+        pass
+    got = queue.Queue()
+    assert w.submit("stop_producing", got.put)
+    stopped_at = got.get(timeout=30)["own_steps"]
+    w.backlog.extend([(PEER, 1, 2)])             # peer updates are still replayed
+    ans = {"vv": {}}
+    while ans["vv"].get(PEER.hex()) != 1:
+        assert w.submit("digest", got.put)
+        ans = got.get(timeout=30)
+    assert w.submit("eval", 7, got.put)          # an evaluation of a chosen size
+    assert got.get(timeout=30)["n"] == 7 and evals == [7]
+    w.stop()
+    w.join(30)
+    steps = [c for c in w.replica.calls if c[0] == "step"]
+    assert len(steps) == stopped_at and ans["vv"][ME.hex()] == stopped_at
+    assert w.stats.state == "stopped"
