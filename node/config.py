@@ -212,16 +212,21 @@ def _maybe_path(v: str, base: Path) -> str:
     return str(p) if p.exists() else v
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    path = Path(path)
+def read_toml(path: Path, what: str, missing_hint: str) -> dict:
+    """Parse a TOML file, or raise one clear ConfigError line naming `what` it is."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found (see systemd/node.example.toml)") from None
+        raise ConfigError(f"{what} {path} not found{missing_hint}") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    data = read_toml(path, "config file", " (see systemd/node.example.toml)")
     return parse_config(data, path.resolve())

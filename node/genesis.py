@@ -18,11 +18,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import read_toml
 from .errors import ConfigError
 
 GENESIS_TABLES = ("swarm", "hyper", "task")
@@ -137,16 +137,7 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
 
 def load_genesis(path: str | Path) -> Genesis:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"genesis file {path} not found; create one with `onebyte init`") from None
-    except OSError as exc:
-        raise ConfigError(f"genesis file {path} cannot be read: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"genesis file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "genesis file", "; create one with `onebyte init`")
     g = parse_genesis(data, where=f"genesis {path}")
     return dataclasses.replace(g, path=path)
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StateError
+from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
 
@@ -105,7 +106,7 @@ class UpdateLog:
             if not self.readonly:
                 os.write(self._fd, HEADER)
                 self._sync(force=True)
-                _fsync_dir(self.path.parent)
+                fsync_path(self.path.parent)
             return
         if len(data) < len(HEADER) and HEADER.startswith(data):
             good = 0  # crashed while writing the header of a new log
@@ -338,10 +339,3 @@ def _read_all(fd: int) -> bytes:
             return b"".join(chunks)
         chunks.append(b)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

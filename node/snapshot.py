@@ -40,15 +40,8 @@ class SnapshotInfo:
     updates: int
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (which makes a rename or a new entry in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -67,7 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str | None = None) -> SnapshotInfo:
@@ -80,9 +73,9 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
     final = directory / name
     tmp = directory / f".{name}.tmp-{os.getpid()}"
     replica.save(tmp)
-    fsync_file(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)
-    fsync_dir(directory)
+    fsync_path(directory)
     pointer = {
         "format": FORMAT,
         "weights": name,
@@ -128,9 +121,9 @@ def write_standalone(path: Path, replica, vv: dict[bytes, int], digest: str) -> 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     replica.save(tmp)
-    fsync_file(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     meta = {"format": FORMAT, "weights": path.name, "digest": digest,
             "vv": {o.hex(): n for o, n in sorted(vv.items())}, "updates": sum(vv.values())}
     atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps(meta, indent=1).encode())

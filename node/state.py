@@ -86,7 +86,7 @@ class StateDir:
         import json
         import shutil
 
-        from .snapshot import POINTER, fsync_dir, fsync_file
+        from .snapshot import POINTER, fsync_path
         if (self.snapshots / POINTER).exists() or (self.log_path.exists() and self.log_path.stat().st_size > 16):
             return  # not a fresh node: its own state wins
         meta_path = Path(str(weights) + ".json")
@@ -104,12 +104,12 @@ class StateDir:
         name = f"weights-imported-{digest[:16]}.safetensors"
         tmp = self.snapshots / f".{name}.tmp"
         shutil.copyfile(weights, tmp)
-        fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, self.snapshots / name)
         pointer = {"format": 1, "weights": name, "vv": vv, "digest": digest,
                    "updates": sum(vv.values()), "created": time.time(), "imported_from": str(weights)}
         atomic_write_bytes(self.snapshots / POINTER, json.dumps(pointer, indent=1).encode())
-        fsync_dir(self.snapshots)
+        fsync_path(self.snapshots)
         log.info("state dir seeded from snapshot %s (%d updates)", weights, pointer["updates"])
 
     def next_generation(self) -> int:
