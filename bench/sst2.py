@@ -51,7 +51,8 @@ from onebyte.model.data import classification_logits, encode_batch, label_token_
 from onebyte.model import (BatchSampler, DataError, Hyper, HyperError, ModelLoadError, Replica, TaskSpec,
                            evaluate, load_model, load_task, make_loss_fn, shard, update_seed)
 
-DEFAULT_DATA = "/work/shared/data/sst2"
+# The project's shared data folder sits beside the checkout (../shared/data/sst2).
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
 SPEC = TaskSpec(template="{sentence} It was", verbalizer=(" terrible", " great"), label_column="label")
 SWARM_ID = hashlib.blake2b(b"onebyte-bench-sst2", digest_size=32).digest()
 
