@@ -92,6 +92,7 @@ class WorkerStats:
 
 
 LOSS_WINDOW = 50
+IDLE_DIGEST_S = 5.0  # status digest refreshed at most this often while idle
 
 
 class Worker(threading.Thread):
@@ -123,6 +124,7 @@ class Worker(threading.Thread):
         self._losses: deque = deque(maxlen=LOSS_WINDOW)
         self._halt = threading.Event()
         self._since_snapshot = 0
+        self._idle_digest_at = 0.0          # monotonic time before which idle skips the digest
         self._next_step_at = 0.0
         self._dirty_digest = True
 
@@ -165,9 +167,17 @@ class Worker(threading.Thread):
             if wait is None:   # a step ran
                 continue
             if wait > 0 or not did:
-                if self._dirty_digest and not len(self.backlog):
-                    self._refresh_digest()   # idle: keep the status digest current
+                # Idle: keep the status digest current, but at most every IDLE_DIGEST_S. Hashing
+                # all trainable weights costs ~0.5 s on a full 135M model, and a producing node
+                # is "idle" between every two steps; the `digest` command is always fresh.
+                now = time.monotonic()
+                if self._dirty_digest and not len(self.backlog) and now >= self._idle_digest_at:
+                    self._refresh_digest()
+                    self._idle_digest_at = now + IDLE_DIGEST_S
                     continue
+                if self._dirty_digest:  # wake up when the digest is due
+                    due = max(0.01, self._idle_digest_at - now)
+                    wait = min(wait, due) if wait > 0 else due
                 self.backlog.wait(wait if wait > 0 else 0.5)
         # Graceful stop: apply what is logged, so the final snapshot covers the whole log.
         self._replay_backlog()
