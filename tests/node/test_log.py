@@ -79,13 +79,18 @@ def test_torn_tail_is_truncated(tmp_path, cut):
     assert UpdateLog(p).updates_vv() == {A: 5}
 
 
-def test_checksum_mismatch_at_tail_is_torn(tmp_path):
+def _two_entry_log(tmp_path):
+    """A closed log with two entries of origin A (steps 1-3, then 4); returns (path, bytes)."""
     p = tmp_path / "u.log"
     lg = UpdateLog(p)
     lg.append_updates(A, 1, [1, 2, 3])
     lg.append_updates(A, 4, [4])
     lg.close()
-    data = bytearray(p.read_bytes())
+    return p, bytearray(p.read_bytes())
+
+
+def test_checksum_mismatch_at_tail_is_torn(tmp_path):
+    p, data = _two_entry_log(tmp_path)
     data[-1] ^= 0xFF                      # last entry's payload damaged
     p.write_bytes(bytes(data))
     lg2 = UpdateLog(p)
@@ -94,12 +99,7 @@ def test_checksum_mismatch_at_tail_is_torn(tmp_path):
 
 
 def test_corruption_in_the_middle_is_an_error(tmp_path):
-    p = tmp_path / "u.log"
-    lg = UpdateLog(p)
-    lg.append_updates(A, 1, [1, 2, 3])
-    lg.append_updates(A, 4, [4])
-    lg.close()
-    data = bytearray(p.read_bytes())
+    p, data = _two_entry_log(tmp_path)
     data[len(HEADER) + 8 + 20] ^= 0xFF    # inside the first entry's payload
     p.write_bytes(bytes(data))
     with pytest.raises(StateError, match="corrupt at offset"):
