@@ -14,7 +14,9 @@ are trainable (the worst case for replay).
   step through the loss function) - 1, median over repetitions; batch 16 x 64 fixed tokens, on
   the real SmolLM2 when onebyte.model.load.load_model("smollm2") works, else on the random model.
   Also reported: best step time / best time of two separate forwards - 1, which drifting
-  background load on a shared machine can distort.
+  background load on a shared machine can distort. On CUDA the forwards run under bf16
+  autocast by default (--step-dtype; the weights stay exact fp32) and further batch shapes
+  can be measured with --step-batches (e.g. 16x64,32x128).
 """
 import argparse
 import json
@@ -91,13 +93,14 @@ def step_model(device):
         return smollm2_shaped(), "random-smollm2-shaped"
 
 
-def bench_step(replica, device, now, reps):
+def bench_step(replica, device, now, reps, shape=(STEP_BATCH, STEP_LEN), autocast_dtype=None):
     vocab = replica.model.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, vocab, (STEP_BATCH, STEP_LEN), generator=g).to(device)
+    batch = torch.randint(0, vocab, shape, generator=g).to(device)
 
     def loss_fn(model, b):
-        return model(input_ids=b, labels=b).loss.item()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return model(input_ids=b, labels=b).loss.item()
 
     with torch.no_grad():
         loss_fn(replica.model, batch)  # warm-up (allocator, kernels)
@@ -133,6 +136,10 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5, help="repetitions per measurement (best is kept)")
     ap.add_argument("--step-reps", type=int, default=3, help="interleaved local-step / two-forward pairs")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="fused batch sizes")
+    ap.add_argument("--step-dtype", choices=["fp32", "bf16"], help="forward precision of the local step "
+                    "(default: bf16 autocast on cuda, fp32 on cpu)")
+    ap.add_argument("--step-batches", default=f"{STEP_BATCH}x{STEP_LEN}",
+                    help="local-step batch shapes, rows x tokens; the first gives step_overhead")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/replay.py: --device cuda needs a CUDA build of torch and a GPU")
@@ -154,10 +161,21 @@ def main(argv=None):
 
     smodel, which = step_model(device)
     srep = Replica(smodel, Hyper(lr=1e-6), device)
-    overhead, steps, inside, fwd2 = bench_step(srep, device, now, args.step_reps)
+    step_dtype = args.step_dtype or ("bf16" if device.type == "cuda" else "fp32")
+    autocast = torch.bfloat16 if step_dtype == "bf16" else None
+    shapes_s = [tuple(int(v) for v in b.split("x")) for b in args.step_batches.split(",")]
+    by_shape = {}
+    for shape in shapes_s:
+        ov, st, ins, f2 = bench_step(srep, device, now, args.step_reps, shape, autocast)
+        by_shape["x".join(map(str, shape))] = {"step_overhead": ov, "local_step_s": st, "its_two_forwards_s": ins,
+                                                "two_forwards_separately_s": f2}
+    first = by_shape["x".join(map(str, shapes_s[0]))]
+    overhead, steps, inside, fwd2 = (first["step_overhead"], first["local_step_s"], first["its_two_forwards_s"],
+                                     first["two_forwards_separately_s"])
 
     fused_best = max(batches, key=lambda b: ours[b])
     result = {
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "replay_speedup_single": ours[1] / base,
         "replay_speedup_fused": ours[fused_best] / base,
         "replay_speedup_fused_batch": fused_best,
@@ -169,7 +187,9 @@ def main(argv=None):
         "step_samples_s": {"local_step": steps, "its_two_forwards": inside, "two_forwards_separately": fwd2},
         "step_overhead_vs_separate_forwards": min(steps) / min(fwd2) - 1.0,
         "step_model": which,
-        "step_batch": [STEP_BATCH, STEP_LEN],
+        "step_batch": list(shapes_s[0]),
+        "step_dtype": step_dtype,
+        "step_by_batch": by_shape,
         "param_count": n_params,
         "trainable_count": len(shapes) and sum(int(torch.Size(s).numel()) for s in shapes),
         "core_count": os.cpu_count(),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .hyper import Hyper
-from .rng import COEF_DOMAIN, GAMMA, MIX1, MIX2, mix64, noise_key
+from .rng import COEF_DOMAIN, GAMMA, MIX1, MIX2, NOISE_DOMAIN
 
 MANTISSA = 24          # fp32 significand bits: integers below 2**24 are exact
 MAX_SUM = 1 << 24      # a fused pass may add at most this many quanta to one weight (exact in fp32)
@@ -105,51 +105,63 @@ def check_on_grid(flat: torch.Tensor, grid: Grid) -> None:
 
 
 def update_coefficients(grid: Grid, hyper: Hyper, seed: int, q: int, step: int) -> np.ndarray:
-    """Integer coefficient (in quanta) of update (seed, q, step) on every tensor: int64 [T].
+    """Integer coefficient (in quanta) of update (seed, q, step) on every tensor: int64 [T]."""
+    return update_coefficients_many(grid, hyper, [seed], [q], [step])[0]
+
+
+def update_coefficients_many(grid: Grid, hyper: Hyper, seeds, qs, steps) -> np.ndarray:
+    """Integer coefficients of updates [(seed, q, step)] on every tensor: int64 [B, T].
 
     The real step is -lr(step) * q * q_scale; in quanta of tensor t that is x_t (float64,
     exact power-of-two scaling). It is rounded stochastically with a uniform keyed by
-    (seed, t), so E[c_t] = x_t: tiny learning rates on coarse grids are not rounded to 0."""
-    delta = -hyper.lr_at(step) * q * hyper.q_scale
-    x = np.ldexp(delta, MANTISSA - grid.exps)  # float64 [T], exact power-of-two scaling
-    if not bool((np.abs(x) < MAX_SUM).all()):
-        t = int(np.argmax(np.abs(x)))
-        raise GridOverflowError(f"update step {delta:.3g} is {x[t]:.3g} quanta on tensor {grid.names[t]}: "
+    (seed, t), so E[c_t] = x_t: tiny learning rates on coarse grids are not rounded to 0.
+    Vectorised over the batch: a fused pass of 128 updates on a GPU takes a few ms, and a
+    Python loop over updates and tensors would take as long again."""
+    delta = np.array([-hyper.lr_at(st) * q * hyper.q_scale for q, st in zip(qs, steps)], dtype=np.float64)
+    x = np.ldexp(delta[:, None], (MANTISSA - grid.exps)[None, :])  # float64 [B, T], exact scaling
+    if x.size and not bool((np.abs(x) < MAX_SUM).all()):
+        b, t = np.unravel_index(int(np.argmax(np.abs(x))), x.shape)
+        raise GridOverflowError(f"update step {delta[b]:.3g} is {x[b, t]:.3g} quanta on tensor {grid.names[t]}: "
                                 f"larger than the whole grid (lower lr or q_scale)")
     f = np.floor(x)
-    return (f + (uniforms(seed, COEF_DOMAIN, len(grid.names)) < x - f)).astype(np.int64)  # x - f exact
+    u = uniforms(np.array([int(s) for s in seeds], dtype=np.uint64), COEF_DOMAIN, len(grid.names))
+    return (f + (u < x - f)).astype(np.int64)  # x - f is exact
 
 
-def uniforms(seed: int, domain: int, n: int) -> np.ndarray:
-    """[uniform(seed, domain, j) for j < n] vectorised (numpy uint64 wraps like the spec)."""
+def uniforms(seeds: np.ndarray, domain: int, n: int) -> np.ndarray:
+    """[[uniform(seed, domain, j) for j < n] for seed in seeds] vectorised: float64 [B, n].
+
+    numpy uint64 arithmetic wraps modulo 2**64 like the spec (docs/rng.md)."""
     with np.errstate(over="ignore"):
-        z = np.uint64(mix64(seed ^ domain)) + np.arange(n, dtype=np.uint64) * np.uint64(GAMMA)
+        z = _mix64_np(np.asarray(seeds, dtype=np.uint64) ^ np.uint64(domain))[:, None]
+        z = _mix64_np(z + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(GAMMA))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))  # < 2**53: exact conversion
+
+
+def _mix64_np(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))  # < 2**53: exact conversion
+        return z ^ (z >> np.uint64(31))
 
 
 def plan_batches(grid: Grid, seeds, coefs, max_fused: int):
     """Split (seed, coefficient[T]) pairs into kernel batches: (keys uint64 [B], coefT int32 [T, B]).
 
     A batch ends at max_fused updates or before any tensor's sum of |c| would exceed 2**24:
-    then the per-weight integer sum of a batch is exact in fp32 (docs/numerics.md)."""
-    batches, cur_k, cur_c = [], [], []
-    load = np.zeros(len(grid.names), dtype=np.int64)
-    for seed, c in zip(seeds, coefs):
-        a = np.abs(c)
-        if cur_k and (len(cur_k) >= max_fused or bool((load + a > MAX_SUM).any())):
-            batches.append(_pack(cur_k, cur_c))
-            cur_k, cur_c, load = [], [], np.zeros_like(load)
-        cur_k.append(noise_key(seed))
-        cur_c.append(c)
-        load += a
-    if cur_k:
-        batches.append(_pack(cur_k, cur_c))
+    then the per-weight integer sum of a batch is exact in fp32 (docs/numerics.md).
+    `coefs` is a sequence of int [T] rows or one int [B, T] array."""
+    coefs = np.asarray(coefs, dtype=np.int64).reshape(len(seeds), len(grid.names))
+    keys = _mix64_np(np.array([int(s) for s in seeds], dtype=np.uint64) ^ np.uint64(NOISE_DOMAIN))  # noise_key
+    batches, start = [], 0
+    while start < len(keys):
+        load = np.cumsum(np.abs(coefs[start:start + max_fused]), axis=0)  # [b, T] running sums
+        fits = (load <= MAX_SUM).all(axis=1)
+        n = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))  # the first update always fits
+        batches.append(_pack(keys[start:start + n], coefs[start:start + n]))
+        start += n
     return batches
 
 
 def _pack(keys, coefs):
-    return (np.array(keys, dtype=np.uint64),
-            np.ascontiguousarray(np.stack(coefs, axis=1).astype(np.int32)))
+    return np.ascontiguousarray(keys), np.ascontiguousarray(coefs.T.astype(np.int32))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .grid import (Grid, GridError, GridOverflowError, build_grid, check_on_grid, plan_batches,
-                   snap_, update_coefficients)
+                   snap_, update_coefficients, update_coefficients_many)
 from .hyper import Hyper, HyperError
 from .quantize import Q_MAX, quantize
 from .rng import RNG_ID
@@ -73,31 +73,36 @@ class Replica:
         return self.grid.total
 
     # -- the one path that changes weights ---------------------------------------------------
-    def _apply(self, seeds: Sequence[int], coefs: Sequence[np.ndarray]) -> None:
-        """Add sum_u coefs[u][t] * quantum[t] * z(seeds[u], i) to every trainable weight, exactly."""
+    def _apply(self, seeds: Sequence[int], coefs, check: bool = True) -> None:
+        """Add sum_u coefs[u][t] * quantum[t] * z(seeds[u], i) to every trainable weight, exactly.
+
+        On CUDA the overflow counts stay on the device until a call with check=True reads them:
+        the local step defers its check to the last of its three passes, so a step waits for
+        the GPU only where its loss function already does."""
         if self.poisoned:
             raise GridOverflowError(self.poisoned)
         for keys, coef_t in plan_batches(self.grid, seeds, coefs, self.hyper.max_fused):
             if self.device.type == "cpu":
                 from .replay_cpu import replay_cpu
-                bad = replay_cpu(self._np, keys, coef_t, self._items, self.grid.quantum, self.grid.bound)
+                self._poison_if(replay_cpu(self._np, keys, coef_t, self._items, self.grid.quantum, self.grid.bound))
             else:
-                bad = self._triton.apply(self.flat, keys, coef_t)
-            if len(bad):
-                names = ", ".join(self.grid.names[int(t)] for t in bad[:5])
-                self.poisoned = (f"grid overflow: weights of {names} reached their bound 2**e; the replica is "
-                                 f"no longer exact (restore a snapshot; raise headroom_bits or lower lr)")
-                raise GridOverflowError(self.poisoned)
+                self._triton.launch(self.flat, keys, coef_t)
+        if check and self.device.type == "cuda":
+            self._poison_if(self._triton.take_bad_tensors())
+
+    def _poison_if(self, bad) -> None:
+        if len(bad):
+            names = ", ".join(self.grid.names[int(t)] for t in bad[:5])
+            self.poisoned = (f"grid overflow: weights of {names} reached their bound 2**e; the replica is "
+                             f"no longer exact (restore a snapshot; raise headroom_bits or lower lr)")
+            raise GridOverflowError(self.poisoned)
 
     def replay(self, updates: Sequence[tuple]) -> None:
         """Apply updates [(seed, q, step), ...] in one fused pass; any order gives the same bits."""
-        seeds, coefs = [], []
-        for up in updates:
-            seed, q, step = _check_update(up)
-            seeds.append(seed)
-            coefs.append(update_coefficients(self.grid, self.hyper, seed, q, step))
-        if seeds:
-            self._apply(seeds, coefs)
+        checked = [_check_update(up) for up in updates]
+        if checked:
+            seeds, qs, steps = zip(*checked)
+            self._apply(seeds, update_coefficients_many(self.grid, self.hyper, seeds, qs, steps))
 
     def local_step(self, loss_fn: Callable, batch, seed: int, step: int) -> tuple[int, float]:
         """One SPSA step: returns (q, mean of l+ and l-), with the own update applied.
@@ -108,11 +113,11 @@ class Replica:
         eps_k = self.grid.eps_k
         live = 0  # which multiple of eps*z is on the weights right now
         try:
-            self._apply([seed], [eps_k])
+            self._apply([seed], [eps_k], check=False)
             live = 1
             with torch.no_grad():
                 l_plus = float(loss_fn(self.model, batch))
-            self._apply([seed], [-2 * eps_k])
+            self._apply([seed], [-2 * eps_k], check=False)
             live = -1
             with torch.no_grad():
                 l_minus = float(loss_fn(self.model, batch))

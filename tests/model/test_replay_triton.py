@@ -33,14 +33,15 @@ def _case(seed, n_updates):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="runs inside the TRITON_INTERPRET=1 subprocess below")
-@pytest.mark.parametrize("n_updates", [1, 6])
-def test_triton_interpreter_matches_oracle(n_updates):
+@pytest.mark.parametrize("n_updates,layout,words", [(1, "lanes_first", 128), (6, "lanes_first", 128),
+                                                    (6, "lanes_first", 4), (6, "words_first", 16)])
+def test_triton_interpreter_matches_oracle(n_updates, layout, words):
     pytest.importorskip("triton")
     from onebyte.model.replay_triton import TritonReplay
     grid, flat, seeds, coefs = _case(n_updates, n_updates)
     want = oracle.replay(flat, grid.offsets, grid.sizes, grid.quantum, list(zip(seeds, coefs)))
     got = flat.clone()
-    tr = TritonReplay(grid, "cpu")
+    tr = TritonReplay(grid, "cpu", layout=layout, words=words)
     for keys, coef_t in plan_batches(grid, seeds, coefs, max_fused=4):
         assert len(tr.apply(got, keys, coef_t)) == 0
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
@@ -53,8 +54,9 @@ def test_triton_interpreter_reports_overflow():
     grid, flat, _, _ = _case(0, 0)
     coef_t = np.zeros((len(SIZES), 1), np.int32)
     coef_t[4, 0] = (1 << 24) - 1  # the whole grid range on tensor 4: half its weights cross the bound
-    bad = TritonReplay(grid, "cpu").apply(flat, np.array([99], np.uint64), coef_t)
-    assert bad.tolist() == [4]
+    tr = TritonReplay(grid, "cpu")
+    assert tr.apply(flat.clone(), np.array([99], np.uint64), coef_t).tolist() == [4]
+    assert tr.apply(flat.clone(), np.array([99], np.uint64), coef_t * 0).tolist() == []  # counts were taken
 
 
 def test_triton_interpreter_subprocess():
@@ -68,7 +70,7 @@ def test_triton_interpreter_subprocess():
            str(here / "test_rng.py"), "-k", "triton_interpreter and not subprocess"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    assert "5 passed" in p.stdout, p.stdout[-2000:]
+    assert "7 passed" in p.stdout, p.stdout[-2000:]
 
 
 @pytest.mark.cuda
@@ -82,3 +84,42 @@ def test_cuda_replica_matches_cpu():
     cpu.replay(ups)
     gpu.replay(ups[::-1])
     assert cpu.digest() == gpu.digest()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout,words,num_warps", [("lanes_first", 128, 4), ("lanes_first", 64, 2),
+                                                    ("words_first", 16, 4)])
+def test_cuda_layouts_match_oracle(layout, words, num_warps):
+    from onebyte.model.replay_triton import TritonReplay
+    grid, flat, seeds, coefs = _case(11, 40)
+    want = oracle.replay(flat, grid.offsets, grid.sizes, grid.quantum, list(zip(seeds, coefs)))
+    got = flat.cuda()
+    tr = TritonReplay(grid, torch.device("cuda"), layout=layout, words=words, num_warps=num_warps)
+    for keys, coef_t in plan_batches(grid, seeds, coefs, max_fused=16):
+        assert len(tr.apply(got, keys, coef_t)) == 0
+    assert torch.equal(got.cpu().view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_local_step_equals_cpu_replay():
+    """Perturb, perturb back and update on the GPU == replaying the step's (seed, q, step) on the CPU."""
+    batch = oracle.lm_batch(3)
+    cpu = Replica(oracle.tiny_llama(), Hyper(lr=2e-4), "cpu")
+    gpu = Replica(oracle.tiny_llama(), Hyper(lr=2e-4), "cuda")
+    for step in range(1, 4):
+        q, _ = gpu.local_step(oracle.lm_loss, batch.cuda(), seed=1000 + step, step=step)
+        cpu.replay([(1000 + step, q, step)])
+    assert cpu.digest() == gpu.digest()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_overflow_poisons_the_replica():
+    from onebyte.model import GridOverflowError
+    gpu = Replica(oracle.tiny_llama(), Hyper(lr=2e-4), "cuda")
+    with pytest.raises(GridOverflowError):
+        gpu._apply([7], [np.full(len(gpu.grid.names), (1 << 24) - 1, dtype=np.int64)])
+    with pytest.raises(GridOverflowError):
+        gpu.replay([(1, 1, 1)])  # stays poisoned

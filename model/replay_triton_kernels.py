@@ -1,0 +1,82 @@
+"""Triton kernels of model/replay_triton.py (imported only when a CUDA replica is built).
+
+Two layouts of the same computation, bit for bit: `lanes_first` (the one replicas use) and
+`words_first` (the first version, kept so bench/gpu_kernels.py can time them side by side).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mix(key, wg):
+    z = key + wg                                                     # splitmix64, mod 2**64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+@triton.jit
+def lanes_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
+                bad_ptr, nb, WORDS: tl.constexpr):
+    it = tl.program_id(0)
+    t = tl.load(it_t_ptr + it)
+    e0 = tl.load(it_e0_ptr + it)
+    e1 = tl.load(it_e1_ptr + it)
+    wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)              # [WORDS] word indices
+    wg = wi.to(tl.uint64) * 0x9E3779B97F4A7C15
+    lane = tl.arange(0, 64)                                          # [64] bit of the word
+    high = (lane >= 32)[:, None]                                     # [64, 1] lane in the top half
+    sh = (lane & 31).to(tl.uint32)[:, None]                          # [64, 1] shift inside the half
+    acc = tl.zeros([64, WORDS], dtype=tl.int32)                      # sum_u -2 c_u bit_u(i)
+    csum = 0                                                         # sum_u c_u
+    for u in range(nb):
+        key = tl.load(keys_ptr + u).to(tl.uint64, bitcast=True)     # keys travel as int64 bits
+        c = tl.load(coef_ptr + t * nb + u)                           # int32 coefficient (quanta)
+        z = _mix(key, wg)                                            # [WORDS] one hash per word
+        lo = z.to(tl.uint32)[None, :]
+        hi = (z >> 32).to(tl.uint32)[None, :]
+        bit = ((tl.where(high, hi, lo) >> sh) & 1).to(tl.int32)      # [64, WORDS]
+        acc += bit * (-2 * c)
+        csum += c
+    idx = wi[None, :] * 64 + lane[:, None].to(tl.int64)              # [64, WORDS] element index
+    mask = (idx >= e0) & (idx < e1)
+    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
+    x = x + (acc + csum).to(tl.float32) * tl.load(quantum_ptr + t)   # exact: docs/numerics.md
+    tl.store(flat_ptr + idx, x, mask=mask)
+    # |x| >= bound on bit patterns with the sign cleared, so NaN and inf count (as on the CPU)
+    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
+    over = ((ax >= bd) & mask).to(tl.int32)
+    # counts accumulate across launches (an item belongs to one program; launches run in order)
+    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+
+@triton.jit
+def words_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
+                bad_ptr, nb, WORDS: tl.constexpr):
+    # The first kernel (kept to be timed against): tile [WORDS, 64], 64-bit shift per element.
+    it = tl.program_id(0)
+    t = tl.load(it_t_ptr + it)
+    e0 = tl.load(it_e0_ptr + it)
+    e1 = tl.load(it_e1_ptr + it)
+    wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)
+    lane = tl.arange(0, 64).to(tl.int64)
+    idx = wi[:, None] * 64 + lane[None, :]
+    mask = (idx >= e0) & (idx < e1)
+    acc = tl.zeros([WORDS, 64], dtype=tl.int32)
+    wg = wi.to(tl.uint64) * 0x9E3779B97F4A7C15
+    for u in range(nb):
+        key = tl.load(keys_ptr + u).to(tl.uint64, bitcast=True)
+        c = tl.load(coef_ptr + t * nb + u)
+        z = _mix(key, wg)
+        bit = ((z[:, None] >> lane[None, :].to(tl.uint64)) & 1).to(tl.int32)
+        acc += c - 2 * c * bit
+    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
+    x = x + acc.to(tl.float32) * tl.load(quantum_ptr + t)
+    tl.store(flat_ptr + idx, x, mask=mask)
+    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
+    over = ((ax >= bd) & mask).to(tl.int32)
+    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+
+
+KERNELS = {"lanes_first": lanes_first, "words_first": words_first}
