@@ -303,17 +303,22 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def classification_logits(model, tokenizer, texts, label_ids, autocast_dtype=None) -> torch.Tensor:
-    """[batch, K] fp32 logits of the verbalizer tokens at each prompt's last position."""
+def classification_logits(model, tokenizer, texts, label_ids, autocast_dtype=None, trunk=None) -> torch.Tensor:
+    """[batch, K] fp32 logits of the verbalizer tokens at each prompt's last position.
+
+    With a TrunkCache (model/trunk.py) only the layers above the frozen trunk run."""
     device = _model_device(model)
-    ids, mask = encode_batch(tokenizer, texts, device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        # logits_to_keep would cut the vocab projection to one position, but positions differ per
-        # row under right padding; compute hidden states and project only the rows we need.
-        # base_model is the decoder stack under the LM head (model.model for Llama).
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        last = mask.sum(dim=1) - 1
-        h = hidden[torch.arange(len(texts), device=device), last]
+        if trunk is not None:
+            h = trunk.last_hidden(texts)
+        else:
+            # logits_to_keep would cut the vocab projection to one position, but positions differ
+            # per row under right padding; compute hidden states and project only the rows we need.
+            # base_model is the decoder stack under the LM head (model.model for Llama).
+            ids, mask = encode_batch(tokenizer, texts, device)
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            h = hidden[torch.arange(len(texts), device=device), last]
         head = model.get_output_embeddings()
         logits = h @ head.weight[label_ids].T
         if getattr(head, "bias", None) is not None:
@@ -335,12 +340,13 @@ def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.T
     return ce, correct
 
 
-def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype | None = None
+def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype | None = None, trunk=None
                  ) -> Callable[[torch.nn.Module, Sequence[Example]], float]:
     """loss_fn(model, batch) -> mean loss as a Python float, computed under inference_mode.
 
     autocast_dtype (e.g. torch.bfloat16 on GPU) runs the forward in that precision while the
-    weights stay exact fp32 on their fixed-point grid; the loss is reduced in fp32.
+    weights stay exact fp32 on their fixed-point grid; the loss is reduced in fp32. A
+    TrunkCache (classification only) runs just the layers above the frozen trunk.
     """
     spec = task.spec if isinstance(task, Task) else task
     if spec.kind == "lm":
@@ -354,7 +360,8 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
 
     def cls_loss(model, batch):
         with torch.inference_mode():
-            logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids, autocast_dtype)
+            logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids, autocast_dtype,
+                                           trunk)
             labels = torch.tensor([e.label for e in batch], device=logits.device)
             return float(torch.nn.functional.cross_entropy(logits, labels))
     return cls_loss

@@ -11,13 +11,13 @@ __all__ = ["evaluate"]
 
 
 def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = None,
-             batch_size: int = 32, autocast_dtype: torch.dtype | None = None) -> dict:
+             batch_size: int = 32, autocast_dtype: torch.dtype | None = None, trunk=None) -> dict:
     """{"accuracy", "loss", "n"} over `examples` (default: all of task.examples).
 
     classification: accuracy = argmax over the verbalizer candidates equals the label; loss = the
     same candidate-restricted cross-entropy the training loss uses, so the two are comparable.
     lm: accuracy = next-token top-1 accuracy, loss = mean next-token cross-entropy, both per
-    token; n counts examples in both cases.
+    token; n counts examples in both cases. `trunk`: a TrunkCache for classification.
     """
     examples = task.examples if examples is None else examples
     if len(examples) == 0:
@@ -31,7 +31,7 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = 
             chunk = ordered[start:start + batch_size]
             texts = [e.text for e in chunk]
             if label_ids is not None:
-                logits = classification_logits(model, tokenizer, texts, label_ids, autocast_dtype)
+                logits = classification_logits(model, tokenizer, texts, label_ids, autocast_dtype, trunk)
                 labels = torch.tensor([e.label for e in chunk], device=logits.device)
                 ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                 correct = (logits.argmax(-1) == labels).float()

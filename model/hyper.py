@@ -29,6 +29,9 @@ class Hyper:
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
     trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
     max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
+    lora_rank: int = 0               # > 0: add LoRA adapters of this rank (model/scope.py); 0: none
+    lora_alpha: float = 16.0         # LoRA scaling alpha / rank
+    lora_targets: str = ""           # regex (re.fullmatch) on module names that get adapters
 
     def __post_init__(self):
         _finite_positive("lr", self.lr, allow_zero=True)
@@ -56,6 +59,17 @@ class Hyper:
         except re.error as e:
             raise HyperError(f"trainable is not a valid regex ({e}): {self.trainable!r}") from None
         _int_in("max_fused", self.max_fused, 1, 1 << 16)
+        _int_in("lora_rank", self.lora_rank, 0, 1 << 12)
+        _finite_positive("lora_alpha", self.lora_alpha)
+        if not isinstance(self.lora_targets, str):
+            raise HyperError(f"lora_targets must be a regex string, got {self.lora_targets!r}")
+        if self.lora_rank and not self.lora_targets:
+            raise HyperError("lora_rank > 0 needs lora_targets (a regex of module names, e.g. "
+                             r"'model\.layers\.2[6-9]\..*_proj')")
+        try:
+            re.compile(self.lora_targets)
+        except re.error as e:
+            raise HyperError(f"lora_targets is not a valid regex ({e}): {self.lora_targets!r}") from None
 
     def lr_at(self, step: int) -> float:
         """Learning rate of an origin's step (>= 1), in float64: deterministic on every machine."""

@@ -35,7 +35,8 @@ class Replica:
             self.device = None
         if self.device is None or self.device.type not in ("cpu", "cuda"):
             raise HyperError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
-        self.model = model.to(self.device)
+        from .scope import apply_scope
+        self.model = apply_scope(model, hyper).to(self.device)  # LoRA adapters, if the genesis has them
         self.poisoned = None  # set to a message once exactness is lost (grid overflow)
         pattern = re.compile(hyper.trainable)
         # A tied tensor (lm_head tied to the embeddings) is one tensor under several names: it is

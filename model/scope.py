@@ -1,0 +1,69 @@
+"""Trainable scopes: which weights a swarm trains, as a pure function of the genesis.
+
+Two kinds, combined freely through Hyper:
+
+- `trainable`: a regex (re.fullmatch) over parameter names (after adapters are added);
+- LoRA adapters (`lora_rank` > 0): peft adds low-rank adapters A [r, in] and B [out, r] to the
+  linear modules whose names match `lora_targets` (regex, re.fullmatch, peft's own matching);
+  the layer computes base(x) + (alpha / r) * B A x. The base weights stay as they were.
+
+peft initialises A from torch's RNG, whose streams differ between devices and versions, so
+A is overwritten here from onebyte-rng-v1 uniforms keyed by the tensor's name (the same
+bits on every node), and B is zero: the adapted model starts as the base model. Dropout is
+0: SPSA needs l+ and l- measured on the same deterministic function.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from .hyper import Hyper, HyperError
+
+LORA_DOMAIN = int.from_bytes(b"ob-lora\0", "little")
+LORA_PATTERN = r".*\.lora_[AB]\..*"   # `trainable` for "train only the adapters"
+
+
+def lora_config(hyper: Hyper):
+    """The peft LoraConfig of a Hyper (the same on every node)."""
+    from peft import LoraConfig
+    return LoraConfig(r=hyper.lora_rank, lora_alpha=hyper.lora_alpha, target_modules=hyper.lora_targets,
+                      lora_dropout=0.0, bias="none", init_lora_weights=True)
+
+
+def apply_scope(model: torch.nn.Module, hyper: Hyper) -> torch.nn.Module:
+    """Add the genesis's adapters to `model` in place (no-op without LoRA); returns the model."""
+    if hyper.lora_rank == 0:
+        return model
+    from peft import inject_adapter_in_model
+    try:
+        inject_adapter_in_model(lora_config(hyper), model)
+    except ValueError as exc:  # peft: "Target modules ... not found in the base model"
+        raise HyperError(f"lora_targets={hyper.lora_targets!r} matches no linear module of the model ({exc})") \
+            from None
+    portable_lora_init_(model)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def portable_lora_init_(model: torch.nn.Module) -> None:
+    """A ~ U(-1/sqrt(in), 1/sqrt(in)) from onebyte-rng-v1 keyed by name, B = 0."""
+    from .grid import uniforms
+    for name, p in model.named_parameters():
+        if ".lora_B." in name:
+            p.zero_()
+        elif ".lora_A." in name:
+            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+            u = uniforms(np.array([key ^ LORA_DOMAIN], dtype=np.uint64), LORA_DOMAIN, p.numel())[0]
+            bound = 1.0 / math.sqrt(p.shape[1])
+            v = ((u * 2.0 - 1.0) * bound).astype(np.float32)  # float64 -> float32: same rounding everywhere
+            p.copy_(torch.from_numpy(v).view(p.shape).to(p.device, p.dtype))
+
+
+def lora_state_dict(model: torch.nn.Module) -> dict:
+    """The adapter weights under peft's saved names (what `PeftModel.from_pretrained` reads)."""
+    from peft import get_peft_model_state_dict
+    return get_peft_model_state_dict(model)

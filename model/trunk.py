@@ -1,0 +1,191 @@
+"""Frozen-trunk cache: run only the layers a swarm trains.
+
+When every trainable tensor lies at or above decoder layer k (the final norm counts as above
+every layer), the hidden states entering layer k are a function of the frozen base alone.
+They are computed once per example and kept (in memory, and on disk keyed by the base-model
+hash, k and the tokenizer's ids of the example); every loss then runs layers k..L-1, the
+final norm and the label logits only. Exact, not an approximation: the same function of the
+same weights, up to float rounding of differently shaped matrix products (the tests compare
+against the full forward).
+
+Two shortcuts that are exact for classification at the prompt's last position:
+- right padding with a plain causal mask: a real token never attends to the pads after it,
+  so examples cached at their own lengths can be padded together in any batch;
+- the top layer: only the last position's output is read, so its query, attention output,
+  o_proj and MLP run for that one position; keys and values still cover every position.
+
+Llama-family decoders only (SmolLM2 and the tiny model): model.model.layers, rotary_emb and
+norm. Anything else, or a trainable tensor below layer 1 (embeddings), means no cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger("onebyte.model.trunk")
+
+FORMAT = "onebyte-trunk-v1"
+_LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)\.")
+
+
+def first_trainable_layer(model, names: Sequence[str]) -> int | None:
+    """k such that every trainable tensor is in layers >= k or above the stack; None if no
+    cache can help (not a Llama-shaped model, or embeddings/layer 0 trainable)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("layers", "rotary_emb", "norm", "embed_tokens")):
+        return None
+    n_layers = len(inner.layers)
+    k = n_layers
+    for name in names:
+        m = _LAYER.match(name)
+        if m:
+            k = min(k, int(m.group(1)))
+        elif not (name.startswith("model.norm.") or name.startswith("lm_head.")):
+            return None  # embeddings (or anything unknown) feed every layer
+    return k if k >= 1 else None
+
+
+class TrunkCache:
+    """Per-example inputs of layer k; logits of the verbalizer tokens through layers k.. only."""
+
+    def __init__(self, model, tokenizer, k: int, base_hash: str = "", path: str | Path | None = None,
+                 max_tokens: int = 128):
+        self.model, self.tok, self.k = model, tokenizer, k
+        self.inner = model.model
+        self.max_tokens = max_tokens
+        self.key = hashlib.blake2b(f"{FORMAT}|{base_hash}|k={k}|max_tokens={max_tokens}".encode(),
+                                   digest_size=16).hexdigest()
+        self.path = Path(path) if path else None
+        self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
+        self.ids: dict[str, list[int]] = {}
+        self.loaded = 0
+        if self.path is not None:
+            self._load()
+
+    # --- building ----------------------------------------------------------------------
+    def _example_id(self, ids: list[int]) -> str:
+        return hashlib.blake2b(repr(ids).encode(), digest_size=12).hexdigest()
+
+    def _encode(self, text: str) -> tuple[str, list[int]]:
+        ids = self.tok(text)["input_ids"][-self.max_tokens:]
+        return self._example_id(ids), ids
+
+    @torch.inference_mode()
+    def fill(self, texts: Sequence[str], batch_size: int = 16, progress: Callable[[int, int], None] | None = None
+             ) -> int:
+        """Compute the missing entries; returns how many were added."""
+        todo = {}
+        for t in texts:
+            eid, ids = self._encode(t)
+            if eid not in self.h:
+                todo[eid] = ids
+        order = sorted(todo, key=lambda e: len(todo[e]))  # similar lengths: little padding
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            lens = [len(todo[e]) for e in chunk]
+            ids = torch.zeros((len(chunk), max(lens)), dtype=torch.long)
+            for i, e in enumerate(chunk):
+                ids[i, :lens[i]] = torch.tensor(todo[e])
+            h = self._run(self.inner.embed_tokens(ids.to(device)), 0, self.k)
+            for i, e in enumerate(chunk):
+                self.h[e] = h[i, :lens[i]].float().cpu().clone()
+            if progress:
+                progress(min(start + batch_size, len(order)), len(order))
+        if todo and self.path is not None:
+            self.save()
+        return len(todo)
+
+    # --- the layers above --------------------------------------------------------------
+    def _rope(self, h: torch.Tensor):
+        pos = torch.arange(h.shape[1], device=h.device).unsqueeze(0)
+        return pos, self.inner.rotary_emb(h, position_ids=pos)
+
+    def _run(self, h: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """Decoder layers [first, stop) over [B, T, H] with a causal mask (right padding)."""
+        if stop <= first:
+            return h
+        pos, rope = self._rope(h)
+        t = h.shape[1]
+        mask = torch.full((t, t), float("-inf"), device=h.device, dtype=h.dtype).triu(1)[None, None]
+        for layer in self.inner.layers[first:stop]:
+            out = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def _top_layer_at_last(self, layer, h: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Output of `layer` at each row's last real position only: [B, H]."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        attn = layer.self_attn
+        b, t, _ = h.shape
+        rows = torch.arange(b, device=h.device)
+        x = layer.input_layernorm(h)
+        xl = x[rows, last]                                                  # [B, H]
+        d = attn.head_dim
+        q = attn.q_proj(xl).view(b, -1, 1, d)                               # [B, nh, 1, d]
+        k = attn.k_proj(x).view(b, t, -1, d).transpose(1, 2)                # [B, nkv, T, d]
+        v = attn.v_proj(x).view(b, t, -1, d).transpose(1, 2)
+        _, (cos, sin) = self._rope(h)                                       # [1, T, d]
+        q, _ = apply_rotary_pos_emb(q, q, cos[0, last][:, None], sin[0, last][:, None])
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+        groups = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * attn.scaling                   # [B, nh, 1, T]
+        after = torch.arange(t, device=h.device)[None, :] > last[:, None]   # [B, T]: after the last token
+        scores = scores.masked_fill(after[:, None, None, :], float("-inf"))
+        o = (scores.float().softmax(-1).to(v.dtype) @ v).reshape(b, -1)     # [B, nh * d]
+        hl = h[rows, last] + attn.o_proj(o)
+        return hl + layer.mlp(layer.post_attention_layernorm(hl))
+
+    def last_hidden(self, texts: Sequence[str]) -> torch.Tensor:
+        """Final-norm hidden state at each text's last position, through layers k.. only."""
+        entries = [self._encode(t) for t in texts]
+        missing = [t for t, (eid, _) in zip(texts, entries) if eid not in self.h]
+        if missing:
+            self.fill(missing)
+        device = next(self.model.parameters()).device
+        lens = [len(ids) for _, ids in entries]
+        h = torch.zeros((len(texts), max(lens), self.h[entries[0][0]].shape[1]), dtype=torch.float32)
+        for i, (eid, _) in enumerate(entries):
+            h[i, :lens[i]] = self.h[eid]
+        h = h.to(device)
+        last = torch.tensor(lens, device=device) - 1
+        n_layers = len(self.inner.layers)
+        if self.k == n_layers:
+            top = h[torch.arange(len(texts), device=device), last]
+        else:
+            h = self._run(h, self.k, n_layers - 1)
+            top = self._top_layer_at_last(self.inner.layers[n_layers - 1], h, last)
+        return self.inner.norm(top)
+
+    # --- disk ----------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            blob = torch.load(self.path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # a damaged or foreign file is rebuilt, never trusted
+            log.warning("trunk cache %s unreadable (%s); rebuilding it", self.path, exc)
+            return
+        if not isinstance(blob, dict) or blob.get("key") != self.key:
+            log.info("trunk cache %s is for another base model or scope; rebuilding it", self.path)
+            return
+        self.h = dict(blob["h"])
+        self.loaded = len(self.h)
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": self.key, "h": self.h, "saved": time.time()}, tmp)
+        os.replace(tmp, self.path)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.h.values())
