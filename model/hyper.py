@@ -29,6 +29,9 @@ class Hyper:
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
     trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
     max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
+    g_normalize: str = "none"        # "rms": divide the projected gradient by a running RMS of this
+                                     # node's recent ones before quantizing (local: no wire change)
+    g_normalize_beta: float = 0.99   # decay of that running mean of g**2; |g / rms| <= 1/sqrt(1-beta)
     lora_rank: int = 0               # > 0: add LoRA adapters of this rank (model/scope.py); 0: none
     lora_alpha: float = 16.0         # LoRA scaling alpha / rank
     lora_targets: str = ""           # regex (re.fullmatch) on module names that get adapters
@@ -59,6 +62,11 @@ class Hyper:
         except re.error as e:
             raise HyperError(f"trainable is not a valid regex ({e}): {self.trainable!r}") from None
         _int_in("max_fused", self.max_fused, 1, 1 << 16)
+        if self.g_normalize not in ("none", "rms"):
+            raise HyperError(f"g_normalize must be 'none' or 'rms', got {self.g_normalize!r}")
+        if isinstance(self.g_normalize_beta, bool) or not isinstance(self.g_normalize_beta, (int, float)) \
+                or not 0.0 <= self.g_normalize_beta < 1.0:
+            raise HyperError(f"g_normalize_beta must be a number in [0, 1), got {self.g_normalize_beta!r}")
         _int_in("lora_rank", self.lora_rank, 0, 1 << 12)
         _finite_positive("lora_alpha", self.lora_alpha)
         if not isinstance(self.lora_targets, str):

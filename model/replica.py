@@ -9,6 +9,7 @@ runs the fused kernel: numba on CPU, Triton on CUDA.
 """
 import hashlib
 import json
+import math
 import re
 from typing import Callable, Sequence
 
@@ -38,6 +39,7 @@ class Replica:
         from .scope import apply_scope
         self.model = apply_scope(model, hyper).to(self.device)  # LoRA adapters, if the genesis has them
         self.poisoned = None  # set to a message once exactness is lost (grid overflow)
+        self._g2 = None       # running mean of g**2 (g_normalize = "rms"); local, never on the wire
         pattern = re.compile(hyper.trainable)
         # A tied tensor (lm_head tied to the embeddings) is one tensor under several names: it is
         # counted once, under its first name, and is trainable if any of its names matches.
@@ -123,7 +125,7 @@ class Replica:
             with torch.no_grad():
                 l_minus = float(loss_fn(self.model, batch))
             g = (l_plus - l_minus) / (2.0 * self.hyper.eps)  # projected gradient along z
-            q = quantize(g, seed, self.hyper.q_scale)
+            q = quantize(self._normalized(g), seed, self.hyper.q_scale)
             c = update_coefficients(self.grid, self.hyper, seed, q, step)
         except BaseException:
             if live and not self.poisoned:  # a failing loss_fn must not leave the weights perturbed
@@ -131,6 +133,17 @@ class Replica:
             raise
         self._apply([seed], [eps_k + c])
         return q, 0.5 * (l_plus + l_minus)
+
+    def _normalized(self, g: float) -> float:
+        """g / running RMS of this node's projected gradients (FZOO-style step normalisation).
+
+        Only q travels, so this is a local choice of step size: peers replay q as always. The
+        mean includes g itself, so |result| <= 1/sqrt(1 - beta): the quantizer range is known."""
+        if self.hyper.g_normalize == "none" or not math.isfinite(g):
+            return g
+        beta = self.hyper.g_normalize_beta
+        self._g2 = g * g if self._g2 is None else beta * self._g2 + (1.0 - beta) * g * g
+        return g / math.sqrt(self._g2) if self._g2 > 0 else 0.0
 
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:

@@ -67,3 +67,26 @@ def lora_state_dict(model: torch.nn.Module) -> dict:
     """The adapter weights under peft's saved names (what `PeftModel.from_pretrained` reads)."""
     from peft import get_peft_model_state_dict
     return get_peft_model_state_dict(model)
+
+
+def scope_preset(name: str, n_layers: int) -> dict:
+    """Hyper fields of a named scope for a decoder of n_layers (what `onebyte init --scope` writes).
+
+    norm:       the final RMSNorm gain only (576 weights on SmolLM2);
+    topN:       every weight of the top N decoder layers and the final norm (N=1: 3.54M on SmolLM2);
+    lora-topN:  rank-16 LoRA adapters on every projection of the top N layers (N=4: 0.65M), with
+                grid_min_exp -3: B starts at 0, so its grid bound comes from that floor (2**-1).
+    All of them lie above a frozen trunk, so a node caches it (model/trunk.py)."""
+    if name == "norm":
+        return {"trainable": r"model\.norm\.weight"}
+    for prefix, lora in (("lora-top", True), ("top", False)):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            n = int(name[len(prefix):])
+            if not 1 <= n <= n_layers:
+                raise HyperError(f"scope {name}: the model has {n_layers} layers")
+            layers = "|".join(str(i) for i in range(n_layers - n, n_layers))
+            if lora:
+                return {"trainable": LORA_PATTERN, "lora_rank": 16, "lora_alpha": 16.0, "grid_min_exp": -3,
+                        "lora_targets": rf"model\.layers\.({layers})\.(self_attn|mlp)\.[a-z_]+_proj"}
+            return {"trainable": rf"model\.layers\.({layers})\..*|model\.norm\.weight"}
+    raise HyperError(f"unknown scope {name!r}: use norm, topN or lora-topN (N = number of top layers)")

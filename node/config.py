@@ -40,6 +40,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
     "eval_examples": (256, "examples of eval_data used per evaluation"),
     "snapshot_every": (2000, "write a snapshot after this many newly applied updates (0 = only at shutdown)"),
+    "trunk_cache": (True, "cache what the frozen layers below the trainable scope compute for each training and eval example (<state_dir>/trunk.pt) and run only the layers above it (classification tasks)"),
     "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
     "seed": (0, "seed of the local batch sampler (mixed with the node id)"),
     "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
@@ -68,6 +69,7 @@ class NodeConfig:
     eval_data: str = ""
     eval_examples: int = 256
     snapshot_every: int = 2000
+    trunk_cache: bool = True
     fsync: bool = True
     seed: int = 0
     threads: int = 0
@@ -192,6 +194,7 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         eval_data=_maybe_path(get("eval_data", str), base),
         eval_examples=max(1, nonneg("eval_examples")),
         snapshot_every=nonneg("snapshot_every"),
+        trunk_cache=get("trunk_cache", bool),
         fsync=get("fsync", bool),
         seed=get("seed", int),
         threads=nonneg("threads"),

@@ -166,10 +166,11 @@ class Daemon:
             return None, None, None
         try:
             task = load_task(train_name, spec, split="train")
-            loss_fn = make_loss_fn(task, self.tokenizer)
             eval_task = load_task(eval_name, spec, split="eval") if eval_name else None
         except DataError as exc:
             raise ConfigError(f"data: {exc}") from None
+        trunk = self._trunk_cache(genesis, task, eval_task)
+        loss_fn = make_loss_fn(task, self.tokenizer, trunk=trunk)
         seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + self.node_id,
                                               digest_size=8).digest(), "little")
         sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
@@ -184,8 +185,35 @@ class Daemon:
                 # The periodic evaluation uses eval_examples; a client may ask for another
                 # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
                 subset = eval_task.examples[:n_examples or cfg.eval_examples]
-                return evaluate(self.replica.model, self.tokenizer, eval_task, subset)
+                return evaluate(self.replica.model, self.tokenizer, eval_task, subset, trunk=trunk)
         return sample, loss_fn, evaluator
+
+    def _trunk_cache(self, genesis: Genesis, task, eval_task):
+        """The frozen-trunk cache (model/trunk.py) when the scope lies above a frozen trunk and
+        the task is a classification; built before READY, with progress in the log."""
+        from onebyte.model.trunk import TrunkCache, first_trainable_layer
+
+        k = first_trainable_layer(self.replica.model, self.replica.names)
+        if not self.cfg.trunk_cache or k is None or task.spec.kind != "classification":
+            return None
+        trunk = TrunkCache(self.replica.model, self.tokenizer, k, base_hash=genesis.swarm["base_model_hash"],
+                           path=self.sd.path / "trunk.pt")
+        texts = [e.text for e in task.examples]
+        if eval_task is not None:
+            texts += [e.text for e in eval_task.examples[:max(self.cfg.eval_examples, 1024)]]
+        t0 = time.monotonic()
+        last = [t0]
+
+        def progress(done, total):
+            if time.monotonic() - last[0] > 5 or done == total:
+                last[0] = time.monotonic()
+                self.notifier.status(f"frozen-trunk cache: {done}/{total} examples")
+                log.info("frozen-trunk cache: %d/%d examples through layers 0..%d", done, total, k - 1)
+        added = trunk.fill(texts, progress=progress)
+        log.info("frozen-trunk cache: layers >= %d run per loss; %d examples (%d loaded from %s, %d computed "
+                 "in %.1f s, %.1f MB)", k, len(trunk.h), trunk.loaded, trunk.path, added,
+                 time.monotonic() - t0, trunk.nbytes() / 1e6)
+        return trunk
 
     def _republish_journal(self, now: float) -> None:
         """Own updates logged before a crash but never sealed into a stored record: publish

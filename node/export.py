@@ -5,8 +5,10 @@
 
 The folder holds config.json, model.safetensors, the tokenizer files and
 onebyte.json (swarm id, digest, updates): `AutoModelForCausalLM.from_pretrained(DIR)`
-loads it with no onebyte installed. It is written to a temporary sibling and renamed
-into place, so DIR is never half-written.
+loads it with no onebyte installed. A swarm that trains LoRA adapters exports the merged
+model there and the adapter alone, in PEFT's format, in DIR/adapter:
+`PeftModel.from_pretrained(base_model, DIR/adapter)`. It is written to a temporary
+sibling and renamed into place, so DIR is never half-written.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def plain_copy(model):
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     fresh = type(model)(config)
-    state = model.state_dict()
+    # LoRA layers (peft) hold the base weight as `<module>.base_layer.weight`; the adapters
+    # themselves are exported separately (lora_adapter_and_merged)
+    state = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
     fresh.load_state_dict({k: v.detach().to("cpu", copy=True) for k, v in state.items()}, strict=False)
     missing = [k for k in fresh.state_dict() if k not in state]
     if missing:
@@ -60,6 +64,8 @@ def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) 
     shutil.rmtree(tmp, ignore_errors=True)
     model = plain_copy(replica.model)
     try:
+        if replica.hyper.lora_rank:
+            model = _save_adapter(replica, model, tmp / "adapter", meta)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     except OSError as exc:
@@ -70,6 +76,25 @@ def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) 
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _save_adapter(replica, base, where: Path, meta: dict):
+    """Write the adapters in PEFT's format (through peft itself) and return the merged model."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from onebyte.model.scope import lora_config
+    cfg = lora_config(replica.hyper)
+    cfg.base_model_name_or_path = meta.get("base_model", "")
+    # the replica's adapters live in the model itself (peft.inject_adapter_in_model); a PeftModel
+    # wraps the same modules under "base_model.model."
+    adapters = {"base_model.model." + k: v.detach().to("cpu", copy=True)
+                for k, v in get_peft_model_state_dict(replica.model).items()}
+    peft_model = get_peft_model(base, cfg)
+    result = set_peft_model_state_dict(peft_model, adapters)
+    if getattr(result, "unexpected_keys", None):
+        raise StateError(f"export: adapter weights did not fit the base model ({result.unexpected_keys[:3]})")
+    peft_model.save_pretrained(where, safe_serialization=True)
+    return peft_model.merge_and_unload().eval()
 
 
 def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
