@@ -43,8 +43,23 @@ class Grid:
         return int(self.sizes.sum())
 
 
+def horizon_margin(hyper: Hyper) -> float:
+    """How far honest noise may carry a weight within hyper.horizon_updates updates.
+
+    Each update adds c_u z_u(i) to weight i with |c_u| <= s = max_step and z_u(i) = +-1 fresh
+    for every update: the noise part of the sum is a martingale with increments <= 2s. The
+    bound is >= 4 (max|w| + margin) with the default headroom, so noise alone overflows only
+    past 3 x margin = 24 s sqrt(H): probability <= 2 exp(-72) per weight (Azuma-Hoeffding;
+    docs/numerics.md). The gradient's own drift, the training itself, is not bounded here.
+    Float64 arithmetic: the same on every node."""
+    if hyper.horizon_updates == 0:
+        return 0.0
+    return 8.0 * hyper.max_step() * math.sqrt(hyper.horizon_updates)
+
+
 def bound_exponent(maxabs: float, hyper: Hyper) -> int:
-    """Smallest b with maxabs < 2**b (exact via frexp), floored, plus the headroom."""
+    """Smallest b with maxabs + margin < 2**b (exact via frexp), floored, plus the headroom."""
+    maxabs = maxabs + horizon_margin(hyper)
     if maxabs == 0.0:
         b = hyper.grid_min_exp
     else:

@@ -29,6 +29,12 @@ class Hyper:
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
     trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
     max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
+    swarm_nodes: int = 1             # nodes expected to produce (a closed swarm: its members); with
+                                     # lr_swarm_scaling each update moves lr / f(swarm_nodes)
+    lr_swarm_scaling: str = "sqrt"   # f: "none" (1), "sqrt" (sqrt(n): a round of n updates has the
+                                     # noise of one node's update) or "linear" (n)
+    horizon_updates: int = 0         # > 0: swarm updates the grid must absorb; widens each tensor's
+                                     # bound by 8 x (largest step) x sqrt(horizon) (docs/numerics.md)
     g_normalize: str = "none"        # "rms": divide the projected gradient by a running RMS of this
                                      # node's recent ones before quantizing (local: no wire change)
     g_normalize_beta: float = 0.99   # decay of that running mean of g**2; |g / rms| <= 1/sqrt(1-beta)
@@ -62,6 +68,10 @@ class Hyper:
         except re.error as e:
             raise HyperError(f"trainable is not a valid regex ({e}): {self.trainable!r}") from None
         _int_in("max_fused", self.max_fused, 1, 1 << 16)
+        _int_in("swarm_nodes", self.swarm_nodes, 1, 1 << 20)
+        if self.lr_swarm_scaling not in ("none", "sqrt", "linear"):
+            raise HyperError(f"lr_swarm_scaling must be 'none', 'sqrt' or 'linear', got {self.lr_swarm_scaling!r}")
+        _int_in("horizon_updates", self.horizon_updates, 0, 1 << 40)
         if self.g_normalize not in ("none", "rms"):
             raise HyperError(f"g_normalize must be 'none' or 'rms', got {self.g_normalize!r}")
         if isinstance(self.g_normalize_beta, bool) or not isinstance(self.g_normalize_beta, (int, float)) \
@@ -80,10 +90,24 @@ class Hyper:
             raise HyperError(f"lora_targets is not a valid regex ({e}): {self.lora_targets!r}") from None
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of an origin's step (>= 1), in float64: deterministic on every machine."""
+        """Learning rate of one update of an origin's step (>= 1), in float64: deterministic on
+        every machine (IEEE double arithmetic, math.sqrt is correctly rounded)."""
+        lr = float(self.lr) / self.swarm_divisor()
         if self.lr_schedule == "constant":
-            return float(self.lr)
-        return float(self.lr) * max(0.0, 1.0 - step / self.lr_decay_steps)
+            return lr
+        return lr * max(0.0, 1.0 - step / self.lr_decay_steps)
+
+    def swarm_divisor(self) -> float:
+        """Every node applies every member's update: a round of n updates moves n times as far
+        as one node's. Dividing each update by sqrt(n) keeps the noise of a round at one
+        node's level (the gradient signal still adds up: sqrt(n) times one node's); "linear"
+        makes a round move like one node with n times the batch."""
+        return {"none": 1.0, "sqrt": math.sqrt(self.swarm_nodes), "linear": float(self.swarm_nodes)}[
+            self.lr_swarm_scaling]
+
+    def max_step(self) -> float:
+        """The largest change one update can make to one weight (q saturates at 127)."""
+        return float(self.lr) / self.swarm_divisor() * 127 * self.q_scale
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -77,6 +77,10 @@ def cmd_init(args) -> int:
             hyper[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             hyper[f.name] = f.default_factory()  # type: ignore[misc]
+    # Every node applies every member's update: a closed swarm knows how many produce, and the
+    # per-update lr is scaled for it (Hyper.swarm_nodes, lr_swarm_scaling); --hyper overrides.
+    if args.admission == "closed" and args.member:
+        hyper["swarm_nodes"] = len(args.member)
     for item in args.hyper:
         key, sep, val = item.partition("=")
         if not sep or key not in hyper:

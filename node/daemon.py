@@ -87,6 +87,7 @@ class Daemon:
         self.equivocations = 0
         self.paused = False   # event intake paused by back-pressure (see _pump)
         self.pauses = 0
+        self.trunk_info: dict | None = None  # the frozen-trunk cache, when one is used (status)
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class Daemon:
         # Pin the state dir to this swarm only once the model matched the genesis.
         sd.check_genesis(genesis, write=True)
         self.restored = restored
-        sample, loss_fn, evaluator = await asyncio.to_thread(self._load_data, genesis)
+        sample, loss_fn, evaluator, prepare = await asyncio.to_thread(self._load_data, genesis)
 
         now = self.loop.time()
         self.udp = await open_udp(cfg.listen, self._on_datagram)
@@ -136,7 +137,7 @@ class Daemon:
         rate_cap = float(genesis.swarm.get("max_updates_per_s_per_origin", 50.0))
         self.worker = Worker(
             replica=self.replica, node_id=self.node_id, swarm_id=genesis.swarm_id, update_log=self.ulog,
-            applied_vv=restored.applied_vv, sample=sample, loss_fn=loss_fn, evaluator=evaluator,
+            applied_vv=restored.applied_vv, sample=sample, loss_fn=loss_fn, evaluator=evaluator, prepare=prepare,
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
             eval_every=cfg.eval_every, snapshot=self._snapshot_writer(), snapshot_every=cfg.snapshot_every,
             max_backlog=cfg.max_backlog, post=self._post_from_worker, update_seed=update_seed)
@@ -163,14 +164,14 @@ class Daemon:
         spec = task_table or None
         if not train_name:
             log.warning("no training data ([node] data or genesis [task] data): replaying only")
-            return None, None, None
+            return None, None, None, None
         try:
             task = load_task(train_name, spec, split="train")
             eval_task = load_task(eval_name, spec, split="eval") if eval_name else None
         except DataError as exc:
             raise ConfigError(f"data: {exc}") from None
         trunk = self._trunk_cache(genesis, task, eval_task)
-        loss_fn = make_loss_fn(task, self.tokenizer, trunk=trunk)
+        loss_fn = make_loss_fn(task, self.tokenizer, trunk=trunk[0] if trunk else None)
         seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + self.node_id,
                                               digest_size=8).digest(), "little")
         sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
@@ -185,12 +186,15 @@ class Daemon:
                 # The periodic evaluation uses eval_examples; a client may ask for another
                 # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
                 subset = eval_task.examples[:n_examples or cfg.eval_examples]
-                return evaluate(self.replica.model, self.tokenizer, eval_task, subset, trunk=trunk)
-        return sample, loss_fn, evaluator
+                return evaluate(self.replica.model, self.tokenizer, eval_task, subset,
+                                trunk=trunk[0] if trunk else None)
+        return sample, loss_fn, evaluator, trunk[1] if trunk else None
 
     def _trunk_cache(self, genesis: Genesis, task, eval_task):
-        """The frozen-trunk cache (model/trunk.py) when the scope lies above a frozen trunk and
-        the task is a classification; built before READY, with progress in the log."""
+        """(cache, build) for the frozen-trunk cache (model/trunk.py) when the scope lies above a
+        frozen trunk and the task is a classification, else None. `build` fills it: the worker
+        runs it before its first step (state "preparing"), so the node is up, serving and
+        visible in status meanwhile; progress is in status `trunk_cache` and the log."""
         from onebyte.model.trunk import TrunkCache, first_trainable_layer
 
         k = first_trainable_layer(self.replica.model, self.replica.names)
@@ -200,20 +204,26 @@ class Daemon:
                            path=self.sd.path / "trunk.pt")
         texts = [e.text for e in task.examples]
         if eval_task is not None:
-            texts += [e.text for e in eval_task.examples[:max(self.cfg.eval_examples, 1024)]]
-        t0 = time.monotonic()
-        last = [t0]
+            texts += [e.text for e in eval_task.examples[:self.cfg.eval_examples]]
+        info = self.trunk_info = {"first_layer": k, "state": "building", "done": 0, "total": len(texts),
+                                  "loaded": trunk.loaded}
 
-        def progress(done, total):
-            if time.monotonic() - last[0] > 5 or done == total:
-                last[0] = time.monotonic()
-                self.notifier.status(f"frozen-trunk cache: {done}/{total} examples")
-                log.info("frozen-trunk cache: %d/%d examples through layers 0..%d", done, total, k - 1)
-        added = trunk.fill(texts, progress=progress)
-        log.info("frozen-trunk cache: layers >= %d run per loss; %d examples (%d loaded from %s, %d computed "
-                 "in %.1f s, %.1f MB)", k, len(trunk.h), trunk.loaded, trunk.path, added,
-                 time.monotonic() - t0, trunk.nbytes() / 1e6)
-        return trunk
+        def build():
+            t0 = last = time.monotonic()
+
+            def progress(done, total):
+                nonlocal last
+                info.update(done=done, total=total)
+                if time.monotonic() - last > 10 or done == total:
+                    last = time.monotonic()
+                    log.info("frozen-trunk cache: %d/%d new examples through layers 0..%d", done, total, k - 1)
+            added = trunk.fill(texts, progress=progress)
+            info.update(state="ready", done=len(texts), total=len(texts), examples=len(trunk.h), computed=added,
+                        seconds=round(time.monotonic() - t0, 1), mb=round(trunk.nbytes() / 1e6, 1))
+            log.info("frozen-trunk cache ready: layers >= %d run per loss; %d examples (%d loaded from %s, "
+                     "%d computed in %.1f s, %.1f MB)", k, len(trunk.h), trunk.loaded, trunk.path, added,
+                     info["seconds"], info["mb"])
+        return trunk, build
 
     def _republish_journal(self, now: float) -> None:
         """Own updates logged before a crash but never sealed into a stored record: publish

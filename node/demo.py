@@ -120,6 +120,7 @@ class Node:
     public_key: str = ""
     node_id: str = ""
     proc: object = None  # subprocess.Popen
+    data: str = ""       # this node's own training data (default: the genesis [task] data)
 
     @property
     def config(self) -> Path:
@@ -216,8 +217,7 @@ class Swarm:
             f"eval_examples = {eval_examples}",
             f"seed = {self.nodes.index(node)}",
             f"threads = {threads}",
-            "",
-        ])
+        ] + ([f"data = {json.dumps(str(node.data))}"] if node.data else []) + [""])
         node.config.write_text(text)
 
     def start(self) -> None:

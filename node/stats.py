@@ -116,6 +116,8 @@ def build_status(d) -> dict:
         },
         "digest": s.digest,
         "digest_updates": s.digest_updates,
+        "trainable_weights": d.replica.n_trainable,
+        "trunk_cache": d.trunk_info,
         "log": {"entries": d.ulog.entries, "truncated_bytes": d.ulog.truncated_bytes,
                 "duplicates": d.ulog.duplicates, "fsync": d.ulog.fsync_enabled},
         "bytes_in": counters.get("bytes_in", 0),

@@ -83,7 +83,7 @@ class WorkerStats:
     last_eval: dict | None = None
     digest: str | None = None
     digest_updates: int = 0
-    state: str = "starting"       # starting | producing | replaying | idle | done | failed
+    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | failed
     error: str | None = None
     first_step_at: float | None = None   # monotonic time of this run's first own step
     last_step_at: float | None = None
@@ -98,6 +98,7 @@ IDLE_DIGEST_S = 5.0  # status digest refreshed at most this often while idle
 class Worker(threading.Thread):
     def __init__(self, *, replica, node_id: bytes, swarm_id: bytes, update_log, applied_vv: dict,
                  sample: Callable[[int], Any] | None, loss_fn, evaluator: Callable[[], dict] | None,
+                 prepare: Callable[[], None] | None = None,
                  max_steps: int, min_step_interval_s: float, eval_every: int, snapshot: Callable,
                  snapshot_every: int, max_backlog: int, post: Callable[..., None], update_seed: Callable):
         super().__init__(name="onebyte-worker", daemon=True)
@@ -109,6 +110,7 @@ class Worker(threading.Thread):
         self.sample = sample
         self.loss_fn = loss_fn
         self.evaluator = evaluator
+        self.prepare = prepare               # run once before the first step (the trunk cache)
         self.max_steps = max_steps
         self.producing = True                # cleared by "stop_producing": replay and serve only
         self.min_interval = min_step_interval_s
@@ -155,6 +157,9 @@ class Worker(threading.Thread):
             self.post("failed", self.stats.error)
 
     def _run(self) -> None:
+        if self.prepare is not None:
+            self.stats.state = "preparing"
+            self.prepare()
         self._refresh_digest()
         while not self._halt.is_set():
             did = self._replay_backlog()

@@ -1,0 +1,210 @@
+"""SST-2 through real daemons: 4 `onebyte run` nodes on disjoint shards versus 1 alone.
+
+    python bench/sst2_swarm.py --json out.json --results docs/results.json   # the full run
+    python bench/sst2_swarm.py --quick --json quick.json                     # <= 10 minutes
+
+Both runs use `onebyte keygen`, `onebyte init` and `onebyte run` on loopback, exactly as a
+user would (the process handling is node/demo.py's Swarm):
+* the swarm: --nodes daemons, node k trains on shard k of the training pool (rows
+  0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own steps each;
+* the solo: one daemon on the whole pool, the same --steps own steps.
+Every --eval-every own steps of node1 (and at the end) node1 evaluates its replica on the
+first --eval-n rows of dev.tsv through its status socket (`eval`). When every node has
+made its steps, the bench waits for identical digests (status `digest` command), node1
+evaluates once more and the swarm's model is exported with `onebyte export`.
+
+Reported: dev accuracy of both, the per-node steps the swarm needed to reach the solo's
+final accuracy (`steps_ratio_4node_to_match`), trainable weights, wire bytes per update
+(all UDP bytes the nodes sent / updates) against the fp32 gradient of the trainable set,
+wall seconds. Hyper-parameters come from bench/scope_probe.py runs on held-out training
+rows, never from dev.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from onebyte.node.demo import Swarm, run_cli
+from onebyte.node.status import request
+
+DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
+TEMPLATE, VERBALIZER = "{sentence} It was", " terrible, great"
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["sentence", "label"], delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{"sentence": r["sentence"], "label": r["label"]} for r in csv.DictReader(f, delimiter="\t")]
+
+
+def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: dict, a) -> dict:
+    """One swarm of len(shards) daemons until each made a.steps own steps; returns its record."""
+    n = len(shards)
+    swarm = Swarm(root=root / name, n=n, model=a.model, data=pool, eval_data=dev, hyper=hyper,
+                  batch_size=a.batch_size, curve_examples=a.eval_n, eval_examples=a.eval_n,
+                  threads=max(1, (os.cpu_count() or 1) // n))
+    swarm.root.mkdir(parents=True)
+    t0 = time.monotonic()
+    swarm_id = swarm.prepare()
+    for node, shard in zip(swarm.nodes, shards):
+        node.data = shard
+        swarm.write_config(node, max_steps=a.steps, eval_examples=a.eval_n, threads=swarm.threads)
+    # `onebyte init` wrote the scope into the genesis: every node trains these weights
+    genesis_text = (swarm.root / "genesis.toml").read_text()
+    curve, node1 = [], swarm.nodes[0]
+    try:
+        swarm.start()
+        sts = swarm.wait_ready()
+        print(f"[{name}] {n} daemons up after {time.monotonic() - t0:.0f} s "
+              f"(trunk cache: {sts[node1.name].get('trunk_cache')})", flush=True)
+        next_eval = 0
+        while True:
+            swarm.check_alive()
+            sts = swarm.statuses()
+            own = [int((st or {}).get("own_steps", 0)) for st in sts.values()]
+            if own[0] >= next_eval or min(own) >= a.steps:
+                point = evaluate(node1, a.eval_n)
+                point.update(step=own[0], steps_all=own, elapsed_s=round(time.monotonic() - t0, 1))
+                curve.append(point)
+                print(f"[{name}] " + json.dumps(point), flush=True)
+                next_eval = (own[0] // a.eval_every + 1) * a.eval_every
+            if min(own) >= a.steps:
+                break
+            time.sleep(1.0)
+        digests = converge(swarm, a.converge_timeout)
+        final = evaluate(node1, a.eval_n)
+        st = swarm.statuses()
+        bytes_out = sum(int((s or {}).get("bytes_out", 0)) for s in st.values())
+        trainable = int(st[node1.name]["trainable_weights"])
+        updates = digests[node1.name]["updates"]
+        export = None
+        if a.export and n > 1:
+            export = str(Path(a.export).resolve())
+            run_cli(["export", "--config", str(node1.config), "--out", export, "--force"], swarm.root,
+                    "onebyte export", timeout=1800)
+        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": a.steps, "curve": curve,
+                "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
+                "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
+                "digest": digests[node1.name]["digest"], "trainable_weights": trainable,
+                "bytes_out": bytes_out, "wire_bytes_per_update": bytes_out / max(1, updates),
+                "fp32_grad_bytes_per_update": 4 * trainable, "wall_seconds": round(time.monotonic() - t0, 1),
+                "trunk_cache": st[node1.name].get("trunk_cache"), "export": export,
+                "genesis": genesis_text, "run_dir": str(swarm.root)}
+    finally:
+        swarm.stop(timeout=60.0)
+
+
+def evaluate(node, n: int) -> dict:
+    res = request(node.socket, {"cmd": "eval", "examples": n}, timeout=3600)
+    if not res.get("ok"):
+        raise RuntimeError(f"{node.name}: eval failed: {res.get('error')}")
+    return {"accuracy": res["accuracy"], "loss": res["loss"], "n": res["n"]}
+
+
+def converge(swarm, timeout: float) -> dict:
+    """Wait until every node applied the same update set; their digests must then agree."""
+    deadline = time.monotonic() + timeout
+    while True:
+        swarm.check_alive()
+        ans = {node.name: request(node.socket, {"cmd": "digest"}, timeout=120) for node in swarm.nodes}
+        vvs = [a.get("vv") for a in ans.values()]
+        if all(a.get("ok") for a in ans.values()) and all(v == vvs[0] for v in vvs):
+            if len({a["digest"] for a in ans.values()}) != 1:
+                raise RuntimeError("same updates, different digests: " + json.dumps(ans))
+            return ans
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"replicas did not converge within {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def steps_to_reach(curve: list[dict], target: float) -> int | None:
+    return next((p["step"] for p in curve if p["accuracy"] >= target), None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3000, help="own steps per node, in both runs")
+    ap.add_argument("--train-n", type=int, default=8000, help="training pool: the first rows of train.tsv")
+    ap.add_argument("--eval-n", type=int, default=872, help="dev rows evaluated (872 = all)")
+    ap.add_argument("--eval-every", type=int, default=250, help="node1 evaluates every N own steps")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
+                    help="genesis hyper-parameter (repeatable); defaults: the top1 scope, lr 3e-4")
+    ap.add_argument("--scope", default="top1", help="named scope (model/scope.py): norm, topN, lora-topN")
+    ap.add_argument("--quick", action="store_true", help="a short run (<= 10 min) printing the same keys")
+    ap.add_argument("--out", default="", help="run dir (default: a new temp folder)")
+    ap.add_argument("--export", default="", help="export the swarm's model to this folder")
+    ap.add_argument("--converge-timeout", type=float, default=600.0)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--results", default="", help="merge the keys into this results JSON (docs/results.json)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.steps, a.train_n, a.eval_n, a.eval_every = min(a.steps, 200), min(a.train_n, 800), min(a.eval_n, 200), 100
+    t0 = time.time()
+    root = Path(a.out).resolve() if a.out else Path(tempfile.mkdtemp(prefix="onebyte-sst2-"))
+    root.mkdir(parents=True, exist_ok=True)
+    rows = read_rows(os.path.join(a.data_dir, "train.tsv"))[:a.train_n]
+    dev = os.path.join(a.data_dir, "dev.tsv")
+    pool = write_rows(root / "pool.tsv", rows)
+    shards = [write_rows(root / f"shard{k}.tsv", rows[k::a.nodes]) for k in range(a.nodes)]
+
+    from onebyte.model.load import load_model
+    from onebyte.model.scope import scope_preset
+    n_layers = load_model(a.model)[0].config.num_hidden_layers
+    hyper = {**scope_preset(a.scope, n_layers), "lr": 3e-4}
+    for item in a.hyper:
+        k, _, v = item.partition("=")
+        hyper[k] = v
+    print(f"run dir {root}; hyper {hyper}", flush=True)
+
+    swarm = run("swarm", root, shards, pool, dev, hyper, a)
+    solo = run("solo", root, [pool], pool, dev, hyper, a)
+    match = steps_to_reach(swarm["curve"], solo["final_accuracy"])
+    out = {
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "swarm": "daemons", "bench": "bench/sst2_swarm.py", "model": a.model, "scope": a.scope, "hyper": hyper,
+        "train_pool": a.train_n, "eval_set": f"dev.tsv, first {a.eval_n} rows", "batch_size": a.batch_size,
+        "steps_per_node": a.steps, "dev_accuracy_1node": solo["final_accuracy"],
+        "dev_accuracy_4node": swarm["final_accuracy"], "nodes": a.nodes,
+        "steps_ratio_4node_to_match": (match / a.steps) if match is not None else None,
+        "trainable_weights": swarm["trainable_weights"], "wire_bytes_per_update": swarm["wire_bytes_per_update"],
+        "fp32_grad_bytes_per_update": swarm["fp32_grad_bytes_per_update"],
+        "wire_to_fp32_ratio": swarm["wire_bytes_per_update"] / swarm["fp32_grad_bytes_per_update"],
+        "digests_identical": swarm["digests_identical"] and solo["digests_identical"],
+        "wall_seconds": round(time.time() - t0, 1), "device": "cpu", "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "exported_model": Path(swarm["export"]).name if swarm["export"] else None,
+        "runs": {"swarm": swarm, "solo": solo}, "quick": a.quick,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(out, indent=1)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+    if a.results:
+        p = Path(a.results)
+        old = json.loads(p.read_text()) if p.exists() else {}
+        old.update({k: v for k, v in out.items() if k != "runs"})
+        old["daemon_runs"] = out["runs"]
+        p.write_text(json.dumps(old, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("runs", "hyper")}, indent=1))
+    return 0 if out["digests_identical"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
