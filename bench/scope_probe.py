@@ -31,6 +31,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--task", default="", help="a built-in task (e.g. builtin:sentiment) instead of SST-2")
     ap.add_argument("--scope", default="top1")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eps", type=float, default=1e-3)
@@ -44,6 +45,7 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trunk-file", default=None, help="keep the trunk cache in this file between runs")
+    ap.add_argument("--swarm-nodes", type=int, default=1, help="Hyper.swarm_nodes (per-update lr scaling)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -52,9 +54,9 @@ def main(argv=None):
     n_layers = model.config.num_hidden_layers
     decay = a.steps if a.lr_schedule == "linear" else 0
     hyper = Hyper(lr=a.lr, eps=a.eps, q_scale=a.q_scale, g_normalize=a.g_normalize, lr_schedule=a.lr_schedule,
-                  lr_decay_steps=decay, **scope_preset(a.scope, n_layers))
+                  lr_decay_steps=decay, swarm_nodes=a.swarm_nodes, **scope_preset(a.scope, n_layers))
     rep = Replica(model, hyper)
-    train = load_task(os.path.join(a.data_dir, "train.tsv"), SPEC)
+    train = load_task(a.task, split="train") if a.task else load_task(os.path.join(a.data_dir, "train.tsv"), SPEC)
     pool = train.examples[:a.train_n]
     held = train.examples[a.train_n:a.train_n + a.holdout_n]
     k = first_trainable_layer(rep.model, rep.names)

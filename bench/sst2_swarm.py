@@ -62,7 +62,8 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
     swarm_id = swarm.prepare()
     for node, shard in zip(swarm.nodes, shards):
         node.data = shard
-        swarm.write_config(node, max_steps=a.steps, eval_examples=a.eval_n, threads=swarm.threads)
+        swarm.write_config(node, max_steps=0 if a.minutes else a.steps, eval_examples=a.eval_n,
+                           threads=swarm.threads)
     # `onebyte init` wrote the scope into the genesis: every node trains these weights
     genesis_text = (swarm.root / "genesis.toml").read_text()
     curve, node1 = [], swarm.nodes[0]
@@ -71,18 +72,27 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         sts = swarm.wait_ready()
         print(f"[{name}] {n} daemons up after {time.monotonic() - t0:.0f} s "
               f"(trunk cache: {sts[node1.name].get('trunk_cache')})", flush=True)
-        next_eval = 0
+        next_eval, t_train, stopped = 0, None, False
         while True:
             swarm.check_alive()
             sts = swarm.statuses()
             own = [int((st or {}).get("own_steps", 0)) for st in sts.values()]
-            if own[0] >= next_eval or min(own) >= a.steps:
+            if t_train is None and all((st or {}).get("worker_state") not in ("starting", "preparing")
+                                       for st in sts.values()):
+                t_train = time.monotonic()  # every trunk cache is built: the training clock starts
+            if a.minutes and t_train is not None and not stopped and time.monotonic() - t_train >= a.minutes * 60:
+                for node in swarm.nodes:  # time is up: each node finishes its step, then only replays
+                    request(node.socket, {"cmd": "stop_producing"}, timeout=300)
+                stopped = True
+                continue
+            done = stopped if a.minutes else min(own) >= a.steps
+            if own[0] >= next_eval or done:
                 point = evaluate(node1, a.eval_n)
                 point.update(step=own[0], steps_all=own, elapsed_s=round(time.monotonic() - t0, 1))
                 curve.append(point)
                 print(f"[{name}] " + json.dumps(point), flush=True)
                 next_eval = (own[0] // a.eval_every + 1) * a.eval_every
-            if min(own) >= a.steps:
+            if done:
                 break
             time.sleep(1.0)
         digests = converge(swarm, a.converge_timeout)
@@ -96,7 +106,9 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
             export = str(Path(a.export).resolve())
             run_cli(["export", "--config", str(node1.config), "--out", export, "--force"], swarm.root,
                     "onebyte export", timeout=1800)
-        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": a.steps, "curve": curve,
+        own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
+        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": own[0], "own_steps": own,
+                "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
                 "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
                 "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
                 "digest": digests[node1.name]["digest"], "trainable_weights": trainable,
@@ -141,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3000, help="own steps per node, in both runs")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="instead of --steps: train this long (after every trunk cache is built), then stop")
+    ap.add_argument("--no-solo", action="store_true", help="only the swarm (e.g. a point of the scope frontier)")
     ap.add_argument("--train-n", type=int, default=8000, help="training pool: the first rows of train.tsv")
     ap.add_argument("--eval-n", type=int, default=872, help="dev rows evaluated (872 = all)")
     ap.add_argument("--eval-every", type=int, default=250, help="node1 evaluates every N own steps")
@@ -175,19 +190,20 @@ def main(argv=None) -> int:
     print(f"run dir {root}; hyper {hyper}", flush=True)
 
     swarm = run("swarm", root, shards, pool, dev, hyper, a)
-    solo = run("solo", root, [pool], pool, dev, hyper, a)
-    match = steps_to_reach(swarm["curve"], solo["final_accuracy"])
+    solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a)
+    match = steps_to_reach(swarm["curve"], solo["final_accuracy"]) if solo else None
     out = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "swarm": "daemons", "bench": "bench/sst2_swarm.py", "model": a.model, "scope": a.scope, "hyper": hyper,
         "train_pool": a.train_n, "eval_set": f"dev.tsv, first {a.eval_n} rows", "batch_size": a.batch_size,
-        "steps_per_node": a.steps, "dev_accuracy_1node": solo["final_accuracy"],
+        "steps_per_node": swarm["steps_per_node"], "minutes": a.minutes or None,
+        "dev_accuracy_1node": solo["final_accuracy"] if solo else None,
         "dev_accuracy_4node": swarm["final_accuracy"], "nodes": a.nodes,
-        "steps_ratio_4node_to_match": (match / a.steps) if match is not None else None,
+        "steps_ratio_4node_to_match": (match / solo["steps_per_node"]) if match is not None else None,
         "trainable_weights": swarm["trainable_weights"], "wire_bytes_per_update": swarm["wire_bytes_per_update"],
         "fp32_grad_bytes_per_update": swarm["fp32_grad_bytes_per_update"],
         "wire_to_fp32_ratio": swarm["wire_bytes_per_update"] / swarm["fp32_grad_bytes_per_update"],
-        "digests_identical": swarm["digests_identical"] and solo["digests_identical"],
+        "digests_identical": swarm["digests_identical"] and (solo is None or solo["digests_identical"]),
         "wall_seconds": round(time.time() - t0, 1), "device": "cpu", "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "exported_model": Path(swarm["export"]).name if swarm["export"] else None,
         "runs": {"swarm": swarm, "solo": solo}, "quick": a.quick,

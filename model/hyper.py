@@ -29,14 +29,10 @@ class Hyper:
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
     trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
     max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
-    swarm_nodes: int = 1             # nodes expected to produce (a closed swarm: its members); with
-                                     # lr_swarm_scaling each update moves lr / f(swarm_nodes)
-    lr_swarm_scaling: str = "sqrt"   # f: "none" (1), "sqrt" (sqrt(n): a round of n updates has the
-                                     # noise of one node's update) or "linear" (n)
-    horizon_updates: int = 0         # > 0: swarm updates the grid must absorb; widens each tensor's
-                                     # bound by 8 x (largest step) x sqrt(horizon) (docs/numerics.md)
-    g_normalize: str = "none"        # "rms": divide the projected gradient by a running RMS of this
-                                     # node's recent ones before quantizing (local: no wire change)
+    swarm_nodes: int = 1             # producing nodes (closed swarm: its members); each update's lr is lr / f(n)
+    lr_swarm_scaling: str = "sqrt"   # f(n): "none" 1, "sqrt" sqrt(n) (a round has one node's noise), "linear" n
+    horizon_updates: int = 0         # > 0: swarm-wide updates the grid must absorb (wider bounds, docs/numerics.md)
+    g_normalize: str = "none"        # "rms": divide g by a running RMS of this node's recent g (local, no wire change)
     g_normalize_beta: float = 0.99   # decay of that running mean of g**2; |g / rms| <= 1/sqrt(1-beta)
     lora_rank: int = 0               # > 0: add LoRA adapters of this rank (model/scope.py); 0: none
     lora_alpha: float = 16.0         # LoRA scaling alpha / rank

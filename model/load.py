@@ -25,6 +25,7 @@ __all__ = [
     "ModelLoadError",
     "load_model",
     "model_hash",
+    "num_layers",
     "resolve_spec",
     "smollm2_path",
     "tiny_tokenizer",
@@ -238,6 +239,23 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.
         tok.pad_token = tok.eos_token
     model.eval()
     return model, tok
+
+
+def num_layers(spec: str) -> int:
+    """Decoder layers of a model spec, from its config alone (no weights are loaded)."""
+    kind, where = resolve_spec(spec)
+    if kind == "tiny":
+        return int(TINY_CONFIG["num_hidden_layers"])
+    from transformers import AutoConfig
+    path = Path(where)
+    try:
+        if kind == "gguf":
+            cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        else:
+            cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        return int(cfg.num_hidden_layers)
+    except Exception as exc:  # transformers raises many types for unreadable configs
+        raise ModelLoadError(f"cannot read the layer count of {spec}: {_one_line(exc)}") from exc
 
 
 def model_hash(spec: str) -> str:

@@ -81,6 +81,14 @@ def cmd_init(args) -> int:
     # per-update lr is scaled for it (Hyper.swarm_nodes, lr_swarm_scaling); --hyper overrides.
     if args.admission == "closed" and args.member:
         hyper["swarm_nodes"] = len(args.member)
+    if args.scope:
+        from onebyte.model import HyperError, ModelLoadError
+        from onebyte.model.load import num_layers
+        from onebyte.model.scope import scope_preset
+        try:
+            hyper.update(scope_preset(args.scope, num_layers(args.model)))
+        except (HyperError, ModelLoadError) as exc:
+            raise UserError(f"--scope: {exc}") from None
     for item in args.hyper:
         key, sep, val = item.partition("=")
         if not sep or key not in hyper:
@@ -270,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="onebyte", help="swarm name shown in status")
     s.add_argument("--out", default="genesis.toml", help="where to write (default genesis.toml)")
     s.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE", help="override a hyper-parameter")
+    s.add_argument("--scope", default="", help="trainable scope preset: norm, topN (every weight of the top N layers "
+                   "and the final norm) or lora-topN (rank-16 LoRA on the top N layers); sets trainable and the "
+                   "lora_* fields, which --hyper can still override (docs/config.md)")
     s.add_argument("--kind", default="classification", choices=["classification", "lm"], help="task kind (files)")
     s.add_argument("--template", default="", help="prompt template over the columns, e.g. '{sentence} It was'")
     s.add_argument("--verbalizer", default="", help="comma-separated label words, e.g. ' terrible, great'")

@@ -158,6 +158,7 @@ class Swarm:
     curve_examples: int  # examples per periodic evaluation inside a node (the plot's curve)
     eval_examples: int   # examples of the before/after evaluation
     threads: int
+    train_rows_per_node: int = 0  # > 0: each node trains on its own disjoint slice of a built-in task
     nodes: list[Node] = field(default_factory=list)
     pgid: int | None = None
     _sock_dir: Path | None = None
@@ -192,9 +193,28 @@ class Swarm:
             args += ["--hyper", f"{k}={v}"]
         out = run_cli(args, self.root, "onebyte init")
         swarm_id = next((ln.split()[-1] for ln in out.splitlines() if ln.startswith("swarm id ")), "")
+        if self.train_rows_per_node and self.data.startswith("builtin:"):
+            self.write_shards()
         for node in self.nodes:
             self.write_config(node, max_steps=0, eval_examples=self.curve_examples, threads=self.threads)
         return swarm_id
+
+    def write_shards(self) -> None:
+        """Node k trains on rows k, k + n, ... of the built-in training split (train_rows_per_node
+        of them), written as a TSV beside its config: disjoint data per node, as in a real swarm,
+        and a pool small enough for each node's frozen-trunk cache to build in seconds."""
+        import csv
+
+        from onebyte.model.tasks import builtin_examples
+        rows = builtin_examples(self.data, "train")
+        for k, node in enumerate(self.nodes):
+            mine = rows[k::self.n][:self.train_rows_per_node]
+            path = node.dir / "train.tsv"
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(mine[0]), delimiter="\t")
+                w.writeheader()
+                w.writerows(mine)
+            node.data = str(path)
 
     def sock_dir(self) -> Path:
         if self._sock_dir is None:
@@ -310,9 +330,6 @@ def genesis_task(genesis: Path) -> tuple[dict, str]:
 def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> dict:
     """Held-out accuracy of a model spec (base model, or an exported folder) on the first
     n_examples of the genesis eval data: the examples a node's `eval` uses too."""
-    import re
-    import tomllib
-
     import torch
 
     from onebyte.model.data import load_task
@@ -327,12 +344,9 @@ def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> d
     t0 = time.monotonic()
     res = evaluate(model, tokenizer, task, task.examples[:n_examples])
     res["seconds"] = time.monotonic() - t0
-    # Parameter counts for the wire comparison, counted as the Replica does
-    # (named_parameters yields a tied tensor once; `trainable` is a fullmatch regex).
-    pattern = re.compile(tomllib.loads(genesis.read_text())["hyper"].get("trainable", ".*"))
-    params = [(n, p.numel()) for n, p in model.named_parameters() if p.is_floating_point()]
-    res["params"] = sum(k for _, k in params)
-    res["trainable"] = sum(k for n, k in params if pattern.fullmatch(n))
+    # The base model's size, for the wire comparison (named_parameters yields a tied tensor once);
+    # the trained weights are counted by the daemons (status `trainable_weights`: adapters too).
+    res["params"] = sum(p.numel() for p in model.parameters() if p.is_floating_point())
     del model
     gc.collect()  # the daemons need the memory more than we do
     return res
@@ -443,7 +457,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     swarm = Swarm(root=root, n=args.nodes, model=args.model, data=args.data,
                   eval_data=args.eval_data, hyper=hyper,
                   batch_size=batch_size, curve_examples=min(eval_n, preset.get("curve_examples", 128)),
-                  eval_examples=eval_n,
+                  eval_examples=eval_n, train_rows_per_node=preset.get("train_rows_per_node", 0),
                   # One torch thread per node when nodes outnumber cores: oversubscribed
                   # threads cost more in contention than they add.
                   threads=max(1, cpus // args.nodes))
@@ -534,6 +548,7 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         raise DemoError(f"{node1.name}'s weights changed after the swarm went quiet (digest "
                         f"{str(check.get('digest'))[:16]} != {first['digest'][:16]})")
     end_sts = swarm.statuses()
+    trainable = int((end_sts.get(node1.name) or {}).get("trainable_weights", 0))
     for node in swarm.nodes:
         wire[node.name] += int((end_sts.get(node.name) or {}).get("bytes_out", 0))
     swarm.stop()
@@ -549,14 +564,18 @@ def _run(args, swarm: Swarm, root: Path, train_s: float, eval_n: int, tty: bool,
         "eval_examples_after": after.get("n"),
         "digests": {k: a["digest"] for k, a in digests.items()},
         "digests_identical": len({a["digest"] for a in digests.values()}) == 1,
-        "bytes_sent": sum(wire.values()), "params": before["params"], "trainable": before["trainable"],
+        "bytes_sent": sum(wire.values()), "params": before["params"], "trainable": trainable,
+        "trainable_weights": trainable,
         # What exchanging fp32 gradients instead would cost: every update to every peer,
         # 4 bytes per parameter, for the full model and for the trainable tensors only.
         "fp32_gradient_bytes": updates * (swarm.n - 1) * before["params"] * 4,
-        "fp32_trainable_gradient_bytes": updates * (swarm.n - 1) * before["trainable"] * 4,
+        "fp32_trainable_gradient_bytes": updates * (swarm.n - 1) * trainable * 4,
         "plot": str(png), "run_dir": str(root),
         "export_command": f"onebyte export --config {node1.config} --out {root / 'model'}",
     }
+    # wire bytes over what fp32 gradients of the *trained* weights would have cost (target <= 1/1000)
+    summary["fp32_grad_ratio_trained"] = (summary["bytes_sent"] / summary["fp32_trainable_gradient_bytes"]
+                                          if summary["fp32_trainable_gradient_bytes"] else None)
     (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     _say(render_summary(summary))
     return 0 if summary["digests_identical"] else 1
