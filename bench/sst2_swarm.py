@@ -62,8 +62,9 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
     swarm_id = swarm.prepare()
     for node, shard in zip(swarm.nodes, shards):
         node.data = shard
-        swarm.write_config(node, max_steps=0 if a.minutes else a.steps, eval_examples=a.eval_n,
-                           threads=swarm.threads)
+        # only node1 evaluates (and so caches the dev rows); the others keep their caches small
+        swarm.write_config(node, max_steps=0 if a.minutes else a.steps,
+                           eval_examples=a.eval_n if node is swarm.nodes[0] else 16, threads=swarm.threads)
     # `onebyte init` wrote the scope into the genesis: every node trains these weights
     genesis_text = (swarm.root / "genesis.toml").read_text()
     curve, node1 = [], swarm.nodes[0]

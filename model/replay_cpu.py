@@ -11,13 +11,38 @@ exact fp32 add per element:
 
     w[i] += float32(sum_u c[t, u] * z_u(i)) * quantum[t]      # exact: see docs/numerics.md
 """
-import numpy as np
-from llvmlite import ir
-from numba import int64, njit, prange, types, uint64
-from numba.core import cgutils
-from numba.extending import intrinsic
+import os
+import tempfile
+from pathlib import Path
 
-from .rng import GAMMA, MIX1, MIX2
+
+def _numba_cache_dir() -> None:
+    """numba caches compiled kernels beside this file, else under $HOME; a service with a
+    read-only install and no writable home (systemd ProtectSystem=strict + DynamicUser) has
+    neither, and numba then refuses to compile a cache=True function at all. Point it at the
+    service's cache or state directory, else a private temp folder. Must run before numba
+    reads its configuration (its first import)."""
+    if "NUMBA_CACHE_DIR" in os.environ or os.access(Path(__file__).parent, os.W_OK):
+        return
+    home = Path(os.environ.get("HOME", "/nonexistent"))
+    if os.access(home, os.W_OK):
+        return
+    for var in ("CACHE_DIRECTORY", "STATE_DIRECTORY"):  # set by systemd for the unit
+        if os.environ.get(var):
+            os.environ["NUMBA_CACHE_DIR"] = str(Path(os.environ[var].split(":")[0]) / "numba")
+            return
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="onebyte-numba-")
+
+
+_numba_cache_dir()
+
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import int64, njit, prange, types, uint64  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+from .rng import GAMMA, MIX1, MIX2  # noqa: E402
 
 CHUNK = 64 * 256  # elements per work item: 64 KiB of weights, plenty of items for the threads
 
