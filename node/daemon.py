@@ -48,7 +48,7 @@ def protocol_config(genesis: Genesis, overrides: dict):
     import dataclasses
     from onebyte.protocol import ProtocolConfig
 
-    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members", "extra"}
+    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members"}
     for k in overrides:
         if k in GENESIS_PROTOCOL_FIELDS:
             raise ConfigError(f"[protocol] {k} is fixed by the genesis ([swarm] {k}); remove it from the node config")

@@ -42,10 +42,12 @@ from .status import request
 # They come from the model-io measurements (docs/data.md); a swarm started by hand with
 # `onebyte init` can use the same `--hyper` values.
 PRESETS: dict[str, dict] = {
-    # Only the final RMSNorm gain (576 weights) is trained: a linear probe on the last hidden
-    # state, which SPSA learns in a few hundred updates (docs/data.md). lr and q_scale: the
-    # bench/sst2.py run that took one node from 53% to 71.5% in 200 steps of batch 16.
-    "smollm2": {"hyper": {"trainable": r"model\.norm\.weight", "lr": 0.5, "q_scale": 0.01}, "batch_size": 16, "minutes": 6.0, "eval_examples": 256, "curve_examples": 128},
+    # Every weight of the top decoder layer and the final norm (3,540,672 weights; `onebyte init
+    # --scope top1`): each node caches the frozen layers below for its own 400 training rows
+    # and runs only the top layer per loss (model/trunk.py). lr: bench/scope_probe.py on
+    # held-out rows of the built-in task's training split (docs/results.md).
+    "smollm2": {"scope": "top1", "hyper": {"lr": 1e-3}, "batch_size": 16, "minutes": 5.0, "eval_examples": 256,
+                "curve_examples": 128, "train_rows_per_node": 400},
     "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64, "curve_examples": 64},
 }
 DEFAULT_MODEL = "smollm2"
@@ -159,6 +161,7 @@ class Swarm:
     eval_examples: int   # examples of the before/after evaluation
     threads: int
     train_rows_per_node: int = 0  # > 0: each node trains on its own disjoint slice of a built-in task
+    scope: str = ""               # `onebyte init --scope` (model/scope.py), before the hyper overrides
     nodes: list[Node] = field(default_factory=list)
     pgid: int | None = None
     _sock_dir: Path | None = None
@@ -189,6 +192,8 @@ class Swarm:
             args += ["--eval-data", self.eval_data]
         for node in self.nodes:
             args += ["--member", node.public_key]
+        if self.scope:
+            args += ["--scope", self.scope]
         for k, v in self.hyper.items():
             args += ["--hyper", f"{k}={v}"]
         out = run_cli(args, self.root, "onebyte init")
@@ -458,6 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   eval_data=args.eval_data, hyper=hyper,
                   batch_size=batch_size, curve_examples=min(eval_n, preset.get("curve_examples", 128)),
                   eval_examples=eval_n, train_rows_per_node=preset.get("train_rows_per_node", 0),
+                  scope=args.scope or preset.get("scope", ""),
                   # One torch thread per node when nodes outnumber cores: oversubscribed
                   # threads cost more in contention than they add.
                   threads=max(1, cpus // args.nodes))
@@ -598,6 +604,8 @@ def add_parser(sub) -> None:
     s.add_argument("--out", default="", help="run dir for keys, state, logs, plot (default: a new temp folder)")
     s.add_argument("--batch-size", type=int, default=0, help="examples per local step (default: per model)")
     s.add_argument("--eval-examples", type=int, default=0, help="held-out examples evaluated (default: per model)")
+    s.add_argument("--scope", default="", help="trainable scope (onebyte init --scope): norm, topN, lora-topN "
+                   "(default: per model, top1 for smollm2)")
     s.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
                    help="override a genesis hyper-parameter (see onebyte init --help)")
     s.set_defaults(func=cmd_demo)

@@ -152,23 +152,6 @@ def _check_type(where: str, table: str, d: dict, key: str, typ) -> None:
         raise ConfigError(f"{where}: [{table}] {key} must be a {want}, got {d[key]!r}")
 
 
-def hash_model_weights(model) -> str:
-    """blake2b-256 (hex) over the base model's state dict: names, dtypes, shapes, bytes.
-
-    Names are sorted so the hash does not depend on module registration order.
-    """
-    import torch
-
-    h = hashlib.blake2b(digest_size=32)
-    state = model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0"
-                 + repr(tuple(t.shape)).encode() + b"\0")
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 # --- a small TOML writer (genesis and example configs only hold plain values) --------
 
 def _toml_value(v: Any) -> str:

@@ -305,10 +305,6 @@ class UpdateLog:
             qs = self._origins.get(origin, _Origin()).qs
             return [_signed(b) for b in qs[first - 1:last]]
 
-    def total_updates(self) -> int:
-        with self._lock:
-            return sum(len(o.qs) for o in self._origins.values())
-
 
 def _signed(b: int) -> int:
     return b - 256 if b > 127 else b

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ConfigError(ValueError):
@@ -42,7 +42,6 @@ class ProtocolConfig:
     max_broadcasts: int = 2048            # queued records / gossip items per queue
     cert_verifies_per_s: float = 200.0    # budget for verifying unknown certificates (JOIN floods)
     pull_serve_bytes: int = 4 * 1100      # bytes of records served per PULL request
-    extra: dict = field(default_factory=dict, compare=False)  # room for node-specific notes
 
     def __post_init__(self) -> None:
         if not isinstance(self.swarm_id, bytes) or len(self.swarm_id) != 32:

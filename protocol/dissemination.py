@@ -120,11 +120,6 @@ class TransmitLimitedQueue:
                 nxt[key] = packed
                 where[key] = count + 1
 
-    def discard(self, key) -> None:
-        count = self._where.pop(key, None)
-        if count is not None:
-            self._drop_from(count, key)
-
     def _drop_from(self, count: int, key) -> None:
         bucket = self._by_count.get(count)
         if bucket is not None:

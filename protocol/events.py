@@ -80,5 +80,5 @@ class EquivocationDetected(Event):
 DROP_REASONS = (
     "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",
-    "from_self", "stale_generation", "buffer_full", "backpressure", "unsolicited",
+    "from_self", "stale_generation", "buffer_full", "backpressure",
 )

@@ -164,9 +164,6 @@ class Membership:
         self._emit(PeerLeft(m.node_id))
         self._broadcast("leave", m.node_id, m)
 
-    def on_heard(self, m: Member, now) -> None:
-        m.last_heard = now
-
     # ---------------------------------------------------------- probing
     def next_probe_target(self, rng):
         """Round-robin over a shuffled list (SWIM's bounded detection time)."""

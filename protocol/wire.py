@@ -147,10 +147,6 @@ def packb(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def encode_addr(addr) -> list:
-    return list(addr)
-
-
 def decode_addr(obj):
     """Addresses are opaque tuples of str/int (host, port[, flowinfo, scope]); None if invalid."""
     if not isinstance(obj, list) or not 2 <= len(obj) <= 4:

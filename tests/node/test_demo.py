@@ -136,6 +136,8 @@ def test_demo_end_to_end_with_the_tiny_model(tmp_path):
     assert s["updates"] == sum(s["own_steps"].values()) and s["updates"] > 0
     assert s["bytes_sent"] > 0 and s["fp32_gradient_bytes"] == s["updates"] * 2 * s["params"] * 4
     assert s["fp32_trainable_gradient_bytes"] == s["updates"] * 2 * s["trainable"] * 4
+    assert s["trainable_weights"] == s["trainable"] > 0  # as the daemons count them (status)
+    assert s["fp32_grad_ratio_trained"] == s["bytes_sent"] / s["fp32_trainable_gradient_bytes"]
     assert Path(s["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert s["plot"] in out
     # "after" is node1's own evaluation of its final replica, on the very examples of "before"

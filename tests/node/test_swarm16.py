@@ -18,7 +18,7 @@ def test_sixteen_daemons_train_without_overflow(tmp_path):
     try:
         for i in range(N):
             nodes.append(Node(tmp_path, f"n{i:02d}", tmp_path / "genesis.toml", [], max_steps=STEPS, threads=1,
-                              batch_size=8, snapshot_every=0))
+                              snapshot_every=0))
         members = [public_of(read_key(n.key)).hex() for n in nodes]
         args = ["init", "--model", "tiny", "--data", "builtin:sentiment", "--out", tmp_path / "genesis.toml",
                 "--admission", "closed", "--hyper", "lr=0.001", "--hyper", f"horizon_updates={N * STEPS * 4}",
