@@ -22,7 +22,7 @@ from .membership import Membership
 from .records import Record, RecordBook, TokenBucket, bytes_to_qs, record_message
 from .replay_window import ReplayWindow
 from .store import MemoryRecordStore
-from .wire import (BODY_OVERHEAD, HEADER_SIZE, JOIN_MIN_SIZE, MAC_SIZE, MessageType, WireError,
+from .wire import (BODY_OVERHEAD, HEADER_SIZE, JOIN_MIN_SIZE, MAC_SIZE, GossipKind, MessageType, WireError,
                    encode_record, pack_body, pack_header, packb, parse_header, unpack_body)
 from .identity import CERT_SIZE
 
@@ -400,18 +400,18 @@ class Engine(HandlersMixin):
 
     def _on_broadcast(self, kind: str, node_id: bytes, m) -> None:
         if kind == "self":
-            packed = packb([0, self._cert, None])
+            packed = packb([GossipKind.ALIVE, self._cert, None])
         elif kind == "alive":
-            packed = packb([0, m.cert, list(m.addr) if m.addr is not None else None])
+            packed = packb([GossipKind.ALIVE, m.cert, list(m.addr) if m.addr is not None else None])
         elif kind == "suspect":
-            packed = packb([1, node_id, m.incarnation])
+            packed = packb([GossipKind.SUSPECT, node_id, m.incarnation])
         elif kind == "dead":
-            packed = packb([2, node_id, m.incarnation])
+            packed = packb([GossipKind.DEAD, node_id, m.incarnation])
         else:  # leave
             sig = self._leave_sigs.pop(node_id, None)
             if sig is None:
                 return
-            packed = packb([3, node_id, m.generation, m.incarnation, sig])
+            packed = packb([GossipKind.LEAVE, node_id, m.generation, m.incarnation, sig])
         self.gossip_q.push(node_id, packed)
 
     def _leave_message(self, node_id: bytes, gen: int, inc: int) -> bytes:

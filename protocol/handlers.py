@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .identity import CERT_SIZE, SIG_SIZE, parse_cert
 from .membership import MemberState
-from .wire import MessageType, WireError, decode_addr, encode_record, packb
+from .wire import GossipKind, MessageType, WireError, decode_addr, encode_record, packb
 
 MAX_GOSSIP_ITEMS = 64
 MAX_PULL_ENTRIES = 24
@@ -72,7 +72,7 @@ class HandlersMixin:
             raise WireError("malformed")
         kind = item[0]
         members = self.members.members
-        if kind == 0:  # ALIVE
+        if kind == GossipKind.ALIVE:
             if len(item) != 3 or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
                 raise WireError("malformed")
             cert = item[1]
@@ -92,18 +92,18 @@ class HandlersMixin:
             nid, pub, xpub, gen, inc = self._check_cert(item[1], nid, now)
             self.members.on_cert(nid, pub, xpub, gen, inc, item[1], peer_addr, now,
                                  direct=nid == m.node_id)
-        elif kind in (1, 2):  # SUSPECT / DEAD, an accusation by the (authenticated) sender
+        elif kind in (GossipKind.SUSPECT, GossipKind.DEAD):  # an accusation by the (authenticated) sender
             if len(item) != 3 or not _is_id(item[1]) or not _is_uint(item[2], 2 ** 32):
                 raise WireError("malformed")
             nid, inc = item[1], item[2]
             if nid == self.node_id:
                 if inc >= self.incarnation:
                     self._refute(inc)
-            elif kind == 1:
+            elif kind == GossipKind.SUSPECT:
                 self.members.on_suspect(nid, inc, now)
             else:
                 self.members.on_dead(nid, inc, now)
-        elif kind == 3:  # LEAVE, signed by the leaver
+        elif kind == GossipKind.LEAVE:  # signed by the leaver
             if (len(item) != 5 or not _is_id(item[1]) or not _is_uint(item[2]) or
                     not _is_uint(item[3], 2 ** 32) or not isinstance(item[4], bytes)
                     or len(item[4]) != SIG_SIZE):
