@@ -144,7 +144,9 @@ def _field_comments(cls) -> dict[str, str]:
 
 
 def cmd_keygen(args) -> int:
-    from .keys import node_id_of, public_of, write_key
+    from onebyte.protocol.identity import node_id_of
+
+    from .keys import public_of, write_key
 
     private = write_key(args.out, force=args.force)
     pub = public_of(private)

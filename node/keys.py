@@ -11,7 +11,6 @@ node's identity, so rotating it makes a new node (docs/operations.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -22,10 +21,6 @@ from cryptography.hazmat.primitives import serialization
 from .errors import KeyFileError
 
 HEADER = "# onebyte node key (Ed25519 private key, hex). Keep it secret.\n"
-
-
-def node_id_of(public_key: bytes) -> bytes:
-    return hashlib.blake2b(public_key, digest_size=16).digest()
 
 
 def public_of(private: bytes) -> bytes:

@@ -17,13 +17,13 @@ from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue, VersionDigest
 from .events import DatagramDropped, EquivocationDetected, UpdatesReceived
 from .handlers import HandlersMixin
-from .identity import CryptoCache, Identity, make_cert, mac, node_id_of, pair_mac_key
+from .identity import CryptoCache, Identity, cert_message, make_cert, mac, node_id_of, pair_mac_key, parse_cert
 from .membership import Membership
-from .records import Record, RecordBook, TokenBucket, bytes_to_qs, record_message
+from .records import CONFLICT, DUP, Record, RecordBook, TokenBucket, bytes_to_qs, record_message
 from .replay_window import ReplayWindow
 from .store import MemoryRecordStore
 from .wire import (BODY_OVERHEAD, HEADER_SIZE, JOIN_MIN_SIZE, MAC_SIZE, GossipKind, MessageType, WireError,
-                   encode_record, pack_body, pack_header, packb, parse_header, unpack_body)
+                   decode_record, encode_record, pack_body, pack_header, packb, parse_header, unpack_body)
 from .identity import CERT_SIZE
 
 
@@ -310,7 +310,6 @@ class Engine(HandlersMixin):
             self._on_records(m, records, addr, now)
 
     def _check_cert(self, cert: bytes, expect_id: bytes | None, now: float) -> tuple:
-        from .identity import cert_message, parse_cert
         pub, xpub, gen, inc, sig = parse_cert(cert)
         nid = self._origin_id(pub)
         if expect_id is not None and nid != expect_id:
@@ -437,8 +436,6 @@ class Engine(HandlersMixin):
 
     # ================================================================ records in
     def _on_records(self, m, records: list, addr, now: float) -> None:
-        from .records import CONFLICT, DUP
-        from .wire import decode_record
         cfg = self.config
         seen = self._seen_sigs
         for raw in records[:64]:

@@ -6,9 +6,9 @@ as counted drops in Engine.receive_datagram.
 """
 from __future__ import annotations
 
-from .identity import CERT_SIZE, SIG_SIZE, parse_cert
+from .identity import CERT_SIZE, SIG_SIZE, make_cert, parse_cert
 from .membership import MemberState
-from .wire import GossipKind, MessageType, WireError, decode_addr, encode_record, packb
+from .wire import GossipKind, MessageType, WireError, decode_addr, decode_record, encode_record, packb
 
 MAX_GOSSIP_ITEMS = 64
 MAX_PULL_ENTRIES = 24
@@ -121,7 +121,6 @@ class HandlersMixin:
             raise WireError("unknown_type")
 
     def _refute(self, inc: int) -> None:
-        from .identity import make_cert
         self.incarnation = inc + 1
         self._cert = make_cert(self.identity, self._swarm, self._xpub, self.generation, self.incarnation)
         self._on_broadcast("self", self.node_id, None)
@@ -300,7 +299,6 @@ class HandlersMixin:
 
     def _serve(self, m, wants: list) -> None:
         """Send records from the store covering each (origin, from_step), bounded in bytes."""
-        from .wire import decode_record
         left = self.config.pull_serve_bytes
         batch, budget = [], self._budget(m, 1)
         room = budget

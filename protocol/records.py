@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import deque
+from enum import IntEnum
 from dataclasses import dataclass
 
 from .wire import encode_record
@@ -88,7 +89,14 @@ class OriginState:
         self.equivocating = False
 
 
-DUP, NEW, CONFLICT = 0, 1, 2
+class Classified(IntEnum):
+    """What a received record is, relative to what an origin's book already holds."""
+    DUP = 0        # already held (or older than the contiguous step)
+    NEW = 1        # not held: deliver or buffer it
+    CONFLICT = 2   # the same steps, other content, both signed: equivocation
+
+
+DUP, NEW, CONFLICT = Classified.DUP, Classified.NEW, Classified.CONFLICT
 
 
 class RecordBook:

@@ -12,7 +12,8 @@ from onebyte.node import snapshot as snap
 from onebyte.node.config import load_config, parse_addr, parse_config
 from onebyte.node.errors import ConfigError, KeyFileError, StateError, DaemonUnreachable
 from onebyte.node.genesis import compute_swarm_id, dump_toml, load_genesis, parse_genesis
-from onebyte.node.keys import read_key, write_key, node_id_of, public_of
+from onebyte.node.keys import public_of, read_key, write_key
+from onebyte.protocol.identity import node_id_of
 from onebyte.node.notify import Notifier
 from onebyte.node.status import StatusServer, request
 
