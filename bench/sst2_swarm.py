@@ -8,8 +8,8 @@ user would (the process handling is node/demo.py's Swarm):
 * the swarm: --nodes daemons, node k trains on shard k of the training pool (rows
   0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own steps each;
 * the solo: one daemon on the whole pool, the same --steps own steps.
-Every --eval-every own steps of node1 (and at the end) node1 evaluates its replica on the
-first --eval-n rows of dev.tsv through its status socket (`eval`). When every node has
+Every --eval-every per-node steps (the swarm's own steps / nodes) and at the end, node1
+evaluates its replica on the first --eval-n rows of dev.tsv through its status socket (`eval`). When every node has
 made its steps, the bench waits for identical digests (status `digest` command), node1
 evaluates once more and the swarm's model is exported with `onebyte export`.
 
@@ -87,12 +87,15 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
                 stopped = True
                 continue
             done = stopped if a.minutes else min(own) >= a.steps
-            if own[0] >= next_eval or done:
+            # Per-node steps = the swarm's own steps / nodes: nodes run at different speeds
+            # (node1 also builds the dev rows' cache), and node1's replica holds everyone's.
+            mean = sum(own) / n
+            if mean >= next_eval or done:
                 point = evaluate(node1, a.eval_n)
-                point.update(step=own[0], steps_all=own, elapsed_s=round(time.monotonic() - t0, 1))
+                point.update(step=round(mean, 1), steps_all=own, elapsed_s=round(time.monotonic() - t0, 1))
                 curve.append(point)
                 print(f"[{name}] " + json.dumps(point), flush=True)
-                next_eval = (own[0] // a.eval_every + 1) * a.eval_every
+                next_eval = (int(mean) // a.eval_every + 1) * a.eval_every
             if done:
                 break
             time.sleep(1.0)

@@ -34,13 +34,23 @@ def _setup_logging(level: str = "info") -> None:
 
 
 def _model_errors() -> tuple:
-    """Model/data errors are user errors too (missing model file, bad data file)."""
-    try:
-        from onebyte.model.data import DataError
-        from onebyte.model.load import ModelLoadError
-        return (DataError, ModelLoadError)
-    except ImportError:
+    """Model/data errors are user errors too (missing model file, bad data file). Looked up
+    only once onebyte.model is loaded: importing it (torch) costs a second or more, which
+    `onebyte status` must not pay, and a command that never loaded it cannot raise them."""
+    if "onebyte.model" not in sys.modules:
         return ()
+    from onebyte.model import HyperError
+    from onebyte.model.data import DataError
+    from onebyte.model.load import ModelLoadError
+    return (DataError, ModelLoadError, HyperError)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("onebyte")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 # --- init / keygen -------------------------------------------------------------------------
@@ -203,12 +213,18 @@ def render_status(st: dict) -> str:
         f"loss      {loss:.4f} (running mean)" if loss is not None else "loss      -",
         f"eval      step {ev.get('step')}: accuracy {ev.get('accuracy'):.4f} loss {ev.get('loss'):.4f}"
         if ev else "eval      -",
-        f"state     {vv['updates']} updates from {vv['origins']} origins, digest {str(st['digest'])[:16]}…",
+        f"state     {vv['updates']} updates from {vv['origins']} origins, digest {str(st['digest'])[:16]}…"
+        + (f", {st['trainable_weights']:,} trainable weights" if st.get("trainable_weights") else ""),
         f"traffic   in {st['bytes_in']} B / {st['datagrams_in']} dgrams, out {st['bytes_out']} B / "
         f"{st['datagrams_out']} dgrams, drops {st['drops_total']}"
         + (f" {st['drops']}" if st['drops_total'] else ""),
         f"peers     {st['peers_alive']} alive of {len(st['peers'])}",
     ]
+    trunk = st.get("trunk_cache")
+    if trunk:
+        done = (f"building {trunk.get('done')}/{trunk.get('total')} examples" if trunk.get("state") == "building"
+                else f"{trunk.get('examples')} examples, {trunk.get('mb')} MB")
+        lines.insert(5, f"trunk     layers >= {trunk['first_layer']} run per loss; cache {done}")
     for p in st["peers"]:
         rtt = f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-"
         lines.append(f"  {p['node_id'][:16]}  {p['state']:<9} {p['addr'] or '-':<24} rtt {rtt}")
@@ -267,6 +283,7 @@ def cmd_export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onebyte", description="Peer-to-peer zeroth-order fine-tuning: "
                                 "one seed id and one byte per update.")
+    p.add_argument("--version", action="version", version=f"onebyte {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     env_cfg = os.environ.get("ONEBYTE_CONFIG", DEFAULT_CONFIG)
@@ -342,14 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    user_errors = (UserError,) + _model_errors()
     try:
         rc = args.func(args)
-    except user_errors as exc:
-        print(f"onebyte: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not isinstance(exc, (UserError,) + _model_errors()):
+            raise
+        print(f"onebyte: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
     return int(rc or 0)
 
 
