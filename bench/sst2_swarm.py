@@ -111,7 +111,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
             run_cli(["export", "--config", str(node1.config), "--out", export, "--force"], swarm.root,
                     "onebyte export", timeout=1800)
         own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
-        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": own[0], "own_steps": own,
+        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
                 "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
                 "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
                 "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
