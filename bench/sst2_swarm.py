@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -35,7 +36,6 @@ from onebyte.node.demo import Swarm, run_cli
 from onebyte.node.status import request
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
-TEMPLATE, VERBALIZER = "{sentence} It was", " terrible, great"
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
@@ -51,7 +51,29 @@ def read_rows(path: str) -> list[dict]:
         return [{"sentence": r["sentence"], "label": r["label"]} for r in csv.DictReader(f, delimiter="\t")]
 
 
-def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: dict, a) -> dict:
+def prebuild_trunk(model_spec: str, scope: dict, texts: list[str], path: Path) -> Path | None:
+    """Build the frozen-trunk cache of every pool and dev row once, here; each daemon starts with
+    a copy in its state dir (the cache is keyed by the base-model hash and the first trained
+    layer, so the daemons accept it). Otherwise every node would spend minutes computing the
+    same trunk outputs, and node1, which also caches the dev rows, would start far behind."""
+    from onebyte.model import Hyper, Replica, load_model
+    from onebyte.model.load import model_hash
+    from onebyte.model.trunk import TrunkCache, first_trainable_layer
+    model, tok = load_model(model_spec)
+    rep = Replica(model, Hyper(**scope))
+    k = first_trainable_layer(rep.model, rep.names)
+    if k is None:
+        return None
+    t0 = time.monotonic()
+    trunk = TrunkCache(rep.model, tok, k, base_hash=model_hash(model_spec), path=path)
+    trunk.fill(texts, progress=lambda d, n: d % 512 < 16 and print(f"trunk cache {d}/{n}", flush=True))
+    print(f"trunk cache: {len(trunk.h)} examples, {trunk.nbytes() / 1e6:.0f} MB, "
+          f"{time.monotonic() - t0:.0f} s", flush=True)
+    return path
+
+
+def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: dict, a,
+        trunk: Path | None = None) -> dict:
     """One swarm of len(shards) daemons until each made a.steps own steps; returns its record."""
     n = len(shards)
     swarm = Swarm(root=root / name, n=n, model=a.model, data=pool, eval_data=dev, hyper=hyper,
@@ -65,6 +87,10 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         # only node1 evaluates (and so caches the dev rows); the others keep their caches small
         swarm.write_config(node, max_steps=0 if a.minutes else a.steps,
                            eval_examples=a.eval_n if node is swarm.nodes[0] else 16, threads=swarm.threads)
+    for node in swarm.nodes:
+        if trunk is not None:
+            (node.dir / "state").mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(trunk, node.dir / "state" / "trunk.pt")
     # `onebyte init` wrote the scope into the genesis: every node trains these weights
     genesis_text = (swarm.root / "genesis.toml").read_text()
     curve, node1 = [], swarm.nodes[0]
@@ -76,9 +102,12 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         next_eval, t_train, stopped = 0, None, False
         while True:
             swarm.check_alive()
-            sts = swarm.statuses()
-            own = [int((st or {}).get("own_steps", 0)) for st in sts.values()]
-            if t_train is None and all((st or {}).get("worker_state") not in ("starting", "preparing")
+            sts = {node.name: swarm.status(node, timeout=60) for node in swarm.nodes}
+            if not all(sts.values()):
+                time.sleep(1.0)  # a node too busy to answer (a long step or eval): ask again
+                continue
+            own = [int(st["own_steps"]) for st in sts.values()]
+            if t_train is None and all(st.get("worker_state") not in ("starting", "preparing")
                                        for st in sts.values()):
                 t_train = time.monotonic()  # every trunk cache is built: the training clock starts
             if a.minutes and t_train is not None and not stopped and time.monotonic() - t_train >= a.minutes * 60:
@@ -184,17 +213,21 @@ def main(argv=None) -> int:
     pool = write_rows(root / "pool.tsv", rows)
     shards = [write_rows(root / f"shard{k}.tsv", rows[k::a.nodes]) for k in range(a.nodes)]
 
-    from onebyte.model.load import load_model
+    from onebyte.model.load import num_layers
     from onebyte.model.scope import scope_preset
-    n_layers = load_model(a.model)[0].config.num_hidden_layers
-    hyper = {**scope_preset(a.scope, n_layers), "lr": 3e-4}
+    scope = scope_preset(a.scope, num_layers(a.model))
+    hyper = {**scope, "lr": 3e-4}
     for item in a.hyper:
         k, _, v = item.partition("=")
         hyper[k] = v
     print(f"run dir {root}; hyper {hyper}", flush=True)
 
-    swarm = run("swarm", root, shards, pool, dev, hyper, a)
-    solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a)
+    from onebyte.model import TaskSpec, load_task  # the prompts exactly as the daemons build them
+    texts = [e.text for e in load_task(pool, TaskSpec()).examples]
+    texts += [e.text for e in load_task(dev, TaskSpec(), split="eval").examples[:a.eval_n]]
+    trunk = prebuild_trunk(a.model, scope, texts, root / "trunk.pt")
+    swarm = run("swarm", root, shards, pool, dev, hyper, a, trunk)
+    solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a, trunk)
     match = steps_to_reach(swarm["curve"], solo["final_accuracy"]) if solo else None
     out = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
