@@ -200,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="", help="run dir (default: a new temp folder)")
     ap.add_argument("--export", default="", help="export the swarm's model to this folder")
     ap.add_argument("--converge-timeout", type=float, default=600.0)
+    ap.add_argument("--trunk-file", default="", help="keep the prebuilt trunk cache here (reused by a later run "
+                    "with the same model and first trained layer)")
     ap.add_argument("--json", default="")
     ap.add_argument("--results", default="", help="merge the keys into this results JSON (docs/results.json)")
     a = ap.parse_args(argv)
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
     from onebyte.model import TaskSpec, load_task  # the prompts exactly as the daemons build them
     texts = [e.text for e in load_task(pool, TaskSpec()).examples]
     texts += [e.text for e in load_task(dev, TaskSpec(), split="eval").examples[:a.eval_n]]
-    trunk = prebuild_trunk(a.model, scope, texts, root / "trunk.pt")
+    trunk = prebuild_trunk(a.model, scope, texts, Path(a.trunk_file) if a.trunk_file else root / "trunk.pt")
     swarm = run("swarm", root, shards, pool, dev, hyper, a, trunk)
     solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a, trunk)
     match = steps_to_reach(swarm["curve"], solo["final_accuracy"]) if solo else None
@@ -252,6 +254,8 @@ def main(argv=None) -> int:
     if a.results:
         p = Path(a.results)
         old = json.loads(p.read_text()) if p.exists() else {}
+        if old and old.get("swarm") != "daemons":  # keys of the simulated bench (bench/sst2.py) kept aside
+            old["simulated"] = {k: old[k] for k in old if k in out}
         old.update({k: v for k, v in out.items() if k != "runs"})
         old["daemon_runs"] = out["runs"]
         p.write_text(json.dumps(old, indent=1) + "\n")
