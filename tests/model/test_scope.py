@@ -66,3 +66,32 @@ def test_lora_scope_errors_are_clear():
         Replica(oracle.tiny_llama(), Hyper(lora_rank=4, lora_targets="nothing_here", trainable=LORA_PATTERN))
     with pytest.raises(HyperError, match="not a valid regex"):
         Hyper(lora_rank=4, lora_targets="(")
+
+
+def test_horizon_margin_absorbs_the_adapters_random_walk():
+    """While B = 0 the loss does not depend on A, so A only random-walks: without a horizon a
+    long run overflows A's grid; with horizon_updates covering the run it does not."""
+    from onebyte.model import GridOverflowError
+    from onebyte.model.grid import horizon_margin
+    rnd = random.Random(9)
+    n = 600
+    ups = [(rnd.getrandbits(64), rnd.choice([-6, -4, -3, 3, 4, 6]), 1) for _ in range(n)]
+    lora = dict(LORA, trainable=r".*\.lora_A\..*")
+    r = Replica(oracle.tiny_llama(), Hyper(lr=1e-2, **lora))
+    with pytest.raises(GridOverflowError):
+        r.replay(ups)
+    h = Hyper(lr=1e-2, horizon_updates=n, **lora)
+    assert horizon_margin(h) == 8 * h.max_step() * n ** 0.5
+    r = Replica(oracle.tiny_llama(), h)
+    assert float(r.grid.bound.min()) >= 4 * horizon_margin(h)
+    r.replay(ups)  # no overflow
+    assert not r.poisoned
+
+
+def test_swarm_size_scales_each_update():
+    one, four = Hyper(lr=1e-3), Hyper(lr=1e-3, swarm_nodes=4)
+    assert four.lr_at(1) == one.lr_at(1) / 2  # sqrt(4)
+    assert Hyper(lr=1e-3, swarm_nodes=4, lr_swarm_scaling="linear").lr_at(1) == one.lr_at(1) / 4
+    assert Hyper(lr=1e-3, swarm_nodes=4, lr_swarm_scaling="none").lr_at(1) == one.lr_at(1)
+    with pytest.raises(HyperError, match="lr_swarm_scaling"):
+        Hyper(lr_swarm_scaling="log")
