@@ -94,3 +94,22 @@ def test_init_and_keygen(tmp_path):
     r = run_cli("keygen", "--out", k)
     assert r.returncode == 0 and "node id" in r.stdout
     one_error_line(run_cli("keygen", "--out", k), r"already exists", 2)
+
+
+def test_init_scope_presets_are_part_of_the_swarm_id(tmp_path):
+    from onebyte.node.genesis import load_genesis
+    ids = {}
+    for scope in ("norm", "top1", "lora-top1"):
+        r = run_cli("init", "--model", "tiny", "--scope", scope, "--out", tmp_path / f"{scope}.toml")
+        assert r.returncode == 0, r.stderr
+        g = load_genesis(tmp_path / f"{scope}.toml")
+        ids[scope] = g.swarm_id
+        g.make_hyper()  # a valid Hyper
+    assert len(set(ids.values())) == 3
+    lora = load_genesis(tmp_path / "lora-top1.toml").hyper
+    assert lora["lora_rank"] == 16 and "lora_" in lora["trainable"] and "layers\\.(1)" in lora["lora_targets"]
+    r = run_cli("init", "--model", "tiny", "--scope", "top3", "--out", tmp_path / "bad.toml")
+    assert r.returncode == 2 and "has 2 layers" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("init", "--model", "tiny", "--admission", "closed", "--member", "ab" * 32, "--member", "cd" * 32,
+                "--out", tmp_path / "closed.toml")
+    assert r.returncode == 0 and load_genesis(tmp_path / "closed.toml").hyper["swarm_nodes"] == 2
