@@ -1,6 +1,6 @@
 """Benchmark: a 3-node loopback swarm of real daemons; prints one JSON object.
 
-    flock /tmp/onebyte-heavy.lock python bench/node.py --json out/bench-node.json
+    python bench/node.py --json out/bench-node.json
 
 Measures, side by side in one run:
 - steps_per_s_per_node: own local steps per second of each node while producing;

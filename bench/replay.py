@@ -1,6 +1,6 @@
 """Replay and local-step benchmark: onebyte's fused kernel vs a MeZO-style baseline, side by side.
 
-    flock /tmp/onebyte-heavy.lock python bench/replay.py --json out.json [--device cuda]
+    python bench/replay.py --json out.json [--device cuda]
 
 Model: shaped like SmolLM2-135M (LlamaConfig hidden 576, intermediate 1536, 30 layers, 9 heads,
 3 kv heads, vocab 49152, tied embeddings: 134.5M fp32 parameters), random init. All parameters

@@ -1,6 +1,6 @@
 """Swarm dissemination benchmark over the deterministic simulator (onebyte.protocol.sim).
 
-    flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sim.py --json bench-sim.json
+    .venv/bin/python bench/sim.py --json bench-sim.json
 
 For each swarm size, one swarm warms up its membership, then every node
 publishes updates at a steady rate for the whole run while the network loss
@@ -236,8 +236,9 @@ def main(argv=None):
     big = max(args.sizes)
     loss5 = [s for s in scenarios if s["nodes"] == big and s["loss"] == 0.05]
     out = {
-        "command": "flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sim.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        # what actually ran (a lock wrapper, if any, is not visible from here and not recorded)
+        "command": " ".join([os.path.basename(sys.executable), "bench/sim.py"] + list(
+            sys.argv[1:] if argv is None else argv)),
         "delivered_fraction_min": min((s["delivered_fraction"] for s in scenarios + [crash]
                                        if s["delivered_fraction"] is not None), default=None),
         "crash80_delivered_fraction": crash["delivered_fraction"],

@@ -1,8 +1,8 @@
 """SST-2 fine-tuning benchmark: one node versus a synchronous swarm of four, same steps per node.
 
-    flock /tmp/onebyte-heavy.lock .venv/bin/python bench/sst2.py            # reduced CPU default
+    .venv/bin/python bench/sst2.py            # reduced CPU default
     # the run in docs/results.md (hyper-parameters picked with --holdout-n 500, not on dev):
-    .venv/bin/python bench/sst2.py --trunk-cache /tmp/sst2-trunk.pt --train-n 3000 --steps 10000 \
+    .venv/bin/python bench/sst2.py --trunk-cache sst2-trunk.pt --train-n 3000 --steps 10000 \
         --eval-every 250 --batch-size 64 --lr 0.03 --lr-schedule linear --threads 1
     .venv/bin/python bench/sst2.py --device cuda --bf16 --steps 4000 --eval-n 872 --trainable '.*'
 
