@@ -72,6 +72,10 @@ def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     (tmp / "onebyte.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (tmp / "README.md").write_text(model_card(meta, replica))
+    for p in tmp.rglob("*"):  # readable by whoever the folder is handed to (safetensors writes 0600)
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    tmp.chmod(0o755)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -140,6 +144,40 @@ def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = Fa
 
 
 def _meta(genesis: Genesis, digest: str, vv: dict, source: str) -> dict:
+    task = {k: v for k, v in genesis.task.items() if k not in ("data", "eval_data")}
     return {"swarm_id": genesis.swarm_id.hex(), "base_model": genesis.swarm["base_model"],
             "base_model_hash": genesis.swarm["base_model_hash"], "digest": digest,
-            "updates": sum(vv.values()), "origins": len(vv), "source": source}
+            "updates": sum(vv.values()), "origins": len(vv), "source": source,
+            # how to use the classifier: the prompt template and the label words it was trained with
+            "task": task, "hyper": dict(genesis.hyper)}
+
+
+def model_card(meta: dict, replica) -> str:
+    """README.md of an exported folder: what it is and how to use it, from the genesis."""
+    task = meta.get("task") or {}
+    lines = [f"# onebyte fine-tune of {meta.get('base_model')}", "",
+             f"Fine-tuned by a onebyte swarm ({meta.get('swarm_id', '')[:16]}…) with zeroth-order updates of "
+             f"one byte each: {meta.get('updates')} updates from {meta.get('origins')} node(s); "
+             f"{replica.n_trainable:,} weights trained; weights digest {meta.get('digest')}.", ""]
+    if task.get("kind", "classification") == "classification" and "template" in task:
+        words = task.get("verbalizer", [])
+        import string
+        field = next((f for _, f, _, _ in string.Formatter().parse(task["template"]) if f), "text")
+        lines += ["## Use", "",
+                  f"Prompt: `{task['template']}`; answer: the label word with the highest next-token logit "
+                  f"at the prompt's last position, among {', '.join(repr(w) for w in words)} "
+                  f"(label i = word i).", "",
+                  "```python",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  'tok = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+                  'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER").eval()',
+                  f"words = {list(words)!r}",
+                  "ids = [tok(w)['input_ids'][0] for w in words]",
+                  f"prompt = {task['template']!r}.format({field}='a fine film')",
+                  "logits = model(**tok(prompt, return_tensors='pt')).logits[0, -1, ids]",
+                  "print(words[int(logits.argmax())])",
+                  "```", ""]
+    if replica.hyper.lora_rank:
+        lines += ["The LoRA adapter alone, in PEFT's format, is in `adapter/`.", ""]
+    lines += ["`onebyte.json` holds the swarm id, digest, update count, task spec and hyper-parameters.", ""]
+    return "\n".join(lines)

@@ -169,6 +169,11 @@ def test_export_loads_with_plain_transformers(swarm, tmp_path):
     from transformers import AutoModelForCausalLM
     meta = json.loads((out / "onebyte.json").read_text())
     assert meta["digest"] == a.digest()["digest"] and meta["source"] == "daemon"
+    # how to use it travels with it: the prompt and label words, a model card, readable files
+    assert meta["task"]["template"] == "{text} Label:" and meta["task"]["verbalizer"] == [" A", " B"]
+    card = (out / "README.md").read_text()
+    assert "Label:" in card and "' A'" in card and meta["digest"] in card
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.iterdir() if p.is_file())
     model = AutoModelForCausalLM.from_pretrained(out)
     from onebyte.model.load import load_model
     base, _ = load_model("tiny")
