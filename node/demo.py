@@ -21,7 +21,6 @@ from the kernel if the demo process dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import signal
@@ -29,13 +28,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DaemonUnreachable, UserError
 from .liveview import History, LiveView, fmt_seconds, render_summary
+from .demo_eval import Evaluator, evaluate_model
 from .status import request
 
 # Recommended settings per model spec: hyper-parameters for the genesis and node settings.
@@ -319,63 +318,6 @@ class Swarm:
                 node.proc.wait()
                 node.proc = None
         self.pgid = None
-
-
-# --- evaluation in the demo process ---------------------------------------------------------
-
-def genesis_task(genesis: Path) -> tuple[dict, str]:
-    """(task spec, eval data) from the genesis [task] table, exactly as a node reads them."""
-    import tomllib
-
-    table = dict(tomllib.loads(genesis.read_text())["task"])
-    table.pop("data", None)
-    return table, table.pop("eval_data", "")
-
-
-def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> dict:
-    """Held-out accuracy of a model spec (base model, or an exported folder) on the first
-    n_examples of the genesis eval data: the examples a node's `eval` uses too."""
-    import torch
-
-    from onebyte.model.data import load_task
-    from onebyte.model.evaluate import evaluate
-    from onebyte.model.load import load_model
-
-    torch.set_num_threads(threads)
-    task_spec, eval_data = genesis_task(genesis)
-    task = load_task(eval_data, task_spec or None, split="eval")
-    model, tokenizer = load_model(spec)
-    model.eval()
-    t0 = time.monotonic()
-    res = evaluate(model, tokenizer, task, task.examples[:n_examples])
-    res["seconds"] = time.monotonic() - t0
-    # The base model's size, for the wire comparison (named_parameters yields a tied tensor once);
-    # the trained weights are counted by the daemons (status `trainable_weights`: adapters too).
-    res["params"] = sum(p.numel() for p in model.parameters() if p.is_floating_point())
-    del model
-    gc.collect()  # the daemons need the memory more than we do
-    return res
-
-
-class Evaluator(threading.Thread):
-    """Asks the nodes, round-robin, to evaluate every `every_s` seconds, so the plot gets
-    an accuracy curve at a steady pace whatever the step rate. A thread, because an eval
-    occupies a node's worker for seconds and the live view must keep moving meanwhile."""
-
-    def __init__(self, swarm: Swarm, every_s: float):
-        super().__init__(name="demo-eval", daemon=True)
-        self.swarm, self.every_s = swarm, every_s
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.wait(self.every_s):
-            node = self.swarm.nodes[i % len(self.swarm.nodes)]
-            i += 1
-            try:
-                request(node.socket, {"cmd": "eval"}, timeout=600)
-            except (DaemonUnreachable, OSError, ValueError):
-                pass  # a node restarting or stopping: the next tick asks another
 
 
 # --- the run --------------------------------------------------------------------------------
