@@ -26,38 +26,49 @@ def _is_uint(x, limit: int = 2 ** 63) -> bool:
 class HandlersMixin:
     # ============================================================ dispatch
     def _dispatch(self, mtype: int, m, payload, addr, now: float) -> None:
-        T = MessageType
-        if mtype == T.PING:
-            if not _is_uint(payload):
-                raise WireError("malformed")
-            self._send(T.ACK, m, packb(payload))
-        elif mtype == T.ACK:
-            if not _is_uint(payload):
-                raise WireError("malformed")
-            self._on_ack(m, payload, now)
-        elif mtype == T.PING_REQ:
-            if not (isinstance(payload, list) and len(payload) == 2 and _is_uint(payload[0])
-                    and _is_id(payload[1])):
-                raise WireError("malformed")
-            target = self.members.members.get(payload[1])
-            if target is not None and target.live and target.addr is not None:
-                self._seq += 1
-                self._relays[self._seq] = (m.node_id, payload[0], now + self.config.probe_interval_s)
-                self._send(T.PING, target, packb(self._seq))
-        elif mtype == T.HELLO:
-            # Answer to our JOIN: ask this first contact for more peers.
-            self._send(T.PEERS_REQ, m, packb(None))
-        elif mtype == T.PEERS_REQ:
-            self._send_peers(m)
-        elif mtype == T.DIGEST:
-            if not (isinstance(payload, bytes) and len(payload) == len(self.digest.packed())):
-                raise WireError("malformed")
-            self._on_digest(m, payload)
-        elif mtype == T.VECTOR:
-            self._on_vector(m, payload, now)
-        elif mtype == T.PULL:
-            self._on_pull(m, payload)
-        # PUSH, RECORDS, PEERS carry everything in their gossip/records lists.
+        """One handler per message type, through a table (h11/aioquic style). PUSH, RECORDS and
+        PEERS have none: everything they carry is in their gossip and records lists."""
+        handler = _HANDLERS.get(mtype)
+        if handler is not None:
+            handler(self, m, payload, now)
+
+    def _on_ping(self, m, payload, now: float) -> None:
+        if not _is_uint(payload):
+            raise WireError("malformed")
+        self._send(MessageType.ACK, m, packb(payload))
+
+    def _on_ack_msg(self, m, payload, now: float) -> None:
+        if not _is_uint(payload):
+            raise WireError("malformed")
+        self._on_ack(m, payload, now)
+
+    def _on_ping_req(self, m, payload, now: float) -> None:
+        if not (isinstance(payload, list) and len(payload) == 2 and _is_uint(payload[0])
+                and _is_id(payload[1])):
+            raise WireError("malformed")
+        target = self.members.members.get(payload[1])
+        if target is not None and target.live and target.addr is not None:
+            self._seq += 1
+            self._relays[self._seq] = (m.node_id, payload[0], now + self.config.probe_interval_s)
+            self._send(MessageType.PING, target, packb(self._seq))
+
+    def _on_hello(self, m, payload, now: float) -> None:
+        # Answer to our JOIN: ask this first contact for more peers.
+        self._send(MessageType.PEERS_REQ, m, packb(None))
+
+    def _on_peers_req(self, m, payload, now: float) -> None:
+        self._send_peers(m)
+
+    def _on_digest_msg(self, m, payload, now: float) -> None:
+        if not (isinstance(payload, bytes) and len(payload) == len(self.digest.packed())):
+            raise WireError("malformed")
+        self._on_digest(m, payload)
+
+    def _on_vector_msg(self, m, payload, now: float) -> None:
+        self._on_vector(m, payload, now)
+
+    def _on_pull_msg(self, m, payload, now: float) -> None:
+        self._on_pull(m, payload)
 
     # ============================================================ membership gossip
     def _on_gossip(self, m, items: list, addr, now: float) -> None:
@@ -320,3 +331,15 @@ class HandlersMixin:
                 left -= len(packed)
         if batch:
             self._send(MessageType.RECORDS, m, packb(None), [], batch)
+
+
+_HANDLERS = {
+    MessageType.PING: HandlersMixin._on_ping,
+    MessageType.ACK: HandlersMixin._on_ack_msg,
+    MessageType.PING_REQ: HandlersMixin._on_ping_req,
+    MessageType.HELLO: HandlersMixin._on_hello,
+    MessageType.PEERS_REQ: HandlersMixin._on_peers_req,
+    MessageType.DIGEST: HandlersMixin._on_digest_msg,
+    MessageType.VECTOR: HandlersMixin._on_vector_msg,
+    MessageType.PULL: HandlersMixin._on_pull_msg,
+}
