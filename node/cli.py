@@ -164,6 +164,26 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def cmd_pubkey(args) -> int:
+    from onebyte.protocol.identity import node_id_of
+
+    from .keys import public_of, read_key
+
+    pub = public_of(read_key(args.key))
+    print(f"public key {pub.hex()}\nnode id {node_id_of(pub).hex()}")
+    return 0
+
+
+def cmd_stop_producing(args) -> int:
+    from .status import request
+
+    ans = request(_socket_of(args), {"cmd": "stop_producing"}, timeout=args.timeout)
+    if not ans.get("ok"):
+        raise UserError(f"daemon: {ans.get('error')}")
+    print(f"stopped producing after {ans.get('own_steps')} own steps; the node keeps replaying and serving")
+    return 0
+
+
 # --- run ---------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
@@ -318,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="node.key", help="key file (default node.key)")
     s.add_argument("--force", action="store_true", help="replace an existing key (a new node id)")
     s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("pubkey", help="print the public key and node id of a key file",
+                       description="Print the public key (for a genesis's members) and node id of an existing key.")
+    s.add_argument("key", help="key file written by `onebyte keygen`")
+    s.set_defaults(func=cmd_pubkey)
+
+    s = sub.add_parser("stop-producing", help="a running node stops its own steps (keeps replaying, serving)",
+                       description="Ask a running daemon to stop taking local steps until it restarts; it "
+                       "keeps replaying peers' updates and serving them (status command stop_producing).")
+    s.add_argument("--config", default=env_cfg, help="node config (finds the socket)")
+    s.add_argument("--socket", default="", help="status socket path (instead of --config)")
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the daemon")
+    s.set_defaults(func=cmd_stop_producing)
 
     s = sub.add_parser("run", help="run the daemon", description="Run a node until SIGTERM "
                        "(graceful leave, exit 0). Config reference: docs/config.md.")

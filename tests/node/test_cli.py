@@ -20,7 +20,7 @@ def one_error_line(r, pattern: str, code: int | None = None):
 
 
 def test_help_for_every_command():
-    for cmd in ("init", "keygen", "run", "status", "export", "digest"):
+    for cmd in ("init", "keygen", "pubkey", "run", "status", "stop-producing", "export", "digest"):
         r = run_cli(cmd, "--help")
         assert r.returncode == 0 and "usage: onebyte" in r.stdout, r.stderr
 
@@ -113,3 +113,21 @@ def test_init_scope_presets_are_part_of_the_swarm_id(tmp_path):
     r = run_cli("init", "--model", "tiny", "--admission", "closed", "--member", "ab" * 32, "--member", "cd" * 32,
                 "--out", tmp_path / "closed.toml")
     assert r.returncode == 0 and load_genesis(tmp_path / "closed.toml").hyper["swarm_nodes"] == 2
+
+
+def test_pubkey_and_stop_producing(tmp_path, genesis_path):
+    r = run_cli("keygen", "--out", tmp_path / "k.key")
+    assert r.returncode == 0
+    shown = run_cli("pubkey", tmp_path / "k.key")
+    assert shown.returncode == 0 and shown.stdout.strip() == "\n".join(r.stdout.strip().splitlines()[1:])
+    bad = run_cli("pubkey", tmp_path / "missing.key")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    n = Node(tmp_path, "p", genesis_path, [], step_interval_s=0.2)
+    try:
+        n.start().wait_ready()
+        r = run_cli("stop-producing", "--socket", n.socket)
+        assert r.returncode == 0 and "stopped producing" in r.stdout, r.stderr
+        assert n.status()["worker_state"] == "done"
+        assert n.terminate() == 0
+    finally:
+        n.cleanup()
