@@ -17,8 +17,8 @@ bench/gpu_check.py; bench/gpu_kernels.py times the layouts against each other.
 import numpy as np
 import torch
 
-WORDS = 128             # words (of 64 elements) per program: one per thread at 4 warps
-CHUNK = 64 * WORDS      # item boundaries in the noise index space
+WORDS = 128             # words (of 64 elements) per program, one per thread at 4 warps: items are
+                        # cut at multiples of 64 * WORDS elements of the noise index space
 NUM_WARPS = 4
 
 

@@ -16,12 +16,30 @@ def _mix(key, wg):
 
 
 @triton.jit
+def _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it):
+    """Work item `it`: tensor t and element range [e0, e1)."""
+    return tl.load(it_t_ptr + it), tl.load(it_e0_ptr + it), tl.load(it_e1_ptr + it)
+
+
+@triton.jit
+def _write_back(flat_ptr, idx, mask, total, quantum_ptr, bound_ptr, bad_ptr, t, it):
+    """w += total * quantum[t] (exact: docs/numerics.md), then count weights at the bound."""
+    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
+    x = x + total.to(tl.float32) * tl.load(quantum_ptr + t)
+    tl.store(flat_ptr + idx, x, mask=mask)
+    # |x| >= bound on bit patterns with the sign cleared, so NaN and inf count (as on the CPU)
+    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
+    over = ((ax >= bd) & mask).to(tl.int32)
+    # counts accumulate across launches (an item belongs to one program; launches run in order)
+    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+
+
+@triton.jit
 def lanes_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
                 bad_ptr, nb, WORDS: tl.constexpr):
     it = tl.program_id(0)
-    t = tl.load(it_t_ptr + it)
-    e0 = tl.load(it_e0_ptr + it)
-    e1 = tl.load(it_e1_ptr + it)
+    t, e0, e1 = _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it)
     wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)              # [WORDS] word indices
     wg = wi.to(tl.uint64) * 0x9E3779B97F4A7C15
     lane = tl.arange(0, 64)                                          # [64] bit of the word
@@ -40,24 +58,15 @@ def lanes_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, qu
         csum += c
     idx = wi[None, :] * 64 + lane[:, None].to(tl.int64)              # [64, WORDS] element index
     mask = (idx >= e0) & (idx < e1)
-    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
-    x = x + (acc + csum).to(tl.float32) * tl.load(quantum_ptr + t)   # exact: docs/numerics.md
-    tl.store(flat_ptr + idx, x, mask=mask)
-    # |x| >= bound on bit patterns with the sign cleared, so NaN and inf count (as on the CPU)
-    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
-    over = ((ax >= bd) & mask).to(tl.int32)
-    # counts accumulate across launches (an item belongs to one program; launches run in order)
-    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+    _write_back(flat_ptr, idx, mask, acc + csum, quantum_ptr, bound_ptr, bad_ptr, t, it)
+
 
 @triton.jit
 def words_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
                 bad_ptr, nb, WORDS: tl.constexpr):
     # The first kernel (kept to be timed against): tile [WORDS, 64], 64-bit shift per element.
     it = tl.program_id(0)
-    t = tl.load(it_t_ptr + it)
-    e0 = tl.load(it_e0_ptr + it)
-    e1 = tl.load(it_e1_ptr + it)
+    t, e0, e1 = _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it)
     wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)
     lane = tl.arange(0, 64).to(tl.int64)
     idx = wi[:, None] * 64 + lane[None, :]
@@ -70,13 +79,7 @@ def words_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, qu
         z = _mix(key, wg)
         bit = ((z[:, None] >> lane[None, :].to(tl.uint64)) & 1).to(tl.int32)
         acc += c - 2 * c * bit
-    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
-    x = x + acc.to(tl.float32) * tl.load(quantum_ptr + t)
-    tl.store(flat_ptr + idx, x, mask=mask)
-    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
-    over = ((ax >= bd) & mask).to(tl.int32)
-    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+    _write_back(flat_ptr, idx, mask, acc, quantum_ptr, bound_ptr, bad_ptr, t, it)
 
 
 KERNELS = {"lanes_first": lanes_first, "words_first": words_first}
