@@ -64,7 +64,7 @@ class TrunkCache:
                                    digest_size=16).hexdigest()
         self.path = Path(path) if path else None
         self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
-        self.ids: dict[str, list[int]] = {}
+        self._encoded: dict[str, tuple[str, list[int]]] = {}  # text -> (example id, token ids)
         self.loaded = 0
         if self.path is not None:
             self._load()
@@ -74,13 +74,17 @@ class TrunkCache:
         return hashlib.blake2b(repr(ids).encode(), digest_size=12).hexdigest()
 
     def _encode(self, text: str) -> tuple[str, list[int]]:
-        ids = self.tok(text)["input_ids"][-self.max_tokens:]
-        return self._example_id(ids), ids
+        """Memoised: every step tokenises its batch twice (l+ and l-), and batches repeat."""
+        hit = self._encoded.get(text)
+        if hit is None:
+            ids = self.tok(text)["input_ids"][-self.max_tokens:]
+            hit = self._encoded[text] = (self._example_id(ids), ids)
+        return hit
 
     @torch.inference_mode()
-    def fill(self, texts: Sequence[str], batch_size: int = 16, progress: Callable[[int, int], None] | None = None
-             ) -> int:
-        """Compute the missing entries; returns how many were added."""
+    def fill(self, texts: Sequence[str], batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
+             save: bool = True) -> int:
+        """Compute the missing entries (and rewrite the file, with save); returns how many were added."""
         todo = {}
         for t in texts:
             eid, ids = self._encode(t)
@@ -99,7 +103,7 @@ class TrunkCache:
                 self.h[e] = h[i, :lens[i]].float().cpu().clone()
             if progress:
                 progress(min(start + batch_size, len(order)), len(order))
-        if todo and self.path is not None:
+        if todo and save and self.path is not None:
             self.save()
         return len(todo)
 
@@ -149,8 +153,8 @@ class TrunkCache:
         """Final-norm hidden state at each text's last position, through layers k.. only."""
         entries = [self._encode(t) for t in texts]
         missing = [t for t, (eid, _) in zip(texts, entries) if eid not in self.h]
-        if missing:
-            self.fill(missing)
+        if missing:  # outside the built pool (e.g. a larger eval): computed, not written to disk per loss
+            self.fill(missing, save=False)
         device = next(self.model.parameters()).device
         lens = [len(ids) for _, ids in entries]
         h = torch.zeros((len(texts), max(lens), self.h[entries[0][0]].shape[1]), dtype=torch.float32)

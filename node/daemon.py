@@ -172,8 +172,8 @@ class Daemon:
             eval_task = load_task(eval_name, spec, split="eval") if eval_name else None
         except DataError as exc:
             raise ConfigError(f"data: {exc}") from None
-        trunk = self._trunk_cache(genesis, task, eval_task)
-        loss_fn = make_loss_fn(task, self.tokenizer, trunk=trunk[0] if trunk else None)
+        trunk, prepare = self._trunk_cache(genesis, task, eval_task)
+        loss_fn = make_loss_fn(task, self.tokenizer, trunk=trunk)
         seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + self.node_id,
                                               digest_size=8).digest(), "little")
         sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
@@ -188,20 +188,19 @@ class Daemon:
                 # The periodic evaluation uses eval_examples; a client may ask for another
                 # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
                 subset = eval_task.examples[:n_examples or cfg.eval_examples]
-                return evaluate(self.replica.model, self.tokenizer, eval_task, subset,
-                                trunk=trunk[0] if trunk else None)
-        return sample, loss_fn, evaluator, trunk[1] if trunk else None
+                return evaluate(self.replica.model, self.tokenizer, eval_task, subset, trunk=trunk)
+        return sample, loss_fn, evaluator, prepare
 
     def _trunk_cache(self, genesis: Genesis, task, eval_task):
         """(cache, build) for the frozen-trunk cache (model/trunk.py) when the scope lies above a
-        frozen trunk and the task is a classification, else None. `build` fills it: the worker
+        frozen trunk and the task is a classification, else (None, None). `build` fills it: the worker
         runs it before its first step (state "preparing"), so the node is up, serving and
         visible in status meanwhile; progress is in status `trunk_cache` and the log."""
         from onebyte.model.trunk import TrunkCache, first_trainable_layer
 
         k = first_trainable_layer(self.replica.model, self.replica.names)
         if not self.cfg.trunk_cache or k is None or task.spec.kind != "classification":
-            return None
+            return None, None
         trunk = TrunkCache(self.replica.model, self.tokenizer, k, base_hash=genesis.swarm["base_model_hash"],
                            path=self.sd.path / "trunk.pt")
         texts = [e.text for e in task.examples]
