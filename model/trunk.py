@@ -84,12 +84,9 @@ class TrunkCache:
     @torch.inference_mode()
     def fill(self, texts: Sequence[str], batch_size: int = 16, progress: Callable[[int, int], None] | None = None,
              save: bool = True) -> int:
-        """Compute the missing entries (and rewrite the file, with save); returns how many were added."""
-        todo = {}
-        for t in texts:
-            eid, ids = self._encode(t)
-            if eid not in self.h:
-                todo[eid] = ids
+        """Compute the missing entries (and rewrite the file, with save); returns how many were added.
+        progress(done, total) counts the missing examples only."""
+        todo = self.missing(texts)
         order = sorted(todo, key=lambda e: len(todo[e]))  # similar lengths: little padding
         device = next(self.model.parameters()).device
         for start in range(0, len(order), batch_size):
@@ -106,6 +103,15 @@ class TrunkCache:
         if todo and save and self.path is not None:
             self.save()
         return len(todo)
+
+    def missing(self, texts: Sequence[str]) -> dict[str, list[int]]:
+        """{example id: token ids} of the texts not cached yet."""
+        todo = {}
+        for t in texts:
+            eid, ids = self._encode(t)
+            if eid not in self.h:
+                todo[eid] = ids
+        return todo
 
     # --- the layers above --------------------------------------------------------------
     def _rope(self, h: torch.Tensor):

@@ -206,8 +206,8 @@ class Daemon:
         texts = [e.text for e in task.examples]
         if eval_task is not None:
             texts += [e.text for e in eval_task.examples[:self.cfg.eval_examples]]
-        info = self.trunk_info = {"first_layer": k, "state": "building", "done": 0, "total": len(texts),
-                                  "loaded": trunk.loaded}
+        info = self.trunk_info = {"first_layer": k, "state": "building", "done": 0,
+                                  "total": len(trunk.missing(texts)), "loaded": trunk.loaded}
 
         def build():
             t0 = last = time.monotonic()
@@ -219,7 +219,7 @@ class Daemon:
                     last = time.monotonic()
                     log.info("frozen-trunk cache: %d/%d new examples through layers 0..%d", done, total, k - 1)
             added = trunk.fill(texts, progress=progress)
-            info.update(state="ready", done=len(texts), total=len(texts), examples=len(trunk.h), computed=added,
+            info.update(state="ready", done=added, total=added, examples=len(trunk.h), computed=added,
                         seconds=round(time.monotonic() - t0, 1), mb=round(trunk.nbytes() / 1e6, 1))
             log.info("frozen-trunk cache ready: layers >= %d run per loss; %d examples (%d loaded from %s, "
                      "%d computed in %.1f s, %.1f MB)", k, len(trunk.h), trunk.loaded, trunk.path, added,
