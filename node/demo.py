@@ -271,6 +271,24 @@ class Swarm:
     def statuses(self) -> dict[str, dict | None]:
         return {n.name: self.status(n) for n in self.nodes}
 
+    def digests(self) -> tuple[dict[str, dict | None], bool]:
+        """Each node's {"digest", "updates", "vv"} (`digest` command: digest and vv read together;
+        None where a node does not answer), and whether all hold the same update set. Same
+        updates with different digests would break exactness: DemoError."""
+        answers = {}
+        for node in self.nodes:
+            try:
+                answers[node.name] = request(node.socket, {"cmd": "digest"}, timeout=60)
+            except (DaemonUnreachable, OSError, ValueError):
+                answers[node.name] = None
+        got = [a for a in answers.values() if a and a.get("ok")]
+        if len(got) < len(answers) or any(a["vv"] != got[0]["vv"] for a in got):
+            return answers, False
+        if any(a["digest"] != got[0]["digest"] for a in got):
+            raise DemoError("replicas applied the same updates but their digests differ: "
+                            + ", ".join(f"{k} {a['digest'][:16]}" for k, a in answers.items()))
+        return answers, True
+
     def check_alive(self) -> None:
         for node in self.nodes:
             rc = node.proc.poll() if node.proc is not None else None
@@ -354,21 +372,12 @@ def quiesce(swarm: Swarm, view: LiveView, history: History, t_train: float) -> d
     t0 = time.monotonic()
     while True:
         swarm.check_alive()
-        answers = {}
-        for node in swarm.nodes:
-            try:
-                answers[node.name] = request(node.socket, {"cmd": "digest"}, timeout=60)
-            except (DaemonUnreachable, OSError, ValueError):
-                answers[node.name] = None
+        answers, converged = swarm.digests()
         sts = swarm.statuses()
         history.record(sts, time.monotonic() - t_train)
-        got = [a for a in answers.values() if a and a.get("ok")]
         counts = "/".join(str(a.get("updates", "?")) if a else "?" for a in answers.values())
         view.update(sts, time.monotonic() - t0, note=f"converging: updates applied {counts}")
-        if len(got) == len(answers) and all(a["vv"] == got[0]["vv"] for a in got):
-            if any(a["digest"] != got[0]["digest"] for a in got):
-                raise DemoError("replicas applied the same updates but their digests differ: "
-                                + ", ".join(f"{k} {a['digest'][:16]}" for k, a in answers.items()))
+        if converged:
             return answers  # type: ignore[return-value]
         if time.monotonic() > deadline:
             raise DemoError(f"replicas did not converge within {QUIESCE_TIMEOUT_S:.0f}s (updates {counts}; "
