@@ -63,12 +63,6 @@ def portable_lora_init_(model: torch.nn.Module) -> None:
             p.copy_(torch.from_numpy(v).view(p.shape).to(p.device, p.dtype))
 
 
-def lora_state_dict(model: torch.nn.Module) -> dict:
-    """The adapter weights under peft's saved names (what `PeftModel.from_pretrained` reads)."""
-    from peft import get_peft_model_state_dict
-    return get_peft_model_state_dict(model)
-
-
 def scope_preset(name: str, n_layers: int) -> dict:
     """Hyper fields of a named scope for a decoder of n_layers (what `onebyte init --scope` writes).
 
