@@ -154,17 +154,15 @@ def _field_comments(cls) -> dict[str, str]:
 
 
 def cmd_keygen(args) -> int:
-    from onebyte.protocol.identity import node_id_of
+    from .keys import write_key
 
-    from .keys import public_of, write_key
-
-    private = write_key(args.out, force=args.force)
-    pub = public_of(private)
-    print(f"wrote {args.out} (mode 0600)\npublic key {pub.hex()}\nnode id {node_id_of(pub).hex()}")
-    return 0
+    write_key(args.out, force=args.force)
+    print(f"wrote {args.out} (mode 0600)")
+    return cmd_pubkey(argparse.Namespace(key=args.out))
 
 
 def cmd_pubkey(args) -> int:
+    """The public key (for a genesis's members) and node id of a key file."""
     from onebyte.protocol.identity import node_id_of
 
     from .keys import public_of, read_key
