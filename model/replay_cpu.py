@@ -1,19 +1,41 @@
-"""Fused CPU replay kernel (numba): apply B (seed, coefficient) updates in one pass over the weights.
+"""Fused CPU replay: apply B (seed, coefficient) updates in one pass over the weights.
 
 Layout: all trainable weights live in one flat fp32 buffer whose position == noise index
 (docs/rng.md), so element i of the buffer takes bit i & 63 of noise word i >> 6.
 
 Work is split into items (tensor t, element range [e0, e1)) that never cross a tensor and,
 except at tensor edges, cover whole 64-element words. Per word, a 64-lane int32 accumulator
-stays in registers while all B updates are added (one splitmix64 hash per update per word,
-whose 64 bits become a lane mask); the weights are read and written once per batch, with one
-exact fp32 add per element:
+takes all B updates (one splitmix64 hash per update per word, whose 64 bits become a lane
+mask); the weights are read and written once per batch, with one exact fp32 add per element:
 
     w[i] += float32(sum_u c[t, u] * z_u(i)) * quantum[t]      # exact: see docs/numerics.md
+
+Two kernels compute exactly these bits:
+
+- "simd" (model/replay_simd.py): the inner loop written as LLVM vector IR through numba
+  internals; the fast one.
+- "plain" (below): the same loops in ordinary `@njit` code, no numba internals; several
+  times slower, there so that a numba release which breaks the internals costs speed, not
+  correctness.
+
+By default ("auto") the first replay builds the simd kernel and checks it bit for bit
+against the plain one on a small probe; if it cannot be built or disagrees, the plain kernel
+is used from then on (logged once). ONEBYTE_REPLAY_KERNEL=simd|plain|auto, or the `kernel=`
+argument, picks one explicitly.
+
+The kernels index raw memory unchecked, so `replay_cpu` validates every argument first, once
+per call, with real exceptions (not `assert`, which `python -O` removes).
 """
+import functools
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger("onebyte.model.replay_cpu")
+
+KERNELS = ("simd", "plain")
+KERNEL_ENV = "ONEBYTE_REPLAY_KERNEL"
 
 
 def _numba_cache_dir() -> None:
@@ -37,94 +59,40 @@ def _numba_cache_dir() -> None:
 _numba_cache_dir()
 
 import numpy as np  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import int64, njit, prange, types, uint64  # noqa: E402
-from numba.core import cgutils  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba import int64, njit, prange, uint64  # noqa: E402
 
 from .rng import GAMMA, MIX1, MIX2  # noqa: E402
 
 CHUNK = 64 * 256  # elements per work item: 64 KiB of weights, plenty of items for the threads
 
-# The inner loop is written as LLVM IR (numba @intrinsic) because numba's scalar code does not
-# vectorise it: a 64-bit noise word is bitcast to a <64 x i1> mask and selects +2c into a
-# <64 x i32> accumulator held in registers (on AVX-512: kmov + masked subtract), and the weights
-# are updated as one <64 x float> load/fma-free add/store. Plain LLVM vector IR: any CPU works,
-# wide SIMD makes it fast. Same bits as the spec either way (checked against the torch oracle).
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-_VI = ir.VectorType(_I32, 64)
-_VF = ir.VectorType(ir.FloatType(), 64)
-_ZERO64 = ir.Constant(ir.VectorType(_I32, 64), [0] * 64)
+# uint64 constants: numba mixes uint64 with a plain int into float64, so every operand is uint64.
+_GAMMA, _MIX1, _MIX2 = np.uint64(GAMMA), np.uint64(MIX1), np.uint64(MIX2)
+_S27, _S30, _S31, _ONE = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(1)
 
 
-def _splat(builder, x, vty):
-    v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), _ZERO64)
-
-
-def _word_sums_ir(context, builder, keys_ty, keys_v, crow_ty, crow_v, w_v):
-    """<64 x i32>: lane j = sum_u crow[u] * (1 - 2 * bit j of mix64(keys[u] + w * GAMMA))."""
-    ka = context.make_array(keys_ty)(context, builder, keys_v)
-    ca = context.make_array(crow_ty)(context, builder, crow_v)
-    nb = builder.extract_value(ka.shape, 0)
-    vacc = cgutils.alloca_once_value(builder, ir.Constant(_VI, None))  # promoted to a register
-    sacc = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
-    wg = builder.mul(w_v, ir.Constant(_I64, GAMMA))
-    with cgutils.for_range(builder, nb) as loop:
-        i = loop.index
-        z = builder.add(builder.load(builder.gep(ka.data, [i])), wg)
-        c = builder.load(builder.gep(ca.data, [i]))
-        for shift, mult in ((30, MIX1), (27, MIX2)):
-            z = builder.mul(builder.xor(z, builder.lshr(z, ir.Constant(_I64, shift))), ir.Constant(_I64, mult))
-        z = builder.xor(z, builder.lshr(z, ir.Constant(_I64, 31)))
-        bits = builder.bitcast(z, ir.VectorType(ir.IntType(1), 64))  # lane j = bit j (LLVM: LSB first)
-        c2 = _splat(builder, builder.shl(c, ir.Constant(_I32, 1)), _VI)
-        builder.store(builder.sub(builder.load(vacc), builder.select(bits, c2, ir.Constant(_VI, None))), vacc)
-        builder.store(builder.add(builder.load(sacc), c), sacc)
-    # every lane starts at sum(c); each set bit subtracted 2c: c * (1 - 2 bit)
-    return builder.add(_splat(builder, builder.load(sacc), _VI), builder.load(vacc))
-
-
-@intrinsic
-def _add_word(typingctx, flat, base, keys, crow, w, qt, bd):
-    """flat[base:base+64] += float32(word sums) * qt; returns how many reached |x| >= bd."""
-    sig = types.int64(flat, base, keys, crow, w, qt, bd)
-
-    def codegen(context, builder, signature, args):
-        flat_v, base_v, keys_v, crow_v, w_v, qt_v, bd_v = args
-        acc = _word_sums_ir(context, builder, signature.args[2], keys_v, signature.args[3], crow_v, w_v)
-        fa = context.make_array(signature.args[0])(context, builder, flat_v)
-        ptr = builder.bitcast(builder.gep(fa.data, [base_v]), _VF.as_pointer())
-        step = builder.fmul(builder.sitofp(acc, _VF), _splat(builder, qt_v, _VF))  # exact: |acc| <= 2**24
-        x = builder.fadd(builder.load(ptr, align=4), step)
-        builder.store(x, ptr, align=4)
-        # |x| >= bound compared on bit patterns with the sign cleared: NaN/inf count as overflow too
-        ax = builder.and_(builder.bitcast(x, _VI), ir.Constant(_VI, [0x7FFFFFFF] * 64))
-        over = builder.icmp_unsigned(">=", ax, _splat(builder, builder.bitcast(bd_v, _I32), _VI))
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-        return builder.call(ctpop, [builder.bitcast(over, _I64)])
-
-    return sig, codegen
-
-
-@intrinsic
-def _word_sums(typingctx, out, keys, crow, w):
-    """out[0:64] = word sums (for the partial words at tensor edges)."""
-    sig = types.void(out, keys, crow, w)
-
-    def codegen(context, builder, signature, args):
-        out_v, keys_v, crow_v, w_v = args
-        acc = _word_sums_ir(context, builder, signature.args[1], keys_v, signature.args[2], crow_v, w_v)
-        oa = context.make_array(signature.args[0])(context, builder, out_v)
-        builder.store(acc, builder.bitcast(oa.data, _VI.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+@njit(inline="always")
+def _word_sums_plain(acc, keys, crow, w):
+    """acc[j] = sum_u crow[u] * (1 - 2 * bit j of mix64(keys[u] + w * GAMMA)), in int32."""
+    wg = w * _GAMMA
+    total = int64(0)
+    for j in range(64):
+        acc[j] = 0
+    for u in range(keys.shape[0]):
+        z = keys[u] + wg
+        z = (z ^ (z >> _S30)) * _MIX1
+        z = (z ^ (z >> _S27)) * _MIX2
+        z = z ^ (z >> _S31)
+        c = int64(crow[u])
+        total += c
+        for j in range(64):
+            acc[j] -= (2 * c) * int64((z >> uint64(j)) & _ONE)
+    for j in range(64):
+        acc[j] += total  # int32 stores wrap like the simd kernel's i32 lanes (never reached: |sum| <= 2**24)
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def _replay_kernel(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad):
-    # flat [N] f32; keys [B] u64; coef_t [T, B] i32; items [I]; quantum/bound [T] f32; bad [I] i64
+def _replay_plain(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad):
+    # Same arguments and bits as replay_simd.replay_kernel; whole and partial words alike.
     for it in prange(it_t.shape[0]):
         t = it_t[it]
         e0 = it_e0[it]
@@ -136,14 +104,11 @@ def _replay_kernel(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad):
         nbad = int64(0)
         for w in range(e0 >> 6, (e1 + 63) >> 6):
             base = w * 64
-            if base >= e0 and base + 64 <= e1:  # whole word inside the tensor: the vector path
-                nbad += _add_word(flat, base, keys, crow, uint64(w), qt, bd)
-            else:  # partial word at a tensor edge
-                _word_sums(acc, keys, crow, uint64(w))
-                for i in range(max(e0, base), min(e1, base + 64)):
-                    x = flat[i] + np.float32(acc[i - base]) * qt
-                    flat[i] = x
-                    nbad += int64(not abs(x) < bd)
+            _word_sums_plain(acc, keys, crow, uint64(w))
+            for i in range(max(e0, base), min(e1, base + 64)):
+                x = flat[i] + np.float32(acc[i - base]) * qt
+                flat[i] = x
+                nbad += int64(not abs(x) < bd)  # NaN counts as overflow too
         bad[it] = nbad
 
 
@@ -161,12 +126,88 @@ def make_items(offsets, sizes, chunk: int = CHUNK):
     return (np.array(ts, dtype=np.int64), np.array(e0s, dtype=np.int64), np.array(e1s, dtype=np.int64))
 
 
-def replay_cpu(flat: np.ndarray, keys: np.ndarray, coef_t: np.ndarray, items, quantum, bound) -> np.ndarray:
-    """Apply one batch in place; returns the tensor ids whose weights reached the bound."""
-    assert flat.dtype == np.float32 and flat.flags.c_contiguous
-    assert keys.dtype == np.uint64 and coef_t.dtype == np.int32 and coef_t.shape[1] == keys.shape[0]
-    assert coef_t.flags.c_contiguous and keys.flags.c_contiguous  # the IR indexes raw data pointers
+def replay_cpu(flat: np.ndarray, keys: np.ndarray, coef_t: np.ndarray, items, quantum, bound,
+               kernel: str | None = None) -> np.ndarray:
+    """Apply one batch in place; returns the tensor ids whose weights reached the bound.
+
+    kernel: "simd", "plain", or None for the process default (see the module docstring)."""
     it_t, it_e0, it_e1 = items
+    _check_args(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound)
+    run = _kernel(kernel if kernel is not None else default_kernel())
     bad = np.zeros(it_t.shape[0], dtype=np.int64)
-    _replay_kernel(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad)
+    run(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad)
     return np.unique(it_t[bad > 0])
+
+
+def _check_args(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound) -> None:
+    """Every index the kernels follow, checked once per call: they run with boundscheck off
+    and the simd kernel reads and writes through raw pointers."""
+    def arr(name, a, dtype, ndim):
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
+            got = f"{a.dtype} {a.ndim}-d{'' if a.flags.c_contiguous else ' non-contiguous'}" \
+                if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"replay_cpu: {name} must be a C-contiguous {ndim}-d {np.dtype(dtype)} array, got {got}")
+
+    for name, a, dtype, ndim in (("flat", flat, np.float32, 1), ("keys", keys, np.uint64, 1),
+                                 ("coef_t", coef_t, np.int32, 2), ("quantum", quantum, np.float32, 1),
+                                 ("bound", bound, np.float32, 1), ("items[0]", it_t, np.int64, 1),
+                                 ("items[1]", it_e0, np.int64, 1), ("items[2]", it_e1, np.int64, 1)):
+        arr(name, a, dtype, ndim)
+    if not flat.flags.writeable:
+        raise ValueError("replay_cpu: flat is read-only")
+    n_t = coef_t.shape[0]
+    if coef_t.shape[1] != keys.shape[0] or quantum.shape[0] != n_t or bound.shape[0] != n_t:
+        raise ValueError(f"replay_cpu: shapes disagree: keys {keys.shape}, coef_t {coef_t.shape} (tensors, updates), "
+                         f"quantum {quantum.shape}, bound {bound.shape}")
+    if not it_t.shape == it_e0.shape == it_e1.shape:
+        raise ValueError(f"replay_cpu: items arrays differ in length: {it_t.shape}, {it_e0.shape}, {it_e1.shape}")
+    if it_t.size and (it_t.min() < 0 or it_t.max() >= n_t or it_e0.min() < 0 or it_e1.max() > flat.shape[0]
+                      or (it_e0 > it_e1).any()):
+        raise ValueError(f"replay_cpu: items out of range: need 0 <= tensor < {n_t} and "
+                         f"0 <= e0 <= e1 <= {flat.shape[0]} (the flat buffer's length)")
+
+
+def _kernel(name: str):
+    if name == "plain":
+        return _replay_plain
+    if name == "simd":
+        from .replay_simd import replay_kernel
+        return replay_kernel
+    raise ValueError(f"replay kernel {name!r}: expected one of {', '.join(KERNELS)}")
+
+
+@functools.cache
+def default_kernel() -> str:
+    """The kernel replay_cpu uses when none is named: ONEBYTE_REPLAY_KERNEL, else "auto"."""
+    choice = os.environ.get(KERNEL_ENV, "auto")
+    if choice in KERNELS:
+        return choice
+    if choice != "auto":
+        raise ValueError(f"{KERNEL_ENV}={choice!r}: expected auto, {' or '.join(KERNELS)}")
+    why = _simd_fault()
+    if why is None:
+        return "simd"
+    log.warning("CPU replay: the fast (simd) kernel is unavailable (%s); using the plain kernel: same bits, "
+                "several times slower. A numba version outside pyproject.toml's range is the usual cause.", why)
+    return "plain"
+
+
+def _simd_fault() -> str | None:
+    """None if the simd kernel builds and gives the plain kernel's bits on a small probe, else why not."""
+    rng = np.random.default_rng(0)
+    sizes = np.array([3, 200, 61, 700])  # tensors start and end mid-word and span whole words
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    items = make_items(offsets, sizes, chunk=256)
+    keys = rng.integers(0, 2 ** 63, 5, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    coef_t = rng.integers(-1000, 1000, (len(sizes), len(keys)), dtype=np.int32)
+    quantum, bound = np.full(len(sizes), 2.0 ** -20, np.float32), np.full(len(sizes), 8.0, np.float32)
+    start = (rng.integers(-2 ** 22, 2 ** 22, int(sizes.sum())) * 2.0 ** -20).astype(np.float32)
+    got, want = start.copy(), start.copy()
+    try:
+        _kernel("simd")(got, keys, coef_t, *items, quantum, bound, np.zeros(len(items[0]), np.int64))
+    except Exception as e:  # ImportError of numba internals, a typing or lowering error, ...
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    _replay_plain(want, keys, coef_t, *items, quantum, bound, np.zeros(len(items[0]), np.int64))
+    if not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+        return "its result differs from the plain kernel's on the self-check probe"
+    return None

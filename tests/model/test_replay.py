@@ -1,4 +1,4 @@
-"""Fused replay: numba kernel == torch oracle bit for bit; any order and chunking gives the same bytes."""
+"""Fused replay: both numba kernels == torch oracle bit for bit; any order and chunking gives the same bytes."""
 import random
 import sys
 from pathlib import Path
@@ -27,8 +27,9 @@ def _random_updates(rnd, n):
     return [(rnd.getrandbits(64), rnd.randint(-127, 127), rnd.randint(1, 10_000)) for _ in range(n)]
 
 
+@pytest.mark.parametrize("kernel", ["simd", "plain"])
 @pytest.mark.parametrize("batch", [1, 3, 17])
-def test_kernel_matches_oracle(batch):
+def test_kernel_matches_oracle(batch, kernel):
     hyper = Hyper(lr=3e-4)
     ts = _tensors()
     grid = build_grid([f"t{i}" for i in range(len(ts))], ts, hyper)
@@ -42,7 +43,8 @@ def test_kernel_matches_oracle(batch):
     want = oracle.replay(flat, grid.offsets, grid.sizes, grid.quantum, list(zip(seeds, coefs)))
     got = flat.numpy().copy()
     for keys, coef_t in plan_batches(grid, seeds, coefs, max_fused=128):
-        replay_cpu(got, keys, coef_t, make_items(grid.offsets, grid.sizes, chunk=1024), grid.quantum, grid.bound)
+        replay_cpu(got, keys, coef_t, make_items(grid.offsets, grid.sizes, chunk=1024), grid.quantum, grid.bound,
+                   kernel=kernel)
     assert np.array_equal(got.view(np.uint32), want.numpy().view(np.uint32))
     assert not torch.equal(want, flat)
 
