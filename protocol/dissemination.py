@@ -130,6 +130,7 @@ class TransmitLimitedQueue:
 
 DIGEST_BUCKETS = 64
 BUCKET_HASH = 8
+DIGEST_SIZE = DIGEST_BUCKETS * BUCKET_HASH   # bytes of a packed digest (the DIGEST payload)
 
 
 def _entry_hash(origin: bytes, step: int) -> int:

@@ -1,6 +1,7 @@
-"""Events the engine hands to its driver through Engine.next_event()."""
+"""Events the engine hands to its driver through Engine.next_event(), and their queue."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,3 +83,49 @@ DROP_REASONS = (
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",
     "from_self", "stale_generation", "buffer_full", "backpressure",
 )
+
+
+class EventQueue:
+    """Events in the order they happened, in two classes.
+
+    High-value events (updates, membership, equivocation) queue without loss; once
+    max_events of them wait, the engine takes no more records (`full`: back-pressure).
+    DatagramDropped events keep only the newest max_drop_events; the counters still
+    count every drop.
+    """
+
+    def __init__(self, max_events: int, max_drop_events: int, counters: dict):
+        self.high: deque = deque()   # (seq, event)
+        self.low: deque = deque()    # (seq, DatagramDropped)
+        self.max_events = max_events
+        self.max_drop_events = max_drop_events
+        self.counters = counters     # the engine's: "drops" and "events_dropped" are kept here
+        self._seq = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.high) >= self.max_events
+
+    def emit(self, event: Event) -> None:
+        self._seq += 1
+        if isinstance(event, DatagramDropped):
+            if len(self.low) >= self.max_drop_events:
+                self.low.popleft()
+                self.counters["events_dropped"] += 1
+            self.low.append((self._seq, event))
+        else:
+            self.high.append((self._seq, event))
+
+    def drop(self, reason: str, addr) -> None:
+        """Count a dropped datagram (or item of one) and report it."""
+        drops = self.counters["drops"]
+        drops[reason] = drops.get(reason, 0) + 1
+        self.emit(DatagramDropped(reason, addr))
+
+    def pop(self) -> Event | None:
+        high, low = self.high, self.low
+        if high and (not low or high[0][0] < low[0][0]):
+            return high.popleft()[1]
+        if low:
+            return low.popleft()[1]
+        return None

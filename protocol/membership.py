@@ -1,18 +1,25 @@
 """SWIM membership table: states, incarnations, suspicion, forgetting.
 
 The engine feeds it verified facts (a certificate, an accusation from an
-authenticated member, a signed leave) and it decides state transitions,
-emitting events and gossip through callbacks.  Rules follow SWIM/memberlist:
-a higher (generation, incarnation) always wins; a SUSPECT or DEAD with an
-incarnation >= ours overrides ALIVE; only the subject can refute, by bumping
-its incarnation.
+authenticated member, a signed leave) and it decides state transitions.  Each
+transition comes back as a Change: the event for the driver and the gossip item
+that spreads it (memberlist's aliveNode/suspectNode/deadNode do the same).  Rules
+follow SWIM/memberlist: a higher (generation, incarnation) always wins; a
+SUSPECT or DEAD with an incarnation >= ours overrides ALIVE; only the subject can
+refute, by bumping its incarnation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from .events import PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
+from .events import Event, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
 from .replay_window import ReplayWindow
+from .wire import encode_alive, encode_dead, encode_leave, encode_suspect
+
+if TYPE_CHECKING:
+    from .session import Cert
 
 
 class MemberState(IntEnum):
@@ -27,16 +34,17 @@ class Member:
                  "state_since", "mac_key", "window", "confirmed", "rtt", "last_heard",
                  "told_dead")
 
-    def __init__(self, node_id, pub, xpub, generation, incarnation, cert, addr, now):
-        self.node_id = node_id
-        self.pub = pub
-        self.xpub = xpub
-        self.generation = generation
-        self.incarnation = incarnation
-        self.cert = cert
+    def __init__(self, cert: Cert, addr, now: float):
+        self.node_id = cert.node_id
+        self.pub = cert.pub
+        self.xpub = cert.xpub
+        self.generation = cert.generation
+        self.incarnation = cert.incarnation
+        self.cert = cert.raw
         self.addr = addr
         self.state = MemberState.ALIVE
         self.state_since = now
+        # Our session with it (protocol/session.py reads and advances these three).
         self.mac_key: bytes | None = None
         self.window = ReplayWindow()
         self.confirmed = False   # peer proved it holds our cert (sent us a MAC'd datagram)
@@ -49,13 +57,19 @@ class Member:
         return self.state <= MemberState.SUSPECT
 
 
+@dataclass(frozen=True)
+class Change:
+    """A membership transition, as a value for the engine to hand on."""
+    node_id: bytes
+    event: Event | None   # for the driver; None: news for peers only (a new incarnation)
+    gossip: bytes         # the packed item that spreads it (replaces older items about node_id)
+
+
 class Membership:
-    def __init__(self, config, self_id: bytes, emit, broadcast):
+    def __init__(self, config, self_id: bytes):
         self.config = config
         self.self_id = self_id
         self.members: dict[bytes, Member] = {}
-        self._emit = emit               # emit(Event)
-        self._broadcast = broadcast     # broadcast(kind, node_id, member|None)
         self._probe_order: list = []
         self._live_count = 0
         self._live: list | None = None   # cached live members with an address
@@ -63,10 +77,10 @@ class Membership:
         # runs are reproducible across processes, unlike a set of bytes)
         self._not_alive: dict = {}
 
-    def invalidate(self) -> None:
-        self._live = None
-
     # ---------------------------------------------------------- views
+    def get(self, node_id: bytes) -> Member | None:
+        return self.members.get(node_id)
+
     def live_count(self) -> int:
         return self._live_count
 
@@ -85,6 +99,9 @@ class Membership:
                 out.append(m)
         return out[:k]
 
+    def dead_with_address(self) -> list:
+        return [m for m in self.members.values() if m.state == MemberState.DEAD and m.addr is not None]
+
     def _set_state(self, m: Member, state: MemberState, now: float) -> None:
         was_live = m.live
         self._live = None
@@ -97,75 +114,86 @@ class Membership:
         self._live_count += int(m.live) - int(was_live)
 
     # ---------------------------------------------------------- facts
-    def on_cert(self, node_id, pub, xpub, gen, inc, cert, addr, now, direct: bool):
-        """A verified certificate.  Returns (member, fresh_session) or (None, False) if stale."""
-        m = self.members.get(node_id)
+    def heard_from(self, m: Member, addr, now: float) -> None:
+        """An authenticated datagram from m: its source address is where m is now."""
+        if m.addr != addr:
+            m.addr = addr
+            self._live = None
+        m.last_heard = now
+
+    def on_cert(self, cert: Cert, addr, now: float, direct: bool) -> tuple[Member | None, Change | None]:
+        """A verified certificate, seen directly from its subject (direct) or relayed.
+
+        Returns the member (None: the table is full of live members) and the change, if any.
+        A new member, and an existing one of a new generation (a restart), start a new
+        session: no pair key, a fresh replay window, unconfirmed."""
+        m = self.members.get(cert.node_id)
         if m is None:
             if len(self.members) >= self.config.max_peers and not self._evict_one():
-                return None, False
-            m = Member(node_id, pub, xpub, gen, inc, cert, addr, now)
-            self.members[node_id] = m
+                return None, None
+            m = self.members[cert.node_id] = Member(cert, addr, now)
             self._live = None
             self._live_count += 1
-            self._probe_order.append(node_id)
-            self._emit(PeerJoined(node_id, addr))
-            self._broadcast("alive", node_id, m)
-            return m, True
+            self._probe_order.append(m.node_id)
+            return m, self._alive(m, PeerJoined(m.node_id, addr))
         if addr is not None and m.addr != addr:
             self._live = None
         if direct and addr is not None:
             m.addr = addr  # an authenticated datagram's source address is authoritative
         elif m.addr is None:
             m.addr = addr
+        gen, inc = cert.generation, cert.incarnation
         if (gen, inc) <= (m.generation, m.incarnation):
-            return m, False
-        if gen == m.generation and xpub != m.xpub:
-            return m, False  # two session keys in one generation: the first one seen wins
-        fresh = gen != m.generation
-        if fresh:
-            if gen < m.generation:
-                return m, False
+            return m, None
+        if gen == m.generation and cert.xpub != m.xpub:
+            return m, None  # two session keys in one generation: the first one seen wins
+        if gen != m.generation:
             # A restart: new session key, new counter space.
-            m.xpub, m.mac_key, m.window, m.confirmed = xpub, None, ReplayWindow(), False
+            m.xpub, m.mac_key, m.window, m.confirmed = cert.xpub, None, ReplayWindow(), False
             if not direct and addr is not None:
                 m.addr = addr
-        m.generation, m.incarnation, m.cert = gen, inc, cert
+        m.generation, m.incarnation, m.cert = gen, inc, cert.raw
+        event = None
         if not m.live:
             self._set_state(m, MemberState.ALIVE, now)
-            self._emit(PeerJoined(node_id, m.addr))
+            event = PeerJoined(m.node_id, m.addr)
         elif m.state == MemberState.SUSPECT:
             self._set_state(m, MemberState.ALIVE, now)
-            self._emit(PeerAlive(node_id))
-        self._broadcast("alive", node_id, m)
-        return m, fresh
+            event = PeerAlive(m.node_id)
+        return m, self._alive(m, event)
 
-    def on_suspect(self, node_id, inc, now) -> None:
+    def on_suspect(self, node_id: bytes, inc: int, now: float) -> Change | None:
         m = self.members.get(node_id)
         if m is None or inc < m.incarnation or m.state != MemberState.ALIVE:
-            return
-        m.incarnation = inc  # noqa: accusation about the current incarnation
+            return None
+        m.incarnation = inc  # the accusation is about the current incarnation
         self._set_state(m, MemberState.SUSPECT, now)
-        self._emit(PeerSuspected(node_id))
-        self._broadcast("suspect", node_id, m)
+        return Change(node_id, PeerSuspected(node_id), encode_suspect(node_id, m.incarnation))
 
-    def on_dead(self, node_id, inc, now) -> None:
+    def on_dead(self, node_id: bytes, inc: int, now: float) -> Change | None:
         m = self.members.get(node_id)
         if m is None or inc < m.incarnation or not m.live:
-            return
-        self._set_state(m, MemberState.DEAD, now)
-        self._emit(PeerDead(node_id))
-        self._broadcast("dead", node_id, m)
+            return None
+        return self._dead(m, now)
 
-    def on_leave(self, m: Member, gen, inc, now) -> None:
+    def on_leave(self, m: Member, gen: int, inc: int, sig: bytes, now: float) -> Change | None:
+        """A LEAVE signed by m (the signature is checked by the caller and re-gossiped as is)."""
         if (gen, inc) < (m.generation, m.incarnation) or m.state == MemberState.LEFT:
-            return
+            return None
         m.incarnation = inc
         self._set_state(m, MemberState.LEFT, now)
-        self._emit(PeerLeft(m.node_id))
-        self._broadcast("leave", m.node_id, m)
+        return Change(m.node_id, PeerLeft(m.node_id),
+                      encode_leave(m.node_id, m.generation, m.incarnation, sig))
 
-    # ---------------------------------------------------------- probing
-    def next_probe_target(self, rng):
+    def _alive(self, m: Member, event: Event | None) -> Change:
+        return Change(m.node_id, event, encode_alive(m.cert, m.addr))
+
+    def _dead(self, m: Member, now: float) -> Change:
+        self._set_state(m, MemberState.DEAD, now)
+        return Change(m.node_id, PeerDead(m.node_id), encode_dead(m.node_id, m.incarnation))
+
+    # ---------------------------------------------------------- probing and time
+    def next_probe_target(self, rng) -> Member | None:
         """Round-robin over a shuffled list (SWIM's bounded detection time)."""
         for _ in range(2):
             while self._probe_order:
@@ -178,25 +206,24 @@ class Membership:
             self._probe_order = order
         return None
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> list[Change]:
         """Suspects past their timeout become dead; dead/left past dead_forget_s are forgotten."""
         timeout = self.config.suspicion_timeout(self._live_count + 1)
-        forget = []
+        changes, forget = [], []
         for nid in list(self._not_alive):
             m = self.members.get(nid)
             if m is None:
                 self._not_alive.pop(nid, None)
                 continue
             if m.state == MemberState.SUSPECT and now - m.state_since >= timeout:
-                self._set_state(m, MemberState.DEAD, now)
-                self._emit(PeerDead(m.node_id))
-                self._broadcast("dead", m.node_id, m)
+                changes.append(self._dead(m, now))
             elif not m.live and now - m.state_since >= self.config.dead_forget_s:
                 forget.append(m.node_id)
         for nid in forget:
             del self.members[nid]
             self._not_alive.pop(nid, None)
             self._live = None
+        return changes
 
     def _evict_one(self) -> bool:
         """Table full: forget the longest-dead member, if any (live ones are never evicted)."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import deque
-from enum import IntEnum
 from dataclasses import dataclass
+from enum import IntEnum
 
 from .wire import encode_record
 
@@ -96,9 +96,6 @@ class Classified(IntEnum):
     CONFLICT = 2   # the same steps, other content, both signed: equivocation
 
 
-DUP, NEW, CONFLICT = Classified.DUP, Classified.NEW, Classified.CONFLICT
-
-
 class RecordBook:
     """Per-origin delivery state: contiguous step, out-of-order buffer, recent records."""
 
@@ -118,27 +115,25 @@ class RecordBook:
         st = self.origins.get(origin)
         return st.contiguous if st else 0
 
-    def classify(self, rec: Record) -> tuple:
-        """(DUP|NEW|CONFLICT, conflicting canonical record or None).  No state change."""
+    def classify(self, rec: Record) -> tuple[Classified, bytes | None]:
+        """(what rec is, the conflicting canonical record if CONFLICT).  No state change."""
         st = self.origins.get(rec.origin)
         if st is None:
-            return NEW, None
-        fp = None
+            return Classified.NEW, None
         held = st.recent.get(rec.first_step)
         if held is None:
             p = st.pending.get(rec.first_step)
             if p is not None:
                 held = (p.last_step, p.fingerprint(), p.canonical())
         if held is not None:
-            fp = rec.fingerprint()
-            if held[0] == rec.last_step and held[1] == fp:
-                return DUP, None
-            return CONFLICT, held[2]
+            if held[0] == rec.last_step and held[1] == rec.fingerprint():
+                return Classified.DUP, None
+            return Classified.CONFLICT, held[2]
         if rec.last_step <= st.contiguous:
             # Old and not in the recent window: a duplicate as far as we can cheaply tell
             # (equivocation is only checked against the last RECENT_PER_ORIGIN records).
-            return DUP, None
-        return NEW, None
+            return Classified.DUP, None
+        return Classified.NEW, None
 
     def remember(self, st: OriginState, rec: Record) -> None:
         if rec.first_step in st.recent:

@@ -80,7 +80,8 @@ def state_of(eng: Engine) -> tuple:
     members = tuple(sorted((m.node_id, m.state, m.incarnation, m.generation, m.addr, m.window.top,
                             m.window.bits, m.confirmed, m.mac_key) for m in eng.members.members.values()))
     book = tuple(sorted((o, st.contiguous, tuple(sorted(st.pending)), st.equivocating)
-                        for o, st in eng.book.origins.items()))
+                        for o, st in eng.sync.book.origins.items()))
     return (members, book, tuple(sorted(eng.store.version_vector().items())), len(eng.gossip_q),
-            len(eng.record_q), len(eng._events_high), eng._counter, eng.incarnation,
-            tuple(sorted(eng._probes)), tuple(sorted(eng._pulls)), len(eng._out))
+            len(eng.sync.record_q), len(eng.events.high), eng.session.counter,
+            eng.session.incarnation, tuple(sorted(eng.probing.probes)), tuple(sorted(eng.sync.pulls)),
+            len(eng.outbox.datagrams))

@@ -12,11 +12,12 @@ unauthenticated datagrams are rejected before msgpack ever sees the body.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from enum import IntEnum
 
 import msgpack
 
-from .identity import CERT_SIZE, SIG_SIZE
+from .identity import CERT_SIZE, NODE_ID_SIZE, SIG_SIZE
 
 
 class MessageType(IntEnum):
@@ -147,6 +148,17 @@ def packb(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+NIL = packb(None)   # the payload of HELLO, PUSH, RECORDS, PEERS_REQ and PEERS
+
+
+def is_node_id(x) -> bool:
+    return isinstance(x, bytes) and len(x) == NODE_ID_SIZE
+
+
+def is_uint(x, limit: int = 2 ** 63) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < limit
+
+
 def decode_addr(obj):
     """Addresses are opaque tuples of str/int (host, port[, flowinfo, scope]); None if invalid."""
     if not isinstance(obj, list) or not 2 <= len(obj) <= 4:
@@ -159,6 +171,72 @@ def decode_addr(obj):
         if isinstance(part, int) and not 0 <= part < 2 ** 32:
             return None
     return tuple(obj)
+
+
+# ---------------------------------------------------------------- membership gossip items
+# Each item is one msgpack array whose first element is its GossipKind (docs/protocol.md).
+@dataclass(frozen=True)
+class Alive:
+    cert: bytes        # CERT_SIZE bytes; its signature is checked only if it is news
+    addr: tuple | None  # the relayer's view of the subject's address (None: absent or invalid)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    node_id: bytes
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class Dead:
+    node_id: bytes
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class Leave:
+    node_id: bytes
+    generation: int
+    incarnation: int
+    sig: bytes         # by the leaver, over leave_message(...)
+
+
+def encode_alive(cert: bytes, addr) -> bytes:
+    return packb([GossipKind.ALIVE, cert, list(addr) if addr is not None else None])
+
+
+def encode_suspect(node_id: bytes, incarnation: int) -> bytes:
+    return packb([GossipKind.SUSPECT, node_id, incarnation])
+
+
+def encode_dead(node_id: bytes, incarnation: int) -> bytes:
+    return packb([GossipKind.DEAD, node_id, incarnation])
+
+
+def encode_leave(node_id: bytes, generation: int, incarnation: int, sig: bytes) -> bytes:
+    return packb([GossipKind.LEAVE, node_id, generation, incarnation, sig])
+
+
+def decode_gossip(item) -> Alive | Suspect | Dead | Leave:
+    """One unpacked gossip item; raises WireError('malformed' or 'unknown_type')."""
+    if not isinstance(item, list) or not item or not is_uint(item[0]):
+        raise WireError("malformed")
+    kind = item[0]
+    if kind == GossipKind.ALIVE:
+        if len(item) != 3 or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
+            raise WireError("malformed")
+        return Alive(item[1], decode_addr(item[2]))
+    if kind in (GossipKind.SUSPECT, GossipKind.DEAD):
+        if len(item) != 3 or not is_node_id(item[1]) or not is_uint(item[2], 2 ** 32):
+            raise WireError("malformed")
+        return (Suspect if kind == GossipKind.SUSPECT else Dead)(item[1], item[2])
+    if kind == GossipKind.LEAVE:
+        if (len(item) != 5 or not is_node_id(item[1]) or not is_uint(item[2])
+                or not is_uint(item[3], 2 ** 32) or not isinstance(item[4], bytes)
+                or len(item[4]) != SIG_SIZE):
+            raise WireError("malformed")
+        return Leave(item[1], item[2], item[3], item[4])
+    raise WireError("unknown_type")
 
 
 # ---------------------------------------------------------------- records

@@ -1,0 +1,54 @@
+"""Outbox: datagrams framed, sealed and queued for the driver, with gossip piggybacked.
+
+Every authenticated datagram we send may carry membership gossip in the room its own
+payload and records leave (as memberlist does): that is how most membership news
+travels, at no extra datagram.
+"""
+from __future__ import annotations
+
+from .config import ProtocolConfig
+from .dissemination import TransmitLimitedQueue
+from .identity import CERT_SIZE
+from .membership import Member, Membership
+from .session import Session
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, MessageType, pack_body
+
+
+class Outbox:
+    def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
+                 gossip_q: TransmitLimitedQueue):
+        self.config = config
+        self.session = session
+        self.members = members
+        self.gossip_q = gossip_q
+        self.datagrams: list = []   # (bytes, addr), until the driver takes them
+
+    def budget(self, m: Member, payload_len: int) -> int:
+        """Bytes left for gossip and records in a datagram to m with this payload."""
+        cert = 0 if m.confirmed else CERT_SIZE
+        return self.config.max_datagram - HEADER_SIZE - cert - MAC_SIZE - BODY_OVERHEAD - payload_len
+
+    def send(self, mtype: MessageType, m: Member, payload: bytes, gossip: list | None = None,
+             records: list | None = None, *, addr=None, cert: bool = False,
+             piggyback: bool = True) -> None:
+        """Queue one datagram to member m (at addr if given).  payload, gossip and records are
+        packed already; gossip=None fills the room left with queued gossip if piggyback.
+        Our certificate goes along when asked (cert) and until m has shown it holds it."""
+        if not self.session.ensure_key(m):
+            return
+        if gossip is None:
+            gossip = []
+            if piggyback and len(self.gossip_q):
+                budget = self.budget(m, len(payload)) - sum(len(r) + 3 for r in records or ())
+                limit = self.config.transmit_limit(self.members.live_count() + 1)
+                gossip = self.gossip_q.take(budget, limit, 0)
+        body = pack_body(payload, gossip, records or [])
+        data = self.session.seal(mtype, m.mac_key, body, with_cert=cert or not m.confirmed)
+        self.datagrams.append((data, addr or m.addr))
+
+    def send_join(self, addr) -> None:
+        self.datagrams.append((self.session.join_datagram(), addr))
+
+    def drain(self) -> list:
+        out, self.datagrams = self.datagrams, []
+        return out

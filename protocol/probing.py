@@ -1,0 +1,128 @@
+"""SWIM failure detection: probes, indirect probes through helpers, and knocking on the dead.
+
+Every protocol period the next member of a shuffled round-robin gets a PING; without an
+ACK after probe_timeout_s, a few helpers get a PING_REQ and ping it for us; a member that
+answers nobody by the end of the period is handed back to the engine to be suspected.
+Any authenticated datagram from a probed member counts as its answer.  Membership state
+itself lives in Membership; this object owns only the probes in flight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from .config import ProtocolConfig
+from .membership import Member, Membership, MemberState
+from .outbox import Outbox
+from .wire import MessageType, WireError, encode_dead, is_node_id, is_uint, packb
+
+
+@dataclass
+class Probe:
+    """A PING of ours awaiting its ACK."""
+    target: bytes            # node id
+    sent_at: float
+    indirect: bool = False   # PING_REQs already sent to helpers
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A PING we sent for a helper's PING_REQ: its ACK goes back to the requester."""
+    requester: bytes         # node id
+    their_seq: int
+    expires: float
+
+
+class Probing:
+    def __init__(self, config: ProtocolConfig, members: Membership, outbox: Outbox, rng):
+        self.config = config
+        self.members = members
+        self.outbox = outbox
+        self.rng = rng
+        self.probes: dict[int, Probe] = {}    # our seq -> probe
+        self.relays: dict[int, Relay] = {}    # our seq -> relay
+        self._seq = 0                         # shared by probes and relays: one ACK, one meaning
+
+    # ================================================================ rounds
+    def probe_next(self, now: float) -> None:
+        """Start a protocol period: forget stale relays, PING the next member in turn."""
+        for seq in [s for s, r in self.relays.items() if r.expires < now]:
+            del self.relays[seq]
+        target = self.members.next_probe_target(self.rng)
+        if target is not None:
+            self._seq += 1
+            self.probes[self._seq] = Probe(target.node_id, now)
+            self.outbox.send(MessageType.PING, target, packb(self._seq))
+
+    def failed(self, now: float, end_of_period: bool = False) -> Iterator[Member]:
+        """Yield each probed member that did not answer in time (for the engine to suspect),
+        sending PING_REQs for those past the direct timeout on the way."""
+        cfg = self.config
+        for seq in list(self.probes):
+            probe = self.probes[seq]
+            target = self.members.get(probe.target)
+            if target is None or not target.live:
+                del self.probes[seq]
+            elif end_of_period or now >= probe.sent_at + cfg.probe_interval_s:
+                del self.probes[seq]
+                yield target
+            elif not probe.indirect and now >= probe.sent_at + cfg.probe_timeout_s:
+                probe.indirect = True
+                for helper in self.members.random_live(self.rng, cfg.indirect_probes,
+                                                       exclude=(probe.target,)):
+                    self.outbox.send(MessageType.PING_REQ, helper, packb([seq, probe.target]))
+
+    def ping_dead(self, now: float) -> None:
+        """PING a few dead members with the verdict: one that is in fact alive (lossy links, a
+        healed partition) refutes it and comes back, even when most of the table is really dead."""
+        dead = self.members.dead_with_address()
+        for m in self.rng.sample(dead, min(3, len(dead))):
+            self._tell_dead(m, now)
+
+    def tell_dead(self, m: Member, now: float) -> None:
+        """A member we hold dead talks to us: tell it (at most once per reconnect interval)."""
+        if m.state != MemberState.LEFT and now - m.told_dead >= self.config.reconnect_interval_s:
+            self._tell_dead(m, now)
+
+    def _tell_dead(self, m: Member, now: float) -> None:
+        m.told_dead = now
+        self.outbox.send(MessageType.PING, m, packb(0), [encode_dead(m.node_id, m.incarnation)])
+
+    # ================================================================ messages
+    def heard_from(self, m: Member, mtype: MessageType) -> None:
+        """Any authenticated datagram from a probed member proves it alive (fewer false
+        suspicions under load and loss than waiting for the one ACK).  An ACK settles its own
+        probe in on_ack, where it also measures the round trip."""
+        if self.probes and mtype != MessageType.ACK:
+            for seq in [s for s, p in self.probes.items() if p.target == m.node_id]:
+                del self.probes[seq]
+
+    def on_ping(self, m: Member, payload, now: float) -> None:
+        if not is_uint(payload):
+            raise WireError("malformed")
+        self.outbox.send(MessageType.ACK, m, packb(payload))
+
+    def on_ack(self, m: Member, payload, now: float) -> None:
+        if not is_uint(payload):
+            raise WireError("malformed")
+        probe = self.probes.pop(payload, None)
+        if probe is not None:
+            if probe.target == m.node_id:
+                rtt = now - probe.sent_at
+                m.rtt = rtt if m.rtt is None else 0.8 * m.rtt + 0.2 * rtt
+            return
+        relay = self.relays.pop(payload, None)
+        if relay is not None:
+            requester = self.members.get(relay.requester)
+            if requester is not None and requester.addr is not None:
+                self.outbox.send(MessageType.ACK, requester, packb(relay.their_seq))
+
+    def on_ping_req(self, m: Member, payload, now: float) -> None:
+        if not (isinstance(payload, list) and len(payload) == 2 and is_uint(payload[0])
+                and is_node_id(payload[1])):
+            raise WireError("malformed")
+        target = self.members.get(payload[1])
+        if target is not None and target.live and target.addr is not None:
+            self._seq += 1
+            self.relays[self._seq] = Relay(m.node_id, payload[0], now + self.config.probe_interval_s)
+            self.outbox.send(MessageType.PING, target, packb(self._seq))

@@ -1,0 +1,316 @@
+"""Sync: records, ours and everyone's: signed, checked, delivered in step order, spread, repaired.
+
+Push gives speed: a fresh record (ours once a batch is signed, anyone's once accepted)
+sits in a TransmitLimitedQueue and goes out in the next push rounds, membership gossip
+filling the room left.  Pull gives the guarantee: every anti-entropy round sends our
+version-vector digest to one peer, which answers with a VECTOR of its entries where the
+digests differ; we PULL what we lack and serve RECORDS for what it lacks.
+
+Every record received, however it came, goes through on_records: duplicate and conflict
+checks first (no crypto), then the origin's signature, its rate cap, and delivery in
+step order (UpdatesReceived) or a bounded wait for the gap to fill.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .config import ProtocolConfig
+from .dissemination import DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
+from .events import EquivocationDetected, EventQueue, UpdatesReceived
+from .identity import SIG_SIZE
+from .membership import Member, Membership
+from .outbox import Outbox
+from .records import Classified, OriginState, Record, RecordBook, TokenBucket, bytes_to_qs
+from .session import Session
+from .wire import NIL, MessageType, WireError, decode_record, encode_record, is_node_id, is_uint, packb
+
+MAX_RECORDS_PER_DATAGRAM = 64
+MAX_PULL_ENTRIES = 24
+VECTOR_ENTRIES = 40
+SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
+SEEN_CONFLICTS = 10000   # equivocations already reported
+
+
+class Sync:
+    def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
+                 outbox: Outbox, events: EventQueue, counters: dict, store, rng,
+                 gossip_q: TransmitLimitedQueue):
+        self.config = config
+        self.session = session
+        self.node_id = session.node_id
+        self.members = members
+        self.outbox = outbox
+        self.events = events
+        self.counters = counters
+        self.store = store
+        self.rng = rng
+        self.gossip_q = gossip_q    # membership gossip, sent in the room records leave
+        self.record_q = TransmitLimitedQueue(config.max_broadcasts, newest_first=False)
+        self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
+        self.digest = VersionDigest()
+        self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
+        # A relayed duplicate (the common case under gossip) is recognised by one set lookup
+        # of its signature, before decoding anything.
+        self._seen_sigs: set = set()
+        self._seen_order: deque = deque()
+        self._seen_conflicts: set = set()
+        # Our own updates not yet in a signed record.
+        self._own_qs = bytearray()
+        self._own_first = 0
+        self.flush_at: float | None = None     # when the partial record is signed anyway
+        for origin, step in store.version_vector().items():
+            if step > 0:
+                self.book.state(origin).contiguous = step
+                self.digest.update(origin, 0, step)
+        self.next_own_step = self.book.contiguous(self.node_id) + 1
+
+    # ================================================================ views
+    def version_vector(self) -> dict:
+        return {o: st.contiguous for o, st in self.book.origins.items() if st.contiguous > 0}
+
+    def pending_updates(self) -> int:
+        return sum(st.pending_updates for st in self.book.origins.values())
+
+    # ================================================================ our records
+    def add_own(self, q: int, now: float) -> None:
+        """Our update of step next_own_step (the engine checked it): batch it into a record."""
+        if not self._own_qs:
+            self._own_first = self.next_own_step
+            self.flush_at = now + self.config.record_linger_s
+        self._own_qs.append(q & 0xFF)
+        self.next_own_step += 1
+        if len(self._own_qs) >= self.config.updates_per_record:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Sign the partial record now: store it, then queue it for push."""
+        if not self._own_qs:
+            return
+        qs, first = bytes(self._own_qs), self._own_first
+        self._own_qs = bytearray()
+        self.flush_at = None
+        sig = self.session.sign_record(first, qs)
+        rec = Record(self.session.pub, self.node_id, first, qs, sig)
+        st = self.book.state(self.node_id)
+        self.store.add(self.node_id, first, rec.last_step, rec.canonical())
+        self.book.remember(st, rec)
+        self.digest.update(self.node_id, st.contiguous, rec.last_step)
+        st.contiguous = rec.last_step
+        self.counters["records_published"] += 1
+        self._remember_sig(sig)
+        # Without the key: we are the sender, and receivers know our key from the session.
+        self.record_q.push((self.node_id, first), packb(encode_record(None, first, qs, sig)))
+
+    # ================================================================ records in
+    def on_records(self, m: Member, records: list, addr, now: float) -> None:
+        """Records carried by an authenticated datagram from m; each bad one is a counted drop."""
+        for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
+            try:
+                self._on_record(m, raw, now)
+            except WireError as e:
+                self.events.drop(e.reason, addr)
+
+    def _on_record(self, m: Member, raw, now: float) -> None:
+        if isinstance(raw, bytes) and raw[-SIG_SIZE:] in self._seen_sigs:
+            self.counters["duplicate_records"] += 1
+            return
+        pub, first, qs, sig = decode_record(raw)
+        if pub is None:
+            pub = m.pub     # the sender is the origin
+        if len(qs) > self.config.max_record_updates or 0x80 in qs:
+            raise WireError("malformed")
+        origin = self.session.origin_id(pub)
+        if origin == self.node_id:
+            self.counters["duplicate_records"] += 1
+            return
+        if not self.session.admitted(pub):
+            raise WireError("not_admitted")
+        rec = Record(pub, origin, first, qs, sig)
+        kind, held = self.book.classify(rec)
+        if kind == Classified.DUP:
+            self.counters["duplicate_records"] += 1
+        elif kind == Classified.CONFLICT:
+            self._on_conflict(rec, held)
+        else:
+            if self.events.full:
+                raise WireError("backpressure")   # not stored: anti-entropy brings it back later
+            if not self.session.verify_record(rec):
+                raise WireError("bad_signature")
+            st = self.book.state(origin)
+            if self.pulls.get(origin, -1.0) < now and not self._within_rate(st, len(qs), now):
+                raise WireError("rate_limited")
+            self._accept(st, rec)
+
+    def _within_rate(self, st: OriginState, n: int, now: float) -> bool:
+        """The origin's token bucket for pushed updates (records we pulled are exempt)."""
+        if st.bucket is None:
+            rate = self.config.max_updates_per_s_per_origin
+            st.bucket = TokenBucket(rate, rate * self.config.rate_burst_s, now)
+        return st.bucket.take(n, now)
+
+    def _on_conflict(self, rec: Record, held: bytes) -> None:
+        """Same first step as a record we hold, other content: proof of equivocation if signed."""
+        if not self.session.verify_record(rec):
+            raise WireError("bad_signature")
+        st = self.book.state(rec.origin)
+        if rec.fingerprint() in self._seen_conflicts:
+            return
+        if len(self._seen_conflicts) > SEEN_CONFLICTS:
+            self._seen_conflicts.clear()
+        self._seen_conflicts.add(rec.fingerprint())
+        st.equivocating = True
+        self.counters["equivocations"] += 1
+        self.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step, held,
+                                              rec.canonical()))
+
+    def _accept(self, st: OriginState, rec: Record) -> None:
+        """A verified new record: deliver it (and whatever it unblocks) or hold it for the gap."""
+        if rec.first_step > st.contiguous + 1:
+            if not self.book.can_hold(st, rec):
+                raise WireError("buffer_full")
+            self.book.hold(st, rec)
+            self.book.remember(st, rec)
+        else:
+            self.book.remember(st, rec)
+            self._deliver(st, rec)
+            while (nxt := self.book.pop_next(st)) is not None:
+                self._deliver(st, nxt)
+        self.counters["records_accepted"] += 1
+        self._remember_sig(rec.sig)
+        self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
+
+    def _deliver(self, st: OriginState, rec: Record) -> None:
+        """Store, then report, the steps of rec beyond the contiguous mark."""
+        offset = st.contiguous + 1 - rec.first_step
+        self.store.add(rec.origin, rec.first_step, rec.last_step, rec.canonical())
+        self.digest.update(rec.origin, st.contiguous, rec.last_step)
+        first = st.contiguous + 1
+        st.contiguous = rec.last_step
+        qs = bytes_to_qs(rec.qs[offset:])
+        self.counters["updates_delivered"] += len(qs)
+        self.events.emit(UpdatesReceived(rec.origin, first, qs))
+
+    def _remember_sig(self, sig: bytes) -> None:
+        self._seen_sigs.add(sig)
+        self._seen_order.append(sig)
+        if len(self._seen_order) > SEEN_SIGS:
+            self._seen_sigs.discard(self._seen_order.popleft())
+
+    # ================================================================ push
+    def push_round(self) -> None:
+        cfg = self.config
+        if not len(self.gossip_q) and not len(self.record_q):
+            return
+        n = self.members.live_count() + 1
+        limit = cfg.transmit_limit(n)
+        rlimit = cfg.transmit_limit(n, cfg.record_retransmit_mult)
+        for peer in self.members.random_live(self.rng, cfg.fanout):
+            # Up to max_push_datagrams per peer, filled in one pass over each queue: records
+            # first, membership gossip in the space left (it also rides on every ping, ack
+            # and digest), so a membership backlog (a thousand joins) never delays updates.
+            rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
+            records = self.record_q.take_into(rooms, rlimit)
+            gossip = self.gossip_q.take_into(rooms, limit)
+            for g, r in zip(gossip, records):
+                if g or r:
+                    self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
+
+    # ================================================================ anti-entropy
+    def anti_entropy_round(self, now: float) -> None:
+        for o in [o for o, t in self.pulls.items() if t < now]:
+            del self.pulls[o]
+        peer = self.members.random_live(self.rng, 1)
+        if peer:
+            self.outbox.send(MessageType.DIGEST, peer[0], packb(self.digest.packed()))
+
+    def on_digest(self, m: Member, payload, now: float) -> None:
+        """Answer with our entries for origins in differing buckets.
+
+        Under steady publishing nearly every bucket differs (records in flight), so the answer
+        leads with the origins that advanced most recently here (what a lossy push most likely
+        failed to deliver), then fills up with whole random differing buckets (what a node that
+        was away lacks).  Only whole buckets are listed as complete.
+        """
+        if not (isinstance(payload, bytes) and len(payload) == DIGEST_SIZE):
+            raise WireError("malformed")
+        differing = self.digest.differing(payload)
+        if not differing:
+            return
+        listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
+        entries = [[o, self.book.contiguous(o)] for o in listed]
+        listed = set(listed)
+        self.rng.shuffle(differing)
+        buckets = []
+        for b in differing:
+            origins = [o for o in self.digest.members[b] if o not in listed]
+            if len(entries) + len(origins) > VECTOR_ENTRIES:
+                break
+            buckets.append(b)
+            entries.extend([o, self.book.contiguous(o)] for o in origins)
+        self.outbox.send(MessageType.VECTOR, m, packb([buckets, entries]), piggyback=False)
+
+    def on_vector(self, m: Member, payload, now: float) -> None:
+        """Pull what they have and we lack; serve what we have and they lack where they listed
+        whole buckets."""
+        if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], list)
+                and isinstance(payload[1], list) and len(payload[0]) <= 64
+                and len(payload[1]) <= 2 * VECTOR_ENTRIES):
+            raise WireError("malformed")
+        theirs = {}
+        for e in payload[1]:
+            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
+                raise WireError("malformed")
+            theirs[e[0]] = e[1]
+        buckets = [b for b in payload[0] if is_uint(b, 64)]
+        pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
+                 if s > self.book.contiguous(o)]
+        self.rng.shuffle(pulls)
+        pulls = pulls[:MAX_PULL_ENTRIES]
+        if pulls:
+            # What we asked for is exempt from the push rate cap for a while.
+            expiry = now + 2 * self.config.anti_entropy_interval_s
+            for o, _ in pulls:
+                self.pulls[o] = expiry
+            self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
+        wants = []
+        for b in buckets:
+            for o in self.digest.members[b]:
+                if self.book.contiguous(o) > theirs.get(o, 0):
+                    wants.append((o, theirs.get(o, 0) + 1))
+        if wants:
+            self.rng.shuffle(wants)
+            self._serve(m, wants[:MAX_PULL_ENTRIES])
+
+    def on_pull(self, m: Member, payload, now: float) -> None:
+        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
+            raise WireError("malformed")
+        wants = []
+        for e in payload:
+            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
+                raise WireError("malformed")
+            wants.append((e[0], max(1, e[1])))
+        self._serve(m, wants)
+
+    def _serve(self, m: Member, wants: list) -> None:
+        """Send records from the store covering each (origin, from_step), bounded in bytes."""
+        left = self.config.pull_serve_bytes
+        batch, budget = [], self.outbox.budget(m, 1)
+        room = budget
+        for origin, from_step in wants:
+            if left <= 0:
+                break
+            for canon in self.store.get(origin, from_step, min(left, budget - 3)):
+                if origin == self.node_id:
+                    _, first, qs, sig = decode_record(canon)
+                    canon = encode_record(None, first, qs, sig)
+                packed = packb(canon)
+                if len(packed) > budget:
+                    continue
+                if len(packed) > room:
+                    self.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
+                    batch, room = [], budget
+                batch.append(packed)
+                room -= len(packed)
+                left -= len(packed)
+        if batch:
+            self.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
