@@ -15,7 +15,7 @@ class ProtocolConfig:
     protocol_version: int = 1             # first byte of every datagram
     admission: str = "open"               # "open": any key (rate limited); "closed": members only
     members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
-    max_updates_per_s_per_origin: float = 50.0  # cap on unsolicited (pushed) updates per origin
+    max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin (pulled ones are exempt)
     rate_burst_s: float = 30.0            # token bucket depth, in seconds of the cap
     updates_per_record: int = 64          # own updates batched per signed record
     record_linger_s: float = 2.0          # flush a partial record after this long

@@ -82,7 +82,7 @@ class Engine:
         self.session = Session(identity, config, generation=int(generation),
                                crypto=crypto if crypto is not None else CryptoCache(), now=now)
         self.events = EventQueue(config.max_events, config.max_drop_events, self.counters)
-        self.members = Membership(config, self.node_id)
+        self.members = Membership(config)
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)   # membership gossip
         self.outbox = Outbox(config, self.session, self.members, self.gossip_q)
         self.probing = Probing(config, self.members, self.outbox, rng)
@@ -208,6 +208,14 @@ class Engine:
 
     def next_event(self):
         return self.events.pop()
+
+    def add_bootstrap(self, addr, now: float) -> None:
+        """A bootstrap address learned after start (a peer name that resolved late): join it
+        now, and keep re-joining it like the configured ones while it is not a live member."""
+        addr = tuple(addr)
+        if addr not in self.bootstrap:
+            self.bootstrap.append(addr)
+            self.outbox.send_join(addr)
 
     @property
     def next_own_step(self) -> int:

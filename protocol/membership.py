@@ -2,24 +2,22 @@
 
 The engine feeds it verified facts (a certificate, an accusation from an
 authenticated member, a signed leave) and it decides state transitions.  Each
-transition comes back as a Change: the event for the driver and the gossip item
-that spreads it (memberlist's aliveNode/suspectNode/deadNode do the same).  Rules
-follow SWIM/memberlist: a higher (generation, incarnation) always wins; a
-SUSPECT or DEAD with an incarnation >= ours overrides ALIVE; only the subject can
-refute, by bumping its incarnation.
+transition comes back as a Change value: the event for the driver and the gossip
+item that spreads it, for the engine to hand on.  Rules follow SWIM/memberlist:
+a higher (generation, incarnation) always wins; a SUSPECT or DEAD with an
+incarnation >= ours overrides ALIVE; only the subject can refute, by bumping its
+incarnation.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
+from .config import ProtocolConfig
 from .events import Event, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
 from .replay_window import ReplayWindow
+from .session import Cert
 from .wire import encode_alive, encode_dead, encode_leave, encode_suspect
-
-if TYPE_CHECKING:
-    from .session import Cert
 
 
 class MemberState(IntEnum):
@@ -66,9 +64,8 @@ class Change:
 
 
 class Membership:
-    def __init__(self, config, self_id: bytes):
+    def __init__(self, config: ProtocolConfig):
         self.config = config
-        self.self_id = self_id
         self.members: dict[bytes, Member] = {}
         self._probe_order: list = []
         self._live_count = 0

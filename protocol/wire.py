@@ -7,7 +7,9 @@
                                   (JOIN instead: zero padding and a 64-byte Ed25519 signature)
 
 The header is fixed-size and parsed with struct, so foreign, truncated and
-unauthenticated datagrams are rejected before msgpack ever sees the body.
+unauthenticated datagrams are rejected before msgpack ever sees the body.  Below
+the datagram: the codecs of the two lists every body carries, membership gossip
+items and signed records.
 """
 from __future__ import annotations
 

@@ -247,6 +247,27 @@ def test_graceful_leave(net):
     assert a.get_timer() is None
 
 
+def test_leave_reaches_a_node_only_through_a_relay(net):
+    """b re-gossips a's signed LEAVE as it got it: c, cut off from a, still learns it."""
+    a, b, c = join(net, n=3)
+    a_addr, c_addr = net.addr_of[a.node_id], net.addr_of[c.node_id]
+
+    def cut(data, src, dst):
+        return {src, dst} == {a_addr, c_addr}
+
+    a.leave(net.now)
+    net.collect(a_addr)
+    net.advance(2.0, drop=cut)
+    assert [ev.node_id for ev in net.of_type(c_addr, PeerLeft)] == [a.node_id]
+    assert {p.node_id: p.state for p in c.peers()}[a.node_id] == "left"
+    assert "bad_signature" not in c.counters["drops"]
+
+
+def test_every_authenticated_message_type_has_one_handler(net):
+    a = net.add(1)
+    assert set(a._handlers) == set(MessageType) - {MessageType.JOIN}
+
+
 def test_crashed_peer_suspected_dead_forgotten_and_back(config):
     cfg = ProtocolConfig(swarm_id=SWARM, dead_forget_s=10.0)
     net = Net(cfg)
