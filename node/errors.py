@@ -32,3 +32,9 @@ class DaemonUnreachable(UserError):
     """No daemon answers on the status socket."""
 
     exit_code = 4
+
+
+class DiskFull(StateError, OSError):
+    """No space left where the state directory lives (ENOSPC/EDQUOT). While running this is
+    a state (node/log.py holds new entries and retries); at start it is this one-line error.
+    Also an OSError, so code that handled the raw ENOSPC still catches it."""

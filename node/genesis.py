@@ -123,6 +123,7 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
                           "keys (64 hex digits each; `onebyte keygen` prints one)")
     if swarm.get("admission") == "closed" and not members:
         raise ConfigError(f'{where}: [swarm] admission = "closed" needs at least one member key')
+    _check_member_keys(where, members)
     h = swarm["base_model_hash"]
     if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
         raise ConfigError(f"{where}: [swarm] base_model_hash must be 64 lowercase hex digits "
@@ -140,6 +141,18 @@ def load_genesis(path: str | Path) -> Genesis:
     data = read_toml(path, "genesis file", "; create one with `onebyte init`")
     g = parse_genesis(data, where=f"genesis {path}")
     return dataclasses.replace(g, path=path)
+
+
+def _check_member_keys(where: str, members: list) -> None:
+    """The signature rule (docs/security.md) refuses small-order, mixed-order and
+    non-canonical keys: a genesis listing one would admit a member that can never sign
+    (or, under a laxer library, one that "signs" every message)."""
+    from onebyte.protocol.identity import public_key_problem
+    for i, m in enumerate(members):
+        problem = public_key_problem(bytes.fromhex(m))
+        if problem is not None:
+            raise ConfigError(f"{where}: [swarm] members[{i}] = {m} is not an acceptable Ed25519 public "
+                              f"key ({problem.replace('_', ' ')}); use the key `onebyte keygen` printed")
 
 
 def _is_hex_key(m: Any) -> bool:

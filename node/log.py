@@ -26,20 +26,34 @@ Ordering rules (why this is crash safe):
 
 Everything indexed here is also held in memory (per origin: the contiguous prefix of
 q bytes, and the records); a 1M-update log costs a few MB.
+
+Disk full (ENOSPC/EDQUOT) is a state, not a crash (docs/security.md, "Disk full"):
+- an entry lands whole or not at all: a failed or short write is truncated back to the
+  last whole entry, and the in-memory index only advances after the write;
+- peers' updates and records that do not fit are *held* in memory, in arrival order
+  (the daemon stops taking new ones meanwhile, so the hold stays small), and `retry()`
+  writes them once space returns: `append_updates` raises DiskFull for held updates,
+  `retry()` returns them when they land, to be replayed then (log before apply still);
+- the node's own update is never held (`append_own` raises DiskFull; the worker takes
+  the step back out of the weights), so nothing unlogged is ever published;
+- `disk_full` is set by any of these (or by `mark_disk_full`, for snapshots) and cleared
+  by `retry()` once nothing is held and RESUME_FREE_BYTES are free again.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import struct
 import threading
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import StateError
+from .errors import DiskFull, StateError
 from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
@@ -52,6 +66,10 @@ PREFIX = struct.Struct("<B16sQQ")      # kind, origin, first_step, last_step
 KIND_UPDATES = 1
 KIND_RECORD = 2
 MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Free bytes needed to leave the disk-full state once nothing is held: some room for
+# snapshots and the next appends, so a node at the edge does not flap in and out.
+RESUME_FREE_BYTES = 1 << 20
 
 
 @dataclass
@@ -90,6 +108,14 @@ class UpdateLog:
         self.truncated_bytes = 0   # discarded torn tail, reported in status
         self.duplicates = 0        # updates seen twice (ignored)
         self._fd: int | None = None
+        self._size = 0             # bytes of whole entries in the file: where the next one goes
+        self._tail_dirty = False   # a failed write may have left bytes past _size
+        self._held: deque = deque()               # (kind, origin, first, last, body) not yet written
+        self._held_top: dict[bytes, int] = {}     # per origin: last step of its held updates
+        self._held_records: set = set()           # (origin, first, last) of held records
+        self.disk_full = False
+        self.disk_full_events = 0                 # times the disk-full state was entered
+        self.disk_full_error: str | None = None
         self._open()
 
     # --- opening and recovery ----------------------------------------------------------
@@ -99,14 +125,18 @@ class UpdateLog:
         if self.readonly:
             data = self.path.read_bytes() if exists else b""
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                raise DiskFull(f"no space left on the device of {self.path.parent} to open the "
+                               "update log; free some space (or move state_dir) and start again") from None
             data = _read_all(self._fd)
         if not data:
             if not self.readonly:
-                os.write(self._fd, HEADER)
-                self._sync(force=True)
-                fsync_path(self.path.parent)
+                self._write_header(created=not exists)
             return
         if len(data) < len(HEADER) and HEADER.startswith(data):
             good = 0  # crashed while writing the header of a new log
@@ -119,6 +149,7 @@ class UpdateLog:
                 raise StateError(f"{self.path}: update log format {version} is not supported "
                                  f"(this onebyte reads format {VERSION})")
             good = self._scan(data)
+        self._size = good
         if good < len(data):
             self.truncated_bytes = len(data) - good
             log.warning("update log %s: discarding torn tail of %d bytes at offset %d",
@@ -126,8 +157,25 @@ class UpdateLog:
             if not self.readonly:
                 os.ftruncate(self._fd, good)
                 if good == 0:
-                    os.write(self._fd, HEADER)
+                    self._write_header(created=False)
+                    return
                 self._sync(force=True)
+
+    def _write_header(self, created: bool) -> None:
+        """A new (or emptied) log starts with its header; no room for it is the one-line
+        DiskFull error at start, and a file we just created is removed again."""
+        try:
+            self._write(HEADER)
+            self._sync(force=True)
+            fsync_path(self.path.parent)
+        except DiskFull:
+            os.close(self._fd)
+            self._fd = None
+            if created:
+                self.path.unlink(missing_ok=True)
+            raise DiskFull(f"no space left on the device of {self.path.parent} to start the update "
+                           "log; free some space (or move state_dir) and start again") from None
+        self._dirty = False
 
     def _scan(self, data: bytes) -> int:
         """Index every valid entry; return the offset where valid data ends."""
@@ -199,33 +247,163 @@ class UpdateLog:
         """Log updates; returns the ones not seen before as [(origin, step, q)], in order.
 
         Durable only after `sync()` (or at once when called with the worker's own updates
-        through `append_own`)."""
+        through `append_own`). Raises DiskFull when they do not fit: they are then held
+        and come back from `retry()` once written."""
         body = bytes(q & 0xFF for q in qs) if not isinstance(qs, (bytes, bytearray)) else bytes(qs)
         if not body:
             return []
         with self._lock:
-            have = len(self._origins.get(origin, _Origin()).qs)
-            if first_step + len(body) - 1 <= have:
-                self.duplicates += len(body)
+            start, fresh = self._fresh(origin, first_step, body)
+            if not fresh:
                 return []
-            start, fresh = self._index_updates(origin, first_step, body)
-            self._write(encode_entry(KIND_UPDATES, origin, start, start + len(fresh) - 1, fresh))
-        return [(origin, start + i, _signed(b)) for i, b in enumerate(fresh)]
+            held = (KIND_UPDATES, origin, start, start + len(fresh) - 1, fresh)
+            self._append_or_hold(held)
+        return _as_updates(origin, start, fresh)
 
     def append_own(self, origin: bytes, step: int, q: int) -> None:
-        """The worker's own update: logged and fsynced before the engine may publish it."""
-        self.append_updates(origin, step, bytes([q & 0xFF]))
-        self.sync()
+        """The worker's own update: logged and fsynced before the engine may publish it.
 
-    def _write(self, entry: bytes) -> None:
-        if self.readonly:
-            raise RuntimeError("update log opened read-only")
-        os.write(self._fd, entry)  # O_APPEND: one write per entry, never interleaved
-        self._dirty = True
+        Never held: on DiskFull nothing of it is in the log, and the caller must not
+        publish it (the worker takes it back out of the weights)."""
+        body = bytes([q & 0xFF])
+        with self._lock:
+            start, fresh = self._fresh(origin, step, body)
+            if not fresh:
+                return
+            before = self._size
+            self._write(encode_entry(KIND_UPDATES, origin, start, start, fresh))
+            try:
+                self._sync()
+            except DiskFull:   # written but maybe not durable: take it back out
+                self._size = before
+                self._tail_dirty = True
+                raise
+            self._dirty = False
+            self._index_updates(origin, start, fresh)
+            self.entries += 1
+
+    def _fresh(self, origin: bytes, first: int, body: bytes) -> tuple[int, bytes]:
+        """(first new step, new q bytes) of updates first.. against the log and the hold."""
+        o = self._origins.get(origin)
+        have = max(len(o.qs) if o else 0, self._held_top.get(origin, 0))
+        if first > have + 1:
+            # The engine delivers each origin's updates contiguously; a gap is a bug upstream.
+            raise ValueError(f"gap in updates of origin {origin.hex()}: have 1..{have}, got {first}")
+        skip = have + 1 - first
+        if skip > 0:
+            self.duplicates += min(skip, len(body))
+        return have + 1, body[max(skip, 0):]
+
+    def _append_or_hold(self, item: tuple) -> None:
+        """Write one entry and index it, or hold it (in order) and raise DiskFull."""
+        if not self._held:
+            try:
+                self._write(encode_entry(*item))
+            except DiskFull:
+                pass
+            else:
+                self._index_entry(item)
+                return
+        self._held.append(item)
+        kind, origin, first, last, _ = item
+        if kind == KIND_UPDATES:
+            self._held_top[origin] = last
+        else:
+            self._held_records.add((origin, first, last))
+        raise DiskFull(f"update log {self.path}: disk full, {len(self._held)} entries held")
+
+    def _index_entry(self, item: tuple) -> None:
+        kind, origin, first, last, body = item
+        if kind == KIND_UPDATES:
+            self._index_updates(origin, first, body)
+        else:
+            self._index_record(origin, first, last, body)
         self.entries += 1
 
+    def _write(self, entry: bytes) -> None:
+        """Append one whole entry, or nothing: a failed or short write is cut back off."""
+        if self.readonly:
+            raise RuntimeError("update log opened read-only")
+        try:
+            if self._tail_dirty:
+                os.ftruncate(self._fd, self._size)
+                self._tail_dirty = False
+            view = memoryview(entry)
+            while view:  # O_APPEND, under the lock: nothing else writes in between
+                n = os.write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[n:]
+        except OSError as exc:
+            self._tail_dirty = True
+            try:
+                os.ftruncate(self._fd, self._size)
+                self._tail_dirty = False
+            except OSError:
+                pass   # retried before the next write
+            if exc.errno in NO_SPACE:
+                self._set_full(exc.strerror or "no space left on device")
+                raise DiskFull(f"update log {self.path}: {exc.strerror}") from None
+            raise
+        self._size += len(entry)
+        self._dirty = True
+
+    # --- disk full -----------------------------------------------------------------------
+
+    def _set_full(self, why: str) -> None:
+        if not self.disk_full:
+            self.disk_full = True
+            self.disk_full_events += 1
+            log.warning("disk full: cannot append to %s (%s); not producing, holding new entries "
+                        "in memory and retrying until space returns", self.path, why)
+        self.disk_full_error = why
+
+    def mark_disk_full(self, why: str) -> None:
+        """Enter the disk-full state from outside the log (a snapshot that did not fit)."""
+        with self._lock:
+            self._set_full(why)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def retry(self) -> list[tuple[bytes, int, int]]:
+        """Write what is held, in order, as far as it fits; returns the updates that landed
+        (not yet synced: the caller syncs, then replays them). Leaves the disk-full state
+        once nothing is held and RESUME_FREE_BYTES are free."""
+        landed: list[tuple[bytes, int, int]] = []
+        with self._lock:
+            while self._held:
+                item = self._held[0]
+                try:
+                    self._write(encode_entry(*item))
+                except DiskFull:
+                    break
+                self._held.popleft()
+                kind, origin, first, last, body = item
+                if kind == KIND_UPDATES:
+                    if self._held_top.get(origin) == last:
+                        del self._held_top[origin]
+                    landed.extend(_as_updates(origin, first, body))
+                else:
+                    self._held_records.discard((origin, first, last))
+                self._index_entry(item)
+            if self.disk_full and not self._held and self._free_bytes() >= RESUME_FREE_BYTES:
+                self.disk_full = False
+                self.disk_full_error = None
+                log.info("disk space available again: update log %s writable, resuming", self.path)
+        return landed
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
     def sync(self) -> None:
-        """Make everything appended so far durable (per the fsync policy)."""
+        """Make everything appended so far durable (per the fsync policy); DiskFull if the
+        file system cannot (some report ENOSPC only at fsync): retry later."""
         with self._lock:
             if self._dirty:
                 self._sync()
@@ -233,21 +411,41 @@ class UpdateLog:
 
     def _sync(self, force: bool = False) -> None:
         if self._fd is not None and (self.fsync_enabled or force):
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                self._set_full(exc.strerror or "no space left on device")
+                raise DiskFull(f"update log {self.path}: fsync: {exc.strerror}") from None
 
     def close(self) -> None:
         with self._lock:
+            if self._held:
+                log.warning("update log %s: %d entries never fitted on the disk; peers will send "
+                            "them again", self.path, len(self._held))
             if self._fd is not None:
-                self._sync()
+                try:
+                    self._sync()
+                except DiskFull:
+                    pass   # what is not durable is fetched again from peers after the restart
                 os.close(self._fd)
                 self._fd = None
 
     # --- RecordStore interface (onebyte.protocol) ---------------------------------------
 
     def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
+        """Called inside the engine: never raises for a full disk (the record is held and
+        written by `retry()`; until then it is not served to peers)."""
         with self._lock:
-            if self._index_record(origin, first_step, last_step, record):
-                self._write(encode_entry(KIND_RECORD, origin, first_step, last_step, bytes(record)))
+            o = self._origins.get(origin)
+            key = (first_step, last_step)
+            if (o is not None and key in o.record_keys) or (origin, *key) in self._held_records:
+                return
+            try:
+                self._append_or_hold((KIND_RECORD, origin, first_step, last_step, bytes(record)))
+            except DiskFull:
+                pass
 
     def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list[bytes]:
         """Records covering from_step onwards, in step order, up to limit_bytes (at least one)."""
@@ -304,6 +502,10 @@ class UpdateLog:
         with self._lock:
             qs = self._origins.get(origin, _Origin()).qs
             return [_signed(b) for b in qs[first - 1:last]]
+
+
+def _as_updates(origin: bytes, first: int, qs: bytes) -> list[tuple[bytes, int, int]]:
+    return [(origin, first + i, _signed(b)) for i, b in enumerate(qs)]
 
 
 def _signed(b: int) -> int:

@@ -13,10 +13,14 @@ after it leaves the new one. Readers never see a half-written file.
 
 The version vector `vv` maps origin (hex) to n: the snapshot contains exactly the
 updates 1..n of each origin (the node applies each origin's updates contiguously).
+
+A write that does not fit (ENOSPC/EDQUOT) removes its temp file and raises DiskFull; the
+previous snapshot stays in force.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StateError
+from .errors import DiskFull, StateError
 
 log = logging.getLogger("onebyte.node.snapshot")
 
@@ -49,32 +53,61 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when a library reports it in words (safetensors: "os error 28")."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE_ERRNOS
+    text = str(exc)
+    return any(f"os error {n})" in text for n in NO_SPACE_ERRNOS) or "No space left on device" in text
+
+
+def _removing_tmp(tmp: Path, what: str, write) -> None:
+    """Run write(); on failure remove the temp file, and name a full disk as such."""
+    try:
+        write()
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise DiskFull(f"no space left on the device of {tmp.parent} to write {what}; free some "
+                           "space and try again") from None
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+
+    def write():
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    _removing_tmp(tmp, path.name, write)
     fsync_path(path.parent)
 
 
 def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str | None = None) -> SnapshotInfo:
     """Write the replica's weights and `vv` atomically; the caller (the worker thread,
     the replica's only writer) guarantees the weights hold exactly `vv`."""
-    directory.mkdir(parents=True, exist_ok=True)
     if digest is None:
-            digest = replica.digest()
+        digest = replica.digest()
     name = f"weights-{digest[:16]}-{sum(vv.values())}.safetensors"
     final = directory / name
     tmp = directory / f".{name}.tmp-{os.getpid()}"
-    replica.save(tmp)
-    fsync_path(tmp)
-    os.replace(tmp, final)
+
+    def write():
+        directory.mkdir(parents=True, exist_ok=True)
+        replica.save(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, final)
+    _removing_tmp(tmp, "a snapshot", write)
     fsync_path(directory)
     pointer = {
         "format": FORMAT,
@@ -84,7 +117,14 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
         "updates": sum(vv.values()),
         "created": time.time(),
     }
-    atomic_write_bytes(directory / POINTER, json.dumps(pointer, indent=1).encode())
+    try:
+        atomic_write_bytes(directory / POINTER, json.dumps(pointer, indent=1).encode())
+    except DiskFull:
+        # The previous snapshot stays in force: give its disk space back unless it is ours.
+        current = read_snapshot(directory)
+        if current is None or current.weights.name != name:
+            final.unlink(missing_ok=True)
+        raise
     for old in directory.glob("weights-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -120,9 +160,12 @@ def write_standalone(path: Path, replica, vv: dict[bytes, int], digest: str) -> 
     metadata beside it at `path` + ".json". Same atomicity as the node's own snapshots."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    replica.save(tmp)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+
+    def write():
+        replica.save(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    _removing_tmp(tmp, str(path), write)
     fsync_path(path.parent)
     meta = {"format": FORMAT, "weights": path.name, "digest": digest,
             "vv": {o.hex(): n for o, n in sorted(vv.items())}, "updates": sum(vv.values())}

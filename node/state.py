@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, StateError, UserError
+from .errors import ConfigError, DiskFull, StateError, UserError
 from .genesis import Genesis, load_genesis
 from .log import UpdateLog
-from .snapshot import atomic_write_bytes, read_snapshot
+from .snapshot import atomic_write_bytes, is_no_space, read_snapshot
 
 log = logging.getLogger("onebyte.node.state")
 
@@ -49,7 +49,10 @@ class StateDir:
 
     def lock(self) -> None:
         """One daemon per state directory: a second one would interleave the log."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._no_space(exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,9 +60,20 @@ class StateDir:
             os.close(fd)
             raise StateError(f"state_dir {self.path} is in use by another onebyte daemon"
                              f"{f' (pid {other})' if other else ''}; stop it or use another state_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise self._no_space(exc) from None
         self._lock_fd = fd
+
+    def _no_space(self, exc: OSError) -> OSError | DiskFull:
+        """Starting on a full disk is a one-line error, not a traceback."""
+        if not is_no_space(exc):
+            return exc
+        return DiskFull(f"state_dir {self.path}: no space left on its device; free some space "
+                        "(or move state_dir) and start again")
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -100,12 +114,16 @@ class StateDir:
             raise ConfigError(f"[node] initial_snapshot: {meta_path} is malformed ({exc})") from None
         if not weights.is_file():
             raise ConfigError(f"[node] initial_snapshot: {weights} not found")
-        self.snapshots.mkdir(parents=True, exist_ok=True)
         name = f"weights-imported-{digest[:16]}.safetensors"
         tmp = self.snapshots / f".{name}.tmp"
-        shutil.copyfile(weights, tmp)
-        fsync_path(tmp)
-        os.replace(tmp, self.snapshots / name)
+        try:
+            self.snapshots.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(weights, tmp)
+            fsync_path(tmp)
+            os.replace(tmp, self.snapshots / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._no_space(exc) from None
         pointer = {"format": 1, "weights": name, "vv": vv, "digest": digest,
                    "updates": sum(vv.values()), "created": time.time(), "imported_from": str(weights)}
         atomic_write_bytes(self.snapshots / POINTER, json.dumps(pointer, indent=1).encode())

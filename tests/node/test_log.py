@@ -1,10 +1,11 @@
-"""The durable update log: round trip, torn tails, corruption, RecordStore behaviour."""
+"""The durable update log: round trip, torn tails, corruption, disk full, RecordStore behaviour."""
 
+import errno
 import os
 
 import pytest
 
-from onebyte.node.errors import StateError
+from onebyte.node.errors import DiskFull, StateError
 from onebyte.node.log import HEADER, UpdateLog, encode_entry, KIND_UPDATES
 
 A = bytes(range(16))
@@ -139,3 +140,142 @@ def test_file_mode_is_private(tmp_path):
     p = tmp_path / "u.log"
     UpdateLog(p).close()
     assert os.stat(p).st_mode & 0o077 == 0
+
+
+# --- disk full: entries land whole or not at all, held entries come back from retry() ----------
+
+class FakeDisk:
+    """os.write/os.fsync for one log's fd: `room` bytes fit, then ENOSPC (a short write
+    first when an entry straddles the limit, as a real file system does)."""
+
+    def __init__(self, monkeypatch, lg, room=None, fsync_fails=False):
+        self.fd, self.room, self.fsync_fails = lg._fd, room, fsync_fails
+        self._write, self._fsync = os.write, os.fsync
+        monkeypatch.setattr(os, "write", self.write)
+        monkeypatch.setattr(os, "fsync", self.fsync)
+
+    def write(self, fd, data):
+        if fd != self.fd or self.room is None:
+            return self._write(fd, data)
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = self._write(fd, bytes(data[:self.room]))
+        self.room -= n
+        return n
+
+    def fsync(self, fd):
+        if fd == self.fd and self.fsync_fails:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._fsync(fd)
+
+
+def test_enospc_holds_peer_updates_without_advancing_the_index(tmp_path, monkeypatch):
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    lg.append_updates(A, 1, [1, 2])
+    size = p.stat().st_size
+    disk = FakeDisk(monkeypatch, lg, room=0)
+    with pytest.raises(DiskFull):
+        lg.append_updates(A, 3, [3, 4])
+    assert lg.disk_full and lg.held == 1
+    assert lg.updates_vv() == {A: 2} and p.stat().st_size == size
+    # held in order: the next steps of A queue behind (no gap error), other origins too
+    with pytest.raises(DiskFull):
+        lg.append_updates(A, 5, [5])
+    with pytest.raises(DiskFull):
+        lg.append_updates(B, 1, [7])
+    assert lg.append_updates(A, 3, [3]) == []           # duplicate of a held update
+    lg.add(A, 1, 5, b"record-a-1-5")                     # the engine's call never raises
+    assert lg.get(A, 1, 1000) == [] and lg.version_vector() == {}
+    assert lg.retry() == [] and lg.disk_full            # still no room
+    disk.room = None                                     # space returns
+    assert lg.retry() == [(A, 3, 3), (A, 4, 4), (A, 5, 5), (B, 1, 7)]
+    assert not lg.disk_full and lg.held == 0 and lg.disk_full_events == 1
+    assert lg.get(A, 1, 1000) == [b"record-a-1-5"] and lg.version_vector() == {A: 5}
+    lg.close()
+    again = UpdateLog(p)
+    assert again.updates_vv() == {A: 5, B: 1} and again.truncated_bytes == 0
+    assert again.get(A, 1, 1000) == [b"record-a-1-5"]
+
+
+@pytest.mark.parametrize("room", [1, 7, 20])
+def test_short_write_is_cut_back_to_the_last_whole_entry(tmp_path, monkeypatch, room):
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    lg.append_updates(A, 1, [1])
+    size = p.stat().st_size
+    FakeDisk(monkeypatch, lg, room=room)                 # part of the entry fits, then ENOSPC
+    with pytest.raises(DiskFull):
+        lg.append_updates(A, 2, [2, 3, 4])
+    assert p.stat().st_size == size                      # no partial entry left behind
+    monkeypatch.undo()
+    lg.close()
+    again = UpdateLog(p)
+    assert again.truncated_bytes == 0 and again.updates_vv() == {A: 1}
+
+
+def test_short_write_then_room_completes_the_entry(tmp_path, monkeypatch):
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    disk = FakeDisk(monkeypatch, lg, room=10)
+    real = disk.write
+
+    def short_then_fine(fd, data):
+        n = real(fd, data)
+        disk.room = None                                 # the short write was a transient
+        return n
+    monkeypatch.setattr(os, "write", short_then_fine)
+    assert lg.append_updates(A, 1, [1, 2, 3]) == [(A, 1, 1), (A, 2, 2), (A, 3, 3)]
+    assert not lg.disk_full
+    lg.close()
+    assert UpdateLog(p).updates_vv() == {A: 3}
+
+
+def test_own_update_is_refused_not_held(tmp_path, monkeypatch):
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    lg.append_own(B, 1, 5)
+    disk = FakeDisk(monkeypatch, lg, room=3)
+    with pytest.raises(DiskFull):
+        lg.append_own(B, 2, -5)
+    assert lg.held == 0 and lg.updates_vv() == {B: 1} and lg.disk_full
+    disk.room = None
+    lg.append_own(B, 2, 6)                               # recomputed step: a new q is fine
+    assert lg.retry() == [] and not lg.disk_full
+    lg.close()
+    assert UpdateLog(p).updates_after({}) == [(B, 1, 5), (B, 2, 6)]
+
+
+def test_fsync_enospc_takes_the_own_update_back(tmp_path, monkeypatch):
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    disk = FakeDisk(monkeypatch, lg, fsync_fails=True)
+    with pytest.raises(DiskFull):
+        lg.append_own(B, 1, 5)
+    assert lg.updates_vv() == {} and lg.disk_full
+    disk.fsync_fails = False
+    lg.append_own(B, 1, 9)                               # the next write cuts the old one off
+    lg.close()
+    assert UpdateLog(p).updates_after({}) == [(B, 1, 9)]
+
+
+def test_retry_waits_for_free_space_before_leaving_the_state(tmp_path, monkeypatch):
+    lg = UpdateLog(tmp_path / "u.log")
+    lg.mark_disk_full("snapshot did not fit")
+    monkeypatch.setattr("onebyte.node.log.RESUME_FREE_BYTES", 1 << 62)
+    assert lg.retry() == [] and lg.disk_full
+    monkeypatch.setattr("onebyte.node.log.RESUME_FREE_BYTES", 1)
+    assert lg.retry() == [] and not lg.disk_full
+
+
+def test_new_log_on_a_full_disk_is_a_clean_error(tmp_path, monkeypatch):
+    real = os.write
+
+    def no_room(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("u.log"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(os, "write", no_room)
+    with pytest.raises(DiskFull, match="no space left") as exc:
+        UpdateLog(tmp_path / "u.log")
+    assert "\n" not in str(exc.value) and not (tmp_path / "u.log").exists()
