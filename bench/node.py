@@ -65,11 +65,12 @@ def inference_peak_rss(model: str, data: str, batch: int, threads: int) -> int:
 
 def status(sock: Path) -> dict | None:
     from onebyte.node.errors import DaemonUnreachable
-    from onebyte.node.status import request
+    from onebyte.node.status import is_ready, request
     try:
-        return request(sock, {"cmd": "status"}, timeout=120)
+        st = request(sock, {"cmd": "status"}, timeout=120)
     except DaemonUnreachable:
         return None
+    return st if is_ready(st) else None   # a starting daemon answers too, without the numbers
 
 
 def write_config(path: Path, fields: dict) -> None:

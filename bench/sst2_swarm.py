@@ -4,7 +4,7 @@
     python bench/sst2_swarm.py --quick --json quick.json                     # <= 10 minutes
 
 Both runs use `onebyte keygen`, `onebyte init` and `onebyte run` on loopback, exactly as a
-user would (the process handling is node/demo.py's Swarm):
+user would (the process handling is node/demo/swarm.py's LocalSwarm):
 * the swarm: --nodes daemons, node k trains on shard k of the training pool (rows
   0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own steps each;
 * the solo: one daemon on the whole pool, the same --steps own steps.
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from onebyte.node.demo import Swarm, run_cli
+from onebyte.node.demo.swarm import LocalSwarm, run_cli
 from onebyte.node.status import request
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
@@ -76,7 +76,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         trunk: Path | None = None) -> dict:
     """One swarm of len(shards) daemons until each made a.steps own steps; returns its record."""
     n = len(shards)
-    swarm = Swarm(root=root / name, n=n, model=a.model, data=pool, eval_data=dev, hyper=hyper,
+    swarm = LocalSwarm(root=root / name, n=n, model=a.model, data=pool, eval_data=dev, hyper=hyper,
                   batch_size=a.batch_size, curve_examples=a.eval_n, eval_examples=a.eval_n,
                   threads=max(1, (os.cpu_count() or 1) // n))
     swarm.root.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""`onebyte`: the command line (init, keygen, run, status, export, digest, demo).
+"""`onebyte`: the command line. Daemon side: init, keygen, run, export, digest, demo; client
+commands (status, members, top, stop-producing, leave, pubkey) live in node/client.py.
 
 Exit codes: 0 success; 1 the daemon failed at run time; 2 a user mistake (config,
 genesis, key, model, data); 3 unusable state directory; 4 no daemon answering; 130
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from .client import add_client_parsers, cmd_pubkey, socket_of
 from .config import load_config
 from .errors import DaemonUnreachable, UserError
+from .genesis import SWARM_DEFAULTS
+from .version import VERSION
 
 log = logging.getLogger("onebyte.node.cli")
 
@@ -45,14 +47,6 @@ def _model_errors() -> tuple:
     return (DataError, ModelLoadError, HyperError)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("onebyte")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 # --- init / keygen -------------------------------------------------------------------------
 
 def _parse_value(text: str, default):
@@ -76,7 +70,7 @@ def cmd_init(args) -> int:
     from onebyte.model.load import model_hash
     from onebyte.model.tasks import builtin_spec, is_builtin
 
-    from .genesis import SWARM_DEFAULTS, compute_swarm_id, dump_toml, parse_genesis
+    from .genesis import compute_swarm_id, dump_toml, parse_genesis
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -161,27 +155,6 @@ def cmd_keygen(args) -> int:
     return cmd_pubkey(argparse.Namespace(key=args.out))
 
 
-def cmd_pubkey(args) -> int:
-    """The public key (for a genesis's members) and node id of a key file."""
-    from onebyte.protocol.identity import node_id_of
-
-    from .keys import public_of, read_key
-
-    pub = public_of(read_key(args.key))
-    print(f"public key {pub.hex()}\nnode id {node_id_of(pub).hex()}")
-    return 0
-
-
-def cmd_stop_producing(args) -> int:
-    from .status import request
-
-    ans = request(_socket_of(args), {"cmd": "stop_producing"}, timeout=args.timeout)
-    if not ans.get("ok"):
-        raise UserError(f"daemon: {ans.get('error')}")
-    print(f"stopped producing after {ans.get('own_steps')} own steps; the node keeps replaying and serving")
-    return 0
-
-
 # --- run ---------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
@@ -199,62 +172,12 @@ def cmd_run(args) -> int:
 
 # --- status / digest / export ----------------------------------------------------------------
 
-def _socket_of(args) -> Path:
-    if getattr(args, "socket", None):
-        return Path(args.socket)
-    return load_config(args.config).socket_path
-
-
-def cmd_status(args) -> int:
-    from .status import request
-
-    st = request(_socket_of(args), {"cmd": "status"}, timeout=args.timeout)
-    if not st.get("ok"):
-        raise UserError(f"daemon: {st.get('error')}")
-    if args.json:
-        print(json.dumps(st, indent=1))
-    else:
-        print(render_status(st))
-    return 0
-
-
-def render_status(st: dict) -> str:
-    vv = st["version_vector"]
-    ev = st.get("last_eval") or {}
-    loss = st.get("loss_mean")
-    lines = [
-        f"node      {st['node_id']}  ({st['worker_state']}, up {st['uptime_s']:.0f}s, {st.get('listen')})",
-        f"swarm     {st['swarm_id'][:16]}… {st.get('swarm_name') or ''}",
-        f"steps     own {st['own_steps']}  applied own {st['applied_own']}  replayed {st['applied_replayed']}"
-        f"  backlog {st['replay_backlog']}",
-        f"rates     own {st['update_rate']['own_per_s']}/s  received {st['update_rate']['received_per_s']}/s",
-        f"loss      {loss:.4f} (running mean)" if loss is not None else "loss      -",
-        f"eval      step {ev.get('step')}: accuracy {ev.get('accuracy'):.4f} loss {ev.get('loss'):.4f}"
-        if ev else "eval      -",
-        f"state     {vv['updates']} updates from {vv['origins']} origins, digest {str(st['digest'])[:16]}…"
-        + (f", {st['trainable_weights']:,} trainable weights" if st.get("trainable_weights") else ""),
-        f"traffic   in {st['bytes_in']} B / {st['datagrams_in']} dgrams, out {st['bytes_out']} B / "
-        f"{st['datagrams_out']} dgrams, drops {st['drops_total']}"
-        + (f" {st['drops']}" if st['drops_total'] else ""),
-        f"peers     {st['peers_alive']} alive of {len(st['peers'])}",
-    ]
-    trunk = st.get("trunk_cache")
-    if trunk:
-        done = (f"building {trunk.get('done')}/{trunk.get('total')} examples" if trunk.get("state") == "building"
-                else f"{trunk.get('examples')} examples, {trunk.get('mb')} MB")
-        lines.insert(5, f"trunk     layers >= {trunk['first_layer']} run per loss; cache {done}")
-    for p in st["peers"]:
-        rtt = f"{p['rtt_ms']:.1f} ms" if p.get("rtt_ms") is not None else "-"
-        lines.append(f"  {p['node_id'][:16]}  {p['state']:<9} {p['addr'] or '-':<24} rtt {rtt}")
-    return "\n".join(lines)
-
-
 def cmd_digest(args) -> int:
     from .status import request
 
     if not args.offline:
         try:
-            ans = request(_socket_of(args), {"cmd": "digest"}, timeout=args.timeout)
+            ans = request(socket_of(args), {"cmd": "digest"}, timeout=args.timeout)
             if not ans.get("ok"):
                 raise UserError(f"daemon: {ans.get('error')}")
             print(json.dumps(ans) if args.json else ans["digest"])
@@ -277,10 +200,12 @@ def cmd_export(args) -> int:
     from .status import request
 
     cfg = load_config(args.config)
+    _setup_logging("info")   # export takes a while (model load, save): progress on stderr
     out = Path(args.out)
     check_out_dir(out, args.force)
     if not args.offline:
         try:
+            log.info("asking the daemon for a consistent snapshot")
             ans = request(args.socket or cfg.socket_path, {"cmd": "snapshot"}, timeout=args.timeout)
         except DaemonUnreachable:
             ans = None
@@ -301,7 +226,7 @@ def cmd_export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onebyte", description="Peer-to-peer zeroth-order fine-tuning: "
                                 "one seed id and one byte per update.")
-    p.add_argument("--version", action="version", version=f"onebyte {_version()}")
+    p.add_argument("--version", action="version", version=f"onebyte {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     env_cfg = os.environ.get("ONEBYTE_CONFIG", DEFAULT_CONFIG)
@@ -325,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label")
     s.add_argument("--admission", default="open", choices=["open", "closed"])
     s.add_argument("--member", action="append", default=[], metavar="PUBKEY", help="member public key (closed)")
-    s.add_argument("--max-rate", type=float, default=50.0, help="max updates/s per origin (default 50)")
-    s.add_argument("--updates-per-record", type=int, default=32)
-    s.add_argument("--record-linger", type=float, default=0.25, help="seconds before a partial record is sealed")
+    s.add_argument("--max-rate", type=float, default=SWARM_DEFAULTS["max_updates_per_s_per_origin"],
+                   help="max updates/s per origin (default %(default)s)")
+    s.add_argument("--updates-per-record", type=int, default=SWARM_DEFAULTS["updates_per_record"],
+                   help="updates sealed into one signed record (default %(default)s)")
+    s.add_argument("--record-linger", type=float, default=SWARM_DEFAULTS["record_linger_s"],
+                   help="seconds before a partial record is sealed (default %(default)s)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.set_defaults(func=cmd_init)
 
@@ -337,26 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing key (a new node id)")
     s.set_defaults(func=cmd_keygen)
 
-    s = sub.add_parser("pubkey", help="print the public key and node id of a key file",
-                       description="Print the public key (for a genesis's members) and node id of an existing key.")
-    s.add_argument("key", help="key file written by `onebyte keygen`")
-    s.set_defaults(func=cmd_pubkey)
-
-    s = sub.add_parser("stop-producing", help="a running node stops its own steps (keeps replaying, serving)",
-                       description="Ask a running daemon to stop taking local steps until it restarts; it "
-                       "keeps replaying peers' updates and serving them (status command stop_producing).")
-    s.add_argument("--config", default=env_cfg, help="node config (finds the socket)")
-    s.add_argument("--socket", default="", help="status socket path (instead of --config)")
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the daemon")
-    s.set_defaults(func=cmd_stop_producing)
-
     s = sub.add_parser("run", help="run the daemon", description="Run a node until SIGTERM "
                        "(graceful leave, exit 0). Config reference: docs/config.md.")
     s.add_argument("--config", default=env_cfg, help=f"node config TOML (default $ONEBYTE_CONFIG or {DEFAULT_CONFIG})")
     s.set_defaults(func=cmd_run)
 
-    for name, func, helptext in (("status", cmd_status, "show a running daemon's status"),
-                                 ("digest", cmd_digest, "print the state digest (daemon or state dir)"),
+    add_client_parsers(sub, env_cfg)
+    for name, func, helptext in (("digest", cmd_digest, "print the state digest (daemon or state dir)"),
                                  ("export", cmd_export, "export the fine-tuned model as a transformers folder")):
         s = sub.add_parser(name, help=helptext, description=helptext + "; see docs/status.md.")
         s.add_argument("--config", default=env_cfg, help="node config (finds the socket and state dir)")
@@ -365,25 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for the daemon")
         if name != "export":
             s.add_argument("--json", action="store_true", help="machine-readable output")
-        if name != "status":
-            s.add_argument("--offline", action="store_true", help="do not ask a daemon; rebuild from the state dir")
+        s.add_argument("--offline", action="store_true", help="do not ask a daemon; rebuild from the state dir")
         if name == "export":
             s.add_argument("--out", required=True, help="output folder (new or empty)")
             s.add_argument("--force", action="store_true", help="replace a non-empty --out")
         s.set_defaults(func=func)
 
-    # `onebyte demo` lives in node/demo.py (the demo's own module); registered when present.
-    # A broken demo module must not take the daemon's CLI down: `onebyte demo` then explains.
-    if importlib.util.find_spec("onebyte.node.demo") is not None:
-        try:
-            importlib.import_module("onebyte.node.demo").add_parser(sub)
-        except Exception as exc:  # noqa: BLE001 (any failure of an optional command)
-            reason = f"{type(exc).__name__}: {exc}"
-            s = sub.add_parser("demo", help="(unavailable) run the demo", add_help=True)
-
-            def unavailable(_args, reason=reason):
-                raise UserError(f"onebyte demo is unavailable: {reason}")
-            s.set_defaults(func=unavailable)
+    # `onebyte demo` (node/demo/): its heavy imports (torch, matplotlib) happen when it runs.
+    from .demo import add_parser as add_demo_parser
+    add_demo_parser(sub)
     return p
 
 

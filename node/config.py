@@ -46,36 +46,41 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
     "max_backlog": (1_000_000, "replay backlog bound: above it the loop stops taking updates from the engine (back-pressure); also the most updates one fused replay call applies"),
     "log_level": ("info", "debug, info, warning or error"),
+    "metrics_listen": ("", 'serve Prometheus metrics over HTTP at "host:port" (e.g. "127.0.0.1:9470"); empty = off'),
 }
 REQUIRED = ("genesis", "key", "state_dir")
 
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """A validated node config. Built only by parse_config, which fills every field: the
+    defaults live in NODE_FIELDS alone."""
     genesis: Path
     key: Path
     state_dir: Path
-    listen: Addr = ("0.0.0.0", DEFAULT_PORT)
-    peers: tuple[Addr, ...] = ()
-    status_socket: Path | None = None
-    model: str = ""
-    initial_snapshot: Path | None = None
-    device: str = "cpu"
-    data: str = ""
-    batch_size: int = 8
-    max_steps: int = 0
-    step_interval_s: float = 0.0
-    eval_every: int = 0
-    eval_data: str = ""
-    eval_examples: int = 256
-    snapshot_every: int = 2000
-    trunk_cache: bool = True
-    fsync: bool = True
-    seed: int = 0
-    threads: int = 0
-    max_backlog: int = 1_000_000
-    log_level: str = "info"
+    listen: Addr
+    peers: tuple[Addr, ...]
+    status_socket: Path | None
+    model: str
+    initial_snapshot: Path | None
+    device: str
+    data: str
+    batch_size: int
+    max_steps: int
+    step_interval_s: float
+    eval_every: int
+    eval_data: str
+    eval_examples: int
+    snapshot_every: int
+    trunk_cache: bool
+    fsync: bool
+    seed: int
+    threads: int
+    max_backlog: int
+    log_level: str
+    metrics_listen: Addr | None
     protocol: dict = field(default_factory=dict)  # [protocol] overrides of ProtocolConfig tuning
+    labels: dict = field(default_factory=dict)    # [labels] node id (hex prefix) -> name, for members
     path: Path | None = None
 
     @property
@@ -130,10 +135,10 @@ def _path(v: Any, where: str, base: Path) -> Path:
 def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
     where = f"config {path}" if path else "config"
     base = path.parent if path else Path.cwd()
-    extra = set(data) - {"node", "protocol"}
+    extra = set(data) - {"node", "protocol", "labels"}
     if extra:
         raise ConfigError(f"{where}: unknown table(s) {', '.join(sorted(extra))}; "
-                          "a node config has [node] and optionally [protocol]")
+                          "a node config has [node] and optionally [protocol] and [labels]")
     node = data.get("node")
     if not isinstance(node, dict):
         raise ConfigError(f"{where}: missing [node] table (see docs/config.md or systemd/node.example.toml)")
@@ -175,6 +180,8 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
     protocol = data.get("protocol", {})
     if not isinstance(protocol, dict):
         raise ConfigError(f"{where}: [protocol] must be a table")
+    labels = _labels(data.get("labels", {}), where)
+    metrics = get("metrics_listen", str)
     return NodeConfig(
         genesis=_path(node["genesis"], f"{where}: [node] genesis", base),
         key=_path(node["key"], f"{where}: [node] key", base),
@@ -200,9 +207,23 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         threads=nonneg("threads"),
         max_backlog=max(1, nonneg("max_backlog")),
         log_level=level,
+        metrics_listen=parse_addr(metrics, f"{where}: [node] metrics_listen", allow_port0=True) if metrics else None,
         protocol=dict(protocol),
+        labels=labels,
         path=path,
     )
+
+
+def _labels(table, where: str) -> dict[str, str]:
+    """[labels]: "<node id or a prefix of it, hex>" = "name", shown by `onebyte members`."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [labels] must be a table of \"<node id hex prefix>\" = \"name\"")
+    for k, v in table.items():
+        if not k or any(c not in "0123456789abcdefABCDEF" for c in k) or len(k) > 32:
+            raise ConfigError(f"{where}: [labels] key {k!r} is not a node id or a prefix of one (hex)")
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: [labels] {k} must be a string, got {v!r}")
+    return {k.lower(): v for k, v in table.items()}
 
 
 def _maybe_path(v: str, base: Path) -> str:

@@ -28,6 +28,10 @@ class StateError(UserError):
     exit_code = 3
 
 
+class ResolveError(UserError):
+    """A peer's host name does not resolve (now: DNS may come back, so the daemon retries)."""
+
+
 class DaemonUnreachable(UserError):
     """No daemon answers on the status socket."""
 

@@ -62,6 +62,7 @@ def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) 
     check_out_dir(out, force)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    log.info("writing the transformers folder %s", out)
     model = plain_copy(replica.model)
     try:
         if replica.hyper.lora_rank:
@@ -113,6 +114,8 @@ def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
         raise StateError(f"state_dir {sd.path} does not exist (has this node ever run?)")
     sd.check_genesis(genesis, write=False)
     ulog = sd.open_log(readonly=True)
+    log.info("rebuilding the state of %s: base model %s, newest snapshot, then the log", sd.path,
+             cfg.model or genesis.swarm["base_model"])
     r = restore(genesis, cfg.model, "cpu", sd, ulog, update_seed)
     return r.replica, r.tokenizer, r.applied_vv, genesis
 
@@ -129,6 +132,8 @@ def export_offline(cfg: NodeConfig, out: Path, force: bool = False) -> dict:
 def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = False) -> dict:
     """Build the folder from a snapshot the daemon wrote (weights + .json beside them)."""
     genesis = load_genesis(cfg.genesis)
+    log.info("loading the base model %s to apply the snapshot %s", cfg.model or genesis.swarm["base_model"],
+             snapshot["path"])
     replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
     replica.load(Path(snapshot["path"]))
     digest = replica.digest()

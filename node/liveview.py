@@ -1,7 +1,7 @@
 """Terminal live view of a running swarm, fed by `onebyte status --json` dicts.
 
-The view knows nothing about daemons or sockets: the demo polls each node's
-status socket and hands the parsed dicts to `LiveView.update`. That keeps the
+The view knows nothing about daemons or sockets: the demo and `onebyte top` poll
+each node's status socket and hand the parsed dicts to `LiveView.update`. That keeps the
 renderer testable on fake status dicts and reusable by anyone who can produce
 the status JSON (docs/status.md).
 
@@ -82,23 +82,26 @@ class NodeRow:
     bytes_out: int = 0
     drops: int = 0
     digest: str = ""
+    phase: str = "ready"   # a starting daemon: "loading model", "replaying log 10 of 99"...
 
     @classmethod
     def from_status(cls, name: str, st: Mapping[str, Any] | None) -> "NodeRow":
         if not st:
             return cls(name=name, up=False)
+        phase = st.get("phase") or {}
+        if phase.get("name", "ready") != "ready":
+            done = f" {phase['done']} of {phase['total']}" if phase.get("total") else ""
+            return cls(name=name, up=True, phase=f"{phase['name']}{done}")
         ev = st.get("last_eval") or {}
         drops = st.get("drops") or {}
-        peers = st.get("peers") or []
         return cls(
             name=name,
             up=True,
             own_steps=int(_num(st, "own_steps")),
-            # applied_total covers the whole state (a restarted node's per-run counters
-            # start again at 0); the per-run sum is the fallback for older daemons.
-            applied=int(_num(st, "applied_total", _num(st, "applied_own") + _num(st, "applied_replayed"))),
+            # applied_total covers the whole state (a restarted node's per-run counters start at 0)
+            applied=int(_num(st, "applied_total")),
             backlog=int(_num(st, "replay_backlog")),
-            peers=len(peers) if isinstance(peers, (list, tuple)) else int(_num(st, "peers")),
+            peers=len(st.get("peers") or []),
             loss=_opt(st, "loss_mean"),
             accuracy=_opt(ev, "accuracy"),
             bytes_in=int(_num(st, "bytes_in")),
@@ -141,6 +144,9 @@ def render_table(rows: Sequence[NodeRow]) -> list[str]:
     for r in rows:
         if not r.up:
             out.append(f"{r.name:<8} (no status yet)")
+            continue
+        if r.phase != "ready":
+            out.append(f"{r.name:<8} (starting: {r.phase})")
             continue
         acc = "-" if r.accuracy is None else f"{r.accuracy * 100:5.1f}%"
         out.append(
@@ -327,7 +333,7 @@ def render_summary(s: dict) -> str:
         lines.append(f"           gradients of the {s['trainable']:,} trainable weights only: "
                      f"{human_bytes(s['fp32_trainable_gradient_bytes'])} ({times(s['fp32_trainable_gradient_bytes'])})")
     lines += [
-        f"plot       {s['plot']}",
+        f"plot       {s['plot'] or '- (matplotlib not installed)'}",
         f"export     {s['export_command']}   (the fine-tuned model as a transformers folder)",
         f"took       {fmt_seconds(s['total_seconds'])} in all; run dir {s['run_dir']}",
     ]

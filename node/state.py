@@ -182,9 +182,15 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
 
 
 def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
-            update_seed, own_origin: bytes | None = None) -> Restored:
+            update_seed, own_origin: bytes | None = None, progress=None) -> Restored:
+    """The replica as the state dir left it: base model, newest snapshot, then the log's tail.
+    progress(phase, done, total), if given, is called as it goes ("loading model",
+    "loading snapshot", "replaying log"), from this (non-loop) thread."""
+    progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
+    progress("loading model", 0, 0)
     replica, tokenizer = build_replica(genesis, model_spec, device)
+    progress("loading snapshot", 0, 0)
     snap = read_snapshot(sd.snapshots)
     base_vv: dict[bytes, int] = {}
     if snap is not None:
@@ -210,9 +216,15 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
                              f"only {logged.get(own_origin, 0)} (log tail lost with fsync = false, or a "
                              "snapshot of this same key from elsewhere); start with a new key or a fresh state_dir")
     pending = ulog.updates_after(base_vv)
+    last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
+        progress("replaying log", i, len(pending))
+        if time.monotonic() - last_log >= 10:
+            last_log = time.monotonic()
+            log.info("replaying the update log: %d of %d updates", i, len(pending))
         chunk = pending[i:i + REPLAY_CHUNK]
         replica.replay([(update_seed(genesis.swarm_id, o, s), q, s) for o, s, q in chunk])
+    progress("replaying log", len(pending), len(pending))
     dt = time.perf_counter() - t0
     if snap is not None or pending:
         log.info("restored state: snapshot with %d updates + %d replayed from the log in %.2fs",

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
+
+from .members import format_addr
+from .version import VERSION
 
 RATE_WINDOW_S = 30.0
 
@@ -39,8 +43,35 @@ class Rates:
         self.received = Rate()   # peers' updates received (logged)
 
 
-def _peer_state(state) -> str:
-    return getattr(state, "name", str(state)).lower()
+class Phase:
+    """Where a starting daemon is. Set by the setup code (also from the thread that loads
+    the model), read by the status socket: "loading model", "loading snapshot",
+    "replaying log" (done of total updates), "loading data", "joining", then "ready"."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.name, self.done, self.total = "starting", 0, 0
+        self.since = time.monotonic()
+
+    def set(self, name: str, done: int = 0, total: int = 0) -> None:
+        with self._lock:
+            if name != self.name:
+                self.since = time.monotonic()
+            self.name, self.done, self.total = name, done, total
+
+    def describe(self) -> str:
+        with self._lock:
+            part = f" {self.done} of {self.total}" if self.total else ""
+            return f"{self.name}{part}, {time.monotonic() - self.since:.0f} s"
+
+    def status(self, d) -> dict:
+        """The status of a daemon that is not ready yet: who it is and how far it got."""
+        with self._lock:
+            phase = {"name": self.name, "done": self.done, "total": self.total,
+                     "seconds": round(time.monotonic() - self.since, 1)}
+        return {"phase": phase, "version": VERSION, "node_id": d.node_id.hex(),
+                "swarm_id": d.genesis.swarm_id.hex(), "swarm_name": d.genesis.setting("name"),
+                "pid": os.getpid(), "uptime_s": round(time.time() - d.started, 3)}
 
 
 def build_status(d) -> dict:
@@ -48,37 +79,41 @@ def build_status(d) -> dict:
     w = d.worker
     s = w.stats
     engine = d.engine
-    counters = dict(getattr(engine, "counters", {}) or {}) if engine is not None else {}
-    drops = counters.pop("drops", None)
-    if drops is None:
-        drops = {k[len("drop_"):]: v for k, v in counters.items() if k.startswith("drop_")}
+    counters = dict(engine.counters) if engine is not None else {}
+    drops = counters.pop("drops", {})
     peers = []
     if engine is not None:
         for p in engine.peers():
-            rtt = getattr(p, "rtt_s", None)
             peers.append({
                 "node_id": p.node_id.hex(),
-                "addr": _fmt_addr(p.addr),
-                "state": _peer_state(p.state),
-                "incarnation": getattr(p, "incarnation", None),
-                "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
+                "addr": format_addr(p.addr),
+                "state": p.state,
+                "incarnation": p.incarnation,
+                "rtt_ms": round(p.rtt_s * 1000, 3) if p.rtt_s is not None else None,
             })
+    silent = [{"peer": b.spec, "addr": format_addr(b.addr), "error": b.error,
+               "silent_s": round(time.time() - b.since, 1)} for b in d.peers.silent_bootstrap()]
     applied = dict(w.applied_vv)  # copied: the worker thread mutates it
-    vv = d.ulog.updates_vv()
+    vv = d.update_log.updates_vv()
     logged_total = sum(vv.values())
     applied_total = sum(applied.values())
     now = time.monotonic()
     return {
+        "phase": {"name": "ready"},
+        "version": VERSION,
         "node_id": d.node_id.hex(),
         "swarm_id": d.genesis.swarm_id.hex(),
         "swarm_name": d.genesis.swarm.get("name"),
-        "listen": _fmt_addr(d.udp.local_addr) if d.udp else None,
+        "listen": format_addr(d.udp.local_addr) if d.udp else None,
+        "metrics": f"http://{format_addr(d.metrics.address)}/metrics" if d.metrics else None,
         "pid": os.getpid(),
         "uptime_s": round(time.time() - d.started, 3),
         "worker_state": s.state,
         "worker_error": s.error,
         "peers": peers,
         "peers_alive": sum(1 for p in peers if p["state"] == "alive"),
+        # configured bootstrap peers never heard from (wrong address, firewall, down)
+        "bootstrap_silent": silent,
         "own_steps": s.own_steps,
         "max_steps": d.cfg.max_steps,
         "applied_own": s.applied_own,
@@ -90,6 +125,8 @@ def build_status(d) -> dict:
         "replay_backlog": max(0, logged_total - applied_total),
         "replay_backlog_max": w.backlog.max_seen,
         "backpressure": {"paused": d.paused, "pauses": d.pauses},
+        # no room for the log: not producing, intake paused, held entries retried (node/log.py)
+        "disk_full": d.update_log.disk_full,
         "replay_calls": s.replay_calls,
         "replay_seconds": round(s.replay_seconds, 4),
         "update_rate": {
@@ -118,8 +155,10 @@ def build_status(d) -> dict:
         "digest_updates": s.digest_updates,
         "trainable_weights": d.replica.n_trainable,
         "trunk_cache": d.trunk_info,
-        "log": {"entries": d.ulog.entries, "truncated_bytes": d.ulog.truncated_bytes,
-                "duplicates": d.ulog.duplicates, "fsync": d.ulog.fsync_enabled},
+        "log": {"entries": d.update_log.entries, "truncated_bytes": d.update_log.truncated_bytes,
+                "duplicates": d.update_log.duplicates, "fsync": d.update_log.fsync_enabled,
+                "held": d.update_log.held, "disk_full_events": d.update_log.disk_full_events,
+                "disk_full_error": d.update_log.disk_full_error},
         "bytes_in": counters.get("bytes_in", 0),
         "bytes_out": counters.get("bytes_out", 0),
         "datagrams_in": counters.get("datagrams_in", 0),
@@ -136,12 +175,3 @@ def _applied_rate(s, now: float) -> float:
     n = sum(k for t, k in list(s.applied_times) if t >= now - RATE_WINDOW_S)
     n += sum(1 for t in list(s.step_times) if t >= now - RATE_WINDOW_S)
     return n / RATE_WINDOW_S
-
-
-def _fmt_addr(addr) -> str | None:
-    if addr is None:
-        return None
-    if isinstance(addr, (tuple, list)) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)

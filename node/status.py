@@ -22,6 +22,7 @@ from .errors import DaemonUnreachable, UserError
 log = logging.getLogger("onebyte.node.status")
 
 MAX_LINE = 64 * 1024
+MAX_SOCKET_PATH = 107   # sun_path is 108 bytes with its terminating NUL
 Handler = Callable[[dict], Awaitable[dict]]
 
 
@@ -35,6 +36,9 @@ class StatusServer:
         self._conns: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise UserError(f"status_socket {self.path} is {len(os.fsencode(self.path))} bytes long; Unix sockets "
+                            f"allow {MAX_SOCKET_PATH}: set [node] status_socket to a shorter path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             st = os.lstat(self.path)
@@ -71,6 +75,9 @@ class StatusServer:
                     req = json.loads(line)
                     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                         raise ValueError('expected a JSON object with a string "cmd"')
+                except RecursionError:  # deeply nested JSON: json gives up, so do we
+                    await _send(writer, {"ok": False, "error": "bad request: nested too deeply"})
+                    continue
                 except ValueError as exc:
                     await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
                     continue
@@ -106,6 +113,11 @@ class StatusServer:
 async def _send(writer: asyncio.StreamWriter, obj: dict) -> None:
     writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
     await writer.drain()
+
+
+def is_ready(status: dict | None) -> bool:
+    """A status answer of a daemon that serves (not one still loading or replaying)."""
+    return bool(status) and status.get("phase", {}).get("name") == "ready"
 
 
 def request(path: str | Path, req: dict, timeout: float = 30.0) -> dict:

@@ -33,7 +33,7 @@ import socket
 from typing import Callable
 
 from .config import Addr, format_addr
-from .errors import ConfigError, UserError
+from .errors import ConfigError, ResolveError
 
 log = logging.getLogger("onebyte.node.transport")
 
@@ -160,9 +160,9 @@ async def _resolve(host: str, port: int, family: int):
     try:
         infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise UserError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        raise ResolveError(f"cannot resolve {host!r}: {exc.strerror}") from None
     if not infos:
-        raise UserError(f"cannot resolve {host!r}")
+        raise ResolveError(f"cannot resolve {host!r}")
     return infos
 
 

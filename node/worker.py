@@ -24,10 +24,75 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import DiskFull
+from .training import Training
 
 log = logging.getLogger("onebyte.node.worker")
 
 COMMAND_QUEUE = 16  # status requests that need the model (digest, snapshot, eval): few at a time
+
+
+# --- loop -> worker: commands, each with the callback that answers it (called in the worker) --
+
+@dataclass(frozen=True)
+class Digest:
+    reply: Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    write: Callable[..., dict]     # write(replica, vv, digest) -> answer
+    reply: Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    examples: int | None           # None: the configured eval_examples
+    reply: Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class StopProducing:
+    reply: Callable[[dict], None]
+
+
+# --- worker -> loop: what happened (posted through `WorkerSetup.post`) ----------------------
+
+@dataclass(frozen=True)
+class OwnUpdate:
+    step: int
+    q: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class Replayed:
+    count: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: str
+
+
+@dataclass
+class WorkerSetup:
+    """Everything a worker is built from: its collaborators and its limits (the limits'
+    defaults are the node config's, node/config.py NODE_FIELDS)."""
+    replica: Any
+    node_id: bytes
+    swarm_id: bytes
+    update_log: Any                  # node/log.py UpdateLog: own steps are appended here
+    applied_vv: dict                 # per origin: updates 1..n are in the weights
+    training: Training               # sample/loss/eval/prepare; Training() replays only
+    snapshot: Callable               # snapshot(replica, vv, digest), in this thread
+    post: Callable[[Any], None]      # thread-safe: OwnUpdate/Replayed/Failed to the loop
+    update_seed: Callable
+    max_steps: int
+    min_step_interval_s: float
+    eval_every: int
+    snapshot_every: int
+    max_backlog: int
 
 
 class Backlog:
@@ -83,7 +148,7 @@ class WorkerStats:
     last_eval: dict | None = None
     digest: str | None = None
     digest_updates: int = 0
-    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | failed
+    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | disk_full | failed
     error: str | None = None
     first_step_at: float | None = None   # monotonic time of this run's first own step
     last_step_at: float | None = None
@@ -93,36 +158,23 @@ class WorkerStats:
 
 LOSS_WINDOW = 50
 IDLE_DIGEST_S = 5.0  # status digest refreshed at most this often while idle
+DISK_FULL_WAIT_S = 1.0  # while the disk is full: no local step, look again this often
 
 
 class Worker(threading.Thread):
-    def __init__(self, *, replica, node_id: bytes, swarm_id: bytes, update_log, applied_vv: dict,
-                 sample: Callable[[int], Any] | None, loss_fn, evaluator: Callable[[], dict] | None,
-                 prepare: Callable[[], None] | None = None,
-                 max_steps: int, min_step_interval_s: float, eval_every: int, snapshot: Callable,
-                 snapshot_every: int, max_backlog: int, post: Callable[..., None], update_seed: Callable):
+    def __init__(self, setup: WorkerSetup):
         super().__init__(name="onebyte-worker", daemon=True)
-        self.replica = replica
-        self.node_id = node_id
-        self.swarm_id = swarm_id
-        self.log = update_log
-        self.applied_vv = dict(applied_vv)   # per origin: updates 1..n are in the weights
-        self.sample = sample
-        self.loss_fn = loss_fn
-        self.evaluator = evaluator
-        self.prepare = prepare               # run once before the first step (the trunk cache)
-        self.max_steps = max_steps
-        self.producing = True                # cleared by "stop_producing": replay and serve only
-        self.min_interval = min_step_interval_s
-        self.eval_every = eval_every
-        self._snapshot = snapshot
-        self.snapshot_every = snapshot_every
-        self.max_backlog = max_backlog
-        self.post = post                     # thread-safe: (kind, *args) back to the loop
-        self.update_seed = update_seed
+        self.setup = setup
+        self.replica = setup.replica
+        self.node_id = setup.node_id
+        self.update_log = setup.update_log
+        self.applied_vv = dict(setup.applied_vv)
+        self.training = setup.training
+        self.producing = True                # cleared by StopProducing: replay and serve only
+        self.post = setup.post
         self.backlog = Backlog()
         self.commands: queue.Queue = queue.Queue(maxsize=COMMAND_QUEUE)
-        self.stats = WorkerStats(own_steps=applied_vv.get(node_id, 0))
+        self.stats = WorkerStats(own_steps=self.applied_vv.get(self.node_id, 0))
         self._losses: deque = deque(maxlen=LOSS_WINDOW)
         self._halt = threading.Event()
         self._since_snapshot = 0
@@ -132,10 +184,10 @@ class Worker(threading.Thread):
 
     # --- called from the loop thread ---------------------------------------------------
 
-    def submit(self, cmd: str, *args) -> bool:
+    def submit(self, command) -> bool:
         """Queue a command; False if the queue is full (the caller answers "busy")."""
         try:
-            self.commands.put_nowait((cmd, args))
+            self.commands.put_nowait(command)
         except queue.Full:
             return False
         self.backlog.wake()
@@ -154,17 +206,17 @@ class Worker(threading.Thread):
             log.exception("worker failed")
             self.stats.state = "failed"
             self.stats.error = f"{type(exc).__name__}: {exc}"
-            self.post("failed", self.stats.error)
+            self.post(Failed(self.stats.error))
 
     def _run(self) -> None:
-        if self.prepare is not None:
+        if self.training.prepare is not None:
             self.stats.state = "preparing"
-            self.prepare()
+            self.training.prepare()
         self._refresh_digest()
         while not self._halt.is_set():
             did = self._replay_backlog()
             did |= self._run_commands()
-            if self.snapshot_every and self._since_snapshot >= self.snapshot_every:
+            if self.setup.snapshot_every and self._since_snapshot >= self.setup.snapshot_every:
                 self._write_snapshot()
             if self._halt.is_set():
                 break
@@ -191,7 +243,7 @@ class Worker(threading.Thread):
         self.stats.state = "stopped"
 
     def _replay_backlog(self) -> bool:
-        items = self.backlog.take(self.max_backlog)
+        items = self.backlog.take(self.setup.max_backlog)
         if not items:
             return False
         batch, vv = [], self.applied_vv
@@ -202,7 +254,7 @@ class Worker(threading.Thread):
             if step != have + 1:
                 raise RuntimeError(f"replay gap for {origin.hex()}: have {have}, got {step}")
             vv[origin] = step
-            batch.append((self.update_seed(self.swarm_id, origin, step), q, step))
+            batch.append((self.setup.update_seed(self.setup.swarm_id, origin, step), q, step))
         if not batch:
             return False
         self.stats.state = "replaying"
@@ -217,31 +269,40 @@ class Worker(threading.Thread):
         self._since_snapshot += len(batch)
         self._dirty_digest = True
         log.debug("replayed %d updates in %.3fs", len(batch), dt)
-        self.post("replayed", len(batch))
+        self.post(Replayed(len(batch)))
         return True
 
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""
-        if (self.sample is None or not self.producing
-                or (self.max_steps and self.stats.own_steps >= self.max_steps)):
+        setup, training = self.setup, self.training
+        if (training.sample is None or not self.producing
+                or (setup.max_steps and self.stats.own_steps >= setup.max_steps)):
             if self.stats.state != "done":
-                self.stats.state = "done" if self.sample is not None else "idle"
+                self.stats.state = "done" if training.sample is not None else "idle"
             return 0.0
         if len(self.backlog) > 0:
             return 0.0
+        if self.update_log.disk_full:   # nothing new can be logged, so nothing is produced
+            self.stats.state = "disk_full"
+            return DISK_FULL_WAIT_S
         now = time.monotonic()
         if now < self._next_step_at:
             return self._next_step_at - now
         self.stats.state = "producing"
         step = self.applied_vv.get(self.node_id, 0) + 1
-        seed = self.update_seed(self.swarm_id, self.node_id, step)
-        batch = self.sample(step)
+        seed = setup.update_seed(setup.swarm_id, self.node_id, step)
+        batch = training.sample(step)
         t0 = time.perf_counter()
-        q, loss = self.replica.local_step(self.loss_fn, batch, seed, step)
+        q, loss = self.replica.local_step(training.loss_fn, batch, seed, step)
         dt = time.perf_counter() - t0
         # Durable before anyone else can learn of it: a crash now loses nothing published,
         # and a restart recomputes the same step (same batch, same seed, same q).
-        self.log.append_own(self.node_id, step, int(q))
+        try:
+            self.update_log.append_own(self.node_id, step, int(q))
+        except DiskFull:
+            _take_back(self.replica, seed, int(q), step)
+            self.stats.state = "disk_full"
+            return DISK_FULL_WAIT_S
         self.applied_vv[self.node_id] = step
         s = self.stats
         s.own_steps = step
@@ -259,15 +320,15 @@ class Worker(threading.Thread):
             s.loss_mean = sum(self._losses) / len(self._losses)
         self._since_snapshot += 1
         self._dirty_digest = True
-        self._next_step_at = time.monotonic() + self.min_interval
-        self.post("own", step, int(q), float(loss))
-        if self.eval_every and self.evaluator is not None and step % self.eval_every == 0:
+        self._next_step_at = time.monotonic() + setup.min_step_interval_s
+        self.post(OwnUpdate(step, int(q), float(loss)))
+        if setup.eval_every and training.evaluator is not None and step % setup.eval_every == 0:
             self._evaluate(step)
         return None
 
     def _evaluate(self, step: int, n_examples: int | None = None) -> None:
         t0 = time.perf_counter()
-        res = self.evaluator(n_examples)
+        res = self.training.evaluator(n_examples)
         self.stats.last_eval = {"step": step, "accuracy": res.get("accuracy"), "loss": res.get("loss"),
                                 "n": res.get("n"), "seconds": round(time.perf_counter() - t0, 3)}
         log.info("eval at own step %d: accuracy %.4f loss %.4f", step, res.get("accuracy", float("nan")),
@@ -280,42 +341,56 @@ class Worker(threading.Thread):
         return self.stats.digest
 
     def _write_snapshot(self) -> None:
-        if self._since_snapshot == 0:
-            return
+        if self._since_snapshot == 0 or self.update_log.disk_full:
+            return   # (disk full: the log is enough to restart; retried once space returns)
         digest = self._refresh_digest()
-        self._snapshot(self.replica, dict(self.applied_vv), digest)
+        try:
+            self.setup.snapshot(self.replica, dict(self.applied_vv), digest)
+        except DiskFull as exc:
+            self.update_log.mark_disk_full(str(exc))
+            return
         self._since_snapshot = 0
 
     def _run_commands(self) -> bool:
         did = False
         while True:
             try:
-                cmd, args = self.commands.get_nowait()
+                command = self.commands.get_nowait()
             except queue.Empty:
                 return did
             did = True
-            reply = args[-1]  # every command's last argument is its reply callback
             try:
-                if cmd == "digest":
-                    digest = self._refresh_digest() if self._dirty_digest else self.stats.digest
-                    reply({"digest": digest, "updates": sum(self.applied_vv.values()),
-                           "vv": {o.hex(): n for o, n in sorted(self.applied_vv.items())}})
-                elif cmd == "snapshot":
-                    digest = self._refresh_digest() if self._dirty_digest else self.stats.digest
-                    reply(args[0](self.replica, dict(self.applied_vv), digest))
-                elif cmd == "eval":
-                    if self.evaluator is None:
-                        reply({"error": "no eval data configured"})
-                    else:
-                        self._evaluate(self.stats.own_steps, args[0])
-                        reply(dict(self.stats.last_eval))
-                elif cmd == "stop_producing":
-                    # Takes effect before the next local step; steps already taken stay
-                    # published (the engine seals the open record after its linger).
-                    self.producing = False
-                    reply({"own_steps": self.stats.own_steps})
-                else:
-                    reply({"error": f"unknown worker command {cmd!r}"})
+                command.reply(self._answer(command))
             except Exception as exc:
-                log.exception("worker command %s failed", cmd)
-                reply({"error": f"{type(exc).__name__}: {exc}"})
+                log.exception("worker command %s failed", type(command).__name__)
+                command.reply({"error": f"{type(exc).__name__}: {exc}"})
+
+    def _answer(self, command) -> dict:
+        match command:
+            case Digest():
+                return {"digest": self._fresh_digest(), "updates": sum(self.applied_vv.values()),
+                        "vv": {o.hex(): n for o, n in sorted(self.applied_vv.items())}}
+            case Snapshot(write=write):
+                digest = self._fresh_digest()
+                return write(self.replica, dict(self.applied_vv), digest)
+            case Evaluate(examples=n):
+                if self.training.evaluator is None:
+                    return {"error": "no eval data configured"}
+                self._evaluate(self.stats.own_steps, n)
+                return dict(self.stats.last_eval)
+            case StopProducing():
+                # Takes effect before the next local step; steps already taken stay
+                # published (the engine seals the open record after its linger).
+                self.producing = False
+                return {"own_steps": self.stats.own_steps}
+        return {"error": f"unknown worker command {command!r}"}
+
+    def _fresh_digest(self) -> str:
+        return self._refresh_digest() if self._dirty_digest else self.stats.digest
+
+
+def _take_back(replica, seed: int, q: int, step: int) -> None:
+    """Remove an own update that could not be logged from the weights, exactly: the local
+    step added its integer coefficients c on the grid, subtracting them restores the bits."""
+    from onebyte.model.grid import update_coefficients
+    replica._apply([seed], [-update_coefficients(replica.grid, replica.hyper, seed, q, step)])

@@ -1,4 +1,4 @@
-"""Evaluation for `onebyte demo` (node/demo.py): the zero-shot run in the demo's own process,
+"""Evaluation for `onebyte demo` (node/demo/run.py): the zero-shot run in the demo's own process,
 and the periodic evaluations it asks the nodes for while they train."""
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import DaemonUnreachable
-from .status import request
+from ..errors import DaemonUnreachable
+from ..status import request
+from ..training import task_sources
 
 
-def genesis_task(genesis: Path) -> tuple[dict, str]:
+def genesis_task(genesis: Path) -> tuple[dict | None, str]:
     """(task spec, eval data) from the genesis [task] table, exactly as a node reads them."""
     import tomllib
 
-    table = dict(tomllib.loads(genesis.read_text())["task"])
-    table.pop("data", None)
-    return table, table.pop("eval_data", "")
+    spec, _train, eval_data = task_sources(tomllib.loads(genesis.read_text())["task"])
+    return spec, eval_data
 
 
 def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> dict:
@@ -32,7 +32,7 @@ def evaluate_model(spec: str, genesis: Path, n_examples: int, threads: int) -> d
 
     torch.set_num_threads(threads)
     task_spec, eval_data = genesis_task(genesis)
-    task = load_task(eval_data, task_spec or None, split="eval")
+    task = load_task(eval_data, task_spec, split="eval")
     model, tokenizer = load_model(spec)
     model.eval()
     t0 = time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onebyte.node.liveview import History
+from ..liveview import History
 
 
 def plot_run(

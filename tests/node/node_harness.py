@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from onebyte.node.errors import DaemonUnreachable
-from onebyte.node.status import request
+from onebyte.node.status import is_ready, request
 
 ONEBYTE = [sys.executable, "-m", "onebyte.node.cli"]
 START_TIMEOUT = 180.0   # model import + load under a loaded 2-core machine
@@ -37,7 +37,7 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
 
 class Node:
     def __init__(self, root: Path, name: str, genesis: Path, peers: list[str], env: dict | None = None,
-                 **fields):
+                 tables: dict | None = None, **fields):
         self.name = name
         self.env = env
         self.dir = root / name
@@ -52,13 +52,14 @@ class Node:
         self.fields = dict(listen="127.0.0.1:0", peers=peers, genesis=str(genesis), key=str(self.key),
                            state_dir=str(self.state_dir), status_socket=str(self.socket), batch_size=4,
                            log_level="info", **fields)
+        self.tables = dict(tables or {})   # more node.toml tables: [protocol], [labels]
         self.write_config()
         self.proc: subprocess.Popen | None = None
         self.stderr_path = self.dir / "stderr.log"
 
     def write_config(self) -> None:
         from onebyte.node.genesis import dump_toml
-        self.config.write_text(dump_toml({"node": self.fields}))
+        self.config.write_text(dump_toml({"node": self.fields, **self.tables}))
 
     def start(self) -> "Node":
         self._err = open(self.stderr_path, "ab")
@@ -72,10 +73,11 @@ class Node:
             if self.proc.poll() is not None:
                 raise AssertionError(f"node {self.name} exited {self.proc.returncode}: {self.stderr()[-2000:]}")
             try:
-                return self.status()
+                st = self.status()
             except DaemonUnreachable:
                 return None
-        return wait_for(ready, timeout, f"node {self.name} to answer on its status socket", 0.2)
+            return st if is_ready(st) else None
+        return wait_for(ready, timeout, f"node {self.name} to be ready", 0.2)
 
     def status(self) -> dict:
         st = request(self.socket, {"cmd": "status"}, timeout=30)

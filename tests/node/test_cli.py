@@ -110,8 +110,12 @@ def test_init_scope_presets_are_part_of_the_swarm_id(tmp_path):
     assert lora["lora_rank"] == 16 and "lora_" in lora["trainable"] and "layers\\.(1)" in lora["lora_targets"]
     r = run_cli("init", "--model", "tiny", "--scope", "top3", "--out", tmp_path / "bad.toml")
     assert r.returncode == 2 and "has 2 layers" in r.stderr and r.stderr.count("\n") == 1
-    r = run_cli("init", "--model", "tiny", "--admission", "closed", "--member", "ab" * 32, "--member", "cd" * 32,
-                "--out", tmp_path / "closed.toml")
+    from onebyte.node.keys import public_of, read_key, write_key
+    members = []
+    for name in ("m1.key", "m2.key"):   # real keys: a genesis refuses keys that are not curve points
+        write_key(tmp_path / name)
+        members += ["--member", public_of(read_key(tmp_path / name)).hex()]
+    r = run_cli("init", "--model", "tiny", "--admission", "closed", *members, "--out", tmp_path / "closed.toml")
     assert r.returncode == 0 and load_genesis(tmp_path / "closed.toml").hyper["swarm_nodes"] == 2
 
 

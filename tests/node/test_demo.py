@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from onebyte.node.liveview import History, LiveView, NodeRow, bar, human_bytes
+from onebyte.node.liveview import History, LiveView, NodeRow, bar, human_bytes, render_table
 
 ONEBYTE = [sys.executable, "-m", "onebyte.node.cli"]
 
 
 def fake_status(steps: int, *, acc: float | None = None, eval_step: int | None = None) -> dict:
     return {
-        "ok": True, "node_id": "ab" * 16, "own_steps": steps, "applied_own": steps, "applied_replayed": 2 * steps,
+        "ok": True, "phase": {"name": "ready"}, "node_id": "ab" * 16, "own_steps": steps, "applied_own": steps,
+        "applied_replayed": 2 * steps, "applied_total": 3 * steps,
         "replay_backlog": 3, "peers": [{"node_id": "cd" * 16}, {"node_id": "ef" * 16}],
         "loss_mean": 1.0 / (1 + steps), "bytes_in": 100 * steps, "bytes_out": 1000 * steps,
         "drops": {"replayed": 2, "wrong_swarm": 1}, "digest": "0123456789abcdef" * 4,
@@ -38,6 +39,9 @@ def test_node_row_reads_status_fields_and_tolerates_a_missing_node():
     assert row.loss == pytest.approx(1 / 11)
     down = NodeRow.from_status("node2", None)
     assert not down.up and down.own_steps == 0
+    starting = NodeRow.from_status("node3", {"ok": True, "phase": {"name": "replaying log", "done": 5, "total": 9}})
+    assert starting.up and starting.phase == "replaying log 5 of 9"
+    assert "(starting: replaying log 5 of 9)" in "\n".join(render_table([row, starting]))
 
 
 def test_tty_view_redraws_in_place_and_shows_every_node():
@@ -78,7 +82,7 @@ def test_history_keeps_one_point_per_evaluation():
 
 
 def test_plot_writes_a_png(tmp_path):
-    from onebyte.node.plot import plot_run
+    from onebyte.node.demo.plot import plot_run
 
     h = History()
     for t in range(5):

@@ -267,7 +267,7 @@ async def test_status_socket_round_trip(tmp_path):
 def test_genesis_without_record_fields_gets_the_documented_defaults():
     """A genesis that leaves out updates_per_record / record_linger_s means SWARM_DEFAULTS
     (32, 0.25 s, as docs/config.md says), not ProtocolConfig's own defaults."""
-    from onebyte.node.daemon import protocol_config
+    from onebyte.node.genesis import protocol_config
     from onebyte.node.genesis import SWARM_DEFAULTS, parse_genesis
     g = parse_genesis({"swarm": {"base_model": "tiny", "base_model_hash": "0" * 64}, "hyper": {}, "task": {}})
     cfg = protocol_config(g, {})

@@ -4,7 +4,8 @@ step, exactly-once application, own updates logged before they are posted, snaps
 import queue
 
 from onebyte.node.log import UpdateLog
-from onebyte.node.worker import Worker
+from onebyte.node.training import Training
+from onebyte.node.worker import Digest, Evaluate, OwnUpdate, Replayed, StopProducing, Worker, WorkerSetup
 
 ME = b"\x01" * 16
 PEER = b"\x02" * 16
@@ -36,12 +37,14 @@ def make_worker(tmp_path, **kw):
     posted = queue.Queue()
     snaps = []
     lg = UpdateLog(tmp_path / "u.log")
+    training = dict(sample=lambda step: [step], loss_fn=None, evaluator=None)
+    training.update({k: kw.pop(k) for k in list(kw) if k in training})
     args = dict(replica=FakeReplica(), node_id=ME, swarm_id=b"s" * 32, update_log=lg, applied_vv={},
-                sample=lambda step: [step], loss_fn=None, evaluator=None, max_steps=3,
+                training=Training(**training), max_steps=3,
                 min_step_interval_s=0.0, eval_every=0, snapshot=lambda r, vv, d: snaps.append(dict(vv)),
-                snapshot_every=4, max_backlog=1000, post=lambda *a: posted.put(a), update_seed=seed_of)
+                snapshot_every=4, max_backlog=1000, post=posted.put, update_seed=seed_of)
     args.update(kw)
-    return Worker(**args), posted, snaps, lg
+    return Worker(WorkerSetup(**args)), posted, snaps, lg
 
 
 def test_backlog_is_replayed_in_one_call_before_local_steps(tmp_path):
@@ -52,17 +55,17 @@ def test_backlog_is_replayed_in_one_call_before_local_steps(tmp_path):
     own = []
     while len(own) < 3:
         msg = posted.get(timeout=30)
-        if msg[0] == "own":
+        if isinstance(msg, OwnUpdate):
             own.append(msg)
         else:
-            assert msg[0] == "replayed"
-    assert [o[:3] for o in own] == [("own", 1, 3), ("own", 2, 3), ("own", 3, 3)]
+            assert isinstance(msg, Replayed)
+    assert [(o.step, o.q) for o in own] == [(1, 3), (2, 3), (3, 3)]
     # duplicates and already-applied steps are skipped
     w.backlog.extend([(PEER, 5, 1), (PEER, 6, -1)])
     got = queue.Queue()
     ans = {"vv": {}}
     while ans["vv"].get(PEER.hex()) != 6:   # the worker picks the backlog up at its own pace
-        assert w.submit("digest", got.put)
+        assert w.submit(Digest(got.put))
         ans = got.get(timeout=30)
     w.stop()
     w.join(30)
@@ -81,10 +84,10 @@ def test_max_backlog_bounds_one_fused_call(tmp_path):
     w.backlog.extend([(PEER, s, 1) for s in range(1, 11)])
     w.start()
     got = queue.Queue()
-    w.submit("digest", got.put)
+    w.submit(Digest(got.put))
     ans = got.get(timeout=30)
     while ans["updates"] < 10:
-        w.submit("digest", got.put)
+        w.submit(Digest(got.put))
         ans = got.get(timeout=30)
     w.stop()
     w.join(30)
@@ -97,17 +100,17 @@ def test_stop_producing_ends_local_steps_but_not_replay(tmp_path):
     w, posted, snaps, lg = make_worker(tmp_path, max_steps=0, min_step_interval_s=0.05,
                                        evaluator=lambda n=None: evals.append(n) or {"accuracy": 1.0, "n": n})
     w.start()
-    while posted.get(timeout=30)[0] != "own":   # it is producing (max_steps=0: unlimited)
+    while not isinstance(posted.get(timeout=30), OwnUpdate):   # it is producing (max_steps=0: unlimited)
         pass
     got = queue.Queue()
-    assert w.submit("stop_producing", got.put)
+    assert w.submit(StopProducing(got.put))
     stopped_at = got.get(timeout=30)["own_steps"]
     w.backlog.extend([(PEER, 1, 2)])             # peer updates are still replayed
     ans = {"vv": {}}
     while ans["vv"].get(PEER.hex()) != 1:
-        assert w.submit("digest", got.put)
+        assert w.submit(Digest(got.put))
         ans = got.get(timeout=30)
-    assert w.submit("eval", 7, got.put)          # an evaluation of a chosen size
+    assert w.submit(Evaluate(7, got.put))          # an evaluation of a chosen size
     assert got.get(timeout=30)["n"] == 7 and evals == [7]
     w.stop()
     w.join(30)

@@ -1,0 +1,142 @@
+"""Prometheus exposition (`metrics_listen = "127.0.0.1:9470"` in node.toml; off by default).
+
+prometheus_client serves HTTP from its own thread. The numbers live on the loop thread
+(engine counters, worker stats), so a scrape asks the loop for one status snapshot
+(`build_status`, the same dict the status socket answers) and turns it into metric
+families: one source of truth, no second set of counters to keep in step. The one
+exception is the step-time histogram, which needs every observation: the loop feeds
+it as own updates arrive (prometheus_client's Histogram is thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+from .config import format_addr
+from .errors import ConfigError
+from .stats import build_status
+
+log = logging.getLogger("onebyte.node.metrics")
+
+SCRAPE_TIMEOUT_S = 5.0
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PEER_STATES = ("alive", "suspect", "dead", "left")
+
+
+class MetricsServer:
+    def __init__(self, daemon, listen):
+        self.d = daemon
+        self.listen = listen
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.step_seconds = Histogram("onebyte_local_step_seconds", "Wall time of one local SPSA step "
+                                      "(two forward passes and the update)", buckets=STEP_BUCKETS,
+                                      registry=self.registry)
+        self.registry.register(_Collector(daemon))
+        self._server = None
+        self._last_step_seconds = 0.0
+
+    def start(self) -> None:
+        host, port = self.listen
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"[node] metrics_listen {format_addr(self.listen)}: cannot listen: "
+                              f"{exc.strerror or exc}") from None
+        log.info("Prometheus metrics on http://%s/metrics", format_addr(self.address))
+
+    @property
+    def address(self) -> tuple:
+        a = self._server.server_address
+        return (a[0], a[1])
+
+    def observe_step(self, _own_update) -> None:
+        """After each own update (loop thread): the step's duration from the worker's total."""
+        total = self.d.worker.stats.step_seconds
+        self.step_seconds.observe(max(0.0, total - self._last_step_seconds))
+        self._last_step_seconds = total
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _Collector:
+    """Reads one status snapshot per scrape, on the loop thread."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def collect(self):
+        d = self.d
+        if not d.ready:
+            yield GaugeMetricFamily("onebyte_ready", "1 once the node serves (model loaded, log replayed)", value=0)
+            return
+
+        async def snapshot():
+            return build_status(d)
+        try:
+            st = asyncio.run_coroutine_threadsafe(snapshot(), d.loop).result(SCRAPE_TIMEOUT_S)
+        except Exception as exc:  # the loop is stopping or too busy: an empty scrape, not a 500
+            log.debug("metrics scrape failed: %s", exc)
+            return
+        yield from _families(st)
+
+
+def _families(st: dict):
+    yield InfoMetricFamily("onebyte_build", "Version, node and swarm of this daemon",
+                           value={"version": st["version"], "node_id": st["node_id"], "swarm_id": st["swarm_id"]})
+    yield GaugeMetricFamily("onebyte_ready", "1 once the node serves (model loaded, log replayed)", value=1)
+    yield CounterMetricFamily("onebyte_updates_produced", "Own updates published by this run",
+                              value=st["own_steps_this_run"])
+    applied = CounterMetricFamily("onebyte_updates_applied", "Updates applied to the weights by this run",
+                                  labels=["origin"])
+    applied.add_metric(["own"], st["applied_own"])
+    applied.add_metric(["peers"], st["applied_replayed"])
+    yield applied
+    yield CounterMetricFamily("onebyte_records_accepted", "Signed update records accepted from peers",
+                              value=st["counters"].get("records_accepted", 0))
+    yield _by_direction("onebyte_network_bytes", "UDP payload bytes", st["bytes_in"], st["bytes_out"])
+    yield _by_direction("onebyte_network_datagrams", "UDP datagrams", st["datagrams_in"], st["datagrams_out"])
+    kinds = st.get("bytes_by_kind") or {}
+    if kinds:
+        by_kind = CounterMetricFamily("onebyte_network_message_bytes", "UDP payload bytes by message type",
+                                      labels=["direction", "kind"])
+        for direction in ("in", "out"):
+            for kind, n in sorted(kinds.get(direction, {}).items()):
+                by_kind.add_metric([direction, kind], n)
+        yield by_kind
+    drops = CounterMetricFamily("onebyte_datagrams_dropped", "Datagrams dropped, by reason", labels=["reason"])
+    for reason, n in sorted(st["drops"].items()):
+        drops.add_metric([reason], n)
+    yield drops
+    peers = GaugeMetricFamily("onebyte_peers", "Peers in the membership table, by state", labels=["state"])
+    for state in PEER_STATES:
+        peers.add_metric([state], sum(1 for p in st["peers"] if p["state"] == state))
+    yield peers
+    yield GaugeMetricFamily("onebyte_replay_backlog_updates", "Updates logged but not yet applied",
+                            value=st["replay_backlog"])
+    yield CounterMetricFamily("onebyte_replay_seconds", "Time spent in fused replay", value=st["replay_seconds"])
+    yield CounterMetricFamily("onebyte_replay_calls", "Fused replay calls", value=st["replay_calls"])
+    yield GaugeMetricFamily("onebyte_applied_updates_per_second", "Updates applied per second (30 s window)",
+                            value=st["update_rate"]["applied_per_s"])
+    yield CounterMetricFamily("onebyte_equivocations", "Conflicting signed records seen",
+                              value=st["equivocations"])
+    if st.get("loss_mean") is not None:
+        yield GaugeMetricFamily("onebyte_loss", "Running mean of the local training loss", value=st["loss_mean"])
+    ev = st.get("last_eval") or {}
+    if ev.get("accuracy") is not None:
+        yield GaugeMetricFamily("onebyte_eval_accuracy", "Held-out accuracy at the last evaluation",
+                                value=ev["accuracy"])
+
+
+def _by_direction(name: str, doc: str, n_in: int, n_out: int) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=["direction"])
+    fam.add_metric(["in"], n_in)
+    fam.add_metric(["out"], n_out)
+    return fam
