@@ -8,7 +8,6 @@ tests that fake ENOSPC and short writes are in test_log.py.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 from pathlib import Path
