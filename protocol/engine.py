@@ -48,6 +48,11 @@ class ProtocolError(Exception):
     """The driver misused the engine (not raised for peer input)."""
 
 
+def _carries_only(m: Member, payload, now: float) -> None:
+    """The handler of PUSH, RECORDS and PEERS: a nil payload; their gossip and records are
+    the message, and every authenticated datagram's are handled after its handler."""
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     node_id: bytes
@@ -338,14 +343,15 @@ class Engine:
 
     def _on_alive(self, sender: Member, item: Alive, addr, now: float) -> None:
         """A certificate, the sender's own or relayed: verified and taken only if it is news."""
-        pub, _, gen, inc, _ = parse_cert(item.cert)
-        node_id = self.session.origin_id(pub)
+        node_id = self.session.origin_id(item.cert[:32])   # a certificate starts with its key
         if node_id == self.node_id:
             return
         known = self.members.get(node_id)
-        if known is not None and (known.cert == item.cert
-                                  or (gen, inc) <= (known.generation, known.incarnation)):
-            return   # nothing new: no signature check
+        if known is not None and known.cert == item.cert:
+            return   # the certificate we hold (the common case): nothing new, nothing to parse
+        _, _, gen, inc, _ = parse_cert(item.cert)
+        if known is not None and (gen, inc) <= (known.generation, known.incarnation):
+            return   # older than the one we hold: no signature check
         direct = node_id == sender.node_id
         peer_addr = addr if direct else item.addr
         if peer_addr is None and known is None:
@@ -396,6 +402,3 @@ class Engine:
                 if addr not in live_addrs:
                     self.outbox.send_join(addr)
 
-
-def _carries_only(m: Member, payload, now: float) -> None:
-    """PUSH, RECORDS, PEERS: the payload is nil; the gossip and records lists are the message."""

@@ -104,16 +104,17 @@ class Sync:
     # ================================================================ records in
     def on_records(self, m: Member, records: list, addr, now: float) -> None:
         """Records carried by an authenticated datagram from m; each bad one is a counted drop."""
+        seen = self._seen_sigs
         for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
+            if isinstance(raw, bytes) and raw[-SIG_SIZE:] in seen:
+                self.counters["duplicate_records"] += 1   # the common case: one set lookup
+                continue
             try:
                 self._on_record(m, raw, now)
             except WireError as e:
                 self.events.drop(e.reason, addr)
 
     def _on_record(self, m: Member, raw, now: float) -> None:
-        if isinstance(raw, bytes) and raw[-SIG_SIZE:] in self._seen_sigs:
-            self.counters["duplicate_records"] += 1
-            return
         pub, first, qs, sig = decode_record(raw)
         if pub is None:
             pub = m.pub     # the sender is the origin
