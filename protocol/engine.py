@@ -281,7 +281,7 @@ class Engine:
                 raise WireError("rate_limited")  # membership table full of live peers
             self._apply(change)
         self.session.accept(m, auth, h.counter)
-        self.members.heard_from(m, addr, now)
+        self.members.heard_from(m, addr)
         if not m.live:
             self.probing.tell_dead(m, now)   # so it can refute, and come back
         self.probing.heard_from(m, h.type)

@@ -29,8 +29,7 @@ class MemberState(IntEnum):
 
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
-                 "state_since", "mac_key", "window", "confirmed", "rtt", "last_heard",
-                 "told_dead")
+                 "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -47,7 +46,6 @@ class Member:
         self.window = ReplayWindow()
         self.confirmed = False   # peer proved it holds our cert (sent us a MAC'd datagram)
         self.rtt: float | None = None
-        self.last_heard = None
         self.told_dead = 0.0     # last time we told this (dead-to-us) peer so it can refute
 
     @property
@@ -111,12 +109,11 @@ class Membership:
         self._live_count += int(m.live) - int(was_live)
 
     # ---------------------------------------------------------- facts
-    def heard_from(self, m: Member, addr, now: float) -> None:
+    def heard_from(self, m: Member, addr) -> None:
         """An authenticated datagram from m: its source address is where m is now."""
         if m.addr != addr:
             m.addr = addr
             self._live = None
-        m.last_heard = now
 
     def on_cert(self, cert: Cert, addr, now: float, direct: bool) -> tuple[Member | None, Change | None]:
         """A verified certificate, seen directly from its subject (direct) or relayed.
