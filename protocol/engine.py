@@ -66,10 +66,16 @@ class PeerInfo:
 class Engine:
     def __init__(self, identity: Identity, config: ProtocolConfig, *, rng, now: float,
                  store=None, bootstrap=(), own_last_step: int | None = None,
-                 generation: int = 0, crypto: CryptoCache | None = None):
+                 generation: int = 0, crypto: CryptoCache | None = None,
+                 own_history_wait_s: float | None = None):
         """generation: strictly increasing per start of this identity (the node passes its
         wall-clock seconds at start, or a persisted boot counter); it selects a fresh
-        session key and counter space, so datagrams of a previous run cannot be replayed."""
+        session key and counter space, so datagrams of a previous run cannot be replayed.
+
+        own_history_wait_s: learn our own earlier steps from peers before producing (a key
+        restarted from an empty or old state dir must never reuse a step number): the
+        driver publishes only after OwnHistoryLearned; with no answer within this many
+        seconds the key counts as new.  None: no such wait (OwnHistoryLearned never comes)."""
         self.identity = identity
         self.config = config
         self.rng = rng
@@ -116,6 +122,8 @@ class Engine:
         if own_last_step is not None and own_last_step < stored_own:
             raise ProtocolError(f"own_last_step {own_last_step} is behind the store ({stored_own})")
         self.own_steps_to_republish = range(stored_own + 1, (own_last_step or stored_own) + 1)
+        if own_history_wait_s is not None:
+            self.sync.learn_own_history(now, own_history_wait_s)
 
         jitter = rng.random
         self._next_gossip = now + config.gossip_interval_s * jitter()
@@ -225,6 +233,22 @@ class Engine:
     @property
     def next_own_step(self) -> int:
         return self.sync.next_own_step
+
+    @property
+    def own_history_settled(self) -> bool:
+        return self.sync.own_settled
+
+    def own_history(self) -> dict:
+        return self.sync.own_history()
+
+    def set_weights_digest(self, digest: bytes, vv_hash: bytes) -> None:
+        """The node's latest weights digest and a hash of the version vector it covers:
+        sent with anti-entropy DIGESTs, so a peer with the same vv hash and other weights
+        reports WeightsDiverged (and so do we, on theirs)."""
+        if not (isinstance(digest, bytes) and isinstance(vv_hash, bytes)
+                and 0 < len(digest) <= 32 and 0 < len(vv_hash) <= 32):
+            raise ValueError("weights digest and vv hash must be 1..32 bytes each")
+        self.sync.weights = (digest, vv_hash)
 
     # ================================================================ views
     def peers(self) -> list:

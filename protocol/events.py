@@ -78,6 +78,25 @@ class EquivocationDetected(Event):
     record_b: bytes
 
 
+@dataclass(frozen=True)
+class OwnHistoryLearned(Event):
+    """The node knows its own earlier steps: peers reported where its origin stands and
+    those records are delivered (an empty or old state dir with an old key), or nobody
+    answered within the wait (a new key).  Produce only after this: next_step is the
+    first step number never used.  Queued after the UpdatesReceived of the steps learned.
+    """
+    next_step: int
+    answers: int          # peers that reported our origin's step (0: the wait timed out)
+
+
+@dataclass(frozen=True)
+class WeightsDiverged(Event):
+    """A peer with the same version vector (same vv hash) reported other weights."""
+    node_id: bytes
+    ours: bytes
+    theirs: bytes
+
+
 DROP_REASONS = (
     "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",

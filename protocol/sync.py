@@ -16,7 +16,8 @@ from collections import deque
 
 from .config import ProtocolConfig
 from .dissemination import DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
-from .events import EquivocationDetected, EventQueue, UpdatesReceived
+from .events import (EquivocationDetected, EventQueue, OwnHistoryLearned, UpdatesReceived,
+                     WeightsDiverged)
 from .identity import SIG_SIZE
 from .membership import Member, Membership
 from .outbox import Outbox
@@ -29,6 +30,9 @@ MAX_PULL_ENTRIES = 24
 VECTOR_ENTRIES = 40
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 SEEN_CONFLICTS = 10000   # equivocations already reported
+OWN_GIVE_UP_WAITS = 5    # see learn_own_history
+ASK_OWN = 0x01           # DIGEST flag: "list my own origin's step in your VECTOR, even if equal"
+MAX_WEIGHTS_FIELD = 32   # bytes of a weights digest or vv hash carried in a DIGEST
 
 
 class Sync:
@@ -63,6 +67,17 @@ class Sync:
                 self.book.state(origin).contiguous = step
                 self.digest.update(origin, 0, step)
         self.next_own_step = self.book.contiguous(self.node_id) + 1
+        # Our own history (a key restarted from an empty or old state dir): until peers have
+        # told us where our origin stands, and we hold those records, the node must not
+        # produce (learn_own_history).  Settled from the start unless the driver asks.
+        self.own_settled = True
+        self.own_deadline: float | None = None
+        self._own_give_up: float | None = None
+        self._own_answers: set = set()
+        self._own_target = 0
+        # (weights digest, vv hash) the node last computed: sent with our DIGEST, compared
+        # with a peer's where the vv hashes agree (divergence is visible, never silent).
+        self.weights: tuple | None = None
 
     # ================================================================ views
     def version_vector(self) -> dict:
@@ -70,6 +85,41 @@ class Sync:
 
     def pending_updates(self) -> int:
         return sum(st.pending_updates for st in self.book.origins.values())
+
+    # ================================================================ our own history
+    def learn_own_history(self, now: float, wait_s: float) -> None:
+        """Hold production (OwnHistoryLearned says when) until our own earlier steps are
+        known.  Every anti-entropy DIGEST meanwhile asks its peer for our origin's step
+        (ASK_OWN); we pull what they hold beyond ours.  Settled once at least
+        min(2, live peers) answered and we hold every step they reported, or once wait_s
+        passed with no answer (a new key has no history).  A reported step never served
+        (a peer that lied, or died) holds us at most OWN_GIVE_UP_WAITS * wait_s longer."""
+        self.own_settled = False
+        self.own_deadline = now + wait_s
+        self._own_give_up = now + (1 + OWN_GIVE_UP_WAITS) * wait_s
+
+    def own_history(self) -> dict:
+        """For status: where learning our own history stands."""
+        return {"settled": self.own_settled, "answers": len(self._own_answers),
+                "reported_step": self._own_target, "held_step": self.book.contiguous(self.node_id)}
+
+    def _check_own(self, now: float) -> None:
+        if self.own_settled:
+            return
+        answers = len(self._own_answers)
+        if answers:
+            needed = min(2, max(1, self.members.live_count()))
+            behind = self.book.contiguous(self.node_id) < self._own_target
+            if (behind or answers < needed) and now < self.own_deadline:
+                return
+            if behind and now < self._own_give_up:
+                return   # a peer holds steps of ours we still lack: pull them first
+            if behind:
+                self.counters["own_history_incomplete"] = 1
+        elif now < self.own_deadline:
+            return
+        self.own_settled = True
+        self.events.emit(OwnHistoryLearned(self.next_own_step, answers))
 
     # ================================================================ our records
     def add_own(self, q: int, now: float) -> None:
@@ -121,8 +171,8 @@ class Sync:
         if len(qs) > self.config.max_record_updates or 0x80 in qs:
             raise WireError("malformed")
         origin = self.session.origin_id(pub)
-        if origin == self.node_id:
-            self.counters["duplicate_records"] += 1
+        if origin == self.node_id and not self._learns_own(first + len(qs) - 1):
+            self.counters["duplicate_records"] += 1   # our own record, relayed back
             return
         if not self.session.admitted(pub):
             raise WireError("not_admitted")
@@ -141,6 +191,14 @@ class Sync:
             if self.pulls.get(origin, -1.0) < now and not self._within_rate(st, len(qs), now):
                 raise WireError("rate_limited")
             self._accept(st, rec)
+
+    def _learns_own(self, last_step: int) -> bool:
+        """An own record beyond what we hold: steps of ours we lost (an empty or old state
+        dir).  Taken only while we have published nothing past our stored steps, so a step
+        number is never ours twice; a relayed copy of a record we sent is a duplicate."""
+        contiguous = self.book.contiguous(self.node_id)
+        return (last_step > contiguous and not self._own_qs
+                and self.next_own_step == contiguous + 1)
 
     def _within_rate(self, st: OriginState, n: int, now: float) -> bool:
         """The origin's token bucket for pushed updates (records we pulled are exempt)."""
@@ -190,6 +248,10 @@ class Sync:
         qs = bytes_to_qs(rec.qs[offset:])
         self.counters["updates_delivered"] += len(qs)
         self.events.emit(UpdatesReceived(rec.origin, first, qs))
+        if rec.origin == self.node_id:   # our own lost steps, learned back: never reused
+            self.next_own_step = st.contiguous + 1
+            self.counters["own_updates_learned"] = self.counters.get("own_updates_learned", 0) + len(qs)
+            self._check_own(float("-inf"))
 
     def _remember_sig(self, sig: bytes) -> None:
         self._seen_sigs.add(sig)
@@ -220,9 +282,41 @@ class Sync:
     def anti_entropy_round(self, now: float) -> None:
         for o in [o for o, t in self.pulls.items() if t < now]:
             del self.pulls[o]
+        self._check_own(now)
         peer = self.members.random_live(self.rng, 1)
         if peer:
-            self.outbox.send(MessageType.DIGEST, peer[0], packb(self.digest.packed()))
+            self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload())
+
+    def _digest_payload(self) -> bytes:
+        """The bucket hashes alone (the original form), or [hashes, flags, weights|nil]
+        when we ask for our own origin's step or have a weights digest to compare."""
+        ask = 0 if self.own_settled else ASK_OWN
+        if not ask and self.weights is None:
+            return packb(self.digest.packed())
+        return packb([self.digest.packed(), ask, list(self.weights) if self.weights else None])
+
+    def _parse_digest(self, payload) -> tuple:
+        """(bucket hashes, flags, (weights digest, vv hash) | None); extra fields ignored."""
+        if not isinstance(payload, list):
+            return payload, 0, None
+        if not (3 <= len(payload) <= 8 and is_uint(payload[1], 1 << 32)):
+            raise WireError("malformed")
+        weights = payload[2]
+        if weights is not None and not (
+                isinstance(weights, list) and len(weights) == 2
+                and all(isinstance(w, bytes) and 0 < len(w) <= MAX_WEIGHTS_FIELD for w in weights)):
+            raise WireError("malformed")
+        return payload[0], payload[1], tuple(weights) if weights is not None else None
+
+    def _compare_weights(self, m: Member, theirs: tuple) -> None:
+        """Same vv hash, other weights digest: the replicas diverged (invariant 7)."""
+        if self.weights is None or theirs[1] != self.weights[1]:
+            return   # no digest yet, or other states: nothing to compare
+        if theirs[0] == self.weights[0]:
+            self.counters["weights_agreed"] = self.counters.get("weights_agreed", 0) + 1
+            return
+        self.counters["weights_diverged"] = self.counters.get("weights_diverged", 0) + 1
+        self.events.emit(WeightsDiverged(m.node_id, self.weights[0], theirs[0]))
 
     def on_digest(self, m: Member, payload, now: float) -> None:
         """Answer with our entries for origins in differing buckets.
@@ -232,10 +326,13 @@ class Sync:
         failed to deliver), then fills up with whole random differing buckets (what a node that
         was away lacks).  Only whole buckets are listed as complete.
         """
+        payload, flags, weights = self._parse_digest(payload)
         if not (isinstance(payload, bytes) and len(payload) == DIGEST_SIZE):
             raise WireError("malformed")
+        if weights is not None:
+            self._compare_weights(m, weights)
         differing = self.digest.differing(payload)
-        if not differing:
+        if not differing and not flags & ASK_OWN:
             return
         listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
         entries = [[o, self.book.contiguous(o)] for o in listed]
@@ -248,6 +345,8 @@ class Sync:
                 break
             buckets.append(b)
             entries.extend([o, self.book.contiguous(o)] for o in origins)
+        if flags & ASK_OWN and all(e[0] != m.node_id for e in entries):
+            entries.append([m.node_id, self.book.contiguous(m.node_id)])   # one over the cap
         self.outbox.send(MessageType.VECTOR, m, packb([buckets, entries]), piggyback=False)
 
     def on_vector(self, m: Member, payload, now: float) -> None:
@@ -263,6 +362,9 @@ class Sync:
                 raise WireError("malformed")
             theirs[e[0]] = e[1]
         buckets = [b for b in payload[0] if is_uint(b, 64)]
+        if self.node_id in theirs and not self.own_settled:
+            self._own_answers.add(m.node_id)
+            self._own_target = max(self._own_target, theirs[self.node_id])
         pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
                  if s > self.book.contiguous(o)]
         self.rng.shuffle(pulls)
@@ -281,6 +383,7 @@ class Sync:
         if wants:
             self.rng.shuffle(wants)
             self._serve(m, wants[:MAX_PULL_ENTRIES])
+        self._check_own(now)
 
     def on_pull(self, m: Member, payload, now: float) -> None:
         if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
