@@ -22,21 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onebyte.protocol.config import ProtocolConfig
+
 from .config import read_toml
 from .errors import ConfigError
 
 GENESIS_TABLES = ("swarm", "hyper", "task")
 
-# [swarm] fields, their types and defaults. Rate caps and record sizes are swarm-wide
-# (every receiver enforces them), so they live here and not in the per-node config.
+# [swarm] fields and their defaults. Rate caps and record sizes are swarm-wide (every
+# receiver enforces them), so they live here and not in the per-node config; their
+# defaults are ProtocolConfig's own (one source), read without constructing one.
+_PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
+GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
+                           "updates_per_record", "record_linger_s")
 SWARM_DEFAULTS: dict[str, Any] = {
     "name": "onebyte",
-    "protocol_version": 1,
-    "admission": "open",           # "open": any key may publish; "closed": only `members`
     "members": [],                 # hex Ed25519 public keys (closed admission)
-    "max_updates_per_s_per_origin": 50.0,  # receivers drop records above this rate
-    "updates_per_record": 32,      # updates sealed into one signed record
-    "record_linger_s": 0.25,       # seal a partial record after this long
+    **{k: _PROTOCOL_DEFAULTS[k] for k in GENESIS_PROTOCOL_FIELDS},
     "base_model": "tiny",          # model spec (see docs/config.md)
     "base_model_hash": "",         # blake2b-256 of the base weights, hex
 }
@@ -93,29 +95,21 @@ class Genesis:
         return frozenset(bytes.fromhex(m) for m in self.swarm.get("members", []))
 
 
-# [swarm] fields of the genesis that are ProtocolConfig fields (swarm-wide, not per node).
-GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
-                           "updates_per_record", "record_linger_s")
-
-
 def protocol_config(genesis: Genesis, overrides: dict):
     """The engine's ProtocolConfig: the swarm-wide fields from the genesis, node tuning from
     the node config's [protocol] table (which may not touch swarm-wide fields)."""
-    from onebyte.protocol import ProtocolConfig
-
     known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members"}
-    defaults = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
     for k, v in overrides.items():
         if k in GENESIS_PROTOCOL_FIELDS:
             raise ConfigError(f"[protocol] {k} is fixed by the genesis ([swarm] {k}); remove it from the node config")
         if k not in known:
             raise ConfigError(f"[protocol] unknown field {k}; known: {', '.join(sorted(known))}")
-        want = type(defaults[k])
+        want = type(_PROTOCOL_DEFAULTS[k])
         if want in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))
                                      or (want is int and not isinstance(v, int))):
             raise ConfigError(f"[protocol] {k} must be {'an integer' if want is int else 'a number'}, got {v!r}")
-    # A genesis may leave a field out: it then means the documented default (SWARM_DEFAULTS),
-    # never ProtocolConfig's own (which once differed: 64 updates and 2.0 s instead of 32 and 0.25 s).
+    # A genesis may leave a field out: it then means the documented default (SWARM_DEFAULTS,
+    # which is ProtocolConfig's own; a test pins both against docs/config.md).
     fields = {k: genesis.setting(k) for k in GENESIS_PROTOCOL_FIELDS}
     try:
         return ProtocolConfig(swarm_id=genesis.swarm_id, members=genesis.member_keys(), **fields, **overrides)

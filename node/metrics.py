@@ -127,6 +127,8 @@ def _families(st: dict):
                             value=st["update_rate"]["applied_per_s"])
     yield CounterMetricFamily("onebyte_equivocations", "Conflicting signed records seen",
                               value=st["equivocations"])
+    yield GaugeMetricFamily("onebyte_disk_full", "1 while the update log's disk has no room (no local steps)",
+                            value=int(bool(st.get("disk_full"))))
     if st.get("loss_mean") is not None:
         yield GaugeMetricFamily("onebyte_loss", "Running mean of the local training loss", value=st["loss_mean"])
     ev = st.get("last_eval") or {}

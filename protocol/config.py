@@ -17,8 +17,8 @@ class ProtocolConfig:
     members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
     max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin (pulled ones are exempt)
     rate_burst_s: float = 30.0            # token bucket depth, in seconds of the cap
-    updates_per_record: int = 64          # own updates batched per signed record
-    record_linger_s: float = 2.0          # flush a partial record after this long
+    updates_per_record: int = 32          # own updates batched per signed record
+    record_linger_s: float = 0.25         # flush a partial record after this long
     gossip_interval_s: float = 0.2        # eager push round
     fanout: int = 3                       # peers per push round
     retransmit_mult: int = 4              # membership gossip: limit = mult * ceil(log10(n + 1))

@@ -110,6 +110,7 @@ def test_metrics_endpoint_serves_prometheus_text(pair):
     assert samples[("onebyte_peers", (("state", "alive"),))] == 1
     assert samples[("onebyte_network_bytes_total", (("direction", "out"),))] > 0
     assert samples[("onebyte_local_step_seconds_count", ())] >= 3
+    assert samples[("onebyte_disk_full", ())] == 0
     info = [k for k in samples if k[0] == "onebyte_build_info"]
     assert info and dict(info[0][1])["node_id"] == _node_id(_root / "a")
 

@@ -265,11 +265,18 @@ async def test_status_socket_round_trip(tmp_path):
 
 
 def test_genesis_without_record_fields_gets_the_documented_defaults():
-    """A genesis that leaves out updates_per_record / record_linger_s means SWARM_DEFAULTS
-    (32, 0.25 s, as docs/config.md says), not ProtocolConfig's own defaults."""
-    from onebyte.node.genesis import protocol_config
-    from onebyte.node.genesis import SWARM_DEFAULTS, parse_genesis
+    """A genesis that leaves out the swarm-wide protocol fields means exactly the defaults
+    docs/config.md documents, which are ProtocolConfig's own (one source of truth)."""
+    import re
+    from pathlib import Path
+
+    from onebyte.node.genesis import GENESIS_PROTOCOL_FIELDS, SWARM_DEFAULTS, parse_genesis, protocol_config
+    from onebyte.protocol import ProtocolConfig
+    doc = (Path(__file__).parents[2] / "docs" / "config.md").read_text()
     g = parse_genesis({"swarm": {"base_model": "tiny", "base_model_hash": "0" * 64}, "hyper": {}, "task": {}})
     cfg = protocol_config(g, {})
-    assert cfg.updates_per_record == SWARM_DEFAULTS["updates_per_record"] == 32
-    assert cfg.record_linger_s == SWARM_DEFAULTS["record_linger_s"] == 0.25
+    bare = ProtocolConfig(swarm_id=b"\0" * 32)
+    for field in ("max_updates_per_s_per_origin", "updates_per_record", "record_linger_s"):
+        documented = re.search(rf"\| swarm\.{field} \|[^|]*\| `([^`]+)`", doc).group(1)
+        assert getattr(cfg, field) == SWARM_DEFAULTS[field] == getattr(bare, field) == type(getattr(cfg, field))(documented)
+    assert {f: getattr(cfg, f) for f in GENESIS_PROTOCOL_FIELDS} == {f: SWARM_DEFAULTS[f] for f in GENESIS_PROTOCOL_FIELDS}
