@@ -15,8 +15,12 @@ class ProtocolConfig:
     protocol_version: int = 1             # first byte of every datagram
     admission: str = "open"               # "open": any key (rate limited); "closed": members only
     members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
-    max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin (pulled ones are exempt)
+    max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin
     rate_burst_s: float = 30.0            # token bucket depth, in seconds of the cap
+    pull_rate_mult: float = 4.0           # pulled updates per origin: their own bucket, mult x the cap
+    influence_window: int = 32            # influence budget (protocol/influence.py): window of an
+    influence_max_abs: int = 2048         # origin's steps, bound on sum |q| (mean |q| <= 64) and
+    influence_max_sum: int = 1024         # on |sum q| (mean q <= 32) over it; window 0: no budget
     updates_per_record: int = 32          # own updates batched per signed record
     record_linger_s: float = 0.25         # flush a partial record after this long
     gossip_interval_s: float = 0.2        # eager push round
@@ -65,6 +69,12 @@ class ProtocolConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.probe_timeout_s >= self.probe_interval_s:
             raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
+        for name in ("influence_window", "influence_max_abs", "influence_max_sum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 40:
+                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+        if not self.pull_rate_mult >= 1:
+            raise ConfigError("pull_rate_mult must be >= 1")
         if self.fanout < 1 or self.retransmit_mult < 1:
             raise ConfigError("fanout and retransmit_mult must be >= 1")
 

@@ -261,6 +261,10 @@ class Engine:
     def pending_updates(self) -> int:
         return self.sync.pending_updates()
 
+    def excluded_origins(self) -> dict:
+        """Origins cut off by the influence budget: {origin: (step, reason)} (same on every node)."""
+        return self.sync.excluded_origins()
+
     @property
     def book(self):
         """Per-origin delivery state (the simulator and bench/sim.py read contiguous steps)."""

@@ -97,10 +97,19 @@ class WeightsDiverged(Event):
     theirs: bytes
 
 
+@dataclass(frozen=True)
+class OriginExcluded(Event):
+    """origin broke its influence budget at step (protocol/influence.py): steps before it
+    were delivered, step and every later one never are, on every node."""
+    origin: bytes
+    step: int
+    reason: str   # "abs_sum" or "signed_sum"
+
+
 DROP_REASONS = (
     "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",
-    "from_self", "stale_generation", "buffer_full", "backpressure",
+    "from_self", "stale_generation", "buffer_full", "backpressure", "excluded",
 )
 
 

@@ -77,7 +77,7 @@ class TokenBucket:
 
 class OriginState:
     __slots__ = ("contiguous", "pending", "pending_updates", "recent", "recent_order", "bucket",
-                 "equivocating")
+                 "pull_bucket", "equivocating")
 
     def __init__(self, contiguous: int = 0):
         self.contiguous = contiguous
@@ -85,7 +85,8 @@ class OriginState:
         self.pending_updates = 0
         self.recent: dict[int, tuple] = {}         # first_step -> (last_step, fingerprint, canonical)
         self.recent_order: deque = deque()
-        self.bucket: TokenBucket | None = None
+        self.bucket: TokenBucket | None = None        # pushed updates
+        self.pull_bucket: TokenBucket | None = None   # updates we pulled
         self.equivocating = False
 
 
@@ -153,6 +154,12 @@ class RecordBook:
         st.pending[rec.first_step] = rec
         st.pending_updates += len(rec.qs)
         self.pending_total += 1
+
+    def drop_pending(self, st: OriginState) -> None:
+        """Forget every held record of an origin (one the influence budget excluded)."""
+        self.pending_total -= len(st.pending)
+        st.pending.clear()
+        st.pending_updates = 0
 
     def pop_next(self, st: OriginState):
         """Pop a held record that now touches the contiguous mark (None if none)."""

@@ -156,7 +156,10 @@ class Swarm:
         if not node.alive or not node.publishing or node.generation != gen:
             return
         eng = node.engine
-        eng.publish(eng.next_own_step, self.rng.randint(-127, 127), self.now)
+        # q like an honest node's (mean |q| about 10, as in docs/results.md), well inside the
+        # influence budget; tests of the budget publish their own q.
+        q = max(-127, min(127, round(self.rng.gauss(0.0, 12.0))))
+        eng.publish(eng.next_own_step, q, self.now)
         self._after(node)
         self.schedule(1.0 / node.rate, self._publish_tick, node, gen)
 

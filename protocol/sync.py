@@ -16,9 +16,10 @@ from collections import deque
 
 from .config import ProtocolConfig
 from .dissemination import DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
-from .events import (EquivocationDetected, EventQueue, OwnHistoryLearned, UpdatesReceived,
-                     WeightsDiverged)
+from .events import (EquivocationDetected, EventQueue, OriginExcluded, OwnHistoryLearned,
+                     UpdatesReceived, WeightsDiverged)
 from .identity import SIG_SIZE
+from .influence import InfluenceBudget
 from .membership import Member, Membership
 from .outbox import Outbox
 from .records import Classified, OriginState, Record, RecordBook, TokenBucket, bytes_to_qs
@@ -62,7 +63,10 @@ class Sync:
         self._own_qs = bytearray()
         self._own_first = 0
         self.flush_at: float | None = None     # when the partial record is signed anyway
+        self.influence = InfluenceBudget.from_config(config)
         for origin, step in store.version_vector().items():
+            if step > 0 and origin != session.node_id:
+                step = self._prime_influence(origin, step)
             if step > 0:
                 self.book.state(origin).contiguous = step
                 self.digest.update(origin, 0, step)
@@ -82,6 +86,10 @@ class Sync:
     # ================================================================ views
     def version_vector(self) -> dict:
         return {o: st.contiguous for o, st in self.book.origins.items() if st.contiguous > 0}
+
+    def excluded_origins(self) -> dict:
+        """Origins the influence budget cut off: {origin: (first step never delivered, reason)}."""
+        return {o: (b.step, b.reason) for o, b in self.influence.excluded.items()}
 
     def pending_updates(self) -> int:
         return sum(st.pending_updates for st in self.book.origins.values())
@@ -185,10 +193,13 @@ class Sync:
         else:
             if self.events.full:
                 raise WireError("backpressure")   # not stored: anti-entropy brings it back later
+            excluded = self.influence.excluded_from(origin)
+            if excluded is not None and rec.last_step >= excluded:
+                raise WireError("excluded")   # the budget already cut this origin off (no crypto)
             if not self.session.verify_record(rec):
                 raise WireError("bad_signature")
             st = self.book.state(origin)
-            if self.pulls.get(origin, -1.0) < now and not self._within_rate(st, len(qs), now):
+            if not self._within_rate(st, len(qs), now, self.pulls.get(origin, -1.0) >= now):
                 raise WireError("rate_limited")
             self._accept(st, rec)
 
@@ -200,11 +211,19 @@ class Sync:
         return (last_step > contiguous and not self._own_qs
                 and self.next_own_step == contiguous + 1)
 
-    def _within_rate(self, st: OriginState, n: int, now: float) -> bool:
-        """The origin's token bucket for pushed updates (records we pulled are exempt)."""
+    def _within_rate(self, st: OriginState, n: int, now: float, pulled: bool) -> bool:
+        """The origin's token buckets: pushed updates at the cap, updates we pulled at
+        pull_rate_mult times the cap (a node catching up must outrun the origin), so however
+        a record comes, acceptance per origin stays bounded (docs/security.md, rate cap)."""
+        cfg = self.config
+        if pulled:
+            if st.pull_bucket is None:
+                rate = cfg.max_updates_per_s_per_origin * cfg.pull_rate_mult
+                st.pull_bucket = TokenBucket(rate, rate * cfg.rate_burst_s, now)
+            return st.pull_bucket.take(n, now)
         if st.bucket is None:
-            rate = self.config.max_updates_per_s_per_origin
-            st.bucket = TokenBucket(rate, rate * self.config.rate_burst_s, now)
+            rate = cfg.max_updates_per_s_per_origin
+            st.bucket = TokenBucket(rate, rate * cfg.rate_burst_s, now)
         return st.bucket.take(n, now)
 
     def _on_conflict(self, rec: Record, held: bytes) -> None:
@@ -234,24 +253,60 @@ class Sync:
             self._deliver(st, rec)
             while (nxt := self.book.pop_next(st)) is not None:
                 self._deliver(st, nxt)
+            if rec.origin in self.influence.excluded:
+                self.book.drop_pending(st)   # beyond the breaking step: never delivered
         self.counters["records_accepted"] += 1
         self._remember_sig(rec.sig)
         self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
 
     def _deliver(self, st: OriginState, rec: Record) -> None:
-        """Store, then report, the steps of rec beyond the contiguous mark."""
+        """Store, then report, the steps of rec beyond the contiguous mark (up to the step
+        before an influence-budget breach: the record is stored whole, it is signed evidence,
+        and every node that pulls it cuts it at the same step)."""
         offset = st.contiguous + 1 - rec.first_step
-        self.store.add(rec.origin, rec.first_step, rec.last_step, rec.canonical())
-        self.digest.update(rec.origin, st.contiguous, rec.last_step)
         first = st.contiguous + 1
-        st.contiguous = rec.last_step
         qs = bytes_to_qs(rec.qs[offset:])
+        if rec.origin != self.node_id:
+            qs = self._admit(rec.origin, first, qs)
+            if not qs:
+                return
+        self.store.add(rec.origin, rec.first_step, rec.last_step, rec.canonical())
+        self.digest.update(rec.origin, st.contiguous, first + len(qs) - 1)
+        st.contiguous = first + len(qs) - 1
         self.counters["updates_delivered"] += len(qs)
         self.events.emit(UpdatesReceived(rec.origin, first, qs))
         if rec.origin == self.node_id:   # our own lost steps, learned back: never reused
             self.next_own_step = st.contiguous + 1
             self.counters["own_updates_learned"] = self.counters.get("own_updates_learned", 0) + len(qs)
             self._check_own(float("-inf"))
+
+    def _admit(self, origin: bytes, first: int, qs: tuple) -> tuple:
+        """The prefix of qs (steps first..) within origin's influence budget; a breach
+        excludes the origin from its step on, reported once (OriginExcluded)."""
+        n = self.influence.admit(origin, first, qs)
+        if n < len(qs):
+            breach = self.influence.excluded[origin]
+            self.counters["origins_excluded"] = self.counters.get("origins_excluded", 0) + 1
+            self.events.emit(OriginExcluded(origin, breach.step, breach.reason))
+        return qs[:n]
+
+    def _prime_influence(self, origin: bytes, top: int) -> int:
+        """At start: run the budget over the stored history of origin (its windows must hold
+        its last steps; a store may hold a record cut at a breach).  Returns how far it is
+        delivered: top, or the step before its breach."""
+        first = 1
+        for canon in self.store.get(origin, 1, 1 << 62):
+            _, rfirst, raw, _ = decode_record(canon)
+            if rfirst + len(raw) - 1 < first:
+                continue
+            if rfirst > first:
+                break   # a history that does not start at step 1 (a snapshot join): budget from here
+            qs = bytes_to_qs(raw[first - rfirst:min(len(raw), top - rfirst + 1)])
+            n = self.influence.admit(origin, first, qs)
+            first += n
+            if n < len(qs) or first > top:
+                break
+        return min(top, first - 1) if origin in self.influence.excluded else top
 
     def _remember_sig(self, sig: bytes) -> None:
         self._seen_sigs.add(sig)
@@ -365,8 +420,9 @@ class Sync:
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
+        excluded = self.influence.excluded
         pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
-                 if s > self.book.contiguous(o)]
+                 if s > self.book.contiguous(o) and o not in excluded]
         self.rng.shuffle(pulls)
         pulls = pulls[:MAX_PULL_ENTRIES]
         if pulls:
