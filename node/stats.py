@@ -163,6 +163,7 @@ def build_status(d) -> dict:
         "bytes_out": counters.get("bytes_out", 0),
         "datagrams_in": counters.get("datagrams_in", 0),
         "datagrams_out": counters.get("datagrams_out", 0),
+        "bytes_by_kind": counters.get("bytes_by_kind", {"in": {}, "out": {}}),
         "drops": dict(drops),
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,

@@ -53,6 +53,15 @@ def _carries_only(m: Member, payload, now: float) -> None:
     the message, and every authenticated datagram's are handled after its handler."""
 
 
+_KIND_NAMES = {int(t): t.name.lower() for t in MessageType}
+_TYPE_OFFSET = 9   # version u8 | swarm_tag 8 | type u8 (wire.py)
+
+
+def _count_kind(kinds: dict, data: bytes) -> None:
+    name = _KIND_NAMES.get(data[_TYPE_OFFSET], "unknown") if len(data) > _TYPE_OFFSET else "unknown"
+    kinds[name] = kinds.get(name, 0) + len(data)
+
+
 @dataclass(frozen=True)
 class PeerInfo:
     node_id: bytes
@@ -85,7 +94,9 @@ class Engine:
         self.counters: dict = {"bytes_in": 0, "bytes_out": 0, "datagrams_in": 0, "datagrams_out": 0,
                                "drops": {}, "records_accepted": 0, "updates_delivered": 0,
                                "duplicate_records": 0, "records_published": 0,
-                               "equivocations": 0, "events_dropped": 0, "internal_errors": 0}
+                               "equivocations": 0, "events_dropped": 0, "internal_errors": 0,
+                               # bytes per message type, to see what the fixed cost is made of
+                               "bytes_by_kind": {"in": {}, "out": {}}}
         self._version = config.protocol_version
         self._tag = config.swarm_tag
         self._left = False
@@ -140,6 +151,7 @@ class Engine:
         c = self.counters
         c["bytes_in"] += len(data)
         c["datagrams_in"] += 1
+        _count_kind(c["bytes_by_kind"]["in"], data)
         try:
             self._receive(bytes(data), addr, now)
         except WireError as e:
@@ -153,6 +165,9 @@ class Engine:
         c = self.counters
         c["datagrams_out"] += len(out)
         c["bytes_out"] += sum(len(d) for d, _ in out)
+        kinds = c["bytes_by_kind"]["out"]
+        for d, _ in out:
+            _count_kind(kinds, d)
         return out
 
     def get_timer(self) -> float | None:
