@@ -39,12 +39,16 @@ from .stats import Phase, Rates
 from .status import StatusServer
 from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
-from .worker import Failed, OwnUpdate, Replayed, Worker, WorkerSetup
+from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
 log = logging.getLogger("onebyte.node.daemon")
 
 RESOLVE_RETRY_S = (5.0, 300.0)   # back-off of an unresolvable bootstrap name: first, longest
 DISK_RETRY_S = 1.0               # while the disk is full: retry the log's held entries this often
+# A node with peers configured produces only once it knows its own earlier steps (a key
+# restarted from an empty state dir must not reuse a step number): peers answer within an
+# anti-entropy round or two; with no answer this long, the key counts as new.
+OWN_HISTORY_WAIT_S = 15.0
 
 
 class Daemon:
@@ -77,6 +81,10 @@ class Daemon:
         self.published = 0
         self.events_seen: dict[str, int] = {}
         self.equivocations = 0
+        self.weights_diverged = 0       # peers at our version vector with other weights
+        self.last_divergence: dict | None = None
+        self.own_history_learned = None   # the OwnHistoryLearned event, once it came
+        self._release_pending = False     # production waits for the learned steps' flush
         self.paused = False   # event intake paused by back-pressure (see _pump)
         self.pauses = 0
         self._disk_retry_at = 0.0
@@ -156,8 +164,11 @@ class Daemon:
         self.udp = await open_udp(cfg.listen, self._on_datagram)
         bootstrap = await self._resolve_bootstrap()
         own_logged = self.update_log.updates_vv().get(self.node_id, 0)
+        # No configured peers: this node seeds the swarm and has nobody to ask (docs/operations.md).
+        wait = max(OWN_HISTORY_WAIT_S, 10 * self.pconfig.anti_entropy_interval_s) if cfg.peers else None
         self.engine = Engine(self.identity, self.pconfig, rng=random.Random(), now=now, store=self.update_log,
-                             bootstrap=bootstrap, own_last_step=own_logged, generation=sd.next_generation())
+                             bootstrap=bootstrap, own_last_step=own_logged, generation=sd.next_generation(),
+                             own_history_wait_s=wait)
         self._republish_journal(now)
 
         rate_cap = float(self.genesis.setting("max_updates_per_s_per_origin"))
@@ -166,7 +177,12 @@ class Daemon:
             update_log=self.update_log, applied_vv=self.restored.applied_vv, training=self.training,
             snapshot=self._snapshot_writer(), post=self._post_from_worker, update_seed=self.update_seed,
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
-            eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog))
+            eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
+            on_digest=self._post_from_worker))
+        if not self.engine.own_history_settled:
+            self.worker.history_known.clear()
+            log.info("asking peers for this key's earlier steps before producing (up to %.0fs if none answer)",
+                     wait)
         self.worker.start()
         if cfg.metrics_listen is not None:
             from .metrics import MetricsServer
@@ -269,6 +285,9 @@ class Daemon:
             case Replayed():
                 if self.paused and self.engine is not None:
                     self._pump()   # the worker caught up: take the engine's queued events
+            case Digested(digest=digest, vv_hash=vv_hash):
+                if self.engine is not None:
+                    self.engine.set_weights_digest(bytes.fromhex(digest), vv_hash)
             case Failed(error=error):
                 self.failure = error
                 self.exit_code = 1
@@ -355,7 +374,27 @@ class Daemon:
             case ev.EquivocationDetected(origin=origin, first_step=first, last_step=last):
                 self.equivocations += 1
                 log.warning("equivocation by origin %s at steps %d..%d", origin.hex()[:16], first, last)
+            case ev.OwnHistoryLearned(next_step=step, answers=answers):
+                self._own_history_learned(event)
+            case ev.WeightsDiverged(node_id=nid, ours=ours, theirs=theirs):
+                self.weights_diverged += 1
+                self.last_divergence = {"peer": nid.hex(), "ours": ours.hex(), "theirs": theirs.hex(),
+                                        "at": round(time.time(), 3)}
+                log.warning("weights diverged: peer %s holds our version vector with digest %s, ours is %s",
+                            nid.hex()[:16], theirs.hex()[:16], ours.hex()[:16])
         return False
+
+    def _own_history_learned(self, event) -> None:
+        """Production may start once the own steps learned are logged and in the worker's
+        backlog (it replays before producing, so its next step is the first unused one)."""
+        self.own_history_learned = event
+        if event.answers:
+            log.info("own history learned from %d peer(s): producing from step %d", event.answers,
+                     event.next_step)
+        else:
+            log.info("no peer reported earlier steps of this key: producing from step %d", event.next_step)
+        self._release_pending = True
+        self._flush()
 
     def _flush(self) -> None:
         """Log durable first, then hand the updates to the worker (log before apply)."""
@@ -367,6 +406,10 @@ class Daemon:
         items, self._to_replay = self._to_replay, []
         if self.worker is not None:
             self.worker.backlog.extend(items)
+            if self._release_pending and not self.update_log.held:
+                self._release_pending = False
+                self.worker.history_known.set()
+                self.worker.backlog.wake()
 
     # --- disk full (node/log.py): a state the node leaves on its own -----------------------
 

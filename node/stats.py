@@ -168,8 +168,21 @@ def build_status(d) -> dict:
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,
         "equivocations": d.equivocations,
+        # peers holding our version vector with other weights (invariant 7: never silent)
+        "weights_diverged": d.weights_diverged,
+        "last_divergence": d.last_divergence,
+        # a key restarted from an empty state learns its earlier steps before producing
+        "own_history": _own_history(d),
         "counters": {k: v for k, v in counters.items() if isinstance(v, (int, float))},
     }
+
+
+def _own_history(d) -> dict | None:
+    if d.engine is None:
+        return None
+    info = d.engine.own_history()   # settled, answers, reported_step, held_step
+    info["waiting"] = not d.worker.history_known.is_set()   # production held until learned
+    return info
 
 
 def _applied_rate(s, now: float) -> float:

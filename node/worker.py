@@ -15,6 +15,7 @@ bounded queue with `put_nowait`; the worker answers through `loop.call_soon_thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import queue
@@ -75,6 +76,22 @@ class Failed:
     error: str
 
 
+@dataclass(frozen=True)
+class Digested:
+    """A fresh weights digest and the hash of the version vector it covers (vv_hash)."""
+    digest: str
+    vv_hash: bytes
+
+
+def vv_hash(vv: dict) -> bytes:
+    """16 bytes naming a version vector: equal on two nodes iff they applied the same steps."""
+    h = hashlib.blake2b(b"onebyte-vv-v1", digest_size=16)
+    for origin, step in sorted(vv.items()):
+        if step:
+            h.update(origin + step.to_bytes(8, "little"))
+    return h.digest()
+
+
 @dataclass
 class WorkerSetup:
     """Everything a worker is built from: its collaborators and its limits (the limits'
@@ -93,6 +110,7 @@ class WorkerSetup:
     eval_every: int
     snapshot_every: int
     max_backlog: int
+    on_digest: Callable[[Any], None] | None = None   # thread-safe: each fresh Digested
 
 
 class Backlog:
@@ -148,8 +166,10 @@ class WorkerStats:
     last_eval: dict | None = None
     digest: str | None = None
     digest_updates: int = 0
-    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | disk_full | failed
+    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | disk_full | grid_overflow | failed
     error: str | None = None
+    grid_overflow: str | None = None   # why the weights stopped (replica.poisoned); the node still serves
+    skipped_overflow: int = 0     # logged updates not applied since the overflow
     first_step_at: float | None = None   # monotonic time of this run's first own step
     last_step_at: float | None = None
     step_times: deque = field(default_factory=lambda: deque(maxlen=256))
@@ -171,6 +191,10 @@ class Worker(threading.Thread):
         self.applied_vv = dict(setup.applied_vv)
         self.training = setup.training
         self.producing = True                # cleared by StopProducing: replay and serve only
+        # Cleared by the daemon until the engine has learned this key's own earlier steps
+        # (OwnHistoryLearned): producing before that could reuse a step number.
+        self.history_known = threading.Event()
+        self.history_known.set()
         self.post = setup.post
         self.backlog = Backlog()
         self.commands: queue.Queue = queue.Queue(maxsize=COMMAND_QUEUE)
@@ -212,6 +236,8 @@ class Worker(threading.Thread):
         if self.training.prepare is not None:
             self.stats.state = "preparing"
             self.training.prepare()
+        if self.replica.poisoned:   # the restore itself overflowed (node/state.py)
+            self._on_overflow(self.replica.poisoned)
         self._refresh_digest()
         while not self._halt.is_set():
             did = self._replay_backlog()
@@ -246,6 +272,11 @@ class Worker(threading.Thread):
         items = self.backlog.take(self.setup.max_backlog)
         if not items:
             return False
+        if self.replica.poisoned:
+            # The weights are no longer exact: keep taking what the loop logs (it is durable
+            # and served to peers), apply nothing. A restart rebuilds from the log.
+            self.stats.skipped_overflow += len(items)
+            return True
         batch, vv = [], self.applied_vv
         for origin, step, q in items:
             have = vv.get(origin, 0)
@@ -258,8 +289,13 @@ class Worker(threading.Thread):
         if not batch:
             return False
         self.stats.state = "replaying"
+        from onebyte.model.grid import GridOverflowError   # torch: loaded by now, not at import
         t0 = time.perf_counter()
-        self.replica.replay(batch)
+        try:
+            self.replica.replay(batch)
+        except GridOverflowError as exc:
+            self._on_overflow(str(exc))
+            return True
         dt = time.perf_counter() - t0
         s = self.stats
         s.replay_calls += 1
@@ -275,12 +311,18 @@ class Worker(threading.Thread):
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""
         setup, training = self.setup, self.training
+        if self.replica.poisoned:
+            self.stats.state = "grid_overflow"
+            return 0.0
         if (training.sample is None or not self.producing
                 or (setup.max_steps and self.stats.own_steps >= setup.max_steps)):
             if self.stats.state != "done":
                 self.stats.state = "done" if training.sample is not None else "idle"
             return 0.0
         if len(self.backlog) > 0:
+            return 0.0
+        if not self.history_known.is_set():   # our own earlier steps are still coming back
+            self.stats.state = "learning_history"
             return 0.0
         if self.update_log.disk_full:   # nothing new can be logged, so nothing is produced
             self.stats.state = "disk_full"
@@ -292,8 +334,13 @@ class Worker(threading.Thread):
         step = self.applied_vv.get(self.node_id, 0) + 1
         seed = setup.update_seed(setup.swarm_id, self.node_id, step)
         batch = training.sample(step)
+        from onebyte.model.grid import GridOverflowError
         t0 = time.perf_counter()
-        q, loss = self.replica.local_step(training.loss_fn, batch, seed, step)
+        try:
+            q, loss = self.replica.local_step(training.loss_fn, batch, seed, step)
+        except GridOverflowError as exc:   # nothing logged: the step is not taken
+            self._on_overflow(str(exc))
+            return 0.0
         dt = time.perf_counter() - t0
         # Durable before anyone else can learn of it: a crash now loses nothing published,
         # and a restart recomputes the same step (same batch, same seed, same q).
@@ -326,6 +373,18 @@ class Worker(threading.Thread):
             self._evaluate(step)
         return None
 
+    def _on_overflow(self, why: str) -> None:
+        """Grid overflow is a state, not a crash: stop producing and applying, keep serving
+        (the loop still logs, relays and answers status); reported once (docs/security.md)."""
+        s = self.stats
+        if s.grid_overflow is None:
+            log.error("grid overflow: %s; not producing or applying updates any more, still serving "
+                      "the log to peers (docs/security.md, grid overflow)", why)
+        s.grid_overflow = why
+        s.state = "grid_overflow"
+        self.producing = False
+        self._dirty_digest = True
+
     def _evaluate(self, step: int, n_examples: int | None = None) -> None:
         t0 = time.perf_counter()
         res = self.training.evaluator(n_examples)
@@ -338,11 +397,13 @@ class Worker(threading.Thread):
         self.stats.digest = self.replica.digest()
         self.stats.digest_updates = sum(self.applied_vv.values())
         self._dirty_digest = False
+        if self.setup.on_digest is not None:   # peers with the same vv compare digests
+            self.setup.on_digest(Digested(self.stats.digest, vv_hash(self.applied_vv)))
         return self.stats.digest
 
     def _write_snapshot(self) -> None:
-        if self._since_snapshot == 0 or self.update_log.disk_full:
-            return   # (disk full: the log is enough to restart; retried once space returns)
+        if self._since_snapshot == 0 or self.update_log.disk_full or self.replica.poisoned:
+            return   # (disk full: the log is enough to restart; overflowed weights are not a state)
         digest = self._refresh_digest()
         try:
             self.setup.snapshot(self.replica, dict(self.applied_vv), digest)
