@@ -201,8 +201,9 @@ class UpdateLog:
                     return off
                 raise StateError(f"update log {self.path} is corrupt at offset {off} ({bad}) "
                                  "with valid entries after it; this is not a crash artefact. "
-                                 "Restore the state directory from backup, or move it aside "
-                                 "to rejoin from peers")
+                                 "Restore the state directory from backup, or move it aside and "
+                                 "start while peers are reachable: the node fetches its updates, its "
+                                 "own included, back from them (docs/operations.md, Lost state dir)")
             self._index(payload)
             off = end
         return off

@@ -214,7 +214,9 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
         if own_origin is not None and base_vv.get(own_origin, 0) > logged.get(own_origin, 0):
             raise StateError(f"the snapshot holds own steps up to {base_vv[own_origin]} but the update log "
                              f"only {logged.get(own_origin, 0)} (log tail lost with fsync = false, or a "
-                             "snapshot of this same key from elsewhere); start with a new key or a fresh state_dir")
+                             "snapshot of this same key from elsewhere); move the state dir aside and start while peers are "
+                             "reachable: they hold this key's steps and the node fetches them back "
+                             "(docs/operations.md, Lost state dir)")
     pending = ulog.updates_after(base_vv)
     last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
