@@ -35,7 +35,9 @@ class ProtocolConfig:
     dead_forget_s: float = 60.0           # dead/left peers forgotten (and allowed back) after this
     reconnect_interval_s: float = 5.0     # ping a dead peer / re-join bootstrap this often
     anti_entropy_interval_s: float = 1.0  # version-vector comparison with one random peer
+    anti_entropy_max_interval_s: float = 16.0  # doubled up to this while nothing new is seen
     peer_exchange_interval_s: float = 10.0
+    peer_exchange_max_interval_s: float = 160.0  # the same back-off while membership is quiet
     max_datagram: int = 1200              # safe under IPv6 minimum MTU minus headers
     max_record_updates: int = 1024        # largest record accepted from a peer
     max_pending_updates_per_origin: int = 4096  # out-of-order buffer, per origin
@@ -67,6 +69,9 @@ class ProtocolConfig:
                      "anti_entropy_interval_s", "record_linger_s", "max_updates_per_s_per_origin"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        if not (self.anti_entropy_max_interval_s >= self.anti_entropy_interval_s
+                and self.peer_exchange_max_interval_s >= self.peer_exchange_interval_s > 0):
+            raise ConfigError("anti-entropy and peer-exchange max intervals must be >= their base")
         if self.probe_timeout_s >= self.probe_interval_s:
             raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
         for name in ("influence_window", "influence_max_abs", "influence_max_sum"):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue
-from .events import EventQueue
+from .events import EventQueue, PeerJoined
 from .identity import CryptoCache, Identity, parse_cert
 from .membership import Change, Member, Membership, MemberState
 from .outbox import Outbox
@@ -109,7 +109,7 @@ class Engine:
         self.outbox = Outbox(config, self.session, self.members, self.gossip_q)
         self.probing = Probing(config, self.members, self.outbox, rng)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
-                         self.counters, self.store, rng, self.gossip_q)
+                         self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
         # is authenticated.  JOIN is absent: it is the one unauthenticated message (_on_join).
         # PUSH, RECORDS and PEERS carry nothing but gossip and records, which any message may.
@@ -139,8 +139,13 @@ class Engine:
         jitter = rng.random
         self._next_gossip = now + config.gossip_interval_s * jitter()
         self._next_probe = now + config.probe_interval_s * jitter()
-        self._next_ae = now + config.anti_entropy_interval_s * jitter()
+        self.sync.ae_due = now + config.anti_entropy_interval_s * jitter()
         self._next_pex = now + config.peer_exchange_interval_s * jitter()
+        # Peer exchange backs off like anti-entropy: doubled after each round with no
+        # membership change since the one before, back to the base on any change.
+        self._pex_interval = config.peer_exchange_interval_s
+        self._last_pex = now
+        self._pex_news = True
         self._next_reconnect = now + config.reconnect_interval_s
         self._announce_self()
         for addr in self.bootstrap:
@@ -173,7 +178,7 @@ class Engine:
     def get_timer(self) -> float | None:
         if self._left:
             return None
-        t = min(self._next_gossip, self._next_probe, self._next_ae, self._next_pex,
+        t = min(self._next_gossip, self._next_probe, self.sync.ae_due, self._next_pex,
                 self._next_reconnect)
         flush_at = self.sync.flush_at
         return flush_at if flush_at is not None and flush_at < t else t
@@ -195,11 +200,13 @@ class Engine:
         if now >= self._next_gossip:
             self._next_gossip = max(self._next_gossip + cfg.gossip_interval_s, now)
             self.sync.push_round()
-        if now >= self._next_ae:
-            self._next_ae = max(self._next_ae + cfg.anti_entropy_interval_s, now)
-            self.sync.anti_entropy_round(now)
+        if now >= self.sync.ae_due:
+            self.sync.anti_entropy_round(now)   # it sets the next ae_due (back-off)
         if now >= self._next_pex:
-            self._next_pex = max(self._next_pex + cfg.peer_exchange_interval_s, now)
+            quiet, self._pex_news = not self._pex_news, False
+            self._pex_interval = (min(2 * self._pex_interval, cfg.peer_exchange_max_interval_s)
+                                  if quiet else cfg.peer_exchange_interval_s)
+            self._last_pex, self._next_pex = now, now + self._pex_interval
             peer = self.members.random_live(self.rng, 1)
             if peer:
                 self.outbox.send(MessageType.PEERS_REQ, peer[0], NIL)
@@ -429,7 +436,18 @@ class Engine:
             return
         if change.event is not None:
             self.events.emit(change.event)
+            self._membership_news()
+            if isinstance(change.event, PeerJoined):
+                self.sync.news()   # a newcomer, or a member back: compare version vectors soon
         self.gossip_q.push(change.node_id, change.gossip)
+
+    def _membership_news(self) -> None:
+        """Peer exchange back at its base interval (counted from its last round)."""
+        self._pex_news = True
+        base = self.config.peer_exchange_interval_s
+        if self._pex_interval > base:
+            self._pex_interval = base
+            self._next_pex = min(self._next_pex, self._last_pex + base)
 
     # ================================================================ rounds
     def _suspect_unanswered(self, now: float, end_of_period: bool = False) -> None:

@@ -12,10 +12,11 @@ step order (UpdatesReceived) or a bounded wait for the gap to fill.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 
 from .config import ProtocolConfig
-from .dissemination import DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
+from .dissemination import BUCKET_HASH, DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
 from .events import (EquivocationDetected, EventQueue, OriginExcluded, OwnHistoryLearned,
                      UpdatesReceived, WeightsDiverged)
 from .identity import SIG_SIZE
@@ -33,13 +34,49 @@ SEEN_SIGS = 65536        # signatures of recently accepted records, for the chea
 SEEN_CONFLICTS = 10000   # equivocations already reported
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
 ASK_OWN = 0x01           # DIGEST flag: "list my own origin's step in your VECTOR, even if equal"
+SPARSE = 0x02            # DIGEST flag: hashes are a bitmap of non-empty buckets + their hashes
+ROOT = 0x04              # DIGEST flag: hashes are one hash of the whole digest (sent while quiet)
+ROOT_SIZE = 8
 MAX_WEIGHTS_FIELD = 32   # bytes of a weights digest or vv hash carried in a DIGEST
+_BUCKETS = DIGEST_SIZE // BUCKET_HASH
+
+
+def _root_of(packed: bytes) -> bytes:
+    """One short hash of a whole packed digest: what an idle round sends (docs/protocol.md)."""
+    return hashlib.blake2b(b"onebyte-vv-root-v1" + packed, digest_size=ROOT_SIZE).digest()
+
+
+def _sparse(packed: bytes) -> bytes:
+    """bitmap u64le of the non-empty buckets, then their hashes in bucket order."""
+    bitmap, parts = 0, []
+    for i in range(_BUCKETS):
+        h = packed[i * BUCKET_HASH:(i + 1) * BUCKET_HASH]
+        if any(h):
+            bitmap |= 1 << i
+            parts.append(h)
+    return bitmap.to_bytes(8, "little") + b"".join(parts)
+
+
+def _unsparse(sparse: bytes) -> bytes:
+    if len(sparse) < 8:
+        raise WireError("malformed")
+    bitmap = int.from_bytes(sparse[:8], "little")
+    if len(sparse) != 8 + BUCKET_HASH * bitmap.bit_count():
+        raise WireError("malformed")
+    out, pos = [], 8
+    for i in range(_BUCKETS):
+        if bitmap >> i & 1:
+            out.append(sparse[pos:pos + BUCKET_HASH])
+            pos += BUCKET_HASH
+        else:
+            out.append(bytes(BUCKET_HASH))
+    return b"".join(out)
 
 
 class Sync:
     def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
                  outbox: Outbox, events: EventQueue, counters: dict, store, rng,
-                 gossip_q: TransmitLimitedQueue):
+                 gossip_q: TransmitLimitedQueue, now: float = 0.0):
         self.config = config
         self.session = session
         self.node_id = session.node_id
@@ -82,6 +119,13 @@ class Sync:
         # (weights digest, vv hash) the node last computed: sent with our DIGEST, compared
         # with a peer's where the vv hashes agree (divergence is visible, never silent).
         self.weights: tuple | None = None
+        # Anti-entropy backs off while nothing changes: its interval doubles after each round
+        # that followed a quiet one, up to anti_entropy_max_interval_s, and news (see news())
+        # brings it back to the base at once.  The engine fires the round at ae_due.
+        self.ae_interval = config.anti_entropy_interval_s
+        self.ae_last = now
+        self.ae_due = now + config.anti_entropy_interval_s   # the engine sets a random phase
+        self._news = True
 
     # ================================================================ views
     def version_vector(self) -> dict:
@@ -155,6 +199,7 @@ class Sync:
         self.digest.update(self.node_id, st.contiguous, rec.last_step)
         st.contiguous = rec.last_step
         self.counters["records_published"] += 1
+        self.news()
         self._remember_sig(sig)
         # Without the key: we are the sender, and receivers know our key from the session.
         self.record_q.push((self.node_id, first), packb(encode_record(None, first, qs, sig)))
@@ -256,6 +301,7 @@ class Sync:
             if rec.origin in self.influence.excluded:
                 self.book.drop_pending(st)   # beyond the breaking step: never delivered
         self.counters["records_accepted"] += 1
+        self.news()
         self._remember_sig(rec.sig)
         self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
 
@@ -334,21 +380,54 @@ class Sync:
                     self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
 
     # ================================================================ anti-entropy
+    def news(self) -> None:
+        """Something changed here (a record in or out, a peer's differing digest or vector, a
+        member joined): anti-entropy returns to its base interval, counted from its last
+        round, so a node that had backed off compares again at once."""
+        self._news = True
+        base = self.config.anti_entropy_interval_s
+        if self.ae_interval > base:
+            self.ae_interval = base
+            self.ae_due = min(self.ae_due, self.ae_last + base)
+
     def anti_entropy_round(self, now: float) -> None:
+        """Send our digest to one random peer, then schedule the next round: at the base
+        interval after news, else at twice the last interval (up to the max), and while
+        quiet as one short hash of the digest (ROOT) that a peer in agreement ignores."""
+        cfg = self.config
         for o in [o for o, t in self.pulls.items() if t < now]:
             del self.pulls[o]
         self._check_own(now)
+        quiet = not self._news and self.own_settled
+        self._news = False
+        self.ae_interval = (min(2 * self.ae_interval, cfg.anti_entropy_max_interval_s) if quiet
+                            else cfg.anti_entropy_interval_s)
+        self.ae_last, self.ae_due = now, now + self.ae_interval
         peer = self.members.random_live(self.rng, 1)
         if peer:
-            self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload())
+            self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload(root=quiet))
 
-    def _digest_payload(self) -> bytes:
-        """The bucket hashes alone (the original form), or [hashes, flags, weights|nil]
-        when we ask for our own origin's step or have a weights digest to compare."""
-        ask = 0 if self.own_settled else ASK_OWN
-        if not ask and self.weights is None:
-            return packb(self.digest.packed())
-        return packb([self.digest.packed(), ask, list(self.weights) if self.weights else None])
+    def _digest_payload(self, root: bool = False) -> bytes:
+        """[hashes, flags, weights|nil]: hashes as one root hash (ROOT), or sparse (only the
+        non-empty buckets, SPARSE) when that is shorter than all 64 (a swarm of fewer origins)."""
+        flags = 0 if self.own_settled else ASK_OWN
+        packed = self.digest.packed()
+        if root and not flags:
+            hashes, flags = _root_of(packed), ROOT
+        else:
+            sparse = _sparse(packed)
+            hashes, flags = (sparse, flags | SPARSE) if len(sparse) < len(packed) else (packed, flags)
+        return packb([hashes, flags, list(self.weights) if self.weights else None])
+
+    def _their_digest(self, hashes, flags: int) -> bytes:
+        """A peer's digest hashes in the full 64-bucket form (not for ROOT)."""
+        if not isinstance(hashes, bytes):
+            raise WireError("malformed")
+        if flags & SPARSE:
+            hashes = _unsparse(hashes)
+        if len(hashes) != DIGEST_SIZE:
+            raise WireError("malformed")
+        return hashes
 
     def _parse_digest(self, payload) -> tuple:
         """(bucket hashes, flags, (weights digest, vv hash) | None); extra fields ignored."""
@@ -382,12 +461,23 @@ class Sync:
         was away lacks).  Only whole buckets are listed as complete.
         """
         payload, flags, weights = self._parse_digest(payload)
-        if not (isinstance(payload, bytes) and len(payload) == DIGEST_SIZE):
-            raise WireError("malformed")
+        if flags & ROOT:
+            if not (isinstance(payload, bytes) and len(payload) == ROOT_SIZE):
+                raise WireError("malformed")
+        else:
+            payload = self._their_digest(payload, flags)
         if weights is not None:
             self._compare_weights(m, weights)
+        if flags & ROOT:
+            if payload != _root_of(self.digest.packed()):
+                # We differ: answer with our digest in full, which it answers with a VECTOR.
+                self.news()
+                self.outbox.send(MessageType.DIGEST, m, self._digest_payload())
+            return
         differing = self.digest.differing(payload)
-        if not differing and not flags & ASK_OWN:
+        if differing:
+            self.news()
+        elif not flags & ASK_OWN:
             return
         listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
         entries = [[o, self.book.contiguous(o)] for o in listed]
@@ -417,6 +507,7 @@ class Sync:
                 raise WireError("malformed")
             theirs[e[0]] = e[1]
         buckets = [b for b in payload[0] if is_uint(b, 64)]
+        self.news()   # a VECTOR answers a digest that differed
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
