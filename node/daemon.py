@@ -145,8 +145,10 @@ class Daemon:
                  cfg.state_dir)
         self.notifier.status("loading model and restoring state")
         # Loading a model takes seconds: off the loop, so a SIGTERM meanwhile is still seen.
+        p = self.pconfig
         restored = await asyncio.to_thread(restore, self.genesis, cfg.model, cfg.device, sd, self.update_log,
-                                           update_seed, self.node_id, self.phase.set)
+                                           update_seed, self.node_id, self.phase.set,
+                                           (p.influence_window, p.influence_max_abs, p.influence_max_sum))
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
         # Pin the state dir to this swarm only once the model matched the genesis.
         sd.check_genesis(self.genesis, write=True)
@@ -374,6 +376,9 @@ class Daemon:
             case ev.EquivocationDetected(origin=origin, first_step=first, last_step=last):
                 self.equivocations += 1
                 log.warning("equivocation by origin %s at steps %d..%d", origin.hex()[:16], first, last)
+            case ev.OriginExcluded(origin=origin, step=step, reason=reason):
+                log.warning("origin %s excluded from step %d on: influence budget (%s) broken; its later "
+                            "updates are never applied (docs/security.md)", origin.hex()[:16], step, reason)
             case ev.OwnHistoryLearned(next_step=step, answers=answers):
                 self._own_history_learned(event)
             case ev.WeightsDiverged(node_id=nid, ours=ours, theirs=theirs):

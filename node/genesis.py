@@ -34,7 +34,8 @@ GENESIS_TABLES = ("swarm", "hyper", "task")
 # defaults are ProtocolConfig's own (one source), read without constructing one.
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
 GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
-                           "updates_per_record", "record_linger_s")
+                           "updates_per_record", "record_linger_s", "influence_window",
+                           "influence_max_abs", "influence_max_sum")
 SWARM_DEFAULTS: dict[str, Any] = {
     "name": "onebyte",
     "members": [],                 # hex Ed25519 public keys (closed admission)

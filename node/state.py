@@ -182,10 +182,14 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
 
 
 def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
-            update_seed, own_origin: bytes | None = None, progress=None) -> Restored:
+            update_seed, own_origin: bytes | None = None, progress=None, influence=None) -> Restored:
     """The replica as the state dir left it: base model, newest snapshot, then the log's tail.
     progress(phase, done, total), if given, is called as it goes ("loading model",
-    "loading snapshot", "replaying log"), from this (non-loop) thread."""
+    "loading snapshot", "replaying log"), from this (non-loop) thread.
+    influence: the swarm's (window, max_abs, max_sum); steps of an origin from its budget
+    breach on are not replayed (a log written before the budget existed may hold them).
+    A grid overflow while replaying leaves the replica poisoned, never raises: the node
+    starts serving and reports it (docs/security.md)."""
     progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
     progress("loading model", 0, 0)
@@ -217,7 +221,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
                              "snapshot of this same key from elsewhere); move the state dir aside and start while peers are "
                              "reachable: they hold this key's steps and the node fetches them back "
                              "(docs/operations.md, Lost state dir)")
-    pending = ulog.updates_after(base_vv)
+    pending = _within_budget(ulog, ulog.updates_after(base_vv), influence)
     last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
         progress("replaying log", i, len(pending))
@@ -225,13 +229,42 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
             last_log = time.monotonic()
             log.info("replaying the update log: %d of %d updates", i, len(pending))
         chunk = pending[i:i + REPLAY_CHUNK]
-        replica.replay([(update_seed(genesis.swarm_id, o, s), q, s) for o, s, q in chunk])
+        from onebyte.model import GridOverflowError
+        try:
+            replica.replay([(update_seed(genesis.swarm_id, o, s), q, s) for o, s, q in chunk])
+        except GridOverflowError as exc:
+            log.error("grid overflow while replaying the update log: %s", exc)
+            break
     progress("replaying log", len(pending), len(pending))
     dt = time.perf_counter() - t0
     if snap is not None or pending:
         log.info("restored state: snapshot with %d updates + %d replayed from the log in %.2fs",
                  snap.updates if snap else 0, len(pending), dt)
     applied = ulog.updates_vv()
+    for o, step in _breaches(ulog, influence).items():
+        applied[o] = min(applied[o], step - 1)
     for o, n in base_vv.items():
         applied[o] = max(n, applied.get(o, 0))
     return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)
+
+
+def _breaches(ulog: UpdateLog, influence) -> dict[bytes, int]:
+    """Per origin of the log, its influence-budget breach step (protocol/influence.py)."""
+    if not influence or not influence[0]:
+        return {}
+    from onebyte.protocol.influence import first_breach
+    out = {}
+    for origin, n in ulog.updates_vv().items():
+        b = first_breach(influence, ulog.qs_of(origin, 1, n))
+        if b is not None:
+            out[origin] = b.step
+    return out
+
+
+def _within_budget(ulog: UpdateLog, pending: list, influence) -> list:
+    cut = _breaches(ulog, influence)
+    if not cut:
+        return pending
+    log.warning("not replaying %d origin(s) beyond their influence-budget breach: %s", len(cut),
+                ", ".join(f"{o.hex()[:16]} from step {s}" for o, s in sorted(cut.items())))
+    return [(o, s, q) for o, s, q in pending if s < cut.get(o, s + 1)]

@@ -168,6 +168,13 @@ def build_status(d) -> dict:
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,
         "equivocations": d.equivocations,
+        # origins the influence budget cut off, the same on every node (docs/security.md)
+        "excluded_origins": ({o.hex(): {"step": step, "reason": why}
+                              for o, (step, why) in sorted(engine.excluded_origins().items())}
+                             if engine is not None else {}),
+        # the weights stopped at a grid overflow: not producing or applying, still serving
+        "grid_overflow": s.grid_overflow,
+        "grid_overflow_skipped": s.skipped_overflow,
         # peers holding our version vector with other weights (invariant 7: never silent)
         "weights_diverged": d.weights_diverged,
         "last_divergence": d.last_divergence,

@@ -1,0 +1,67 @@
+"""A Byzantine member for node tests and bench/byzantine.py: a real protocol Engine with a
+member key of the swarm, on a loopback UDP socket, that publishes whatever q it is told
+(every record validly signed with the protocol's own encoding), as fast as it is told.
+
+No model, no torch: honest daemons see a member like any other.
+"""
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from onebyte.node.genesis import load_genesis, protocol_config
+from onebyte.node.keys import read_key
+from onebyte.protocol import Engine, Identity
+
+
+class ByzantinePeer(threading.Thread):
+    """publish q_of(step) for steps 1..steps at `rate` per second, then keep serving."""
+
+    def __init__(self, genesis: Path, key: Path, peers: list[str], q_of: Callable[[int], int],
+                 steps: int, rate: float):
+        super().__init__(name="byzantine-peer", daemon=True)
+        self.identity = Identity.from_private_bytes(read_key(key))
+        self.config = protocol_config(load_genesis(genesis), {})
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        boot = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in peers)]
+        self.engine = Engine(self.identity, self.config, rng=random.Random(1), now=time.monotonic(),
+                             bootstrap=boot, generation=int(time.time()))
+        self.q_of, self.steps, self.rate = q_of, steps, rate
+        self.published = 0
+        self._halt = threading.Event()
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+        self.sock.close()
+
+    def run(self) -> None:
+        eng, start = self.engine, time.monotonic() + 1.0   # a second to join first
+        while not self._halt.is_set():
+            now = time.monotonic()
+            due = min(self.steps, int((now - start) * self.rate)) if now >= start else 0
+            while self.published < due:
+                self.published += 1
+                eng.publish(self.published, self.q_of(self.published), now)
+            t = eng.get_timer()
+            if t is not None and t <= now:
+                eng.handle_timer(now)
+            for data, addr in eng.datagrams_to_send(now):
+                self.sock.sendto(data, addr)
+            while eng.next_event() is not None:
+                pass
+            self.sock.settimeout(0.005)
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (socket.timeout, OSError):
+                continue
+            eng.receive_datagram(data, addr, time.monotonic())
