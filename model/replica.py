@@ -107,6 +107,18 @@ class Replica:
             seeds, qs, steps = zip(*checked)
             self._apply(seeds, update_coefficients_many(self.grid, self.hyper, seeds, qs, steps))
 
+    def undo(self, updates: Sequence[tuple]) -> None:
+        """Remove updates [(seed, q, step), ...] that are in the weights, in one fused pass.
+
+        On the grid an update is an integer multiple of each tensor's quantum, so adding the
+        opposite coefficients restores the exact bits the weights would have without it (any
+        order, any mix with replay): an equivocating origin's steps are taken out this way,
+        and so is an own step the node could not log."""
+        checked = [_check_update(up) for up in updates]
+        if checked:
+            seeds, qs, steps = zip(*checked)
+            self._apply(seeds, -update_coefficients_many(self.grid, self.hyper, seeds, qs, steps))
+
     def local_step(self, loss_fn: Callable, batch, seed: int, step: int) -> tuple[int, float]:
         """One SPSA step: returns (q, mean of l+ and l-), with the own update applied.
 

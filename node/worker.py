@@ -236,7 +236,7 @@ class Worker(threading.Thread):
         if self.training.prepare is not None:
             self.stats.state = "preparing"
             self.training.prepare()
-        if self.replica.poisoned:   # the restore itself overflowed (node/state.py)
+        if getattr(self.replica, "poisoned", None):   # the restore itself overflowed (node/state.py)
             self._on_overflow(self.replica.poisoned)
         self._refresh_digest()
         while not self._halt.is_set():
@@ -272,7 +272,7 @@ class Worker(threading.Thread):
         items = self.backlog.take(self.setup.max_backlog)
         if not items:
             return False
-        if self.replica.poisoned:
+        if self.stats.grid_overflow is not None:
             # The weights are no longer exact: keep taking what the loop logs (it is durable
             # and served to peers), apply nothing. A restart rebuilds from the log.
             self.stats.skipped_overflow += len(items)
@@ -305,13 +305,16 @@ class Worker(threading.Thread):
         self._since_snapshot += len(batch)
         self._dirty_digest = True
         log.debug("replayed %d updates in %.3fs", len(batch), dt)
+        if log.isEnabledFor(logging.DEBUG):   # bench/node.py: each origin's top step applied, when
+            tops = {o: s for o, s, _ in items if vv.get(o) == s}
+            log.debug("trace applied %.6f %s", time.time(), " ".join(f"{o.hex()}:{s}" for o, s in tops.items()))
         self.post(Replayed(len(batch)))
         return True
 
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""
         setup, training = self.setup, self.training
-        if self.replica.poisoned:
+        if self.stats.grid_overflow is not None:
             self.stats.state = "grid_overflow"
             return 0.0
         if (training.sample is None or not self.producing
@@ -347,7 +350,8 @@ class Worker(threading.Thread):
         try:
             self.update_log.append_own(self.node_id, step, int(q))
         except DiskFull:
-            _take_back(self.replica, seed, int(q), step)
+            # exact on the grid: the weights are bit for bit as before the step
+            self.replica.undo([(seed, int(q), step)])
             self.stats.state = "disk_full"
             return DISK_FULL_WAIT_S
         self.applied_vv[self.node_id] = step
@@ -369,6 +373,8 @@ class Worker(threading.Thread):
         self._dirty_digest = True
         self._next_step_at = time.monotonic() + setup.min_step_interval_s
         self.post(OwnUpdate(step, int(q), float(loss)))
+        if log.isEnabledFor(logging.DEBUG):   # bench/node.py reads these for staleness
+            log.debug("trace own %d %.6f", step, time.time())
         if setup.eval_every and training.evaluator is not None and step % setup.eval_every == 0:
             self._evaluate(step)
         return None
@@ -402,7 +408,7 @@ class Worker(threading.Thread):
         return self.stats.digest
 
     def _write_snapshot(self) -> None:
-        if self._since_snapshot == 0 or self.update_log.disk_full or self.replica.poisoned:
+        if self._since_snapshot == 0 or self.update_log.disk_full or self.stats.grid_overflow is not None:
             return   # (disk full: the log is enough to restart; overflowed weights are not a state)
         digest = self._refresh_digest()
         try:
@@ -449,9 +455,3 @@ class Worker(threading.Thread):
     def _fresh_digest(self) -> str:
         return self._refresh_digest() if self._dirty_digest else self.stats.digest
 
-
-def _take_back(replica, seed: int, q: int, step: int) -> None:
-    """Remove an own update that could not be logged from the weights, exactly: the local
-    step added its integer coefficients c on the grid, subtracting them restores the bits."""
-    from onebyte.model.grid import update_coefficients
-    replica._apply([seed], [-update_coefficients(replica.grid, replica.hyper, seed, q, step)])
