@@ -239,7 +239,7 @@ def by_type(joined: dict, kinds: dict) -> dict:
         times = [joined[n] for n, k in kinds.items() if k == kind]
         done = [x for x in times if x is not None]
         out[label] = {"joined": len(done), "of": len(times), "max_s": max(done) if len(done) == len(times) else None,
-                      "median_s": statistics.median(done) if done else None}
+                      "median_s": round(statistics.median(done), 2) if done else None}
     return out
 
 
