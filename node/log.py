@@ -7,6 +7,8 @@ File layout (`<state_dir>/updates.log`):
     payload u8 kind | 16B origin | u64 first_step | u64 last_step | body
             kind 1 UPDATES: body = one signed byte q per step (first..last)
             kind 2 RECORD:  body = the origin's signed wire record covering first..last
+            kind 3 BASE:    first = last = n, empty body: steps 1..n of the origin are in
+                            the snapshot the log starts from (compaction or a snapshot join)
 
 UPDATES entries are the node's state: the weights are a pure function of the base
 model and the set of updates in UPDATES entries (docs/operations.md, "Durability").
@@ -24,8 +26,12 @@ Ordering rules (why this is crash safe):
   is what a crash during an append leaves: it is discarded by truncating the file. A
   bad entry followed by valid data is not a torn tail but corruption: StateError.
 
-Everything indexed here is also held in memory (per origin: the contiguous prefix of
-q bytes, and the records); a 1M-update log costs a few MB.
+Everything indexed here is also held in memory (per origin: the contiguous q bytes after
+its base, and the records); a 1M-update log costs a few MB. `compact(floor)` bounds both:
+it rewrites the log from the index as BASE entries at `floor` (the version vector of a
+committed snapshot) plus what lies beyond, atomically (temp file, fsync, rename). Steps
+at or below an origin's base are no longer held: the snapshot holds them, they are not
+replayed, and `get` serves no record that would leave a peer a gap below the base.
 
 Disk full (ENOSPC/EDQUOT) is a state, not a crash (docs/security.md, "Disk full"):
 - an entry lands whole or not at all: a failed or short write is truncated back to the
@@ -54,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DiskFull, StateError
+from .logfile import is_tail, read_all, write_log
 from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
@@ -65,6 +72,7 @@ FRAME = struct.Struct("<II")           # payload length, crc32(payload)
 PREFIX = struct.Struct("<B16sQQ")      # kind, origin, first_step, last_step
 KIND_UPDATES = 1
 KIND_RECORD = 2
+KIND_BASE = 3
 MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # Free bytes needed to leave the disk-full state once nothing is held: some room for
@@ -74,13 +82,28 @@ RESUME_FREE_BYTES = 1 << 20
 
 @dataclass
 class _Origin:
-    qs: bytearray = field(default_factory=bytearray)          # q of steps 1..len (contiguous)
+    qs: bytearray = field(default_factory=bytearray)          # q of steps base+1..top (contiguous)
     records: list[tuple[int, int, bytes]] = field(default_factory=list)  # sorted by first step
     record_keys: set[tuple[int, int]] = field(default_factory=set)
+    base: int = 0      # steps 1..base are in the snapshot the log starts from (KIND_BASE)
+
+    @property
+    def top(self) -> int:
+        """Highest step n such that updates 1..n are held (in the base or in qs)."""
+        return self.base + len(self.qs)
+
+    def rebase(self, floor: int) -> None:
+        """Steps 1..floor are now in the base: drop their q bytes and the records below it."""
+        if floor <= self.base:
+            return
+        del self.qs[:floor - self.base]
+        self.base = floor
+        self.records = [r for r in self.records if r[1] > floor]
+        self.record_keys = {(f, last) for f, last, _ in self.records}
 
     def records_contiguous(self) -> int:
-        """Highest step n such that records cover 1..n."""
-        top = 0
+        """Highest step n such that the base and the records cover 1..n."""
+        top = self.base
         for first, last, _ in self.records:
             if first > top + 1:
                 break
@@ -133,7 +156,7 @@ class UpdateLog:
                     raise
                 raise DiskFull(f"no space left on the device of {self.path.parent} to open the "
                                "update log; free some space (or move state_dir) and start again") from None
-            data = _read_all(self._fd)
+            data = read_all(self._fd)
         if not data:
             if not self.readonly:
                 self._write_header(created=not exists)
@@ -197,7 +220,7 @@ class UpdateLog:
                     if zlib.crc32(payload) != crc:
                         bad = "checksum mismatch"
             if bad is not None:
-                if bad in ("short header", "short payload") or _is_tail(data, off):
+                if bad in ("short header", "short payload") or is_tail(data, off):
                     return off
                 raise StateError(f"update log {self.path} is corrupt at offset {off} ({bad}) "
                                  "with valid entries after it; this is not a crash artefact. "
@@ -215,6 +238,8 @@ class UpdateLog:
             self._index_updates(origin, first, body)
         elif kind == KIND_RECORD:
             self._index_record(origin, first, last, body)
+        elif kind == KIND_BASE:
+            self._origins.setdefault(origin, _Origin()).rebase(first)
         else:
             raise StateError(f"update log {self.path}: unknown entry kind {kind} "
                              "(written by a newer onebyte?)")
@@ -223,7 +248,7 @@ class UpdateLog:
     def _index_updates(self, origin: bytes, first: int, qs: bytes) -> tuple[int, bytes]:
         """Add to the contiguous prefix; return (first new step, new q bytes)."""
         o = self._origins.setdefault(origin, _Origin())
-        have = len(o.qs)
+        have = o.top
         if first > have + 1:
             # The engine delivers each origin's updates contiguously; a gap is a bug upstream.
             raise ValueError(f"gap in updates of origin {origin.hex()}: have 1..{have}, got {first}")
@@ -236,7 +261,7 @@ class UpdateLog:
 
     def _index_record(self, origin: bytes, first: int, last: int, record: bytes) -> bool:
         o = self._origins.setdefault(origin, _Origin())
-        if (first, last) in o.record_keys:
+        if (first, last) in o.record_keys or last <= o.base:
             return False
         o.record_keys.add((first, last))
         bisect.insort(o.records, (first, last, bytes(record)))
@@ -286,7 +311,7 @@ class UpdateLog:
     def _fresh(self, origin: bytes, first: int, body: bytes) -> tuple[int, bytes]:
         """(first new step, new q bytes) of updates first.. against the log and the hold."""
         o = self._origins.get(origin)
-        have = max(len(o.qs) if o else 0, self._held_top.get(origin, 0))
+        have = max(o.top if o else 0, self._held_top.get(origin, 0))
         if first > have + 1:
             # The engine delivers each origin's updates contiguously; a gap is a bug upstream.
             raise ValueError(f"gap in updates of origin {origin.hex()}: have 1..{have}, got {first}")
@@ -459,6 +484,8 @@ class UpdateLog:
             for first, last, rec in o.records[i:]:
                 if last < from_step:
                     continue
+                if not out and first > from_step and from_step <= o.base:
+                    return []   # compacted away: the peer needs a snapshot, not a gap
                 if out and size + len(rec) > limit_bytes:
                     break
                 out.append(rec)
@@ -472,7 +499,7 @@ class UpdateLog:
         with self._lock:
             vv = {}
             for origin, o in self._origins.items():
-                n = min(o.records_contiguous(), len(o.qs))
+                n = min(o.records_contiguous(), o.top)
                 if n:
                     vv[origin] = n
             return vv
@@ -482,7 +509,7 @@ class UpdateLog:
     def updates_vv(self) -> dict[bytes, int]:
         """Per origin, how many updates (steps 1..n) the log holds: the node's durable state."""
         with self._lock:
-            return {o: len(v.qs) for o, v in self._origins.items() if v.qs}
+            return {o: v.top for o, v in self._origins.items() if v.top}
 
     def records_vv(self, origin: bytes) -> int:
         with self._lock:
@@ -494,15 +521,65 @@ class UpdateLog:
         with self._lock:
             out = []
             for origin in sorted(self._origins):
-                qs = self._origins[origin].qs
-                for i in range(vv.get(origin, 0), len(qs)):
-                    out.append((origin, i + 1, _signed(qs[i])))
+                o = self._origins[origin]
+                for step in range(max(vv.get(origin, 0), o.base) + 1, o.top + 1):
+                    out.append((origin, step, _signed(o.qs[step - o.base - 1])))
             return out
 
     def qs_of(self, origin: bytes, first: int, last: int) -> list[int]:
+        """q of steps first..last that the log holds (none at or below the origin's base)."""
         with self._lock:
-            qs = self._origins.get(origin, _Origin()).qs
-            return [_signed(b) for b in qs[first - 1:last]]
+            o = self._origins.get(origin, _Origin())
+            lo = max(first, o.base + 1)
+            return [_signed(b) for b in o.qs[lo - o.base - 1:last - o.base]] if last >= lo else []
+
+    def floor_vv(self) -> dict[bytes, int]:
+        """Per origin, the base: steps 1..n the log does not hold (its snapshot does)."""
+        with self._lock:
+            return {o: v.base for o, v in self._origins.items() if v.base}
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    def index_updates(self) -> int:
+        """q bytes held in memory (what compaction bounds)."""
+        with self._lock:
+            return sum(len(v.qs) for v in self._origins.values())
+
+    # --- compaction ----------------------------------------------------------------------
+
+    def compact(self, floor: dict[bytes, int]) -> tuple[int, int] | None:
+        """Drop every step at or below `floor` (per origin) from the file and the index.
+
+        The caller guarantees a committed snapshot holds exactly the updates of `floor`
+        (and so covers them). The new log is written from the index to a temp file,
+        fsynced and renamed over the old one: a crash leaves one or the other, whole.
+        Returns (bytes before, bytes after), or None when nothing would go or entries
+        are held for a full disk (the hold must land in the old file first)."""
+        with self._lock:
+            if self.readonly or self._held:
+                return None
+            if not any(floor.get(o, 0) > v.base and (v.qs or v.records) for o, v in self._origins.items()) \
+                    and not any(o not in self._origins for o in floor):
+                return None
+            origins = {o: _Origin(bytearray(v.qs), list(v.records), set(v.record_keys), v.base)
+                       for o, v in self._origins.items()}
+            for o, n in floor.items():
+                origins.setdefault(o, _Origin()).rebase(n)
+            before = self._size
+            try:
+                fd, size, n = write_log(self.path, origins)
+            except DiskFull:
+                return None   # the old log stays, whole; compaction is retried later
+            os.close(self._fd)
+            self._fd = fd
+            self._origins = origins
+            self._size = size
+            self.entries = n
+            self._dirty = False
+            self._tail_dirty = False
+            return before, self._size
 
 
 def _as_updates(origin: bytes, first: int, qs: bytes) -> list[tuple[bytes, int, int]]:
@@ -511,30 +588,3 @@ def _as_updates(origin: bytes, first: int, qs: bytes) -> list[tuple[bytes, int, 
 
 def _signed(b: int) -> int:
     return b - 256 if b > 127 else b
-
-
-def _is_tail(data: bytes, off: int) -> bool:
-    """A checksum or length failure is a torn tail only if nothing valid follows it.
-
-    We cannot know the true extent of the broken entry, so look for any later offset
-    where a whole valid entry starts; if there is one, the damage is in the middle."""
-    n = len(data)
-    for start in range(off + 1, n - FRAME.size - PREFIX.size + 1):
-        length, crc = FRAME.unpack_from(data, start)
-        end = start + FRAME.size + length
-        if PREFIX.size <= length <= MAX_PAYLOAD and end <= n:
-            payload = data[start + FRAME.size:end]
-            if payload[0] in (KIND_UPDATES, KIND_RECORD) and zlib.crc32(payload) == crc:
-                return False
-    return True
-
-
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
-

@@ -197,6 +197,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     progress("loading snapshot", 0, 0)
     snap = read_snapshot(sd.snapshots)
     base_vv: dict[bytes, int] = {}
+    _check_floor(sd, ulog, snap)
     if snap is not None:
         from onebyte.model import GridError
         try:
@@ -248,14 +249,30 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)
 
 
+def _check_floor(sd: StateDir, ulog: UpdateLog, snap) -> None:
+    """A log that starts from a snapshot (BASE entries) needs that snapshot, or a newer one."""
+    have = snap.vv if snap is not None else {}
+    short = {o: n for o, n in ulog.floor_vv().items() if have.get(o, 0) < n}
+    if short:
+        o, n = next(iter(short.items()))
+        raise StateError(f"the update log of {sd.path} starts after step {n} of origin {o.hex()[:16]} "
+                         f"(compacted), but {'no snapshot' if snap is None else 'the snapshot'} covers "
+                         "it; move the state dir aside and start while peers are reachable: the node "
+                         "joins from a peer's snapshot (docs/operations.md, Lost state dir)")
+
+
 def _breaches(ulog: UpdateLog, influence) -> dict[bytes, int]:
     """Per origin of the log, its influence-budget breach step (protocol/influence.py)."""
     if not influence or not influence[0]:
         return {}
     from onebyte.protocol.influence import first_breach
     out = {}
+    floor = ulog.floor_vv()
     for origin, n in ulog.updates_vv().items():
-        b = first_breach(influence, ulog.qs_of(origin, 1, n))
+        # A log that starts from a snapshot (compacted, or a snapshot join): the budget
+        # counts from its base, as the engine's does (protocol/influence.py).
+        first = floor.get(origin, 0) + 1
+        b = first_breach(influence, ulog.qs_of(origin, first, n), first)
         if b is not None:
             out[origin] = b.step
     return out

@@ -1,0 +1,78 @@
+"""The update log's file format helpers (node/log.py holds the format's description):
+recognising a torn tail, reading the whole file, and writing a compacted log."""
+
+from __future__ import annotations
+
+import errno
+import os
+import zlib
+
+from .errors import DiskFull
+from .snapshot import fsync_path
+
+UPDATES_CHUNK = 1 << 20   # q bytes per UPDATES entry written by write_log
+
+
+def is_tail(data: bytes, off: int) -> bool:
+    """A checksum or length failure is a torn tail only if nothing valid follows it.
+
+    We cannot know the true extent of the broken entry, so look for any later offset
+    where a whole valid entry starts; if there is one, the damage is in the middle."""
+    from .log import FRAME, KIND_RECORD, KIND_UPDATES, MAX_PAYLOAD, PREFIX
+    n = len(data)
+    for start in range(off + 1, n - FRAME.size - PREFIX.size + 1):
+        length, crc = FRAME.unpack_from(data, start)
+        end = start + FRAME.size + length
+        if PREFIX.size <= length <= MAX_PAYLOAD and end <= n:
+            payload = data[start + FRAME.size:end]
+            if payload[0] in (KIND_UPDATES, KIND_RECORD) and zlib.crc32(payload) == crc:
+                return False
+    return True
+
+
+def read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def write_log(path, origins: dict) -> tuple[int, int, int]:
+    """Write a whole log for the index `origins` ({origin: _Origin}) to a temp file beside
+    `path`, fsync it and rename it over `path`: a crash leaves the old or the new log, whole.
+    Returns (an O_APPEND fd of the new file, its size, its entry count); DiskFull if it
+    does not fit (the temp file is removed and the old log stays)."""
+    from .log import HEADER, KIND_BASE, KIND_RECORD, KIND_UPDATES, encode_entry
+    entries = [HEADER]
+    for origin in sorted(origins):
+        o = origins[origin]
+        if o.base:
+            entries.append(encode_entry(KIND_BASE, origin, o.base, o.base, b""))
+        for i in range(0, len(o.qs), UPDATES_CHUNK):
+            body = bytes(o.qs[i:i + UPDATES_CHUNK])
+            first = o.base + i + 1
+            entries.append(encode_entry(KIND_UPDATES, origin, first, first + len(body) - 1, body))
+        for first, last, rec in o.records:
+            entries.append(encode_entry(KIND_RECORD, origin, first, last, rec))
+    tmp = path.with_name(f".{path.name}.compact-{os.getpid()}")
+    fd = None
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        for e in entries:
+            view = memoryview(e)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left to compact {path}") from None
+        raise
+    return fd, sum(len(e) for e in entries), len(entries) - 1
