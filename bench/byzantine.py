@@ -1,0 +1,129 @@
+"""One Byzantine member per attack against real daemons on loopback (closed swarm of 4 keys,
+tiny model, 3 honest daemons): are the honest nodes alive, do their digests agree, is the
+attacker excluded?
+
+    .venv/bin/python bench/byzantine.py --json byzantine.json
+    .venv/bin/python bench/byzantine.py --attack max_q --json max_q.json
+
+Attacks (ATTACKS, a table: add a row per attack):
+  max_q       q = 127 from step 11 on, 20 steps/s: the influence budget excludes it.
+  rate_flood  honest-looking q at 100 steps/s against a cap of 5/s: not excluded (its q are
+              within budget); accepted_max_at_20s shows the cap holding for pulled records too,
+              against the bound (1 + pull_rate_mult) * cap * (20 s + rate_burst_s).
+The Byzantine member is tests/node/byzantine_peer.py: a real protocol Engine on UDP.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "node"))
+
+from byzantine_peer import ByzantinePeer  # noqa: E402
+from node_harness import Node, run_cli, wait_for  # noqa: E402
+
+COMMON = dict(step_interval_s=0.05, snapshot_every=25, threads=1)
+HONEST_STEPS = 30
+ATTACKS = {
+    "max_q": dict(q_of=lambda s: 5 if s <= 10 else 127, rate=20.0, steps=120, max_rate=200.0),
+    "rate_flood": dict(q_of=lambda s: (-1) ** s * (3 + s % 5), rate=100.0, steps=2000, max_rate=5.0),
+}
+
+
+def make_genesis(root: Path, max_rate: float):
+    from onebyte.node.keys import read_key, write_key
+    from onebyte.protocol import Identity
+    keys = {}
+    for name in ("a", "b", "c", "x"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        keys[name] = root / name / "node.key"
+        write_key(keys[name])
+    args = ["init", "--model", "tiny", "--data", "builtin:sentiment", "--name", "byz", "--out",
+            root / "genesis.toml", "--hyper", "lr=0.0001", "--record-linger", "0.1",
+            "--updates-per-record", "8", "--max-rate", str(max_rate), "--admission", "closed"]
+    for k in keys.values():
+        args += ["--member", Identity.from_private_bytes(read_key(k)).public_bytes().hex()]
+    r = run_cli(*args)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return root / "genesis.toml", keys
+
+
+def settled(nodes) -> str | None:
+    sts = [n.status() for n in nodes]
+    if any(s["replay_backlog"] or s["own_steps"] < HONEST_STEPS for s in sts):
+        return None
+    if len({json.dumps(s["version_vector"]["by_origin"], sort_keys=True) for s in sts}) != 1:
+        return None
+    digests = {n.digest()["digest"] for n in nodes}
+    return digests.pop() if len(digests) == 1 else None
+
+
+def run_attack(name: str, spec: dict, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"byz-{name}-") as tmp:
+        root = Path(tmp)
+        genesis, keys = make_genesis(root, spec["max_rate"])
+        nodes, peer = [], None
+        try:
+            a = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
+            nodes.append(a)
+            a.wait_ready()
+            for n in ("b", "c"):
+                nodes.append(Node(root, n, genesis, [a.addr], max_steps=HONEST_STEPS, **COMMON).start())
+            for n in nodes:
+                n.wait_ready()
+            peer = ByzantinePeer(genesis, keys["x"], [a.addr], spec["q_of"], spec["steps"], spec["rate"])
+            t0 = time.monotonic()
+            peer.start()
+            time.sleep(max(0.0, t0 + 21.0 - time.monotonic()))   # 1 s to join + 20 s of attack
+            xid = peer.node_id.hex()
+            accepted_20s = max(n.status()["version_vector"]["by_origin"].get(xid, 0) for n in nodes)
+            try:
+                digest = wait_for(lambda: settled(nodes), timeout, "honest digests to agree", 0.5)
+            except AssertionError:
+                digest = None
+            sts = [n.status() for n in nodes]
+            cfg = peer.config
+            return {
+                "attack": name,
+                "honest_nodes_alive": all(n.proc.poll() is None and s["worker_state"] != "failed"
+                                          for n, s in zip(nodes, sts)),
+                "honest_digests_identical": digest is not None,
+                "byzantine_excluded": all(xid in s["excluded_origins"] for s in sts),
+                "excluded_at": [s["excluded_origins"].get(xid) for s in sts],
+                "byzantine_published": peer.published,
+                "accepted_max_at_20s": accepted_20s,
+                "accept_bound_at_20s": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
+                                             * (20.0 + cfg.rate_burst_s)),
+                "grid_overflow": [s["grid_overflow"] for s in sts],
+                "rate_limited_drops": [s["drops"].get("rate_limited", 0) for s in sts],
+            }
+        finally:
+            if peer is not None:
+                peer.stop()
+            for n in nodes:
+                n.cleanup()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--attack", action="append", choices=sorted(ATTACKS), help="default: every attack")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for agreement")
+    args = ap.parse_args()
+    results = [run_attack(a, ATTACKS[a], args.timeout) for a in (args.attack or list(ATTACKS))]
+    out = {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+           "attacks": results}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
