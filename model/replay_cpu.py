@@ -14,9 +14,9 @@ Two kernels compute exactly these bits:
 
 - "simd" (model/replay_simd.py): the inner loop written as LLVM vector IR through numba
   internals; the fast one.
-- "plain" (below): the same loops in ordinary `@njit` code, no numba internals; several
-  times slower, there so that a numba release which breaks the internals costs speed, not
-  correctness.
+- "plain" (below): the same loops in ordinary `@njit` code, no numba internals; 2.4-4.7x
+  slower (docs/performance.md), there so that a numba release which breaks the internals
+  costs speed, not correctness.
 
 By default ("auto") the first replay builds the simd kernel and checks it bit for bit
 against the plain one on a small probe; if it cannot be built or disagrees, the plain kernel
@@ -87,7 +87,7 @@ def _word_sums_plain(acc, keys, crow, w):
         for j in range(64):
             acc[j] -= (2 * c) * int64((z >> uint64(j)) & _ONE)
     for j in range(64):
-        acc[j] += total  # int32 stores wrap like the simd kernel's i32 lanes (never reached: |sum| <= 2**24)
+        acc[j] += total  # int32 stores would wrap like the simd kernel's i32 lanes; plan_batches keeps |sum| <= 2**24
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
