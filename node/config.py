@@ -40,6 +40,13 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
     "eval_examples": (256, "examples of eval_data used per evaluation"),
     "snapshot_every": (2000, "write a snapshot after this many newly applied updates (0 = only at shutdown)"),
+    "snapshot_join": (True, "at start, join from a peer's attested snapshot (then replay only the tail) when peers hold at least snapshot_join_min_updates more updates than the log, or compacted what the log lacks"),
+    "snapshot_join_min_updates": (10000, "a snapshot join is worth it from this many updates behind the peers' snapshot"),
+    "snapshot_attest": (2, "members (the serving one included) that must report the same weights digest at the snapshot's version vector before it is used"),
+    "snapshot_serve": (True, "serve this node's snapshot to joining peers over TCP on the UDP listen port number"),
+    "snapshot_serve_bytes_per_s": (64 << 20, "rate limit of snapshot serving, all connections together (bytes/s)"),
+    "snapshot_attest_max_updates": (4096, "attest a joiner's snapshot digest by undoing at most this many of the applied updates (worker time)"),
+    "compact_interval_s": (60.0, "compact the update log this often: drop what the newest snapshot holds once every live member has passed it (0 = never)"),
     "trunk_cache": (True, "cache what the frozen layers below the trainable scope compute for each training and eval example (<state_dir>/trunk.pt) and run only the layers above it (classification tasks)"),
     "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
     "seed": (0, "seed of the local batch sampler (mixed with the node id)"),
@@ -72,6 +79,13 @@ class NodeConfig:
     eval_data: str
     eval_examples: int
     snapshot_every: int
+    snapshot_join: bool
+    snapshot_join_min_updates: int
+    snapshot_attest: int
+    snapshot_serve: bool
+    snapshot_serve_bytes_per_s: int
+    snapshot_attest_max_updates: int
+    compact_interval_s: float
     trunk_cache: bool
     fsync: bool
     seed: int
@@ -201,6 +215,13 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         eval_data=_maybe_path(get("eval_data", str), base),
         eval_examples=max(1, nonneg("eval_examples")),
         snapshot_every=nonneg("snapshot_every"),
+        snapshot_join=get("snapshot_join", bool),
+        snapshot_join_min_updates=nonneg("snapshot_join_min_updates"),
+        snapshot_attest=max(1, nonneg("snapshot_attest")),
+        snapshot_serve=get("snapshot_serve", bool),
+        snapshot_serve_bytes_per_s=max(1, nonneg("snapshot_serve_bytes_per_s")),
+        snapshot_attest_max_updates=nonneg("snapshot_attest_max_updates"),
+        compact_interval_s=float(nonneg("compact_interval_s", (int, float))),
         trunk_cache=get("trunk_cache", bool),
         fsync=get("fsync", bool),
         seed=get("seed", int),

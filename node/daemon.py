@@ -70,6 +70,9 @@ class Daemon:
         self._tasks: set[asyncio.Task] = set()
         self.udp: UdpTransport | None = None
         self.status_server: StatusServer | None = None
+        self.snapshot_server = None   # node/snapshot_service.py
+        self.compactor = None         # node/compaction.py
+        self.joined = None            # node/snapshot_join.py Joined, if this start joined from a snapshot
         self.metrics = None
         self.worker: Worker | None = None
         self.engine = None
@@ -126,7 +129,8 @@ class Daemon:
         self.control = Control(self)
         self.status_server = StatusServer(cfg.socket_path, self.control.handle)
         await self.status_server.start()
-        await self._restore()
+        joined = await self._snapshot_join()
+        await self._restore(joined)
         await self._start_swarm()
 
     def _check_membership(self) -> None:
@@ -136,7 +140,16 @@ class Daemon:
                             f"{self.identity.public_bytes().hex()} is not in the genesis [swarm] members); "
                             "peers would ignore every datagram it sends")
 
-    async def _restore(self) -> None:
+    async def _snapshot_join(self):
+        """A node with peers joins from an attested snapshot when that saves a long replay
+        (node/snapshot_join.py); None: restore from the state dir alone."""
+        if not (self.cfg.peers and self.cfg.snapshot_join):
+            return None
+        from .snapshot_join import join
+        self.joined = await join(self.cfg, self.genesis, self.sd, self.update_log, self.phase.set)
+        return self.joined
+
+    async def _restore(self, joined=None) -> None:
         from onebyte.model import update_seed
 
         cfg, sd = self.cfg, self.sd
@@ -148,7 +161,8 @@ class Daemon:
         p = self.pconfig
         restored = await asyncio.to_thread(restore, self.genesis, cfg.model, cfg.device, sd, self.update_log,
                                            update_seed, self.node_id, self.phase.set,
-                                           (p.influence_window, p.influence_max_abs, p.influence_max_sum))
+                                           (p.influence_window, p.influence_max_abs, p.influence_max_sum),
+                                           (joined.replica, joined.tokenizer, joined.digest) if joined else None)
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
         # Pin the state dir to this swarm only once the model matched the genesis.
         sd.check_genesis(self.genesis, write=True)
@@ -164,6 +178,10 @@ class Daemon:
         self.phase.set("joining", 0, 0)
         now = self.loop.time()
         self.udp = await open_udp(cfg.listen, self._on_datagram)
+        if cfg.snapshot_serve:   # TCP, same host and port number as the UDP socket
+            from .snapshot_service import SnapshotServer
+            self.snapshot_server = SnapshotServer(self, cfg.snapshot_serve_bytes_per_s, cfg.snapshot_attest_max_updates)
+            await self.snapshot_server.start(*self.udp.local_addr[:2])
         bootstrap = await self._resolve_bootstrap()
         own_logged = self.update_log.updates_vv().get(self.node_id, 0)
         # No configured peers: this node seeds the swarm and has nobody to ask (docs/operations.md).
@@ -186,6 +204,10 @@ class Daemon:
             log.info("asking peers for this key's earlier steps before producing (up to %.0fs if none answer)",
                      wait)
         self.worker.start()
+        if cfg.compact_interval_s > 0:
+            from .compaction import Compactor
+            self.compactor = Compactor(self, cfg.compact_interval_s)
+            self._spawn(self.compactor.run())
         if cfg.metrics_listen is not None:
             from .metrics import MetricsServer
             self.metrics = MetricsServer(self, cfg.metrics_listen)
@@ -473,6 +495,8 @@ class Daemon:
             self._watchdog.cancel()
         if self.metrics is not None:
             self.metrics.close()
+        if self.snapshot_server is not None:
+            await self.snapshot_server.close()
         if self.status_server is not None:
             await self.status_server.close()
         if self._to_replay:

@@ -130,6 +130,25 @@ class StateDir:
         fsync_path(self.snapshots)
         log.info("state dir seeded from snapshot %s (%d updates)", weights, pointer["updates"])
 
+    def install_snapshot(self, weights: Path, vv: dict[bytes, int], digest: str, ulog: UpdateLog) -> None:
+        """Make a verified snapshot (a file in snapshots/, from a snapshot join) this node's
+        state: it becomes the committed snapshot, then the log is compacted to its vv (the
+        log keeps what lies beyond, e.g. own steps not yet in the snapshot). A crash between
+        the two leaves a snapshot ahead of the log, which restore accepts."""
+        import json
+
+        from .snapshot import POINTER, fsync_path
+        name = f"weights-joined-{digest[:16]}-{sum(vv.values())}.safetensors"
+        os.replace(weights, self.snapshots / name)
+        fsync_path(self.snapshots)
+        pointer = {"format": 1, "weights": name, "vv": {o.hex(): n for o, n in sorted(vv.items())},
+                   "digest": digest, "updates": sum(vv.values()), "created": time.time(), "joined": True}
+        atomic_write_bytes(self.snapshots / POINTER, json.dumps(pointer, indent=1).encode())
+        for old in self.snapshots.glob("weights-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        ulog.compact(vv)
+
     def next_generation(self) -> int:
         """A number that grows with every start of this node (the engine's session epoch):
         max(previous + 1, wall-clock seconds), persisted before use so a clock step back
@@ -182,23 +201,28 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
 
 
 def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
-            update_seed, own_origin: bytes | None = None, progress=None, influence=None) -> Restored:
+            update_seed, own_origin: bytes | None = None, progress=None, influence=None,
+            prebuilt=None) -> Restored:
     """The replica as the state dir left it: base model, newest snapshot, then the log's tail.
     progress(phase, done, total), if given, is called as it goes ("loading model",
     "loading snapshot", "replaying log"), from this (non-loop) thread.
     influence: the swarm's (window, max_abs, max_sum); steps of an origin from its budget
     breach on are not replayed (a log written before the budget existed may hold them).
+    prebuilt: (replica, tokenizer, digest) of a replica that already holds the snapshot
+    with that digest (a snapshot join verified it): neither built nor loaded again.
     A grid overflow while replaying leaves the replica poisoned, never raises: the node
     starts serving and reports it (docs/security.md)."""
     progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
     progress("loading model", 0, 0)
-    replica, tokenizer = build_replica(genesis, model_spec, device)
+    replica, tokenizer, loaded = prebuilt or (*build_replica(genesis, model_spec, device), None)
     progress("loading snapshot", 0, 0)
     snap = read_snapshot(sd.snapshots)
     base_vv: dict[bytes, int] = {}
     _check_floor(sd, ulog, snap)
-    if snap is not None:
+    if snap is not None and loaded is not None and snap.digest == loaded:
+        base_vv = dict(snap.vv)
+    elif snap is not None:
         from onebyte.model import GridError
         try:
             replica.load(snap.weights)

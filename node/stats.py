@@ -121,6 +121,9 @@ def build_status(d) -> dict:
         "applied_total": applied_total,
         "restored": {"from_snapshot": d.restored.from_snapshot, "replayed_from_log": d.restored.replayed,
                      "seconds": round(d.restored.seconds, 3)},
+        "snapshot_join": _joined(d),
+        "compaction": d.compactor.status() if getattr(d, "compactor", None) else None,
+        "snapshot_service": d.snapshot_server.counters if getattr(d, "snapshot_server", None) else None,
         # logged but not yet in the weights (waiting for the fsync batch or the worker)
         "replay_backlog": max(0, logged_total - applied_total),
         "replay_backlog_max": w.backlog.max_seen,
@@ -196,3 +199,12 @@ def _applied_rate(s, now: float) -> float:
     n = sum(k for t, k in list(s.applied_times) if t >= now - RATE_WINDOW_S)
     n += sum(1 for t in list(s.step_times) if t >= now - RATE_WINDOW_S)
     return n / RATE_WINDOW_S
+
+
+def _joined(d) -> dict | None:
+    """This start's snapshot join (node/snapshot_join.py), if it joined from one."""
+    j = getattr(d, "joined", None)
+    if j is None:
+        return None
+    return {"digest": j.digest, "updates": sum(j.vv.values()), "source": j.source,
+            "attested_by": j.attested_by, "seconds": round(j.seconds, 3)}
