@@ -32,13 +32,14 @@ from .dissemination import TransmitLimitedQueue
 from .events import EventQueue, PeerJoined
 from .identity import CryptoCache, Identity, parse_cert
 from .membership import Change, Member, Membership, MemberState
+from .nat import Nat
 from .outbox import Outbox
 from .probing import Probing
 from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .sync import Sync
 from .wire import (NIL, Alive, Dead, Header, Leave, MessageType, Suspect, WireError, decode_gossip,
-                   encode_alive, encode_leave, parse_header, unpack_body)
+                   encode_alive, encode_leave, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
 PEERS_PER_ANSWER = 12     # ALIVE items in a PEERS answer, as many as fit
@@ -76,7 +77,7 @@ class Engine:
     def __init__(self, identity: Identity, config: ProtocolConfig, *, rng, now: float,
                  store=None, bootstrap=(), own_last_step: int | None = None,
                  generation: int = 0, crypto: CryptoCache | None = None,
-                 own_history_wait_s: float | None = None):
+                 own_history_wait_s: float | None = None, bound_addr=None):
         """generation: strictly increasing per start of this identity (the node passes its
         wall-clock seconds at start, or a persisted boot counter); it selects a fresh
         session key and counter space, so datagrams of a previous run cannot be replayed.
@@ -84,7 +85,11 @@ class Engine:
         own_history_wait_s: learn our own earlier steps from peers before producing (a key
         restarted from an empty or old state dir must never reuse a step number): the
         driver publishes only after OwnHistoryLearned; with no answer within this many
-        seconds the key counts as new.  None: no such wait (OwnHistoryLearned never comes)."""
+        seconds the key counts as new.  None: no such wait (OwnHistoryLearned never comes).
+
+        bound_addr: the (host, port) our socket is bound to (host may be a wildcard): compared
+        with the address peers observe, it tells whether we are behind a NAT (protocol/nat.py).
+        None: we cannot tell, and announce ourselves reachable."""
         self.identity = identity
         self.config = config
         self.rng = rng
@@ -108,6 +113,8 @@ class Engine:
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)   # membership gossip
         self.outbox = Outbox(config, self.session, self.members, self.gossip_q)
         self.probing = Probing(config, self.members, self.outbox, rng)
+        self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
+                                         self.node_id, bound_addr, now)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
@@ -115,8 +122,8 @@ class Engine:
         # PUSH, RECORDS and PEERS carry nothing but gossip and records, which any message may.
         self._handlers = {
             MessageType.HELLO: self._on_hello,
-            MessageType.PING: self.probing.on_ping,
-            MessageType.ACK: self.probing.on_ack,
+            MessageType.PING: self._on_ping,
+            MessageType.ACK: self._on_ack,
             MessageType.PING_REQ: self.probing.on_ping_req,
             MessageType.PUSH: _carries_only,
             MessageType.DIGEST: self.sync.on_digest,
@@ -125,6 +132,9 @@ class Engine:
             MessageType.RECORDS: _carries_only,
             MessageType.PEERS_REQ: self._on_peers_req,
             MessageType.PEERS: _carries_only,
+            MessageType.RELAY: self._on_relay,
+            MessageType.PUNCH_REQ: self.nat.on_punch_req,
+            MessageType.PUNCH: self.nat.on_punch,
         }
 
         # Steps the node applied but whose record never reached the store (a crash before the
@@ -153,6 +163,7 @@ class Engine:
 
     # ================================================================ driver API
     def receive_datagram(self, data: bytes, addr, now: float) -> None:
+        self.nat.now = now
         c = self.counters
         c["bytes_in"] += len(data)
         c["datagrams_in"] += 1
@@ -179,7 +190,7 @@ class Engine:
         if self._left:
             return None
         t = min(self._next_gossip, self._next_probe, self.sync.ae_due, self._next_pex,
-                self._next_reconnect)
+                self._next_reconnect, self.nat.due)
         flush_at = self.sync.flush_at
         return flush_at if flush_at is not None and flush_at < t else t
 
@@ -187,6 +198,9 @@ class Engine:
         if self._left:
             return
         cfg = self.config
+        self.nat.now = now
+        if now >= self.nat.due:
+            self.nat.tick(now)
         if self.sync.flush_at is not None and now >= self.sync.flush_at:
             self.sync.flush(now)
         if now >= self._next_probe:
@@ -277,6 +291,10 @@ class Engine:
         return [PeerInfo(m.node_id, m.addr, m.state.name.lower(), m.incarnation, m.generation, m.rtt)
                 for m in self.members.members.values()]
 
+    def nat_status(self) -> dict:
+        """Our NatKind, observed address and paths (protocol/nat.py)."""
+        return self.nat.status()
+
     def version_vector(self) -> dict:
         return self.sync.version_vector()
 
@@ -302,7 +320,9 @@ class Engine:
         self.outbox.send(*args, **kwargs)
 
     # ================================================================ a datagram in
-    def _receive(self, data: bytes, addr, now: float) -> None:
+    def _receive(self, data: bytes, addr, now: float, via: Member | None = None) -> None:
+        """via: the relay that carried this (inner) datagram; addr is then the sender's address
+        as we hold it, and nothing about addresses is learned from it."""
         h = parse_header(data, self._version, self._tag, self.config.max_datagram)
         if self._left:
             return
@@ -313,25 +333,31 @@ class Engine:
         auth = self.session.authenticate(h, self.members.get(h.sender), now)
         payload, gossip, records = unpack_body(h.body)
         # --- authenticated and parsed: from here on the datagram may change state.
-        m = self._accept(h, auth, addr, now)
-        self._handlers[h.type](m, payload, now)
+        m = self._accept(h, auth, addr, now, via)
+        self.nat.via = via.node_id if via is not None else None
+        try:
+            self._handlers[h.type](m, payload, now)
+        finally:
+            self.nat.via = None
         if gossip:
             self._on_gossip(m, gossip, addr, now)
         if records:
             self.sync.on_records(m, records, addr, now)
 
-    def _accept(self, h: Header, auth: Authenticated, addr, now: float) -> Member:
+    def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its
         session advanced past this datagram and its probes answered."""
         if auth.cert is None:
             m = self.members.get(h.sender)
         else:
-            m, change = self.members.on_cert(auth.cert, addr, now, direct=True)
+            m, change = self.members.on_cert(auth.cert, addr if via is None else None, now, direct=True)
             if m is None:
                 raise WireError("rate_limited")  # membership table full of live peers
             self._apply(change)
         self.session.accept(m, auth, h.counter)
-        self.members.heard_from(m, addr)
+        if via is None:
+            self.members.heard_from(m, addr)
+            self.nat.heard_direct(m, now)
         if not m.live:
             self.probing.tell_dead(m, now)   # so it can refute, and come back
         self.probing.heard_from(m, h.type)
@@ -351,17 +377,42 @@ class Engine:
         self._apply(change)
         if m.mac_key is None:   # a new member, or a new session of a known one
             m.mac_key = key
-        self.outbox.send(MessageType.HELLO, m, NIL, addr=addr, cert=True, piggyback=False)
+        # The HELLO tells the joiner where its JOIN came from (its observed address).
+        self.outbox.send(MessageType.HELLO, m, packb(list(addr)), addr=addr, cert=True, piggyback=False)
 
     # ================================================================ handlers
     def _on_hello(self, m: Member, payload, now: float) -> None:
         # The answer to our JOIN: ask this first contact for more peers.
+        if payload is not None:
+            self._observed(m, payload, now)
         self.outbox.send(MessageType.PEERS_REQ, m, NIL)
 
+    def _on_ping(self, m: Member, payload, now: float) -> None:
+        self.probing.on_ping(m, payload, now, self.nat.observed_for(m))
+
+    def _on_ack(self, m: Member, payload, now: float) -> None:
+        """ACK: seq, or [seq, the address our PING came from]."""
+        if isinstance(payload, list) and len(payload) == 2:
+            payload, observed = payload
+            self._observed(m, observed, now)
+        self.probing.on_ack(m, payload, now)
+
+    def _observed(self, m: Member, addr, now: float) -> None:
+        if self.nat.observed(m, addr, now):
+            self._announce_self()   # our NatKind changed: tell peers how to reach us
+
+    def _on_relay(self, m: Member, payload, now: float) -> None:
+        carried = self.nat.on_relay(m, payload, now)
+        if carried is not None:
+            src, inner = carried
+            self._receive(inner, src.addr, now, via=m)
+
     def _on_peers_req(self, m: Member, payload, now: float) -> None:
+        # Every live member, reachable by us or not: the asker may have (or make) a path.
         items, budget = [], self.outbox.budget(m, 1)
-        for peer in self.members.random_live(self.rng, PEERS_PER_ANSWER, exclude=(m.node_id,)):
-            packed = encode_alive(peer.cert, peer.addr)
+        pool = [p for p in self.members.live_members() if p is not m]
+        for peer in self.rng.sample(pool, min(PEERS_PER_ANSWER, len(pool))):
+            packed = encode_alive(peer.cert, peer.addr, peer.nat)
             if len(packed) > budget:
                 break
             budget -= len(packed)
@@ -397,17 +448,21 @@ class Engine:
         if node_id == self.node_id:
             return
         known = self.members.get(node_id)
+        direct = node_id == sender.node_id
+        if item.nat:
+            self.nat.activate()
         if known is not None and known.cert == item.cert:
+            if direct:
+                self.nat.set_kind(known, item.nat)   # its own word on its reachability
             return   # the certificate we hold (the common case): nothing new, nothing to parse
         _, _, gen, inc, _ = parse_cert(item.cert)
         if known is not None and (gen, inc) <= (known.generation, known.incarnation):
             return   # older than the one we hold: no signature check
-        direct = node_id == sender.node_id
         peer_addr = addr if direct else item.addr
         if peer_addr is None and known is None:
             return   # a stranger we could not reach
         cert = self.session.check_cert(item.cert, node_id, now)
-        _, change = self.members.on_cert(cert, peer_addr, now, direct=direct)
+        _, change = self.members.on_cert(cert, peer_addr, now, direct=direct, nat=item.nat)
         self._apply(change)
 
     def _on_leave(self, item: Leave, now: float) -> None:
@@ -428,7 +483,7 @@ class Engine:
             m.confirmed = False
 
     def _announce_self(self) -> None:
-        self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None))
+        self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None, self.nat.kind))
 
     def _apply(self, change: Change | None) -> None:
         """A membership transition: its event to the driver, its gossip to peers."""
@@ -452,6 +507,8 @@ class Engine:
     # ================================================================ rounds
     def _suspect_unanswered(self, now: float, end_of_period: bool = False) -> None:
         for target in self.probing.failed(now, end_of_period):
+            if self.nat.spare(target):
+                continue   # reached through a relay: the relay may be what failed
             self._apply(self.members.on_suspect(target.node_id, target.incarnation, now))
 
     def _rejoin_bootstrap(self) -> None:

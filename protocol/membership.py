@@ -17,7 +17,7 @@ from .config import ProtocolConfig
 from .events import Event, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
 from .replay_window import ReplayWindow
 from .session import Cert
-from .wire import encode_alive, encode_dead, encode_leave, encode_suspect
+from .wire import NatKind, encode_alive, encode_dead, encode_leave, encode_suspect
 
 
 class MemberState(IntEnum):
@@ -29,7 +29,8 @@ class MemberState(IntEnum):
 
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
-                 "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead")
+                 "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
+                 "nat", "path_until", "relay")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -47,6 +48,11 @@ class Member:
         self.confirmed = False   # peer proved it holds our cert (sent us a MAC'd datagram)
         self.rtt: float | None = None
         self.told_dead = 0.0     # last time we told this (dead-to-us) peer so it can refute
+        # Reachability (protocol/nat.py): what it announces, until when we hold a direct path
+        # through its NAT (it sent to us lately), and the member relaying for us if no path.
+        self.nat = NatKind.OPEN
+        self.path_until = float("-inf")
+        self.relay: bytes | None = None
 
     @property
     def live(self) -> bool:
@@ -71,6 +77,9 @@ class Membership:
         # ids in SUSPECT, DEAD or LEFT: what expire() looks at (a dict: insertion-ordered, so
         # runs are reproducible across processes, unlike a set of bytes)
         self._not_alive: dict = {}
+        # Who we can reach (protocol/nat.py sets it): None while every member is reachable
+        # at its address, as in a swarm without NATs.
+        self.reachable = None
 
     # ---------------------------------------------------------- views
     def get(self, node_id: bytes) -> Member | None:
@@ -84,8 +93,13 @@ class Membership:
             self._live = [m for m in self.members.values() if m.live and m.addr is not None]
         return self._live
 
-    def random_live(self, rng, k: int, exclude=()) -> list:
+    def reachable_live(self) -> list:
+        """Live members we can send to: with a NAT on the way, those with a path."""
         pool = self.live_members()
+        return pool if self.reachable is None else [m for m in pool if self.reachable(m)]
+
+    def random_live(self, rng, k: int, exclude=()) -> list:
+        pool = self.reachable_live()
         if len(pool) <= k + len(exclude):
             return [m for m in pool if m.node_id not in exclude][:k]
         out = []
@@ -115,8 +129,10 @@ class Membership:
             m.addr = addr
             self._live = None
 
-    def on_cert(self, cert: Cert, addr, now: float, direct: bool) -> tuple[Member | None, Change | None]:
-        """A verified certificate, seen directly from its subject (direct) or relayed.
+    def on_cert(self, cert: Cert, addr, now: float, direct: bool,
+                nat: int | None = None) -> tuple[Member | None, Change | None]:
+        """A verified certificate, seen directly from its subject (direct) or relayed; nat:
+        the NatKind its ALIVE item carried (None: the datagram's own certificate, no word).
 
         Returns the member (None: the table is full of live members) and the change, if any.
         A new member, and an existing one of a new generation (a restart), start a new
@@ -126,6 +142,8 @@ class Membership:
             if len(self.members) >= self.config.max_peers and not self._evict_one():
                 return None, None
             m = self.members[cert.node_id] = Member(cert, addr, now)
+            if nat is not None:
+                m.nat = NatKind(nat)
             self._live = None
             self._live_count += 1
             self._probe_order.append(m.node_id)
@@ -147,6 +165,8 @@ class Membership:
             if not direct and addr is not None:
                 m.addr = addr
         m.generation, m.incarnation, m.cert = gen, inc, cert.raw
+        if nat is not None:
+            m.nat = NatKind(nat)
         event = None
         if not m.live:
             self._set_state(m, MemberState.ALIVE, now)
@@ -180,7 +200,7 @@ class Membership:
                       encode_leave(m.node_id, m.generation, m.incarnation, sig))
 
     def _alive(self, m: Member, event: Event | None) -> Change:
-        return Change(m.node_id, event, encode_alive(m.cert, m.addr))
+        return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat))
 
     def _dead(self, m: Member, now: float) -> Change:
         self._set_state(m, MemberState.DEAD, now)
@@ -193,7 +213,8 @@ class Membership:
             while self._probe_order:
                 nid = self._probe_order.pop()
                 m = self.members.get(nid)
-                if m is not None and m.live and m.addr is not None:
+                if m is not None and m.live and m.addr is not None \
+                        and (self.reachable is None or self.reachable(m)):
                     return m
             order = [nid for nid, m in self.members.items() if m.live]
             rng.shuffle(order)

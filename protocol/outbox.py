@@ -22,11 +22,14 @@ class Outbox:
         self.members = members
         self.gossip_q = gossip_q
         self.datagrams: list = []   # (bytes, addr), until the driver takes them
+        self.nat = None             # protocol/nat.py: relays datagrams to members behind NATs
 
     def budget(self, m: Member, payload_len: int) -> int:
         """Bytes left for gossip and records in a datagram to m with this payload."""
         cert = 0 if m.confirmed else CERT_SIZE
-        return self.config.max_datagram - HEADER_SIZE - cert - MAC_SIZE - BODY_OVERHEAD - payload_len
+        relay = self.nat.wrap_overhead(m) if self.nat is not None else 0
+        return (self.config.max_datagram - HEADER_SIZE - cert - MAC_SIZE - BODY_OVERHEAD - relay
+                - payload_len)
 
     def send(self, mtype: MessageType, m: Member, payload: bytes, gossip: list | None = None,
              records: list | None = None, *, addr=None, cert: bool = False,
@@ -44,6 +47,8 @@ class Outbox:
                 gossip = self.gossip_q.take(budget, limit, 0)
         body = pack_body(payload, gossip, records or [])
         data = self.session.seal(mtype, m.mac_key, body, with_cert=cert or not m.confirmed)
+        if addr is None and m.relay is not None and self.nat is not None and self.nat.wrap(m, data):
+            return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))
 
     def send_join(self, addr) -> None:

@@ -97,10 +97,12 @@ class Probing:
             for seq in [s for s, p in self.probes.items() if p.target == m.node_id]:
                 del self.probes[seq]
 
-    def on_ping(self, m: Member, payload, now: float) -> None:
+    def on_ping(self, m: Member, payload, now: float, observed=None) -> None:
+        """observed: the address the PING came from, told back in the ACK (protocol/nat.py)."""
         if not is_uint(payload):
             raise WireError("malformed")
-        self.outbox.send(MessageType.ACK, m, packb(payload))
+        ack = [payload, list(observed)] if observed is not None else payload
+        self.outbox.send(MessageType.ACK, m, packb(ack))
 
     def on_ack(self, m: Member, payload, now: float) -> None:
         if not is_uint(payload):
@@ -122,7 +124,9 @@ class Probing:
                 and is_node_id(payload[1])):
             raise WireError("malformed")
         target = self.members.get(payload[1])
-        if target is not None and target.live and target.addr is not None:
+        reach = self.members.reachable   # behind a NAT, only a helper with a path pings it
+        if target is not None and target.live and target.addr is not None \
+                and (reach is None or reach(target)):
             self._seq += 1
             self.relays[self._seq] = Relay(m.node_id, payload[0], now + self.config.probe_interval_s)
             self.outbox.send(MessageType.PING, target, packb(self._seq))

@@ -36,11 +36,22 @@ class MessageType(IntEnum):
     RECORDS = 10    # payload: nil; records answering a PULL
     PEERS_REQ = 11  # payload: nil
     PEERS = 12      # payload: nil; gossip holds ALIVE items
+    RELAY = 13      # payload: [0, dest node id, inner datagram] to a relay,
+                    #          [1, src node id, inner datagram] from it (protocol/nat.py)
+    PUNCH_REQ = 14  # payload: target node id: "introduce me to it"
+    PUNCH = 15      # payload: [peer node id, peer's observed addr, peer's NatKind]: send to it now
+
+
+class NatKind(IntEnum):
+    """Append-only: what a node announces about its own reachability (ALIVE items)."""
+    OPEN = 0       # reachable at its address, or cannot tell (no bound address known)
+    NAT = 1        # behind a NAT with one mapping for every peer (cone), or not yet known
+    SYMMETRIC = 2  # behind a NAT that maps each peer to another port: reach it via a relay
 
 
 class GossipKind(IntEnum):
     """Append-only membership gossip item kinds."""
-    ALIVE = 0    # [0, cert, addr|nil]
+    ALIVE = 0    # [0, cert, addr|nil] or [0, cert, addr|nil, NatKind]
     SUSPECT = 1  # [1, node_id, incarnation]
     DEAD = 2     # [2, node_id, incarnation]
     LEAVE = 3    # [3, node_id, generation, incarnation, sig]
@@ -181,6 +192,7 @@ def decode_addr(obj):
 class Alive:
     cert: bytes        # CERT_SIZE bytes; its signature is checked only if it is news
     addr: tuple | None  # the relayer's view of the subject's address (None: absent or invalid)
+    nat: int = NatKind.OPEN   # the subject's NatKind as the sender knows it (unsigned: a hint)
 
 
 @dataclass(frozen=True)
@@ -203,8 +215,9 @@ class Leave:
     sig: bytes         # by the leaver, over leave_message(...)
 
 
-def encode_alive(cert: bytes, addr) -> bytes:
-    return packb([GossipKind.ALIVE, cert, list(addr) if addr is not None else None])
+def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN) -> bytes:
+    item = [GossipKind.ALIVE, cert, list(addr) if addr is not None else None]
+    return packb(item + [int(nat)] if nat else item)
 
 
 def encode_suspect(node_id: bytes, incarnation: int) -> bytes:
@@ -225,9 +238,12 @@ def decode_gossip(item) -> Alive | Suspect | Dead | Leave:
         raise WireError("malformed")
     kind = item[0]
     if kind == GossipKind.ALIVE:
-        if len(item) != 3 or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
+        if len(item) not in (3, 4) or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
             raise WireError("malformed")
-        return Alive(item[1], decode_addr(item[2]))
+        nat = item[3] if len(item) == 4 else NatKind.OPEN
+        if not is_uint(nat, len(NatKind)):
+            raise WireError("malformed")
+        return Alive(item[1], decode_addr(item[2]), nat)
     if kind in (GossipKind.SUSPECT, GossipKind.DEAD):
         if len(item) != 3 or not is_node_id(item[1]) or not is_uint(item[2], 2 ** 32):
             raise WireError("malformed")

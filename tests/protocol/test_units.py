@@ -157,7 +157,8 @@ def test_message_numbers_are_wire_format():
     """Append-only: changing an existing number breaks every deployed node."""
     assert {t.name: int(t) for t in MessageType} == {
         "JOIN": 1, "HELLO": 2, "PING": 3, "ACK": 4, "PING_REQ": 5, "PUSH": 6, "DIGEST": 7,
-        "VECTOR": 8, "PULL": 9, "RECORDS": 10, "PEERS_REQ": 11, "PEERS": 12}
+        "VECTOR": 8, "PULL": 9, "RECORDS": 10, "PEERS_REQ": 11, "PEERS": 12,
+        "RELAY": 13, "PUNCH_REQ": 14, "PUNCH": 15}
 
 
 def test_protocol_room_is_pure():
