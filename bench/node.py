@@ -6,7 +6,11 @@ Measures, side by side in one run:
 - steps_per_s_per_node: own local steps per second of each node while producing;
 - replay backlog over time (sampled from each node's status) and its maximum;
 - bytes_per_update_wire: all UDP bytes sent by all nodes (records, membership, anti-entropy)
-  divided by the updates produced; also per delivery (update x receiving node);
+  divided by the updates produced; also per delivery (update x receiving node), and all
+  bytes by message type (bytes_by_kind);
+- staleness_p50_s / staleness_p99_s: the age of an update when a peer applies it: the
+  producer's wall time of the step to the receiver's wall time of the replay that applied
+  it (one machine, one clock), from the daemons' debug trace lines (log_level = "debug");
 - rss_ratio: peak RSS (VmHWM) of a node divided by the peak RSS of plain inference with the
   same model and batch, measured in a subprocess that loads the model the same way and runs
   the same forward passes (the loss of a batch of the node's task). MeZO's promise is
@@ -89,6 +93,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per node (2 cores, 3 nodes)")
     ap.add_argument("--data", default="builtin:sentiment")
     ap.add_argument("--json", default="", help="also write the JSON object to this path")
+    ap.add_argument("--record-linger", type=float, default=None,
+                    help="genesis record_linger_s (default: the genesis default)")
+    ap.add_argument("--updates-per-record", type=int, default=None,
+                    help="genesis updates_per_record (default: the genesis default)")
     args = ap.parse_args()
 
     model = args.model
@@ -103,8 +111,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="onebyte-bench-") as tmp:
         root = Path(tmp)
         genesis = root / "genesis.toml"
+        record = []
+        if args.record_linger is not None:
+            record += ["--record-linger", str(args.record_linger)]
+        if args.updates_per_record is not None:
+            record += ["--updates-per-record", str(args.updates_per_record)]
         r = subprocess.run(ONEBYTE + ["init", "--model", model, "--data", args.data, "--name", "bench",
-                                      "--out", str(genesis), "--max-rate", "200", "--record-linger", "0.2"],
+                                      "--out", str(genesis), "--max-rate", "200", *record],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise SystemExit(f"init failed: {r.stderr}")
@@ -124,7 +137,7 @@ def main() -> int:
                     listen="127.0.0.1:0", peers=[first_addr] if first_addr else [], genesis=str(genesis),
                     key=str(d / "node.key"), state_dir=str(d / "state"), status_socket=str(sock),
                     batch_size=args.batch_size, max_steps=steps, threads=args.threads,
-                    snapshot_every=0, log_level="warning"))
+                    snapshot_every=0, log_level="debug"))   # debug: the staleness trace
                 err = open(d / "stderr.log", "wb")
                 procs.append(subprocess.Popen(ONEBYTE + ["run", "--config", str(d / "node.toml")],
                                               stdout=subprocess.DEVNULL, stderr=err))
@@ -162,6 +175,7 @@ def main() -> int:
             for s in socks:
                 digests.add(request(s, {"cmd": "digest"}, timeout=300)["digest"])
             rss = {n: vm_hwm_kib(p.pid) for n, p in zip(names, procs)}
+            genesis_swarm = _genesis_record_fields(genesis)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -171,6 +185,8 @@ def main() -> int:
                     p.wait(120)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        stale = staleness({final[n]["node_id"]: (root / n / "stderr.log").read_text(errors="replace")
+                           for n in names})
         infer_kib = inference_peak_rss(model, args.data, args.batch_size, args.threads)
 
     # from each node's own clock: first to last own step, replays in between included
@@ -197,6 +213,10 @@ def main() -> int:
         "datagrams_out_total": dgrams_out,
         "bytes_per_update_wire": round(bytes_out / total, 2),
         "bytes_per_update_delivery": round(bytes_out / (total * (args.nodes - 1)), 2) if args.nodes > 1 else None,
+        "bytes_by_kind_out": _sum_kinds(st.get("bytes_by_kind", {}).get("out", {}) for st in final.values()),
+        "updates_per_record": genesis_swarm["updates_per_record"],
+        "record_linger_s": genesis_swarm["record_linger_s"],
+        **stale,
         "converged": len(digests) == 1,
         "seconds_ready_to_converged": round(t_converged, 2),
         "node_peak_rss_mib": {n: round(v / 1024, 1) for n, v in rss.items()},
@@ -210,6 +230,66 @@ def main() -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     return 0
+
+
+def _genesis_record_fields(path: Path) -> dict:
+    from onebyte.node.genesis import load_genesis
+    swarm = load_genesis(path).swarm
+    return {k: swarm[k] for k in ("updates_per_record", "record_linger_s")}
+
+
+def _sum_kinds(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def staleness(logs: dict) -> dict:
+    """Per update and receiving node: wall time of the replay that applied it minus the wall
+    time its producer finished the step ("trace own STEP T" / "trace applied T ORIGIN:TOP ...")."""
+    produced: dict = {}            # (origin hex, step) -> t
+    applied: list = []             # (receiver, t, origin hex, top step)
+    for node, text in logs.items():
+        for line in text.splitlines():
+            i = line.find("trace ")
+            if i < 0:
+                continue
+            parts = line[i:].split()
+            if parts[1] == "own" and len(parts) == 4:
+                produced[(node, int(parts[2]))] = float(parts[3])
+            elif parts[1] == "applied" and len(parts) >= 3:
+                t = float(parts[2])
+                for item in parts[3:]:
+                    origin, top = item.split(":")
+                    applied.append((node, t, origin, int(top)))
+    # A node that was still loading when an update was made applies it on catching up: that
+    # is join time, not staleness, so only updates made after the receiver's first own step count.
+    started = {}
+    for (node, _), t in produced.items():
+        started[node] = min(t, started.get(node, t))
+    ages, have, before_start = [], {}, 0
+    for node, t, origin, top in sorted(applied, key=lambda a: a[1]):
+        if origin == node:
+            continue
+        lo = have.get((node, origin), 0)
+        for step in range(lo + 1, top + 1):
+            made = produced.get((origin, step))
+            if made is None:
+                continue
+            if made < started.get(node, float("inf")):
+                before_start += 1
+            else:
+                ages.append(t - made)
+        have[(node, origin)] = max(lo, top)
+    ages.sort()
+
+    def pct(q):
+        return round(ages[min(len(ages) - 1, int(q * len(ages)))], 3) if ages else None
+    return {"staleness_p50_s": pct(0.50), "staleness_p99_s": pct(0.99),
+            "staleness_max_s": round(ages[-1], 3) if ages else None, "staleness_samples": len(ages),
+            "staleness_skipped_made_before_receiver_started": before_start}
 
 
 def _changes(series: list) -> list:

@@ -28,6 +28,8 @@ class ProtocolConfig:
     retransmit_mult: int = 4              # membership gossip: limit = mult * ceil(log10(n + 1))
     record_retransmit_mult: int = 2       # records: the same rule; anti-entropy covers the tail
     max_push_datagrams: int = 4           # per peer per push round, when the queue is long
+    direct_push_max: int = 32             # up to this many live peers, an origin pushes its records
+                                          # to each once and nobody relays them (n - 1 copies)
     probe_interval_s: float = 1.0         # SWIM protocol period
     probe_timeout_s: float = 0.5          # direct ack wait before indirect probes
     indirect_probes: int = 3              # helpers asked to ping a silent peer

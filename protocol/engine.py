@@ -248,6 +248,7 @@ class Engine:
         if self._left:
             return
         self.sync.flush(now)
+        self.sync.push_own()   # a small swarm's last own record goes to every peer directly
         s = self.session
         item = encode_leave(self.node_id, s.generation, s.incarnation, s.sign_leave())
         for peer in self.members.random_live(self.rng, 2 * self.config.fanout):

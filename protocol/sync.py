@@ -88,6 +88,7 @@ class Sync:
         self.rng = rng
         self.gossip_q = gossip_q    # membership gossip, sent in the room records leave
         self.record_q = TransmitLimitedQueue(config.max_broadcasts, newest_first=False)
+        self.own_q: list = []   # our signed records for the next push round, in a small swarm
         self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
         self.digest = VersionDigest()
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
@@ -202,7 +203,11 @@ class Sync:
         self.news()
         self._remember_sig(sig)
         # Without the key: we are the sender, and receivers know our key from the session.
-        self.record_q.push((self.node_id, first), packb(encode_record(None, first, qs, sig)))
+        packed = packb(encode_record(None, first, qs, sig))
+        if self._direct():
+            self.own_q.append(packed)
+        else:
+            self.record_q.push((self.node_id, first), packed)
 
     # ================================================================ records in
     def on_records(self, m: Member, records: list, addr, now: float) -> None:
@@ -303,7 +308,8 @@ class Sync:
         self.counters["records_accepted"] += 1
         self.news()
         self._remember_sig(rec.sig)
-        self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
+        if not self._direct():   # in a small swarm its origin sent it to every peer itself
+            self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
 
     def _deliver(self, st: OriginState, rec: Record) -> None:
         """Store, then report, the steps of rec beyond the contiguous mark (up to the step
@@ -361,8 +367,32 @@ class Sync:
             self._seen_sigs.discard(self._seen_order.popleft())
 
     # ================================================================ push
+    def _direct(self) -> bool:
+        """A small swarm: each record goes from its origin straight to every peer, once (the
+        fewest bytes: n - 1 copies, where gossip sends each of them several times per node);
+        anti-entropy repairs what a lost datagram missed."""
+        return self.members.live_count() <= self.config.direct_push_max
+
+    def push_own(self) -> None:
+        """Our records signed since the last round, to every live peer, with membership
+        gossip in the room they leave."""
+        own, self.own_q = self.own_q, []
+        if not own:
+            return
+        for peer in self.members.random_live(self.rng, self.config.direct_push_max):
+            budget = self.outbox.budget(peer, 1)
+            batch, room = [], budget
+            for packed in own:
+                if len(packed) > room and batch:
+                    self.outbox.send(MessageType.PUSH, peer, NIL, None, batch)
+                    batch, room = [], budget
+                batch.append(packed)
+                room -= len(packed)
+            self.outbox.send(MessageType.PUSH, peer, NIL, None, batch)
+
     def push_round(self) -> None:
         cfg = self.config
+        self.push_own()
         if not len(self.gossip_q) and not len(self.record_q):
             return
         n = self.members.live_count() + 1
