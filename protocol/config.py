@@ -21,8 +21,10 @@ class ProtocolConfig:
     influence_window: int = 32            # influence budget (protocol/influence.py): window of an
     influence_max_abs: int = 2048         # origin's steps, bound on sum |q| (mean |q| <= 64) and
     influence_max_sum: int = 1024         # on |sum q| (mean q <= 32) over it; window 0: no budget
-    updates_per_record: int = 32          # own updates batched per signed record
-    record_linger_s: float = 0.25         # flush a partial record after this long
+    updates_per_record: int = 64          # own updates batched per signed record
+    record_linger_s: float = 4.0          # flush a partial record after this long: one 64-byte
+                                          # signature per 4 s of an origin's steps (staleness
+                                          # <= ~4 s; docs/performance-node.md, the trade-off)
     gossip_interval_s: float = 0.2        # eager push round
     fanout: int = 3                       # peers per push round
     retransmit_mult: int = 4              # membership gossip: limit = mult * ceil(log10(n + 1))
