@@ -38,7 +38,7 @@ from .probing import Probing
 from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .sync import Sync
-from .wire import (NIL, Alive, Dead, Header, Leave, MessageType, Suspect, WireError, decode_gossip,
+from .wire import (NIL, Alive, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
                    encode_alive, encode_leave, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
@@ -303,7 +303,8 @@ class Engine:
         return self.sync.pending_updates()
 
     def excluded_origins(self) -> dict:
-        """Origins cut off by the influence budget: {origin: (step, reason)} (same on every node)."""
+        """Origins cut off by the influence budget or an equivocation proof: {origin: (first
+        step never delivered, reason)} (same on every node)."""
         return self.sync.excluded_origins()
 
     @property
@@ -442,6 +443,8 @@ class Engine:
                 self._apply(self.members.on_dead(node_id, inc, now))
             case Leave():
                 self._on_leave(item, now)
+            case ProofItem():   # an equivocation proof (protocol/equivocation.py)
+                self.sync.equiv.on_proof(item.record_a, item.record_b)
 
     def _on_alive(self, sender: Member, item: Alive, addr, now: float) -> None:
         """A certificate, the sender's own or relayed: verified and taken only if it is news."""

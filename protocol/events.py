@@ -99,11 +99,14 @@ class WeightsDiverged(Event):
 
 @dataclass(frozen=True)
 class OriginExcluded(Event):
-    """origin broke its influence budget at step (protocol/influence.py): steps before it
-    were delivered, step and every later one never are, on every node."""
+    """origin broke its influence budget at step (protocol/influence.py), or a proof shows
+    it signed two q for step (protocol/equivocation.py): steps before it are delivered,
+    step and every later one never are, on every node.  A proof may come after steps >= step
+    were delivered here: the driver takes those back (its log holds their q), and an event
+    with a lower step may follow one with a higher step for the same origin."""
     origin: bytes
     step: int
-    reason: str   # "abs_sum" or "signed_sum"
+    reason: str   # "abs_sum", "signed_sum" or "equivocation"
 
 
 DROP_REASONS = (

@@ -86,13 +86,31 @@ class InfluenceBudget:
         b = self.excluded.get(origin)
         return b.step if b is not None else None
 
+    def exclude(self, origin: bytes, step: int, reason: str) -> bool:
+        """Exclude origin from step on for another reason (an equivocation proof,
+        protocol/equivocation.py); the lower step wins.  True if the exclusion moved."""
+        cur = self.excluded.get(origin)
+        if cur is not None and cur.step <= step:
+            return False
+        self.excluded[origin] = Breach(step, reason)
+        return True
+
     def admit(self, origin: bytes, first_step: int, qs) -> int:
         """How many of qs (steps first_step.., the next ones of origin in order) are within
-        budget; on a breach the origin is excluded from that step on, and stays excluded."""
-        if origin in self.excluded:
+        budget and below the origin's exclusion; on a breach the origin is excluded from
+        that step on, and stays excluded."""
+        cut = self.excluded_from(origin)
+        if cut is not None:
+            # Steps below a proof's step are still delivered and counted, so a breach below
+            # it is found the same everywhere (after a breach nothing below is left).
+            qs = qs[:max(0, cut - first_step)]
+        if not qs:
             return 0
         if not self.enabled:
             return len(qs)
+        return self._feed(origin, first_step, qs)
+
+    def _feed(self, origin: bytes, first_step: int, qs) -> int:
         w = self.windows.get(origin)
         if w is None or w.next_step != first_step:
             # A history that does not start at step 1 (a snapshot join) or has a hole: the
@@ -102,7 +120,7 @@ class InfluenceBudget:
         breach = w.feed(first_step, qs)
         if breach is None:
             return len(qs)
-        self.excluded[origin] = breach
+        self.excluded[origin] = min(breach, self.excluded.get(origin, breach), key=lambda b: b.step)
         del self.windows[origin]
         return breach.step - first_step
 

@@ -14,6 +14,9 @@ class RecordStore(Protocol):
     def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None: ...
     def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list: ...
     def version_vector(self) -> dict: ...
+    # Optional: stores that keep equivocation proofs (protocol/equivocation.py) across restarts.
+    # def add_proof(self, origin, step, record_a, record_b) -> None: ...
+    # def proofs(self) -> dict: {origin: (record_a, record_b)}
 
 
 class MemoryRecordStore:
@@ -23,6 +26,7 @@ class MemoryRecordStore:
         self._firsts: dict[bytes, list[int]] = {}
         self._records: dict[bytes, list[tuple[int, int, bytes]]] = {}
         self._vv: dict[bytes, int] = {}
+        self._proofs: dict[bytes, tuple[int, bytes, bytes]] = {}
 
     def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
         if last_step < first_step:
@@ -62,7 +66,19 @@ class MemoryRecordStore:
         return out
 
     def version_vector(self) -> dict:
-        return dict(self._vv)
+        """Capped below an origin's proof step: steps from it on are kept as evidence only."""
+        vv = dict(self._vv)
+        for origin, (step, _, _) in self._proofs.items():
+            if origin in vv:
+                vv[origin] = min(vv[origin], step - 1)
+        return vv
+
+    def add_proof(self, origin: bytes, step: int, record_a: bytes, record_b: bytes) -> None:
+        if origin not in self._proofs or step < self._proofs[origin][0]:
+            self._proofs[origin] = (step, record_a, record_b)
+
+    def proofs(self) -> dict:
+        return {o: (a, b) for o, (_, a, b) in self._proofs.items()}
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._records.values())

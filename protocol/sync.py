@@ -17,8 +17,8 @@ from collections import deque
 
 from .config import ProtocolConfig
 from .dissemination import BUCKET_HASH, DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
-from .events import (EquivocationDetected, EventQueue, OriginExcluded, OwnHistoryLearned,
-                     UpdatesReceived, WeightsDiverged)
+from .equivocation import Equivocations
+from .events import EventQueue, OriginExcluded, OwnHistoryLearned, UpdatesReceived, WeightsDiverged
 from .identity import SIG_SIZE
 from .influence import InfluenceBudget
 from .membership import Member, Membership
@@ -31,7 +31,6 @@ MAX_RECORDS_PER_DATAGRAM = 64
 MAX_PULL_ENTRIES = 24
 VECTOR_ENTRIES = 40
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
-SEEN_CONFLICTS = 10000   # equivocations already reported
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
 ASK_OWN = 0x01           # DIGEST flag: "list my own origin's step in your VECTOR, even if equal"
 SPARSE = 0x02            # DIGEST flag: hashes are a bitmap of non-empty buckets + their hashes
@@ -96,12 +95,13 @@ class Sync:
         # of its signature, before decoding anything.
         self._seen_sigs: set = set()
         self._seen_order: deque = deque()
-        self._seen_conflicts: set = set()
         # Our own updates not yet in a signed record.
         self._own_qs = bytearray()
         self._own_first = 0
         self.flush_at: float | None = None     # when the partial record is signed anyway
         self.influence = InfluenceBudget.from_config(config)
+        self.equiv = Equivocations(self)   # proofs of equivocation: one more exclusion reason
+        self.equiv.load()
         for origin, step in store.version_vector().items():
             if step > 0 and origin != session.node_id:
                 step = self._prime_influence(origin, step)
@@ -236,16 +236,21 @@ class Sync:
             raise WireError("not_admitted")
         rec = Record(pub, origin, first, qs, sig)
         kind, held = self.book.classify(rec)
-        if kind == Classified.DUP:
+        if kind != Classified.CONFLICT and first <= self.book.contiguous(origin) \
+                and first not in self.book.state(origin).recent:
+            # Another split of steps we hold (or older than the recent records): compare q.
+            held = self.equiv.held_conflict(rec)
+            kind = Classified.CONFLICT if held is not None else kind
+        if kind == Classified.CONFLICT and self.equiv.on_conflict(rec, held):
+            return   # half of an equivocation proof (protocol/equivocation.py)
+        if kind == Classified.DUP or rec.last_step <= self.book.contiguous(origin):
             self.counters["duplicate_records"] += 1
-        elif kind == Classified.CONFLICT:
-            self._on_conflict(rec, held)
         else:
             if self.events.full:
                 raise WireError("backpressure")   # not stored: anti-entropy brings it back later
             excluded = self.influence.excluded_from(origin)
-            if excluded is not None and rec.last_step >= excluded:
-                raise WireError("excluded")   # the budget already cut this origin off (no crypto)
+            if excluded is not None and max(first, self.book.contiguous(origin) + 1) >= excluded:
+                raise WireError("excluded")   # nothing of it is ever delivered (no crypto)
             if not self.session.verify_record(rec):
                 raise WireError("bad_signature")
             st = self.book.state(origin)
@@ -276,21 +281,6 @@ class Sync:
             st.bucket = TokenBucket(rate, rate * cfg.rate_burst_s, now)
         return st.bucket.take(n, now)
 
-    def _on_conflict(self, rec: Record, held: bytes) -> None:
-        """Same first step as a record we hold, other content: proof of equivocation if signed."""
-        if not self.session.verify_record(rec):
-            raise WireError("bad_signature")
-        st = self.book.state(rec.origin)
-        if rec.fingerprint() in self._seen_conflicts:
-            return
-        if len(self._seen_conflicts) > SEEN_CONFLICTS:
-            self._seen_conflicts.clear()
-        self._seen_conflicts.add(rec.fingerprint())
-        st.equivocating = True
-        self.counters["equivocations"] += 1
-        self.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step, held,
-                                              rec.canonical()))
-
     def _accept(self, st: OriginState, rec: Record) -> None:
         """A verified new record: deliver it (and whatever it unblocks) or hold it for the gap."""
         if rec.first_step > st.contiguous + 1:
@@ -303,8 +293,8 @@ class Sync:
             self._deliver(st, rec)
             while (nxt := self.book.pop_next(st)) is not None:
                 self._deliver(st, nxt)
-            if rec.origin in self.influence.excluded:
-                self.book.drop_pending(st)   # beyond the breaking step: never delivered
+            if st.contiguous + 1 >= (self.influence.excluded_from(rec.origin) or 1 << 62):
+                self.book.drop_pending(st)   # beyond the excluded step: never delivered
         self.counters["records_accepted"] += 1
         self.news()
         self._remember_sig(rec.sig)
@@ -335,8 +325,9 @@ class Sync:
     def _admit(self, origin: bytes, first: int, qs: tuple) -> tuple:
         """The prefix of qs (steps first..) within origin's influence budget; a breach
         excludes the origin from its step on, reported once (OriginExcluded)."""
+        before = self.influence.excluded.get(origin)
         n = self.influence.admit(origin, first, qs)
-        if n < len(qs):
+        if self.influence.excluded.get(origin) is not before:
             breach = self.influence.excluded[origin]
             self.counters["origins_excluded"] = self.counters.get("origins_excluded", 0) + 1
             self.events.emit(OriginExcluded(origin, breach.step, breach.reason))
@@ -481,6 +472,7 @@ class Sync:
             return
         self.counters["weights_diverged"] = self.counters.get("weights_diverged", 0) + 1
         self.events.emit(WeightsDiverged(m.node_id, self.weights[0], theirs[0]))
+        self.equiv.on_diverged(m)   # maybe two versions of the same steps: let them meet
 
     def on_digest(self, m: Member, payload, now: float) -> None:
         """Answer with our entries for origins in differing buckets.
@@ -541,9 +533,10 @@ class Sync:
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
-        excluded = self.influence.excluded
+        cut = self.influence.excluded_from
         pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
-                 if s > self.book.contiguous(o) and o not in excluded]
+                 if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
+        self.equiv.nudge(m, theirs)   # listed at or past a proof's step: it lacks the proof
         self.rng.shuffle(pulls)
         pulls = pulls[:MAX_PULL_ENTRIES]
         if pulls:
@@ -580,7 +573,10 @@ class Sync:
         for origin, from_step in wants:
             if left <= 0:
                 break
+            cut = self.influence.excluded_from(origin) or 1 << 62
             for canon in self.store.get(origin, from_step, min(left, budget - 3)):
+                if decode_record(canon)[1] >= cut:
+                    break   # wholly excluded: never served
                 if origin == self.node_id:
                     _, first, qs, sig = decode_record(canon)
                     canon = encode_record(None, first, qs, sig)

@@ -55,6 +55,7 @@ class GossipKind(IntEnum):
     SUSPECT = 1  # [1, node_id, incarnation]
     DEAD = 2     # [2, node_id, incarnation]
     LEAVE = 3    # [3, node_id, generation, incarnation, sig]
+    PROOF = 4    # [4, record_a, record_b]: two signed records of one origin, one step, other q
 
 
 HEADER = struct.Struct("<B8sBB16sQ")
@@ -215,6 +216,12 @@ class Leave:
     sig: bytes         # by the leaver, over leave_message(...)
 
 
+@dataclass(frozen=True)
+class ProofItem:
+    record_a: bytes    # canonical records (with the origin's key): protocol/equivocation.py
+    record_b: bytes
+
+
 def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN) -> bytes:
     item = [GossipKind.ALIVE, cert, list(addr) if addr is not None else None]
     return packb(item + [int(nat)] if nat else item)
@@ -232,7 +239,11 @@ def encode_leave(node_id: bytes, generation: int, incarnation: int, sig: bytes) 
     return packb([GossipKind.LEAVE, node_id, generation, incarnation, sig])
 
 
-def decode_gossip(item) -> Alive | Suspect | Dead | Leave:
+def encode_proof(record_a: bytes, record_b: bytes) -> bytes:
+    return packb([GossipKind.PROOF, record_a, record_b])
+
+
+def decode_gossip(item) -> Alive | Suspect | Dead | Leave | ProofItem:
     """One unpacked gossip item; raises WireError('malformed' or 'unknown_type')."""
     if not isinstance(item, list) or not item or not is_uint(item[0]):
         raise WireError("malformed")
@@ -254,6 +265,10 @@ def decode_gossip(item) -> Alive | Suspect | Dead | Leave:
                 or len(item[4]) != SIG_SIZE):
             raise WireError("malformed")
         return Leave(item[1], item[2], item[3], item[4])
+    if kind == GossipKind.PROOF:
+        if len(item) != 3 or not all(isinstance(r, bytes) for r in item[1:]):
+            raise WireError("malformed")
+        return ProofItem(item[1], item[2])
     raise WireError("unknown_type")
 
 

@@ -1,0 +1,194 @@
+"""Equivocation resolved: two validly signed records of one origin that give one step two
+different q values are a proof any node can check, and every node applies the same rule.
+
+    rule: the origin is excluded from the first step the two records disagree on (k):
+          both versions of step k and every later step of it are never delivered, and a
+          node that already delivered steps >= k takes them back (OriginExcluded with
+          reason "equivocation": the driver undoes them, replaying with -q on the grid).
+
+A node keeps, per origin, the proof with the lowest k it has verified; a proof with a
+lower k replaces it.  So k only falls, and since every proof gossips, every node ends at
+the lowest k any node found: the same exclusion everywhere (influence.py's budget and this
+rule share one exclusion per origin: the lower step wins).
+
+How proofs are found and spread (docs/protocol.md, "Equivocation proofs"):
+- a record whose steps overlap steps held here with other q (same first step: the book's
+  recent records; any other split: the store) is checked, and with a valid signature it is
+  half of a proof whose other half we hold;
+- the proof goes out as a PROOF gossip item (GossipKind.PROOF), piggybacked like membership
+  gossip; anti-entropy is the guarantee: a peer whose VECTOR lists the origin at k or beyond
+  lacks the proof and is sent it;
+- two nodes that hold the same version vector but report other weights (WeightsDiverged)
+  may hold different versions of the same steps (an origin that sent A to one and B to the
+  other, with nobody relaying): each sends the other the records it holds most recently,
+  a few origins per divergence in turn, so the versions meet and the proof is found.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import EquivocationDetected, OriginExcluded
+from .records import Record
+from .wire import NIL, MessageType, WireError, decode_record, encode_proof, packb
+
+REASON = "equivocation"
+DIVERGED_ORIGINS = 8     # origins whose recent records go to a diverged peer per DIGEST
+
+
+@dataclass(frozen=True)
+class Proof:
+    origin: bytes
+    step: int           # the first step whose q the two records disagree on
+    record_a: bytes     # canonical signed records (with the key), a < b bytewise
+    record_b: bytes
+
+
+def first_conflict(first_a: int, qs_a: bytes, first_b: int, qs_b: bytes) -> int | None:
+    """The first step both runs cover with other q (None: they agree where they overlap)."""
+    lo = max(first_a, first_b)
+    hi = min(first_a + len(qs_a), first_b + len(qs_b)) - 1
+    for step in range(lo, hi + 1):
+        if qs_a[step - first_a] != qs_b[step - first_b]:
+            return step
+    return None
+
+
+def parse_proof(record_a: bytes, record_b: bytes, max_updates: int) -> tuple:
+    """(pub, step, Record a, Record b) of a claimed proof, no crypto; WireError if it cannot be one."""
+    a, b = decode_record(record_a), decode_record(record_b)
+    if a[0] is None or a[0] != b[0]:
+        raise WireError("malformed")   # a proof names its key, the same in both
+    for _, _, qs, _ in (a, b):
+        if len(qs) > max_updates or 0x80 in qs:
+            raise WireError("malformed")
+    step = first_conflict(a[1], a[2], b[1], b[2])
+    if step is None:
+        raise WireError("malformed")   # they agree where they overlap: no equivocation
+    return a[0], step, a, b
+
+
+class Equivocations:
+    """The proofs a node holds and what they do to its Sync (protocol/sync.py)."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.proofs: dict[bytes, Proof] = {}
+        self._cursor = 0   # next origin whose recent records go to a diverged peer
+
+    def load(self) -> None:
+        """At start: the proofs the store kept (their signatures were checked when they came)."""
+        stored = getattr(self.sync.store, "proofs", None)
+        for origin, (a, b) in (stored() if stored else {}).items():
+            _, step, _, _ = parse_proof(a, b, 1 << 30)
+            self.proofs[origin] = Proof(origin, step, *sorted((a, b)))
+            self.sync.influence.exclude(origin, step, REASON)
+
+    def step_of(self, origin: bytes) -> int | None:
+        p = self.proofs.get(origin)
+        return p.step if p is not None else None
+
+    # ------------------------------------------------------------ finding proofs
+    def held_conflict(self, rec: Record) -> bytes | None:
+        """A stored record of rec's origin that gives a step rec covers another q (no crypto)."""
+        for canon in self.sync.store.get(rec.origin, rec.first_step, 1 << 20):
+            _, first, qs, _ = decode_record(canon)
+            if first > rec.last_step:
+                break
+            if first_conflict(first, qs, rec.first_step, rec.qs) is not None:
+                return canon
+        return None
+
+    def on_conflict(self, rec: Record, held: bytes) -> bool:
+        """rec overlaps a record we hold (held, canonical); True if it is half of a proof
+        (then handled), False if the two agree where they overlap (not a conflict)."""
+        _, hfirst, hqs, _ = decode_record(held)
+        step = first_conflict(hfirst, hqs, rec.first_step, rec.qs)
+        if step is None:
+            return False
+        have = self.step_of(rec.origin)
+        if have is not None and have <= step:
+            return True   # proven already (no crypto): a diverged peer's records come again
+        if not self.sync.session.verify_record(rec):
+            raise WireError("bad_signature")
+        self.sync.book.state(rec.origin).equivocating = True
+        if self.apply(Proof(rec.origin, step, *sorted((held, rec.canonical())))):
+            self.sync.counters["equivocations"] += 1
+            self.sync.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step,
+                                                       held, rec.canonical()))
+        return True
+
+    def on_proof(self, record_a: bytes, record_b: bytes) -> None:
+        """A PROOF gossip item: checked (both signatures, same admitted key) unless we
+        already hold one for that origin at or below its step."""
+        s = self.sync
+        pub, step, a, b = parse_proof(record_a, record_b, s.config.max_record_updates)
+        origin = s.session.origin_id(pub)
+        have = self.step_of(origin)
+        if have is not None and have <= step:
+            s.counters["duplicate_proofs"] = s.counters.get("duplicate_proofs", 0) + 1
+            return
+        if not s.session.admitted(pub):
+            raise WireError("not_admitted")
+        for _, first, qs, sig in (a, b):
+            if not s.session.verify_record(Record(pub, origin, first, qs, sig)):
+                raise WireError("bad_signature")
+        self.apply(Proof(origin, step, *sorted((record_a, record_b))))
+
+    # ------------------------------------------------------------ the rule
+    def apply(self, proof: Proof) -> bool:
+        """Hold proof if it is the origin's lowest; exclude the origin from its step on
+        (taking back delivered steps), store and spread it.  True if it was news."""
+        s, origin, step = self.sync, proof.origin, proof.step
+        have = self.step_of(origin)
+        if have is not None and have <= step:
+            return False
+        self.proofs[origin] = proof
+        s.counters["equivocation_proofs"] = s.counters.get("equivocation_proofs", 0) + 1
+        moved = s.influence.exclude(origin, step, REASON)
+        st = s.book.state(origin)
+        if st.contiguous >= step:
+            s.digest.update(origin, st.contiguous, step - 1)
+            st.contiguous = step - 1
+        s.book.drop_pending(st)
+        add = getattr(s.store, "add_proof", None)
+        if add is not None:
+            add(origin, step, proof.record_a, proof.record_b)
+        if moved:
+            s.counters["origins_excluded"] = s.counters.get("origins_excluded", 0) + 1
+            s.events.emit(OriginExcluded(origin, step, REASON))
+        s.gossip_q.push(("proof", origin), encode_proof(proof.record_a, proof.record_b))
+        s.news()
+        return True
+
+    # ------------------------------------------------------------ spreading
+    def nudge(self, m, theirs: dict) -> None:
+        """m's VECTOR lists origins at or beyond a step we hold a proof for: m lacks it."""
+        items = [encode_proof(p.record_a, p.record_b) for o, p in self.proofs.items()
+                 if theirs.get(o, 0) >= p.step]
+        if items:
+            self.sync.outbox.send(MessageType.PUSH, m, NIL, items[:4])
+
+    def on_diverged(self, m) -> None:
+        """Same vv, other weights: send m our most recent records of a few origins, in turn."""
+        s = self.sync
+        origins = sorted(o for o, st in s.book.origins.items() if st.recent)
+        if not origins:
+            return
+        left, batch = s.config.pull_serve_bytes, []
+        budget = room = s.outbox.budget(m, 1)
+        for i in range(min(DIVERGED_ORIGINS, len(origins))):
+            st = s.book.origins[origins[(self._cursor + i) % len(origins)]]
+            for first in list(st.recent_order):
+                packed = packb(st.recent[first][2])
+                if len(packed) > budget or left <= 0:
+                    continue
+                if len(packed) > room:
+                    s.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
+                    batch, room = [], budget
+                batch.append(packed)
+                room -= len(packed)
+                left -= len(packed)
+        self._cursor = (self._cursor + DIVERGED_ORIGINS) % len(origins)
+        if batch:
+            s.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
+
