@@ -18,6 +18,10 @@ Definitions (also written into the JSON):
                         batching wait: up to updates_per_record / rate)
   bytes_per_node_per_s  all datagram bytes sent (headers, MACs, membership, anti-entropy,
                         retransmits) per live node per simulated second in the phase
+  idle_bytes_per_s_per_node  a swarm with no updates flowing (default ProtocolConfig): all
+                        bytes sent per node per simulated second, measured over --idle-measure s
+                        after --idle-warmup s (membership settled, back-offs at their caps),
+                        keyed by swarm size; idle_bytes_by_kind splits it by message type
   bytes_per_update_K    bytes of an origin's first PUSH datagram in steady state (header,
                         MAC, msgpack framing and K-update records, packed as full as the
                         engine packs them) / updates it carries; see docs/protocol.md
@@ -164,6 +168,30 @@ def run_size(n, args, log):
     return results, crash, meta
 
 
+def idle_cost(n: int, warmup: float, measure: float, seed: int) -> dict:
+    """Bytes per node per second of an n-node swarm in which nothing is published."""
+    swarm = Swarm(n, ProtocolConfig(swarm_id=SWARM_ID), seed=seed + n,
+                  net=NetConfig(delay_s=0.01, jitter_s=0.005))
+    swarm.start_all(stagger_s=2.0)
+    swarm.run_for(warmup)
+
+    def snap():
+        kinds = {}
+        for x in swarm.nodes:
+            for k, v in x.engine.counters["bytes_by_kind"]["out"].items():
+                kinds[k] = kinds.get(k, 0) + v
+        return kinds
+
+    k0 = snap()
+    swarm.run_for(measure)
+    k1 = snap()
+    by_kind = {k: round((v - k0.get(k, 0)) / n / measure, 1) for k, v in k1.items() if v > k0.get(k, 0)}
+    live = sum(len(x.engine.members.live_members()) for x in swarm.nodes) / n
+    return {"bytes_per_s_per_node": (sum(k1.values()) - sum(k0.values())) / n / measure,
+            "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "mean_live_members": live}
+
+
 def draw_q(rng: random.Random, dist: str) -> int:
     if dist == "uniform":      # incompressible: the worst case for the packed encoding
         return rng.randint(-127, 127)
@@ -217,12 +245,31 @@ def main(argv=None):
     ap.add_argument("--drain", type=float, default=15.0)
     ap.add_argument("--crash-drain", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--idle-sizes", type=int, nargs="*", default=[3, 30, 100, 300])
+    ap.add_argument("--idle-warmup", type=float, default=240.0)
+    ap.add_argument("--idle-measure", type=float, default=120.0)
+    ap.add_argument("--idle-only", action="store_true", help="only the idle-cost measurement")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
+    idle = {}
+    for n in args.idle_sizes:
+        idle[str(n)] = idle_cost(n, args.idle_warmup, args.idle_measure, args.seed)
+        log(f"idle n={n} " + json.dumps(idle[str(n)]))
+    idle_out = {"idle_bytes_per_s_per_node": {k: round(v["bytes_per_s_per_node"], 1) for k, v in idle.items()},
+                "idle_bytes_by_kind": {k: v["by_kind"] for k, v in idle.items()},
+                "idle_settings": {"warmup_s": args.idle_warmup, "measure_s": args.idle_measure,
+                                  "config": "ProtocolConfig defaults"}}
+    if args.idle_only:
+        text = json.dumps(idle_out, indent=2)
+        print(text)
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+        return
     bpu = {k: bytes_per_update(k) for k in (1, 8, 64, 256)}
     bpu_g = {k: bytes_per_update(k, "gaussian_sigma8") for k in (1, 8, 64, 256)}
     log("bytes/update uniform q " + json.dumps({k: round(v["bytes_per_update"], 3) for k, v in bpu.items()}))
@@ -250,6 +297,7 @@ def main(argv=None):
                                  "(incompressible, worst case); *_q_gaussian_sigma8 draw q from a "
                                  "rounded N(0, 8^2), which the packed record encoding shrinks",
         "bytes_per_update_detail": {"uniform": bpu, "gaussian_sigma8": bpu_g},
+        **idle_out,
         "scenarios": scenarios,
         "crash80": crash,
         "runs": runs,
