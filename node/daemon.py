@@ -188,7 +188,8 @@ class Daemon:
         wait = max(OWN_HISTORY_WAIT_S, 10 * self.pconfig.anti_entropy_interval_s) if cfg.peers else None
         self.engine = Engine(self.identity, self.pconfig, rng=random.Random(), now=now, store=self.update_log,
                              bootstrap=bootstrap, own_last_step=own_logged, generation=sd.next_generation(),
-                             own_history_wait_s=wait)
+                             own_history_wait_s=wait,
+                             bound_addr=self.udp.local_addr)   # vs observed: behind a NAT?
         self._republish_journal(now)
 
         rate_cap = float(self.genesis.setting("max_updates_per_s_per_origin"))

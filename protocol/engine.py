@@ -39,7 +39,7 @@ from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .sync import Sync
 from .wire import (NIL, Alive, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
-                   encode_alive, encode_leave, packb, parse_header, unpack_body)
+                   encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
 PEERS_PER_ANSWER = 12     # ALIVE items in a PEERS answer, as many as fit
@@ -115,6 +115,7 @@ class Engine:
         self.probing = Probing(config, self.members, self.outbox, rng)
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
                                          self.node_id, bound_addr, now)
+        self.session.nat = self.nat.kind
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
@@ -352,11 +353,13 @@ class Engine:
         if auth.cert is None:
             m = self.members.get(h.sender)
         else:
-            m, change = self.members.on_cert(auth.cert, addr if via is None else None, now, direct=True)
+            m, change = self.members.on_cert(auth.cert, addr if via is None else None, now, direct=True,
+                                             nat=nat_of_flags(h.flags))
             if m is None:
                 raise WireError("rate_limited")  # membership table full of live peers
             self._apply(change)
         self.session.accept(m, auth, h.counter)
+        self.nat.set_kind(m, nat_of_flags(h.flags))   # its own word, in every datagram
         if via is None:
             self.members.heard_from(m, addr)
             self.nat.heard_direct(m, now)
@@ -373,10 +376,12 @@ class Engine:
         if m is not None and cert.generation < m.generation:
             raise WireError("stale_generation")
         key = self.session.pair_key(cert.xpub)
-        m, change = self.members.on_cert(cert, addr if m is None else None, now, direct=False)
+        kind = nat_of_flags(h.flags)
+        m, change = self.members.on_cert(cert, addr if m is None else None, now, direct=False, nat=kind)
         if m is None:
             raise WireError("rate_limited")
         self._apply(change)
+        self.nat.set_kind(m, kind)
         if m.mac_key is None:   # a new member, or a new session of a known one
             m.mac_key = key
         # The HELLO tells the joiner where its JOIN came from (its observed address).
@@ -401,6 +406,7 @@ class Engine:
 
     def _observed(self, m: Member, addr, now: float) -> None:
         if self.nat.observed(m, addr, now):
+            self.session.nat = self.nat.kind
             self._announce_self()   # our NatKind changed: tell peers how to reach us
 
     def _on_relay(self, m: Member, payload, now: float) -> None:
@@ -513,7 +519,13 @@ class Engine:
         for target in self.probing.failed(now, end_of_period):
             if self.nat.spare(target):
                 continue   # reached through a relay: the relay may be what failed
-            self._apply(self.members.on_suspect(target.node_id, target.incarnation, now))
+            change = self.members.on_suspect(target.node_id, target.incarnation, now)
+            self._apply(change)
+            if change is not None:
+                # Tell the suspect itself at once (memberlist's "buddy system"): alive, it
+                # refutes in one round trip, before a peer with few paths (behind a NAT) has
+                # spread the suspicion or let it ripen into a death.
+                self.outbox.send(MessageType.PING, target, packb(0), [change.gossip])
 
     def _rejoin_bootstrap(self) -> None:
         # Keep knocking on configured addresses that are not live members: a node whose

@@ -53,6 +53,7 @@ class Session:
         self.generation = generation
         self.incarnation = 0
         self.counter = 0               # of the last datagram sealed; the receiver's replay window
+        self.nat = 0                   # our NatKind, in every header (protocol/nat.py sets it)
         self.crypto = crypto
         self._config = config
         self._swarm = config.swarm_id
@@ -159,14 +160,14 @@ class Session:
         """Header (with our certificate if asked), body and MAC under the next counter."""
         self.counter += 1
         data = pack_header(self._version, self._tag, mtype, self.node_id, self.counter,
-                           self.cert if with_cert else None) + body
+                           self.cert if with_cert else None, self.nat) + body
         return data + mac(key, data)
 
     def join_datagram(self) -> bytes:
         """JOIN: our certificate, zero padding (its HELLO answer must not be larger), our signature."""
         self.counter += 1
         head = pack_header(self._version, self._tag, MessageType.JOIN, self.node_id, self.counter,
-                           self.cert)
+                           self.cert, self.nat)
         data = head + bytes(JOIN_MIN_SIZE - len(head) - SIG_SIZE)
         return data + self.identity.sign(data)
 

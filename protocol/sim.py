@@ -3,7 +3,9 @@
 An event-driven loop over one heap of (time, seq, kind, ...) entries: engine
 timers, in-flight datagrams and scheduled actions.  The network has delay and
 jitter, loss, duplication, reordering (extra delay), partitions and churn
-(join, leave, crash, restart).  Same seed => same run, bit for bit.
+(join, leave, crash, restart), and NATs: a node may sit alone behind a
+port-restricted cone or a symmetric NAT (SimNat) with a mapping timeout.
+Same seed => same run, bit for bit.
 
 Crypto is real.  By default all engines share one CryptoCache (memoized
 Ed25519 verifications and X25519 secrets): each distinct signature is verified
@@ -20,8 +22,49 @@ from .config import ProtocolConfig
 from .engine import Engine
 from .identity import CryptoCache, Identity
 from .store import MemoryRecordStore
+from .wire import MessageType
+
+_TYPE_OFFSET = 9   # version u8 | swarm_tag 8 | type u8 (wire.py)
 
 TIMER, DGRAM, ACTION = 0, 1, 2
+NAT_KINDS = ("cone", "symmetric")
+
+
+class SimNat:
+    """One node's NAT.  cone: one public port for every remote (endpoint-independent mapping);
+    symmetric: a port per remote.  Both filter port-restricted: a datagram from outside passes
+    only from a remote the inside sent to within timeout_s.  Mappings expire timeout_s after
+    their last outbound datagram, as in tests/net/netlab_switch.py."""
+
+    def __init__(self, kind: str, public_ip: str, timeout_s: float):
+        if kind not in NAT_KINDS:
+            raise ValueError(f"NAT kind must be one of {NAT_KINDS}, not {kind!r}")
+        self.kind, self.ip, self.timeout_s = kind, public_ip, timeout_s
+        self.by_remote: dict = {}   # remote (symmetric) or None (cone) -> public port
+        self.ports: dict = {}       # public port -> [key, last outbound, {remote: last sent to}]
+        self._next_port = 40000
+
+    def outbound(self, remote, now: float) -> tuple:
+        key = remote if self.kind == "symmetric" else None
+        port = self.by_remote.get(key)
+        if port is not None and now - self.ports[port][1] >= self.timeout_s:
+            del self.ports[port]
+            port = None
+        if port is None:
+            port = self.by_remote[key] = self._next_port
+            self._next_port += 1
+            self.ports[port] = [key, now, {}]
+        entry = self.ports[port]
+        entry[1] = now
+        entry[2][remote] = now
+        return (self.ip, port)
+
+    def inbound(self, port: int, remote, now: float) -> bool:
+        entry = self.ports.get(port)
+        if entry is None or now - entry[1] >= self.timeout_s:
+            return False
+        sent = entry[2].get(remote)
+        return sent is not None and now - sent < self.timeout_s
 
 
 @dataclass
@@ -49,12 +92,15 @@ class SimNode:
     rate: float = 0.0
     own_emitted: int = 0             # own contiguous step already reported as a record
     events: list = field(default_factory=list)
+    nat: SimNat | None = None        # its NAT; addr is then its inside address
 
 
 class Swarm:
     def __init__(self, n: int, config: ProtocolConfig, *, seed: int = 0, net: NetConfig | None = None,
                  bootstrap_k: int = 3, share_crypto: bool = True, keep_events: bool = False,
-                 on_event=None, on_record=None):
+                 on_event=None, on_record=None, nat: dict | None = None, nat_timeout_s: float = 30.0):
+        """nat: {node index: "cone" | "symmetric"} for nodes behind a NAT of their own.  With
+        any NAT, engines learn their bound address and bootstrap from public nodes only."""
         self.config = config
         self.net = net or NetConfig()
         self.rng = random.Random(seed)
@@ -71,7 +117,10 @@ class Swarm:
         self.by_addr: dict = {}
         self.partitioned = False
         self.stats = {"sent": 0, "lost": 0, "duplicated": 0, "partition_dropped": 0, "delivered": 0,
-                      "largest_datagram": 0}
+                      "largest_datagram": 0, "bytes": 0, "relay_bytes": 0, "nat_dropped": 0}
+        self.nat_kinds = dict(nat or {})
+        self.nat_timeout_s = nat_timeout_s
+        self.nat_ips: dict = {}   # a NAT's public ip -> its node
         for _ in range(n):
             self.add_node(start=False)
 
@@ -82,13 +131,21 @@ class Swarm:
         addr = (f"fd00::{i:x}", 7000) if i % 3 == 2 else (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", 7000)
         node = SimNode(i, Identity.from_seed(self.seed * 1_000_003 + i), addr, MemoryRecordStore())
         self.nodes.append(node)
-        self.by_addr[addr] = node
+        kind = self.nat_kinds.get(i)
+        if kind is None:
+            self.by_addr[addr] = node
+        else:   # its inside address is reachable from nowhere; its NAT's public one from all
+            node.addr = (f"192.168.{(i // 256) % 256}.{i % 256}", 7000)
+            node.nat = SimNat(kind, f"203.{i // 65536}.{(i // 256) % 256}.{i % 256}", self.nat_timeout_s)
+            self.nat_ips[node.nat.ip] = node
         if start:
             self.start(node)
         return node
 
     def _bootstrap_for(self, node: SimNode) -> list:
-        others = [m.addr for m in self.nodes[:max(node.index, 1)] if m is not node]
+        others = [m.addr for m in self.nodes[:max(node.index, 1)] if m is not node and m.nat is None]
+        if not others and self.nat_kinds:
+            others = [m.addr for m in self.nodes if m is not node and m.nat is None]
         if not others:
             return []
         return self.rng.sample(others, min(self.bootstrap_k, len(others)))
@@ -98,7 +155,7 @@ class Swarm:
         node.engine = Engine(node.identity, self.config, rng=random.Random(self.rng.getrandbits(64)),
                              now=self.now, store=node.store, bootstrap=self._bootstrap_for(node),
                              own_last_step=own_last_step, generation=node.generation,
-                             crypto=self.shared_crypto)
+                             crypto=self.shared_crypto, bound_addr=node.addr if self.nat_kinds else None)
         node.alive = True
         node.own_emitted = node.engine.book.contiguous(node.engine.node_id)
         node.timer_at = None
@@ -200,14 +257,23 @@ class Swarm:
         stats = self.stats
         for data, dst in out:
             stats["sent"] += 1
+            stats["bytes"] += len(data)
+            if data[_TYPE_OFFSET] == MessageType.RELAY:
+                stats["relay_bytes"] += len(data)
             if len(data) > stats["largest_datagram"]:
                 stats["largest_datagram"] = len(data)
+            src_addr = src.addr if src.nat is None else src.nat.outbound(dst, self.now)
             if net.loss and rng.random() < net.loss:
                 self.stats["lost"] += 1
                 continue
             target = self.by_addr.get(dst)
             if target is None:
-                continue
+                target = self.nat_ips.get(dst[0])
+                if target is None:
+                    continue
+                if not target.nat.inbound(dst[1], src_addr, self.now):
+                    stats["nat_dropped"] += 1
+                    continue
             if self.partitioned and target.group != src.group:
                 self.stats["partition_dropped"] += 1
                 continue
@@ -219,7 +285,7 @@ class Swarm:
                 if net.reorder and rng.random() < net.reorder:
                     delay += rng.random() * net.reorder_delay_s
                 self._seq += 1
-                heapq.heappush(heap, (self.now + delay, self._seq, DGRAM, target, (data, src.addr)))
+                heapq.heappush(heap, (self.now + delay, self._seq, DGRAM, target, (data, src_addr)))
 
     def run_until(self, t_end: float) -> None:
         heap = self._heap

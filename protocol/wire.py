@@ -62,7 +62,10 @@ HEADER = struct.Struct("<B8sBB16sQ")
 HEADER_SIZE = HEADER.size  # 35
 MAC_SIZE = 16
 FLAG_CERT = 0x01
-KNOWN_FLAGS = FLAG_CERT
+# The sender's NatKind, in every datagram (MAC'd, or signed in JOIN): 0 OPEN, 1 NAT, 2 SYMMETRIC.
+NAT_FLAGS_SHIFT = 1
+NAT_FLAGS = 0x06
+KNOWN_FLAGS = FLAG_CERT | NAT_FLAGS
 JOIN_MIN_SIZE = 400  # JOIN is padded: the HELLO it triggers must not be larger
 _TYPES = frozenset(int(t) for t in MessageType)
 
@@ -124,9 +127,14 @@ def parse_header(data: bytes, version: int, tag: bytes, max_size: int) -> Header
     return h
 
 
+def nat_of_flags(flags: int) -> int:
+    """The sender's NatKind from a header's flags (3, unassigned, reads as SYMMETRIC)."""
+    return min((flags & NAT_FLAGS) >> NAT_FLAGS_SHIFT, NatKind.SYMMETRIC)
+
+
 def pack_header(version: int, tag: bytes, mtype: int, sender: bytes, counter: int,
-                cert: bytes | None) -> bytes:
-    flags = FLAG_CERT if cert else 0
+                cert: bytes | None, nat: int = 0) -> bytes:
+    flags = (FLAG_CERT if cert else 0) | (int(nat) << NAT_FLAGS_SHIFT)
     head = HEADER.pack(version, tag, mtype, flags, sender, counter)
     return head + cert if cert else head
 
