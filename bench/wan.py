@@ -16,12 +16,12 @@ Scenarios (--scenario, repeatable; default all):
              churn_digests_identical: identical digests, every origin's own steps held by
              every node, and equal to a fresh replica replaying the union of the logs.
   nat        8 daemons: 3 public, 3 behind port-restricted cone NATs, 2 behind symmetric
-             NATs (one NAT per node, 30 s mapping timeout), bootstrapped from the public
-             nodes. Join time per node and per NAT type (null: not joined within
+             NATs (one NAT per node, --nat-timeout-s mapping timeout, 30 s), bootstrapped from
+             the public nodes. Join time per node and per NAT type (null: not joined within
              --join-window-s), false_dead (pairs (observer, peer) where the observer showed
              a running peer as dead, sampled every second), nat_digests_identical after the
-             producers stop. The protocol has no NAT traversal or relay yet (issue 11): the
-             scenario records how far it gets; relayed_bytes_fraction is null.
+             producers stop, relayed_bytes_fraction (bytes of RELAY datagrams, both hops, over
+             all bytes the daemons sent).
 """
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def scenario_nat(args, root: Path, genesis: Path) -> dict:
     with netlab.Lab(seed=args.seed + 2, policy=args.policy) as lab:
         for name, kind in kinds.items():
             if kind is not None:
-                lab.add_nat(f"nat{name}", kind, timeout_s=30.0)
+                lab.add_nat(f"nat{name}", kind, timeout_s=args.nat_timeout_s)
             lab.add_host(name, nat=f"nat{name}" if kind else None)
         lab.start()
         public = [n for n, k in kinds.items() if k is None]
@@ -221,16 +221,28 @@ def scenario_nat(args, root: Path, genesis: Path) -> dict:
             log(f"nat: identical digests: {converge_s is not None}; false dead pairs {len(false_dead)}")
             held = {n.name: n.status()["version_vector"]["updates"] for n in group}
             views = alive_views(group)
+            relayed, total = relay_bytes(group)
             return {"nodes": kinds, "ready_s": round(ready_s, 1), "join_s": joined,
                     "join_s_by_type": by_type(joined, kinds), "train_s": args.train_s,
                     "nat_digests_identical": converge_s is not None, "converge_s": converge_s,
                     "false_dead": len(false_dead), "false_dead_pairs": sorted(false_dead),
                     "updates_held_at_end": held, "own_steps": {n.name: n.status()["own_steps"] for n in group},
                     "alive_views_at_end": {k: sorted(v) for k, v in views.items()},
-                    "relayed_bytes_fraction": None, "switch": lab.counters()}
+                    "relayed_bytes_fraction": round(relayed / total, 4) if total else None,
+                    "relayed_bytes": relayed, "bytes_sent": total, "switch": lab.counters()}
         finally:
             for n in nodes.values():
                 n.cleanup()
+
+
+def relay_bytes(nodes) -> tuple[int, int]:
+    """(bytes of RELAY datagrams sent, all bytes sent), summed over the nodes (status bytes_by_kind)."""
+    relayed = total = 0
+    for n in nodes:
+        out = (n.status().get("bytes_by_kind") or {}).get("out", {})
+        relayed += out.get("relay", 0)
+        total += sum(out.values())
+    return relayed, total
 
 
 def by_type(joined: dict, kinds: dict) -> dict:
@@ -257,6 +269,7 @@ def parse(argv):
     ap.add_argument("--churn-s", type=float, default=30.0, help="churn: seconds the survivors train alone")
     ap.add_argument("--train-s", type=float, default=30.0, help="nat: seconds of training after the join window")
     ap.add_argument("--join-window-s", type=float, default=60.0)
+    ap.add_argument("--nat-timeout-s", type=float, default=30.0, help="nat: the NATs' mapping timeout")
     ap.add_argument("--converge-s", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the run dir (daemon logs) and print its path")
@@ -295,7 +308,7 @@ def main(argv=None) -> int:
             out["nat_digests_identical"] = n["nat_digests_identical"]
             out["false_dead"] = n["false_dead"]
             out["nat_join_s_by_type"] = n["join_s_by_type"]
-            out["relayed_bytes_fraction"] = None
+            out["relayed_bytes_fraction"] = n["relayed_bytes_fraction"]
         out["wall_s"] = round(time.monotonic() - T0, 1)
     finally:
         if args.keep:
