@@ -399,6 +399,8 @@ class Daemon:
             case ev.EquivocationDetected(origin=origin, first_step=first, last_step=last):
                 self.equivocations += 1
                 log.warning("equivocation by origin %s at steps %d..%d", origin.hex()[:16], first, last)
+            case ev.OriginExcluded(origin=origin, step=step, reason="equivocation"):
+                self._take_back(origin, step)
             case ev.OriginExcluded(origin=origin, step=step, reason=reason):
                 log.warning("origin %s excluded from step %d on: influence budget (%s) broken; its later "
                             "updates are never applied (docs/security.md)", origin.hex()[:16], step, reason)
@@ -411,6 +413,22 @@ class Daemon:
                 log.warning("weights diverged: peer %s holds our version vector with digest %s, ours is %s",
                             nid.hex()[:16], theirs.hex()[:16], ours.hex()[:16])
         return False
+
+    def _take_back(self, origin: bytes, step: int) -> None:
+        """An equivocation proof excludes origin from step on (the log already records it,
+        with the q of the steps it held): nothing of it from there is handed to the worker,
+        and the worker undoes what it applied (docs/security.md, equivocation)."""
+        log.warning("origin %s equivocated (two signed versions of step %d): excluded from that step "
+                    "on, its updates from there taken back (docs/security.md)", origin.hex()[:16], step)
+        self._to_replay = [u for u in self._to_replay if u[0] != origin or u[1] < step]
+        taken = self.update_log.taken_back(origin)
+        if self.worker is not None and taken is not None:
+            self.worker.exclude(origin, *taken)
+        if origin == self.node_id:
+            log.error("this node's own key signed two versions of step %d (its state dir was lost or "
+                      "copied?): peers exclude it from there on; not producing any more", step)
+            if self.worker is not None:
+                self.worker.producing = False
 
     def _own_history_learned(self, event) -> None:
         """Production may start once the own steps learned are logged and in the worker's

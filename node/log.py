@@ -9,6 +9,9 @@ File layout (`<state_dir>/updates.log`):
             kind 2 RECORD:  body = the origin's signed wire record covering first..last
             kind 3 BASE:    first = last = n, empty body: steps 1..n of the origin are in
                             the snapshot the log starts from (compaction or a snapshot join)
+            kind 4 PROOF:   first = k: the origin equivocated (protocol/equivocation.py) and
+                            is excluded from step k on; body = u16 len | record a | u16 len |
+                            record b | the q of steps k.. that were logged (taken back)
 
 UPDATES entries are the node's state: the weights are a pure function of the base
 model and the set of updates in UPDATES entries (docs/operations.md, "Durability").
@@ -73,6 +76,7 @@ PREFIX = struct.Struct("<B16sQQ")      # kind, origin, first_step, last_step
 KIND_UPDATES = 1
 KIND_RECORD = 2
 KIND_BASE = 3
+KIND_PROOF = 4
 MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # Free bytes needed to leave the disk-full state once nothing is held: some room for
@@ -86,6 +90,7 @@ class _Origin:
     records: list[tuple[int, int, bytes]] = field(default_factory=list)  # sorted by first step
     record_keys: set[tuple[int, int]] = field(default_factory=set)
     base: int = 0      # steps 1..base are in the snapshot the log starts from (KIND_BASE)
+    proof: tuple | None = None   # (k, record a, record b, q bytes of steps k.. taken back)
 
     @property
     def top(self) -> int:
@@ -109,6 +114,17 @@ class _Origin:
                 break
             top = max(top, last)
         return top
+
+
+def proof_body(a: bytes, b: bytes, taken: bytes) -> bytes:
+    return struct.pack("<H", len(a)) + a + struct.pack("<H", len(b)) + b + taken
+
+
+def parse_proof_body(body: bytes) -> tuple[bytes, bytes, bytes]:
+    (na,) = struct.unpack_from("<H", body)
+    a = body[2:2 + na]
+    (nb,) = struct.unpack_from("<H", body, 2 + na)
+    return a, body[4 + na:4 + na + nb], body[4 + na + nb:]
 
 
 def encode_entry(kind: int, origin: bytes, first: int, last: int, body: bytes) -> bytes:
@@ -240,6 +256,8 @@ class UpdateLog:
             self._index_record(origin, first, last, body)
         elif kind == KIND_BASE:
             self._origins.setdefault(origin, _Origin()).rebase(first)
+        elif kind == KIND_PROOF:
+            self._index_proof(origin, first, *parse_proof_body(body))
         else:
             raise StateError(f"update log {self.path}: unknown entry kind {kind} "
                              "(written by a newer onebyte?)")
@@ -258,6 +276,19 @@ class UpdateLog:
         fresh = qs[skip:] if skip > 0 else qs
         o.qs.extend(fresh)
         return have + 1, bytes(fresh)
+
+    def _index_proof(self, origin: bytes, step: int, a: bytes, b: bytes, taken: bytes) -> bool:
+        """The origin is excluded from step on: its updates from there leave the index (their q
+        are kept in the proof, to take them out of a snapshot that holds them), and so do its
+        records that start there.  A lower step replaces a higher one."""
+        o = self._origins.setdefault(origin, _Origin())
+        if o.proof is not None and o.proof[0] <= step:
+            return False
+        del o.qs[max(0, step - o.base - 1):]
+        o.records = [r for r in o.records if r[0] < step]
+        o.record_keys = {(f, last) for f, last, _ in o.records}
+        o.proof = (step, a, b, bytes(taken))
+        return True
 
     def _index_record(self, origin: bytes, first: int, last: int, record: bytes) -> bool:
         o = self._origins.setdefault(origin, _Origin())
@@ -334,7 +365,7 @@ class UpdateLog:
         kind, origin, first, last, _ = item
         if kind == KIND_UPDATES:
             self._held_top[origin] = last
-        else:
+        elif kind == KIND_RECORD:
             self._held_records.add((origin, first, last))
         raise DiskFull(f"update log {self.path}: disk full, {len(self._held)} entries held")
 
@@ -342,6 +373,8 @@ class UpdateLog:
         kind, origin, first, last, body = item
         if kind == KIND_UPDATES:
             self._index_updates(origin, first, body)
+        elif kind == KIND_PROOF:
+            self._index_proof(origin, first, *parse_proof_body(body))
         else:
             self._index_record(origin, first, last, body)
         self.entries += 1
@@ -492,6 +525,57 @@ class UpdateLog:
                 size += len(rec)
             return out
 
+    def add_proof(self, origin: bytes, step: int, record_a: bytes, record_b: bytes) -> None:
+        """Called inside the engine when it holds a new lowest proof against origin: the
+        exclusion is in the index at once (a full disk holds the entry; until it lands a
+        restart learns the proof from peers again), with the q it takes back."""
+        with self._lock:
+            o = self._origins.setdefault(origin, _Origin())
+            if o.proof is not None and o.proof[0] <= step:
+                return
+            taken = bytes(o.qs[max(0, step - o.base - 1):]) + (o.proof[3] if o.proof else b"")
+            body = proof_body(record_a, record_b, taken)
+            self._drop_held(origin, step)
+            self._index_proof(origin, step, record_a, record_b, taken)
+            try:
+                item = (KIND_PROOF, origin, step, step + len(taken) - 1, body)
+                if not self._held:
+                    self._write(encode_entry(*item))
+                    self.entries += 1
+                else:
+                    self._held.append(item)
+            except DiskFull:
+                self._held.append(item)
+
+    def _drop_held(self, origin: bytes, step: int) -> None:
+        """Held (disk full) updates of origin from step on are never written."""
+        keep = deque()
+        for kind, o, first, last, body in self._held:
+            if kind == KIND_UPDATES and o == origin and last >= step:
+                if first >= step:
+                    continue
+                body, last = body[:step - first], step - 1
+            keep.append((kind, o, first, last, body))
+        self._held = keep
+        if origin in self._held_top:
+            self._held_top[origin] = min(self._held_top[origin], step - 1)
+
+    def proofs(self) -> dict[bytes, tuple[bytes, bytes]]:
+        with self._lock:
+            return {o: v.proof[1:3] for o, v in self._origins.items() if v.proof}
+
+    def taken_back(self, origin: bytes) -> tuple[int, list[int]] | None:
+        """(k, q of steps k.. the log held when the origin was excluded), if it was."""
+        with self._lock:
+            o = self._origins.get(origin)
+            if o is None or o.proof is None:
+                return None
+            return o.proof[0], [_signed(b) for b in o.proof[3]]
+
+    def exclusions(self) -> dict[bytes, int]:
+        with self._lock:
+            return {o: v.proof[0] for o, v in self._origins.items() if v.proof}
+
     def version_vector(self) -> dict[bytes, int]:
         """Per origin, the highest step n such that records for 1..n are stored *and* the
         updates 1..n are logged: after a crash between the two appends the engine pulls
@@ -563,9 +647,11 @@ class UpdateLog:
             if not any(floor.get(o, 0) > v.base and (v.qs or v.records) for o, v in self._origins.items()) \
                     and not any(o not in self._origins for o in floor):
                 return None
-            origins = {o: _Origin(bytearray(v.qs), list(v.records), set(v.record_keys), v.base)
+            origins = {o: _Origin(bytearray(v.qs), list(v.records), set(v.record_keys), v.base, v.proof)
                        for o, v in self._origins.items()}
             for o, n in floor.items():
+                if o in origins and origins[o].proof is not None:
+                    n = min(n, origins[o].proof[0] - 1)   # never a base past an exclusion
                 origins.setdefault(o, _Origin()).rebase(n)
             before = self._size
             try:

@@ -57,6 +57,11 @@ def write_log(path, origins: dict) -> tuple[int, int, int]:
             entries.append(encode_entry(KIND_UPDATES, origin, first, first + len(body) - 1, body))
         for first, last, rec in o.records:
             entries.append(encode_entry(KIND_RECORD, origin, first, last, rec))
+        if o.proof is not None:   # an equivocation exclusion (log.py KIND_PROOF) outlives compaction
+            from .log import KIND_PROOF, proof_body
+            step, a, b, taken = o.proof
+            entries.append(encode_entry(KIND_PROOF, origin, step, step + len(taken) - 1,
+                                        proof_body(a, b, taken)))
     tmp = path.with_name(f".{path.name}.compact-{os.getpid()}")
     fd = None
     try:

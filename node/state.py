@@ -246,6 +246,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
                              "snapshot of this same key from elsewhere); move the state dir aside and start while peers are "
                              "reachable: they hold this key's steps and the node fetches them back "
                              "(docs/operations.md, Lost state dir)")
+    _take_back_excluded(replica, genesis.swarm_id, ulog, base_vv, update_seed)
     pending = _within_budget(ulog, ulog.updates_after(base_vv), influence)
     last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
@@ -271,6 +272,21 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     for o, n in base_vv.items():
         applied[o] = max(n, applied.get(o, 0))
     return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)
+
+
+def _take_back_excluded(replica, swarm_id: bytes, ulog: UpdateLog, base_vv: dict, update_seed) -> None:
+    """A snapshot written before an equivocation proof came may hold the excluded steps:
+    undo them (their q are in the log's proof entry) and lower base_vv to match."""
+    for origin, step in ulog.exclusions().items():
+        top = base_vv.get(origin, 0)
+        if top < step:
+            continue
+        _, qs = ulog.taken_back(origin)
+        replica.undo([(update_seed(swarm_id, origin, s), qs[s - step], s)
+                      for s in range(step, min(top, step + len(qs) - 1) + 1)])
+        base_vv[origin] = step - 1
+        log.info("took %d step(s) of equivocating origin %s out of the snapshot", top - step + 1,
+                 origin.hex()[:16])
 
 
 def _check_floor(sd: StateDir, ulog: UpdateLog, snap) -> None:

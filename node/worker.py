@@ -205,6 +205,11 @@ class Worker(threading.Thread):
         self._idle_digest_at = 0.0          # monotonic time before which idle skips the digest
         self._next_step_at = 0.0
         self._dirty_digest = True
+        # Equivocating origins (protocol/equivocation.py): origin -> first step never applied,
+        # and exclusions the loop posted that are not taken back yet.
+        self.excluded: dict[bytes, int] = {}
+        self._to_exclude: list[tuple[bytes, int, list]] = []
+        self._exclude_lock = threading.Lock()
 
     # --- called from the loop thread ---------------------------------------------------
 
@@ -219,6 +224,13 @@ class Worker(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self.backlog.wake()
+
+    def exclude(self, origin: bytes, step: int, qs: list) -> None:
+        """origin is excluded from step on; qs are the q of its steps step.. the log held
+        (some may be in the weights, the others still in the backlog)."""
+        with self._exclude_lock:
+            self._to_exclude.append((origin, step, list(qs)))
         self.backlog.wake()
 
     # --- the thread --------------------------------------------------------------------
@@ -240,7 +252,8 @@ class Worker(threading.Thread):
             self._on_overflow(self.replica.poisoned)
         self._refresh_digest()
         while not self._halt.is_set():
-            did = self._replay_backlog()
+            did = self._take_back()
+            did |= self._replay_backlog()
             did |= self._run_commands()
             if self.setup.snapshot_every and self._since_snapshot >= self.setup.snapshot_every:
                 self._write_snapshot()
@@ -268,6 +281,26 @@ class Worker(threading.Thread):
         self._write_snapshot()
         self.stats.state = "stopped"
 
+    def _take_back(self) -> bool:
+        """Undo, exactly, the applied updates of origins excluded since the last call."""
+        with self._exclude_lock:
+            todo, self._to_exclude = self._to_exclude, []
+        for origin, step, qs in todo:
+            self.excluded[origin] = min(step, self.excluded.get(origin, step))
+            have = self.applied_vv.get(origin, 0)
+            if have < step or self.stats.grid_overflow is not None:
+                continue
+            seed = self.setup.update_seed
+            undo = [(seed(self.setup.swarm_id, origin, s), qs[s - step], s) for s in range(step, have + 1)
+                     if s - step < len(qs)]
+            self.replica.undo(undo)
+            self.applied_vv[origin] = step - 1
+            self._since_snapshot += len(undo)
+            self._dirty_digest = True
+            log.warning("took back %d update(s) of origin %s from step %d on (equivocation)",
+                        len(undo), origin.hex()[:16], step)
+        return bool(todo)
+
     def _replay_backlog(self) -> bool:
         items = self.backlog.take(self.setup.max_backlog)
         if not items:
@@ -280,8 +313,8 @@ class Worker(threading.Thread):
         batch, vv = [], self.applied_vv
         for origin, step, q in items:
             have = vv.get(origin, 0)
-            if step <= have:
-                continue  # already in the weights (defence in depth; the log dedups too)
+            if step <= have or step >= self.excluded.get(origin, step + 1):
+                continue  # already in the weights (the log dedups too), or excluded
             if step != have + 1:
                 raise RuntimeError(f"replay gap for {origin.hex()}: have {have}, got {step}")
             vv[origin] = step

@@ -39,6 +39,9 @@ class ByzantinePeer(threading.Thread):
     def node_id(self) -> bytes:
         return self.identity.node_id
 
+    def on_tick(self, now: float) -> None:
+        """Called in this thread on every turn of the loop: what a subclass adds."""
+
     def stop(self) -> None:
         self._halt.set()
         self.join(10)
@@ -52,6 +55,7 @@ class ByzantinePeer(threading.Thread):
             while self.published < due:
                 self.published += 1
                 eng.publish(self.published, self.q_of(self.published), now)
+            self.on_tick(now)
             t = eng.get_timer()
             if t is not None and t <= now:
                 eng.handle_timer(now)

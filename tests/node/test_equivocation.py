@@ -1,0 +1,108 @@
+"""Equivocation resolved against real daemons (closed swarm of 4 keys, tiny model): a
+Byzantine member signs two versions of the same steps and sends one to node b, the other to
+node c.  The proof is found and spreads; every honest node excludes the member from the
+first conflicting step, takes back what it had applied, and ends with the digest of a
+replay of the union of the logs minus the excluded steps; a restart keeps that digest."""
+from __future__ import annotations
+
+import pytest
+
+from byzantine_peer import ByzantinePeer
+from node_harness import CONVERGE_TIMEOUT, Node, union_digest, wait_for
+from test_byzantine import closed_genesis
+
+from onebyte.protocol.records import qs_to_bytes, record_message
+from onebyte.protocol.wire import MessageType, encode_record, packb
+
+COMMON = dict(step_interval_s=0.05, snapshot_every=10, threads=1)
+HONEST_STEPS = 30
+PLAIN = 8                      # steps published to everyone first
+VERSION_A = [3] * 8            # steps 9..16 as sent to b
+VERSION_B = [3, 3, 3, -3, 3, 3, 3, 3]   # ... and to c: they differ first at step 12
+CONFLICT = PLAIN + 4
+
+
+class EquivocatingPeer(ByzantinePeer):
+    """Publishes steps 1..PLAIN to all, then sends A to one node and B to another."""
+
+    def __init__(self, genesis, key, peers, targets):
+        super().__init__(genesis, key, peers, lambda step: 2, steps=PLAIN, rate=20.0)
+        self.targets = targets   # [(addr, qs)]
+        self.sent = False
+
+    def on_tick(self, now: float) -> None:
+        eng = self.engine
+        if self.sent or self.published < PLAIN or eng.sync.book.contiguous(self.node_id) < PLAIN:
+            return
+        by_addr = {f"{m.addr[0]}:{m.addr[1]}": m for m in eng.members.members.values() if m.addr}
+        if not all(addr in by_addr for addr, _ in self.targets):
+            return
+        for addr, qs in self.targets:
+            raw = qs_to_bytes(qs)
+            sig = self.identity.sign(record_message(self.config.swarm_id, self.node_id, PLAIN + 1, raw))
+            rec = encode_record(self.identity.public_bytes(), PLAIN + 1, raw, sig)
+            eng._send(MessageType.PUSH, by_addr[addr], packb(None), [], [packb(rec)])
+        self.sent = True
+
+
+def settled(nodes, byz_id):
+    sts = [n.status() for n in nodes]
+    for s in sts:
+        if s["worker_state"] == "failed" or s["replay_backlog"] or s["own_steps"] < HONEST_STEPS:
+            return None
+        if s["excluded_origins"].get(byz_id.hex()) != {"step": CONFLICT, "reason": "equivocation"}:
+            return None
+    if len({s["version_vector"]["updates"] for s in sts}) != 1:
+        return None
+    digests = {n.digest()["digest"] for n in nodes}
+    return digests.pop() if len(digests) == 1 else None
+
+
+@pytest.fixture(scope="module")
+def equivocation_swarm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("equiv")
+    genesis, keys = closed_genesis(root)
+    nodes, peer = {}, None
+    try:
+        a = nodes["a"] = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
+        a.wait_ready()
+        for name in ("b", "c"):
+            nodes[name] = Node(root, name, genesis, [a.addr], max_steps=HONEST_STEPS, **COMMON).start()
+        for n in nodes.values():
+            n.wait_ready()
+        targets = [(nodes["b"].addr, VERSION_A), (nodes["c"].addr, VERSION_B)]
+        peer = EquivocatingPeer(genesis, keys["x"], [a.addr, nodes["b"].addr, nodes["c"].addr], targets)
+        peer.start()
+        yield root, genesis, nodes, peer
+    finally:
+        if peer is not None:
+            peer.stop()
+        for n in nodes.values():
+            n.cleanup()
+
+
+def test_equivocation_to_different_nodes_ends_in_identical_digests(equivocation_swarm):
+    root, genesis, nodes, peer = equivocation_swarm
+    honest = list(nodes.values())
+    digest = wait_for(lambda: settled(honest, peer.node_id), CONVERGE_TIMEOUT,
+                      "honest nodes to exclude the equivocating member and converge", 0.5)
+    assert peer.sent
+    for n in honest:
+        assert n.proc.poll() is None
+        st = n.status()
+        assert st["version_vector"]["by_origin"][peer.node_id.hex()] == CONFLICT - 1
+        assert st["counters"]["equivocation_proofs"] >= 1
+    # b and c had applied their own version of steps 9..16 and took steps 12.. back.
+    for n in (nodes["b"], nodes["c"]):
+        assert "equivocated" in n.stderr()
+    expect, count = union_digest([n.state_dir for n in honest], genesis)
+    assert digest == expect and count == 3 * HONEST_STEPS + CONFLICT - 1
+    # A restart (snapshots may hold the excluded steps) reaches the same digest.
+    b = nodes["b"]
+    b.proc.terminate()
+    b.proc.wait(60)
+    b.start()
+    b.wait_ready()
+    assert wait_for(lambda: b.digest()["digest"] == digest and b.status()["replay_backlog"] == 0,
+                    CONVERGE_TIMEOUT, "b to restart into the same digest", 0.5)
+    assert b.status()["excluded_origins"][peer.node_id.hex()] == {"step": CONFLICT, "reason": "equivocation"}
