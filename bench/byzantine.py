@@ -10,6 +10,9 @@ Attacks (ATTACKS, a table: add a row per attack):
   rate_flood  honest-looking q at 100 steps/s against a cap of 5/s: not excluded (its q are
               within budget); accepted_max_at_20s shows the cap holding for pulled records too,
               against the bound (1 + pull_rate_mult) * cap * (20 s + rate_burst_s).
+  equivocation  8 steps to everyone, then steps 9..16 signed twice (they differ first at step
+              12): one version sent to b only, the other to c only; the proof excludes it from
+              step 12 on everywhere and b and c take back what they had applied.
 The Byzantine member is tests/node/byzantine_peer.py: a real protocol Engine on UDP.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "node"))
 
-from byzantine_peer import ByzantinePeer  # noqa: E402
+from byzantine_peer import ByzantinePeer, EquivocatingPeer  # noqa: E402
 from node_harness import Node, run_cli, wait_for  # noqa: E402
 
 COMMON = dict(step_interval_s=0.05, snapshot_every=25, threads=1)
@@ -32,6 +35,7 @@ HONEST_STEPS = 30
 ATTACKS = {
     "max_q": dict(q_of=lambda s: 5 if s <= 10 else 127, rate=20.0, steps=120, max_rate=200.0),
     "rate_flood": dict(q_of=lambda s: (-1) ** s * (3 + s % 5), rate=100.0, steps=2000, max_rate=5.0),
+    "equivocation": dict(versions=([3] * 8, [3, 3, 3, -3, 3, 3, 3, 3]), rate=20.0, steps=8, max_rate=200.0),
 }
 
 
@@ -77,7 +81,11 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
                 nodes.append(Node(root, n, genesis, [a.addr], max_steps=HONEST_STEPS, **COMMON).start())
             for n in nodes:
                 n.wait_ready()
-            peer = ByzantinePeer(genesis, keys["x"], [a.addr], spec["q_of"], spec["steps"], spec["rate"])
+            if "versions" in spec:   # one version to b, the other to c
+                targets = [(n.addr, qs) for n, qs in zip(nodes[1:], spec["versions"])]
+                peer = EquivocatingPeer(genesis, keys["x"], [n.addr for n in nodes], targets, spec["steps"])
+            else:
+                peer = ByzantinePeer(genesis, keys["x"], [a.addr], spec["q_of"], spec["steps"], spec["rate"])
             t0 = time.monotonic()
             peer.start()
             time.sleep(max(0.0, t0 + 21.0 - time.monotonic()))   # 1 s to join + 20 s of attack

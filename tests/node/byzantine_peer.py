@@ -69,3 +69,30 @@ class ByzantinePeer(threading.Thread):
             except (socket.timeout, OSError):
                 continue
             eng.receive_datagram(data, addr, time.monotonic())
+
+
+class EquivocatingPeer(ByzantinePeer):
+    """Publishes q = 2 for steps 1..plain to everyone, then signs steps plain+1.. twice:
+    targets = [(address "host:port", qs)], each version sent to its node only."""
+
+    def __init__(self, genesis: Path, key: Path, peers: list[str], targets: list, plain: int = 8):
+        super().__init__(genesis, key, peers, lambda step: 2, steps=plain, rate=20.0)
+        self.targets, self.plain = targets, plain
+        self.sent = False
+
+    def on_tick(self, now: float) -> None:
+        from onebyte.protocol.records import qs_to_bytes, record_message
+        from onebyte.protocol.wire import MessageType, encode_record, packb
+        eng = self.engine
+        if self.sent or self.published < self.plain or eng.sync.book.contiguous(self.node_id) < self.plain:
+            return
+        by_addr = {f"{m.addr[0]}:{m.addr[1]}": m for m in eng.members.members.values() if m.addr}
+        if not all(addr in by_addr for addr, _ in self.targets):
+            return   # not every target joined yet
+        first = self.plain + 1
+        for addr, qs in self.targets:
+            raw = qs_to_bytes(qs)
+            sig = self.identity.sign(record_message(self.config.swarm_id, self.node_id, first, raw))
+            rec = encode_record(self.identity.public_bytes(), first, raw, sig)
+            eng._send(MessageType.PUSH, by_addr[addr], packb(None), [], [packb(rec)])
+        self.sent = True

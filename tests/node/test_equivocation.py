@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from byzantine_peer import ByzantinePeer
+from byzantine_peer import EquivocatingPeer
 from node_harness import CONVERGE_TIMEOUT, Node, union_digest, wait_for
 from test_byzantine import closed_genesis
-
-from onebyte.protocol.records import qs_to_bytes, record_message
-from onebyte.protocol.wire import MessageType, encode_record, packb
 
 COMMON = dict(step_interval_s=0.05, snapshot_every=10, threads=1)
 HONEST_STEPS = 30
@@ -20,29 +17,6 @@ PLAIN = 8                      # steps published to everyone first
 VERSION_A = [3] * 8            # steps 9..16 as sent to b
 VERSION_B = [3, 3, 3, -3, 3, 3, 3, 3]   # ... and to c: they differ first at step 12
 CONFLICT = PLAIN + 4
-
-
-class EquivocatingPeer(ByzantinePeer):
-    """Publishes steps 1..PLAIN to all, then sends A to one node and B to another."""
-
-    def __init__(self, genesis, key, peers, targets):
-        super().__init__(genesis, key, peers, lambda step: 2, steps=PLAIN, rate=20.0)
-        self.targets = targets   # [(addr, qs)]
-        self.sent = False
-
-    def on_tick(self, now: float) -> None:
-        eng = self.engine
-        if self.sent or self.published < PLAIN or eng.sync.book.contiguous(self.node_id) < PLAIN:
-            return
-        by_addr = {f"{m.addr[0]}:{m.addr[1]}": m for m in eng.members.members.values() if m.addr}
-        if not all(addr in by_addr for addr, _ in self.targets):
-            return
-        for addr, qs in self.targets:
-            raw = qs_to_bytes(qs)
-            sig = self.identity.sign(record_message(self.config.swarm_id, self.node_id, PLAIN + 1, raw))
-            rec = encode_record(self.identity.public_bytes(), PLAIN + 1, raw, sig)
-            eng._send(MessageType.PUSH, by_addr[addr], packb(None), [], [packb(rec)])
-        self.sent = True
 
 
 def settled(nodes, byz_id):
