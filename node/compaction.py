@@ -7,6 +7,11 @@ S (UpdateLog.compact: BASE entries at S, then what lies beyond). A member that w
 (not live) meanwhile and comes back behind that horizon joins from a snapshot at its next
 start (node/snapshot_join.py): peers serve it a snapshot instead of records.
 
+The floor is the newest snapshot this node wrote at least `compact_delay_s` ago (any
+earlier snapshot's vv is covered by the newest one): a joiner that surveyed the swarm a
+moment ago and took a snapshot then still finds the records after it while it becomes a
+live member.
+
 A member that does not answer `info` (an older onebyte, or a firewall on TCP) holds the
 horizon back: compaction then waits, it never strands a live member.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 from .config import format_addr
 from .snapshot import read_snapshot
@@ -26,9 +32,11 @@ log = logging.getLogger("onebyte.node.compaction")
 
 
 class Compactor:
-    def __init__(self, daemon, interval_s: float):
+    def __init__(self, daemon, interval_s: float, delay_s: float):
         self.d = daemon
         self.interval_s = interval_s
+        self.delay_s = delay_s
+        self.seen: deque = deque(maxlen=64)   # (monotonic time first seen, snapshot vv)
         self.compactions = 0
         self.last: dict | None = None        # the last compaction: floor updates, bytes, when
         self.waiting_for: str | None = None  # why the last round did not compact
@@ -47,7 +55,15 @@ class Compactor:
         if snap is None:
             self.waiting_for = "no snapshot yet"
             return False
-        floor = {o: n for o, n in snap.vv.items() if n}
+        vv = {o: n for o, n in snap.vv.items() if n}
+        now = time.monotonic()
+        if not self.seen or self.seen[-1][1] != vv:
+            self.seen.append((now, vv))
+        old = [v for t, v in self.seen if now - t >= self.delay_s]
+        if not old:
+            self.waiting_for = "no snapshot old enough (compact_delay_s)"
+            return False
+        floor = old[-1]
         have = d.update_log.floor_vv()
         if all(have.get(o, 0) >= n for o, n in floor.items()):
             self.waiting_for = None

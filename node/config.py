@@ -46,6 +46,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "snapshot_serve": (True, "serve this node's snapshot to joining peers over TCP on the UDP listen port number"),
     "snapshot_serve_bytes_per_s": (64 << 20, "rate limit of snapshot serving, all connections together (bytes/s)"),
     "snapshot_attest_max_updates": (4096, "attest a joiner's snapshot digest by undoing at most this many of the applied updates (worker time)"),
+    "compact_delay_s": (600.0, "compact only up to a snapshot written at least this long ago (a joiner that took a newer one still finds the records after it)"),
     "compact_interval_s": (60.0, "compact the update log this often: drop what the newest snapshot holds once every live member has passed it (0 = never)"),
     "trunk_cache": (True, "cache what the frozen layers below the trainable scope compute for each training and eval example (<state_dir>/trunk.pt) and run only the layers above it (classification tasks)"),
     "fsync": (True, "fsync the update log before applying or publishing (false: faster, may lose the tail on power loss)"),
@@ -86,6 +87,7 @@ class NodeConfig:
     snapshot_serve_bytes_per_s: int
     snapshot_attest_max_updates: int
     compact_interval_s: float
+    compact_delay_s: float
     trunk_cache: bool
     fsync: bool
     seed: int
@@ -222,6 +224,7 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         snapshot_serve_bytes_per_s=max(1, nonneg("snapshot_serve_bytes_per_s")),
         snapshot_attest_max_updates=nonneg("snapshot_attest_max_updates"),
         compact_interval_s=float(nonneg("compact_interval_s", (int, float))),
+        compact_delay_s=float(nonneg("compact_delay_s", (int, float))),
         trunk_cache=get("trunk_cache", bool),
         fsync=get("fsync", bool),
         seed=get("seed", int),

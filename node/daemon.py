@@ -207,7 +207,7 @@ class Daemon:
         self.worker.start()
         if cfg.compact_interval_s > 0:
             from .compaction import Compactor
-            self.compactor = Compactor(self, cfg.compact_interval_s)
+            self.compactor = Compactor(self, cfg.compact_interval_s, cfg.compact_delay_s)
             self._spawn(self.compactor.run())
         if cfg.metrics_listen is not None:
             from .metrics import MetricsServer

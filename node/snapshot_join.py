@@ -108,10 +108,12 @@ def plan(infos: dict, ours: dict, floor: dict) -> JoinPlan:
     """Candidates from the peers' infos, newest first; a snapshot that does not cover our
     log's own floor cannot be combined with our log and is left out."""
     by_key: dict = {}
+    floors = []
     behind = bool(infos)
     for addr, info in infos.items():
         try:
             peer_floor = vv_from_json(info.get("floor", {}))
+            floors.append(peer_floor)
             s = info.get("snapshot")
             if s is None:
                 behind = False
@@ -126,7 +128,9 @@ def plan(infos: dict, ours: dict, floor: dict) -> JoinPlan:
         if all(ours.get(o, 0) >= n for o, n in peer_floor.items()):
             behind = False   # this peer can still serve us every record we lack
     cands = [c for c in by_key.values() if all(c.vv.get(o, 0) >= n for o, n in floor.items())]
-    cands.sort(key=lambda c: (-c.updates, -len(c.attested_by)))
+    # Best: a snapshot past every peer's floor (every record after it is still served), then newest.
+    cands.sort(key=lambda c: (not all(c.vv.get(o, 0) >= n for f in floors for o, n in f.items()),
+                              -c.updates, -len(c.attested_by)))
     return JoinPlan(cands, infos, behind)
 
 
@@ -240,7 +244,10 @@ async def join(cfg, genesis, sd, ulog, progress) -> Joined | None:
     replica = tokenizer = None
     for c in worth:
         try:
-            if not await attest(c, p.infos, swarm_hex, cfg.snapshot_attest):
+            # Behind every peer's horizon there is no replay to fall back to: a swarm of fewer
+            # members than snapshot_attest is then trusted as far as it answers.
+            needed = min(cfg.snapshot_attest, len(p.infos)) if p.behind_floor else cfg.snapshot_attest
+            if not await attest(c, p.infos, swarm_hex, needed):
                 raise JoinRefused(f"only {len(c.attested_by)} member(s) attest it, snapshot_attest = "
                                   f"{cfg.snapshot_attest}")
             path = await fetch(c, sd.snapshots, swarm_hex, progress)
