@@ -145,7 +145,7 @@ def test_a_peer_advertising_a_wrong_digest_is_refuted(swarm, genesis_path):
 
 
 def test_compaction_bounds_the_log_and_a_node_offline_past_the_horizon_catches_up(tmp_path, genesis_path):
-    fields = dict(step_interval_s=0.05, snapshot_every=10, threads=1, compact_interval_s=0.5)
+    fields = dict(step_interval_s=0.05, snapshot_every=10, threads=1, compact_interval_s=0.5, compact_delay_s=20.0)
     nodes = []
     try:
         c = Node(tmp_path, "c", genesis_path, [], max_steps=60, **fields).start()
