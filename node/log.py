@@ -64,6 +64,7 @@ from pathlib import Path
 
 from .errors import DiskFull, StateError
 from .logfile import is_tail, read_all, write_log
+from .logproof import drop_held, index_proof, parse_proof_body, proof_body  # noqa: F401 (logfile)
 from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
@@ -114,17 +115,6 @@ class _Origin:
                 break
             top = max(top, last)
         return top
-
-
-def proof_body(a: bytes, b: bytes, taken: bytes) -> bytes:
-    return struct.pack("<H", len(a)) + a + struct.pack("<H", len(b)) + b + taken
-
-
-def parse_proof_body(body: bytes) -> tuple[bytes, bytes, bytes]:
-    (na,) = struct.unpack_from("<H", body)
-    a = body[2:2 + na]
-    (nb,) = struct.unpack_from("<H", body, 2 + na)
-    return a, body[4 + na:4 + na + nb], body[4 + na + nb:]
 
 
 def encode_entry(kind: int, origin: bytes, first: int, last: int, body: bytes) -> bytes:
@@ -257,7 +247,7 @@ class UpdateLog:
         elif kind == KIND_BASE:
             self._origins.setdefault(origin, _Origin()).rebase(first)
         elif kind == KIND_PROOF:
-            self._index_proof(origin, first, *parse_proof_body(body))
+            index_proof(self._origins.setdefault(origin, _Origin()), first, *parse_proof_body(body))
         else:
             raise StateError(f"update log {self.path}: unknown entry kind {kind} "
                              "(written by a newer onebyte?)")
@@ -276,19 +266,6 @@ class UpdateLog:
         fresh = qs[skip:] if skip > 0 else qs
         o.qs.extend(fresh)
         return have + 1, bytes(fresh)
-
-    def _index_proof(self, origin: bytes, step: int, a: bytes, b: bytes, taken: bytes) -> bool:
-        """The origin is excluded from step on: its updates from there leave the index (their q
-        are kept in the proof, to take them out of a snapshot that holds them), and so do its
-        records that start there.  A lower step replaces a higher one."""
-        o = self._origins.setdefault(origin, _Origin())
-        if o.proof is not None and o.proof[0] <= step:
-            return False
-        del o.qs[max(0, step - o.base - 1):]
-        o.records = [r for r in o.records if r[0] < step]
-        o.record_keys = {(f, last) for f, last, _ in o.records}
-        o.proof = (step, a, b, bytes(taken))
-        return True
 
     def _index_record(self, origin: bytes, first: int, last: int, record: bytes) -> bool:
         o = self._origins.setdefault(origin, _Origin())
@@ -374,7 +351,7 @@ class UpdateLog:
         if kind == KIND_UPDATES:
             self._index_updates(origin, first, body)
         elif kind == KIND_PROOF:
-            self._index_proof(origin, first, *parse_proof_body(body))
+            index_proof(self._origins.setdefault(origin, _Origin()), first, *parse_proof_body(body))
         else:
             self._index_record(origin, first, last, body)
         self.entries += 1
@@ -534,31 +511,13 @@ class UpdateLog:
             if o.proof is not None and o.proof[0] <= step:
                 return
             taken = bytes(o.qs[max(0, step - o.base - 1):]) + (o.proof[3] if o.proof else b"")
-            body = proof_body(record_a, record_b, taken)
-            self._drop_held(origin, step)
-            self._index_proof(origin, step, record_a, record_b, taken)
-            try:
-                item = (KIND_PROOF, origin, step, step + len(taken) - 1, body)
-                if not self._held:
-                    self._write(encode_entry(*item))
-                    self.entries += 1
-                else:
-                    self._held.append(item)
+            self._held = drop_held(self._held, self._held_top, origin, step)
+            index_proof(o, step, record_a, record_b, taken)
+            try:   # (indexed again once written: a no-op)
+                self._append_or_hold((KIND_PROOF, origin, step, step + len(taken) - 1,
+                                      proof_body(record_a, record_b, taken)))
             except DiskFull:
-                self._held.append(item)
-
-    def _drop_held(self, origin: bytes, step: int) -> None:
-        """Held (disk full) updates of origin from step on are never written."""
-        keep = deque()
-        for kind, o, first, last, body in self._held:
-            if kind == KIND_UPDATES and o == origin and last >= step:
-                if first >= step:
-                    continue
-                body, last = body[:step - first], step - 1
-            keep.append((kind, o, first, last, body))
-        self._held = keep
-        if origin in self._held_top:
-            self._held_top[origin] = min(self._held_top[origin], step - 1)
+                pass
 
     def proofs(self) -> dict[bytes, tuple[bytes, bytes]]:
         with self._lock:
