@@ -25,6 +25,8 @@ class ProtocolConfig:
     record_linger_s: float = 4.0          # flush a partial record after this long: one 64-byte
                                           # signature per 4 s of an origin's steps (staleness
                                           # <= ~4 s; docs/performance-node.md, the trade-off)
+    records_per_signature: int = 1        # records per signed batch (docs/protocol.md, "Batch
+                                          # signatures"); 1: every record signed on its own
     gossip_interval_s: float = 0.2        # eager push round
     fanout: int = 3                       # peers per push round
     retransmit_mult: int = 4              # membership gossip: limit = mult * ceil(log10(n + 1))
@@ -67,6 +69,9 @@ class ProtocolConfig:
             raise ConfigError("a closed swarm needs at least one member key")
         if not 1 <= self.updates_per_record <= min(256, self.max_record_updates):
             raise ConfigError("updates_per_record must be in 1..256")
+        if isinstance(self.records_per_signature, bool) or not isinstance(self.records_per_signature, int) \
+                or not 1 <= self.records_per_signature <= 64:
+            raise ConfigError("records_per_signature must be an integer in 1..64")
         if self.max_datagram < 600 or self.max_datagram > 1400:
             raise ConfigError("max_datagram must be in 600..1400")
         for name in ("gossip_interval_s", "probe_interval_s", "probe_timeout_s",

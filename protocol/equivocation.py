@@ -18,6 +18,9 @@ How proofs are found and spread (docs/protocol.md, "Equivocation proofs"):
 - the proof goes out as a PROOF gossip item (GossipKind.PROOF), piggybacked like membership
   gossip; anti-entropy is the guarantee: a peer whose VECTOR lists the origin at k or beyond
   lacks the proof and is sent it;
+- with batch signatures a member is unsigned: its half of a proof is the *signed batch*
+  part that vouches for it, the member plus its closer (HALF_BUNDLE), so every half
+  still verifies on its own (docs/protocol.md, "Batch signatures");
 - two nodes that hold the same version vector but report other weights (WeightsDiverged)
   may hold different versions of the same steps (an origin that sent A to one and B to the
   other, with nobody relaying): each sends the other the records it holds most recently,
@@ -28,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .events import EquivocationDetected, OriginExcluded
-from .records import Record
-from .wire import NIL, MessageType, WireError, decode_record, encode_proof, packb
+from .records import HALF_BUNDLE, Record, decode_any, member_hash
+from .wire import NIL, MessageType, WireError, encode_proof, packb
 
 REASON = "equivocation"
 DIVERGED_ORIGINS = 8     # origins whose recent records go to a diverged peer per DIGEST
@@ -39,8 +42,30 @@ DIVERGED_ORIGINS = 8     # origins whose recent records go to a diverged peer pe
 class Proof:
     origin: bytes
     step: int           # the first step whose q the two records disagree on
-    record_a: bytes     # canonical signed records (with the key), a < b bytewise
-    record_b: bytes
+    record_a: bytes     # proof halves: canonical signed records (with the key), or a member
+    record_b: bytes     # bundled with its closer (HALF_BUNDLE); a < b bytewise
+
+
+def bundle(member: bytes, closer: bytes) -> bytes:
+    """A member's proof half: HALF_BUNDLE | u16le len(member) | member | closer."""
+    return bytes([HALF_BUNDLE]) + len(member).to_bytes(2, "little") + member + closer
+
+
+def decode_half(half: bytes) -> tuple:
+    """(pub, first_step, qs, signed) of a proof half, no crypto: signed = (closer fields, whether
+    the member's hash must be among the closer's).  Raises WireError('malformed')."""
+    if isinstance(half, bytes) and half[:1] == bytes([HALF_BUNDLE]):
+        if len(half) < 3:
+            raise WireError("malformed")
+        n = int.from_bytes(half[1:3], "little")
+        member, closer = decode_any(half[3:3 + n]), decode_any(half[3 + n:])
+        if member[3] is not None or closer[3] is None or not closer[4] or member[0] != closer[0]:
+            raise WireError("malformed")
+        return member[0], member[1], member[2], (closer, True)
+    rec = decode_any(half)
+    if rec[3] is None:
+        raise WireError("malformed")   # a member alone proves nothing
+    return rec[0], rec[1], rec[2], (rec, False)
 
 
 def first_conflict(first_a: int, qs_a: bytes, first_b: int, qs_b: bytes) -> int | None:
@@ -55,7 +80,7 @@ def first_conflict(first_a: int, qs_a: bytes, first_b: int, qs_b: bytes) -> int 
 
 def parse_proof(record_a: bytes, record_b: bytes, max_updates: int) -> tuple:
     """(pub, step, Record a, Record b) of a claimed proof, no crypto; WireError if it cannot be one."""
-    a, b = decode_record(record_a), decode_record(record_b)
+    a, b = decode_half(record_a), decode_half(record_b)
     if a[0] is None or a[0] != b[0]:
         raise WireError("malformed")   # a proof names its key, the same in both
     for _, _, qs, _ in (a, b):
@@ -91,7 +116,7 @@ class Equivocations:
     def held_conflict(self, rec: Record) -> bytes | None:
         """A stored record of rec's origin that gives a step rec covers another q (no crypto)."""
         for canon in self.sync.store.get(rec.origin, rec.first_step, 1 << 20):
-            _, first, qs, _ = decode_record(canon)
+            _, first, qs, _, _ = decode_any(canon)
             if first > rec.last_step:
                 break
             if first_conflict(first, qs, rec.first_step, rec.qs) is not None:
@@ -101,21 +126,43 @@ class Equivocations:
     def on_conflict(self, rec: Record, held: bytes) -> bool:
         """rec overlaps a record we hold (held, canonical); True if it is half of a proof
         (then handled), False if the two agree where they overlap (not a conflict)."""
-        _, hfirst, hqs, _ = decode_record(held)
+        _, hfirst, hqs, _, _ = decode_any(held)
         step = first_conflict(hfirst, hqs, rec.first_step, rec.qs)
         if step is None:
             return False
         have = self.step_of(rec.origin)
         if have is not None and have <= step:
             return True   # proven already (no crypto): a diverged peer's records come again
-        if not self.sync.session.verify_record(rec):
+        # A member reaches here only vouched for by a verified closer (sync._commit).
+        if rec.sig is not None and not self.sync.session.verify_record(rec):
             raise WireError("bad_signature")
+        halves = self.signed_half(rec.origin, held), self.signed_half(rec.origin, rec.canonical())
+        if None in halves:
+            return True   # a member whose closer is no longer held: not provable here, not taken
         self.sync.book.state(rec.origin).equivocating = True
-        if self.apply(Proof(rec.origin, step, *sorted((held, rec.canonical())))):
+        if self.apply(Proof(rec.origin, step, *sorted(halves))):
             self.sync.counters["equivocations"] += 1
             self.sync.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step,
-                                                       held, rec.canonical()))
+                                                       *halves))
         return True
+
+    def signed_half(self, origin: bytes, canon: bytes) -> bytes | None:
+        """canon itself if signed; a member bundled with the closer that vouches for it (found
+        among the held and stored records after it), or None if that closer is not here."""
+        pub, first, qs, sig, _ = decode_any(canon)
+        if sig is not None:
+            return canon
+        h = member_hash(self.sync.config.swarm_id, origin, first, qs)
+        st = self.sync.book.state(origin)
+        after = first + len(qs)
+        found = [r.canonical() for r in st.pending.values() if r.hashes]
+        found += [held[2] for f, held in st.recent.items() if f >= after]
+        found += self.sync.store.get(origin, after, 1 << 16)
+        for c in found:
+            closer = decode_any(c)
+            if closer[3] is not None and h in closer[4]:
+                return bundle(canon, c)
+        return None
 
     def on_proof(self, record_a: bytes, record_b: bytes) -> None:
         """A PROOF gossip item: checked (both signatures, same admitted key) unless we
@@ -129,8 +176,10 @@ class Equivocations:
             return
         if not s.session.admitted(pub):
             raise WireError("not_admitted")
-        for _, first, qs, sig in (a, b):
-            if not s.session.verify_record(Record(pub, origin, first, qs, sig)):
+        for _, first, qs, ((_, cfirst, cqs, csig, chashes), is_member) in (a, b):
+            if not s.session.verify_record(Record(pub, origin, cfirst, cqs, csig, chashes)):
+                raise WireError("bad_signature")
+            if is_member and member_hash(s.config.swarm_id, origin, first, qs) not in chashes:
                 raise WireError("bad_signature")
         self.apply(Proof(origin, step, *sorted((record_a, record_b))))
 

@@ -3,6 +3,18 @@
     signed message = b"onebyte-rec-v1" | swarm_id | origin(16) | first_step(u64le) | qs
     canonical form = the wire form with the origin's public key included
 
+Batches (genesis `records_per_signature` k > 1, docs/protocol.md "Batch signatures"): an
+origin signs only the last record of each batch of up to k consecutive records, the
+*closer*; the closer's signature also covers the member hashes of the batch's other
+records, the *members*, which travel unsigned:
+
+    member hash    = blake2b-256(b"onebyte-mem-v1" | swarm_id | origin | first_step | qs)
+    closer message = b"onebyte-bat-v1" | swarm_id | origin | first_step | n(u16le)
+                     | n member hashes | qs                   (n = 0: the record message)
+
+So a closer verifies on its own and a member verifies by its hash alone, in any order,
+from any relay; a member whose closer is not yet known waits (bounded) as a candidate.
+
 The book decides, before any signature check, whether a record is a
 duplicate, deliverable, to be held (out of order) or conflicting; the engine
 verifies the signature only for records that would change state.
@@ -15,13 +27,76 @@ from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .wire import encode_record
+from .identity import SIG_SIZE
+from .wire import (REC_HAS_KEY, MAX_STEP, WireError, _read_leb128, decode_record, encode_record, leb128,
+                   pack_qs, unpack_qs)
 
 RECENT_PER_ORIGIN = 64  # record fingerprints kept per origin for duplicate/equivocation checks
+REC_MEMBER = 0x02       # record flag: a batch member, no signature
+REC_HASHES = 0x04       # record flag: a closer, member hashes before the body
+HASH_SIZE = 32          # a member hash: collision resistance at the signature's 128-bit level
+HALF_BUNDLE = 0x80      # first byte of a proof half that is a member plus its closer
+CANDIDATES_PER_ORIGIN_MULT = 4   # candidates held per origin: this times records_per_signature
 
 
 def record_message(swarm_id: bytes, origin: bytes, first_step: int, qs: bytes) -> bytes:
     return b"onebyte-rec-v1" + swarm_id + origin + first_step.to_bytes(8, "little") + qs
+
+
+def batch_message(swarm_id: bytes, origin: bytes, first_step: int, qs: bytes, hashes: tuple) -> bytes:
+    """What a closer's signature covers; without member hashes, exactly record_message."""
+    if not hashes:
+        return record_message(swarm_id, origin, first_step, qs)
+    return (b"onebyte-bat-v1" + swarm_id + origin + first_step.to_bytes(8, "little")
+            + len(hashes).to_bytes(2, "little") + b"".join(hashes) + qs)
+
+
+def member_hash(swarm_id: bytes, origin: bytes, first_step: int, qs: bytes) -> bytes:
+    return hashlib.blake2b(b"onebyte-mem-v1" + swarm_id + origin + first_step.to_bytes(8, "little") + qs,
+                           digest_size=HASH_SIZE).digest()
+
+
+def encode_any(pub: bytes | None, first_step: int, qs: bytes, sig: bytes | None, hashes: tuple = ()) -> bytes:
+    """A record's wire form: signed (today's form), a closer (REC_HASHES) or a member (REC_MEMBER)."""
+    if sig is not None and not hashes:
+        return encode_record(pub, first_step, qs, sig)
+    w, body = pack_qs(qs)
+    flags = (w << 4) | (REC_HAS_KEY if pub is not None else 0)
+    if sig is None:
+        return bytes([flags | REC_MEMBER]) + (pub or b"") + leb128(first_step) + body
+    return (bytes([flags | REC_HASHES]) + (pub or b"") + leb128(first_step) + leb128(len(hashes))
+            + b"".join(hashes) + body + sig)
+
+
+def decode_any(rec: bytes) -> tuple:
+    """(pub or None, first_step, qs, sig or None, member hashes).  Raises WireError('malformed')."""
+    if not isinstance(rec, bytes) or len(rec) < 3:
+        raise WireError("malformed")
+    flags = rec[0]
+    kind = flags & (REC_MEMBER | REC_HASHES)
+    if not kind:
+        return (*decode_record(rec), ())
+    w = flags >> 4
+    if flags & 0x08 or w > 7 or kind == REC_MEMBER | REC_HASHES:
+        raise WireError("malformed")
+    pos = 1
+    pub = None
+    if flags & REC_HAS_KEY:
+        pub, pos = rec[1:33], 33
+    step, pos = _read_leb128(rec, pos)
+    hashes, end = (), len(rec)
+    if kind == REC_HASHES:
+        n, pos = _read_leb128(rec, pos)
+        end -= SIG_SIZE
+        if n < 1 or pos + n * HASH_SIZE > end:
+            raise WireError("malformed")
+        hashes = tuple(rec[pos + i * HASH_SIZE:pos + (i + 1) * HASH_SIZE] for i in range(n))
+        pos += n * HASH_SIZE
+    body = rec[pos:end]
+    if step < 1 or step >= MAX_STEP or len(body) < 1 or (pub is not None and len(pub) != 32):
+        raise WireError("malformed")
+    qs = unpack_qs(w, body) if w else body
+    return pub, step, qs, (rec[end:] if kind == REC_HASHES else None), hashes
 
 
 def qs_to_bytes(qs) -> bytes:
@@ -38,7 +113,8 @@ class Record:
     origin: bytes
     first_step: int
     qs: bytes
-    sig: bytes
+    sig: bytes | None          # None: a batch member (its closer's signature covers its hash)
+    hashes: tuple = ()         # a closer: the member hashes its signature covers
 
     @property
     def last_step(self) -> int:
@@ -47,14 +123,14 @@ class Record:
     def canonical(self) -> bytes:
         canon = self.__dict__.get("_canonical")
         if canon is None:
-            canon = self.__dict__["_canonical"] = encode_record(self.pub, self.first_step, self.qs,
-                                                                self.sig)
+            canon = self.__dict__["_canonical"] = encode_any(self.pub, self.first_step, self.qs,
+                                                             self.sig, self.hashes)
         return canon
 
     def fingerprint(self) -> bytes:
         fp = self.__dict__.get("_fingerprint")
         if fp is None:
-            fp = self.__dict__["_fingerprint"] = hashlib.blake2b(self.qs + self.sig,
+            fp = self.__dict__["_fingerprint"] = hashlib.blake2b(self.qs + (self.sig or b""),
                                                                  digest_size=8).digest()
         return fp
 
@@ -77,7 +153,7 @@ class TokenBucket:
 
 class OriginState:
     __slots__ = ("contiguous", "pending", "pending_updates", "recent", "recent_order", "bucket",
-                 "pull_bucket", "equivocating")
+                 "pull_bucket", "equivocating", "commits", "candidates")
 
     def __init__(self, contiguous: int = 0):
         self.contiguous = contiguous
@@ -88,6 +164,8 @@ class OriginState:
         self.bucket: TokenBucket | None = None        # pushed updates
         self.pull_bucket: TokenBucket | None = None   # updates we pulled
         self.equivocating = False
+        self.commits: dict[bytes, int] = {}        # member hash -> first step of its verified closer
+        self.candidates: dict[bytes, Record] = {}  # member hash -> member whose closer is unknown
 
 
 class Classified(IntEnum):
@@ -160,6 +238,27 @@ class RecordBook:
         self.pending_total -= len(st.pending)
         st.pending.clear()
         st.pending_updates = 0
+        st.commits.clear()
+        st.candidates.clear()
+
+    def hold_candidate(self, st: OriginState, h: bytes, rec: Record, limit: int) -> bool:
+        """Keep a member until its closer comes (oldest out past limit: a forged member only
+        costs room, and anti-entropy brings back a real one it pushed out)."""
+        if rec.first_step - st.contiguous > self.max_pending_per_origin:
+            return False
+        st.candidates.pop(h, None)
+        st.candidates[h] = rec
+        while len(st.candidates) > limit:
+            st.candidates.pop(next(iter(st.candidates)))
+        return True
+
+    def prune_batches(self, st: OriginState) -> None:
+        """Commitments of delivered closers and candidates at or below the contiguous step."""
+        top = st.contiguous
+        if st.commits:
+            st.commits = {h: c for h, c in st.commits.items() if c > top + 1}
+        if st.candidates:
+            st.candidates = {h: r for h, r in st.candidates.items() if r.last_step > top}
 
     def pop_next(self, st: OriginState):
         """Pop a held record that now touches the contiguous mark (None if none)."""

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from .config import ProtocolConfig
 from .identity import (SIG_SIZE, CryptoCache, Identity, cert_message, mac, make_cert, node_id_of,
                        pair_mac_key, parse_cert)
-from .records import Record, TokenBucket, record_message
+from .records import Record, TokenBucket, batch_message, member_hash
 from .replay_window import ReplayWindow
 from .wire import JOIN_MIN_SIZE, Header, MessageType, WireError, pack_header
 
@@ -177,12 +177,20 @@ class Session:
         self.cert = make_cert(self.identity, self._swarm, self.xpub, self.generation, self.incarnation)
 
     # ================================================================ signed statements
-    def sign_record(self, first_step: int, qs: bytes) -> bytes:
-        return self.identity.sign(record_message(self._swarm, self.node_id, first_step, qs))
+    def sign_record(self, first_step: int, qs: bytes, hashes: tuple = ()) -> bytes:
+        """A record's signature; with member hashes, a batch closer's (protocol/records.py)."""
+        return self.identity.sign(batch_message(self._swarm, self.node_id, first_step, qs, hashes))
 
     def verify_record(self, rec: Record) -> bool:
+        """A signed record or closer; a member (no signature) verifies by member_hash instead."""
+        if rec.sig is None:
+            return False
         return self.crypto.verify(rec.pub, rec.sig,
-                                  record_message(self._swarm, rec.origin, rec.first_step, rec.qs))
+                                  batch_message(self._swarm, rec.origin, rec.first_step, rec.qs,
+                                                rec.hashes))
+
+    def member_hash(self, rec: Record) -> bytes:
+        return member_hash(self._swarm, rec.origin, rec.first_step, rec.qs)
 
     def leave_message(self, node_id: bytes, generation: int, incarnation: int) -> bytes:
         return (b"onebyte-leave-v1" + self._swarm + node_id + generation.to_bytes(8, "little")

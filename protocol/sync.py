@@ -23,9 +23,10 @@ from .identity import SIG_SIZE
 from .influence import InfluenceBudget
 from .membership import Member, Membership
 from .outbox import Outbox
-from .records import Classified, OriginState, Record, RecordBook, TokenBucket, bytes_to_qs
+from .records import (CANDIDATES_PER_ORIGIN_MULT, REC_MEMBER, Classified, OriginState, Record, RecordBook,
+                      TokenBucket, bytes_to_qs, decode_any, encode_any)
 from .session import Session
-from .wire import NIL, MessageType, WireError, decode_record, encode_record, is_node_id, is_uint, packb
+from .wire import NIL, MessageType, WireError, is_node_id, is_uint, packb
 
 MAX_RECORDS_PER_DATAGRAM = 64
 MAX_PULL_ENTRIES = 24
@@ -95,10 +96,12 @@ class Sync:
         # of its signature, before decoding anything.
         self._seen_sigs: set = set()
         self._seen_order: deque = deque()
-        # Our own updates not yet in a signed record.
+        # Our own updates not yet in a signed record: the open record, and the full records
+        # of the open batch (records_per_signature > 1) waiting for its closer.
         self._own_qs = bytearray()
         self._own_first = 0
-        self.flush_at: float | None = None     # when the partial record is signed anyway
+        self._batch: list = []                 # [(first_step, qs)], unsigned members to be
+        self.flush_at: float | None = None     # when the open batch is signed anyway
         self.influence = InfluenceBudget.from_config(config)
         self.equiv = Equivocations(self)   # proofs of equivocation: one more exclusion reason
         self.equiv.load()
@@ -176,24 +179,42 @@ class Sync:
 
     # ================================================================ our records
     def add_own(self, q: int, now: float) -> None:
-        """Our update of step next_own_step (the engine checked it): batch it into a record."""
+        """Our update of step next_own_step (the engine checked it): batch it into a record,
+        a full record into the open batch; the batch is signed once it holds
+        records_per_signature records, or record_linger_s after its first update."""
         if not self._own_qs:
             self._own_first = self.next_own_step
-            self.flush_at = now + self.config.record_linger_s
+            if not self._batch:
+                self.flush_at = now + self.config.record_linger_s
         self._own_qs.append(q & 0xFF)
         self.next_own_step += 1
         if len(self._own_qs) >= self.config.updates_per_record:
-            self.flush(now)
+            if len(self._batch) + 1 >= self.config.records_per_signature:
+                self.flush(now)
+            else:
+                self._batch.append((self._own_first, bytes(self._own_qs)))
+                self._own_qs = bytearray()
 
     def flush(self, now: float) -> None:
-        """Sign the partial record now: store it, then queue it for push."""
-        if not self._own_qs:
-            return
-        qs, first = bytes(self._own_qs), self._own_first
-        self._own_qs = bytearray()
+        """Sign the open batch now (its last record is the closer): store and queue its
+        records, members first."""
+        batch, self._batch = self._batch, []
+        if self._own_qs:
+            batch.append((self._own_first, bytes(self._own_qs)))
+            self._own_qs = bytearray()
         self.flush_at = None
-        sig = self.session.sign_record(first, qs)
-        rec = Record(self.session.pub, self.node_id, first, qs, sig)
+        if not batch:
+            return
+        members = [Record(self.session.pub, self.node_id, f, qs, None) for f, qs in batch[:-1]]
+        first, qs = batch[-1]
+        hashes = tuple(self.session.member_hash(r) for r in members)
+        for rec in members:
+            self._publish_own(rec)
+        self._publish_own(Record(self.session.pub, self.node_id, first, qs,
+                                 self.session.sign_record(first, qs, hashes), hashes))
+
+    def _publish_own(self, rec: Record) -> None:
+        first, qs, sig = rec.first_step, rec.qs, rec.sig
         st = self.book.state(self.node_id)
         self.store.add(self.node_id, first, rec.last_step, rec.canonical())
         self.book.remember(st, rec)
@@ -201,9 +222,10 @@ class Sync:
         st.contiguous = rec.last_step
         self.counters["records_published"] += 1
         self.news()
-        self._remember_sig(sig)
+        if sig is not None:
+            self._remember_sig(sig)
         # Without the key: we are the sender, and receivers know our key from the session.
-        packed = packb(encode_record(None, first, qs, sig))
+        packed = packb(encode_any(None, first, qs, sig, rec.hashes))
         if self._direct():
             self.own_q.append(packed)
         else:
@@ -214,7 +236,7 @@ class Sync:
         """Records carried by an authenticated datagram from m; each bad one is a counted drop."""
         seen = self._seen_sigs
         for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
-            if isinstance(raw, bytes) and raw[-SIG_SIZE:] in seen:
+            if isinstance(raw, bytes) and raw and not raw[0] & REC_MEMBER and raw[-SIG_SIZE:] in seen:
                 self.counters["duplicate_records"] += 1   # the common case: one set lookup
                 continue
             try:
@@ -223,10 +245,12 @@ class Sync:
                 self.events.drop(e.reason, addr)
 
     def _on_record(self, m: Member, raw, now: float) -> None:
-        pub, first, qs, sig = decode_record(raw)
+        pub, first, qs, sig, hashes = decode_any(raw)
         if pub is None:
             pub = m.pub     # the sender is the origin
-        if len(qs) > self.config.max_record_updates or 0x80 in qs:
+        if (len(qs) > self.config.max_record_updates or 0x80 in qs
+                or len(hashes) >= self.config.records_per_signature
+                or sig is None and self.config.records_per_signature == 1):
             raise WireError("malformed")
         origin = self.session.origin_id(pub)
         if origin == self.node_id and not self._learns_own(first + len(qs) - 1):
@@ -234,7 +258,25 @@ class Sync:
             return
         if not self.session.admitted(pub):
             raise WireError("not_admitted")
-        rec = Record(pub, origin, first, qs, sig)
+        rec = Record(pub, origin, first, qs, sig, hashes)
+        if sig is None:
+            st = self.book.state(origin)
+            if rec.last_step <= st.contiguous:
+                self.counters["duplicate_records"] += 1
+                return
+            h = self.session.member_hash(rec)
+            if h not in st.commits:
+                # Its closer is not known yet: it waits (batch members in any order).
+                limit = CANDIDATES_PER_ORIGIN_MULT * self.config.records_per_signature
+                if not self.book.hold_candidate(st, h, rec, limit):
+                    raise WireError("buffer_full")
+                self.counters["batch_members_waiting"] = self.counters.get("batch_members_waiting", 0) + 1
+                return
+        self._consider(rec, now)
+
+    def _consider(self, rec: Record, now: float) -> None:
+        """A decoded, admitted record (a member: one its verified closer committed to)."""
+        origin, first, qs = rec.origin, rec.first_step, rec.qs
         kind, held = self.book.classify(rec)
         if kind != Classified.CONFLICT and first <= self.book.contiguous(origin) \
                 and first not in self.book.state(origin).recent:
@@ -251,12 +293,28 @@ class Sync:
             excluded = self.influence.excluded_from(origin)
             if excluded is not None and max(first, self.book.contiguous(origin) + 1) >= excluded:
                 raise WireError("excluded")   # nothing of it is ever delivered (no crypto)
-            if not self.session.verify_record(rec):
+            if rec.sig is not None and not self.session.verify_record(rec):
                 raise WireError("bad_signature")
             st = self.book.state(origin)
             if not self._within_rate(st, len(qs), now, self.pulls.get(origin, -1.0) >= now):
                 raise WireError("rate_limited")
             self._accept(st, rec)
+            if rec.hashes:
+                self._commit(st, rec, now)
+
+    def _commit(self, st: OriginState, closer: Record, now: float) -> None:
+        """A verified closer vouches for its members: take those already waiting."""
+        for h in closer.hashes:
+            st.commits[h] = closer.first_step
+        for h in closer.hashes:
+            member = st.candidates.pop(h, None)
+            if member is None:
+                continue
+            try:
+                self._consider(member, now)
+            except WireError as e:
+                self.events.drop(e.reason, None)
+        self.book.prune_batches(st)
 
     def _learns_own(self, last_step: int) -> bool:
         """An own record beyond what we hold: steps of ours we lost (an empty or old state
@@ -295,9 +353,12 @@ class Sync:
                 self._deliver(st, nxt)
             if st.contiguous + 1 >= (self.influence.excluded_from(rec.origin) or 1 << 62):
                 self.book.drop_pending(st)   # beyond the excluded step: never delivered
+            if st.commits or st.candidates:
+                self.book.prune_batches(st)
         self.counters["records_accepted"] += 1
         self.news()
-        self._remember_sig(rec.sig)
+        if rec.sig is not None:
+            self._remember_sig(rec.sig)
         if not self._direct():   # in a small swarm its origin sent it to every peer itself
             self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
 
@@ -339,7 +400,7 @@ class Sync:
         delivered: top, or the step before its breach."""
         first = 1
         for canon in self.store.get(origin, 1, 1 << 62):
-            _, rfirst, raw, _ = decode_record(canon)
+            _, rfirst, raw, _, _ = decode_any(canon)
             if rfirst + len(raw) - 1 < first:
                 continue
             if rfirst > first:
@@ -565,6 +626,18 @@ class Sync:
             wants.append((e[0], max(1, e[1])))
         self._serve(m, wants)
 
+    def _whole_batches(self, origin: bytes, from_step: int, limit: int) -> list:
+        """Stored records from from_step on, up to limit bytes, then on to the next signed
+        record: a member is served with the closer that vouches for it (a batch goes whole)."""
+        recs = self.store.get(origin, from_step, limit)
+        while recs and recs[-1][0] & REC_MEMBER:
+            _, first, qs, _, _ = decode_any(recs[-1])
+            more = self.store.get(origin, first + len(qs), 1)
+            if not more or decode_any(more[0])[1] != first + len(qs):
+                break
+            recs.append(more[0])
+        return recs
+
     def _serve(self, m: Member, wants: list) -> None:
         """Send records from the store covering each (origin, from_step), bounded in bytes."""
         left = self.config.pull_serve_bytes
@@ -574,12 +647,12 @@ class Sync:
             if left <= 0:
                 break
             cut = self.influence.excluded_from(origin) or 1 << 62
-            for canon in self.store.get(origin, from_step, min(left, budget - 3)):
-                if decode_record(canon)[1] >= cut:
+            for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
+                if decode_any(canon)[1] >= cut:
                     break   # wholly excluded: never served
                 if origin == self.node_id:
-                    _, first, qs, sig = decode_record(canon)
-                    canon = encode_record(None, first, qs, sig)
+                    _, first, qs, sig, hashes = decode_any(canon)
+                    canon = encode_any(None, first, qs, sig, hashes)
                 packed = packb(canon)
                 if len(packed) > budget:
                     continue
