@@ -41,7 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from onebyte.protocol import ProtocolConfig, UpdatesReceived  # noqa: E402
 from onebyte.protocol.sim import NetConfig, Swarm  # noqa: E402
 from onebyte.protocol.testing import Net  # noqa: E402
-from onebyte.protocol.wire import MessageType, decode_record, unpack_body  # noqa: E402
+from onebyte.protocol.records import HASH_SIZE, decode_any  # noqa: E402
+from onebyte.protocol.wire import MessageType, unpack_body  # noqa: E402
 
 SWARM_ID = bytes.fromhex("6f6e6562797465" + "00" * 25)
 
@@ -199,9 +200,13 @@ def draw_q(rng: random.Random, dist: str) -> int:
     return max(-127, min(127, round(rng.gauss(0.0, sigma))))
 
 
-def bytes_per_update(k: int, dist: str = "uniform") -> dict:
-    """Measure an origin's steady-state PUSH datagram with records of k updates."""
-    cfg = ProtocolConfig(swarm_id=SWARM_ID, updates_per_record=k, record_linger_s=1000.0, fanout=1)
+def bytes_per_update(k: int, dist: str = "uniform", rps: int | None = None) -> dict:
+    """Measure an origin's steady-state PUSH datagrams with records of k updates, signed in
+    batches of rps records (None: the ProtocolConfig default): all the PUSH datagrams that
+    carry whole batches (a datagram may end inside a batch), bytes / updates over them."""
+    extra = {} if rps is None else {"records_per_signature": rps}
+    cfg = ProtocolConfig(swarm_id=SWARM_ID, updates_per_record=k, record_linger_s=1000.0, fanout=1,
+                         **extra)
     net = Net(cfg)
     a = net.add(1)
     b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
@@ -211,7 +216,9 @@ def bytes_per_update(k: int, dist: str = "uniform") -> dict:
     per = max(1, 1100 // (k + 72))
     step = a.next_own_step
     rng = random.Random(k)
-    for _ in range(per * k * 2):
+    rps = cfg.records_per_signature
+    n_records = -(-8 * max(per, rps) // rps) * rps   # whole batches, about eight datagrams
+    for _ in range(n_records * k):
         a.publish(step, draw_q(rng, dist), net.now)
         step += 1
     pushes = []
@@ -221,17 +228,27 @@ def bytes_per_update(k: int, dist: str = "uniform") -> dict:
             pushes.append(data)
         return False
 
-    while not pushes:
+    for _ in range(100):
         net.advance(0.05, drop=grab)
-    data = pushes[0]
-    _, gossip, records = unpack_body(data[35:-16])
-    updates = sum(len(decode_record(r)[2]) for r in records)
-    return {"updates_per_record": k, "q_distribution": dist, "datagram_bytes": len(data),
-            "records_in_datagram": len(records),
-            "gossip_items_in_datagram": len(gossip), "updates_in_datagram": updates,
-            "bytes_per_update": len(data) / updates,
-            "record_bytes_per_update": (len(data) - 35 - 16 - 5) / updates,
-            "floor_qs_plus_signature": (k + 64) / k}
+        if pushes:
+            break
+    net.advance(0.05, drop=grab)   # the rest of the round
+    sizes, records, gossip = [], [], 0
+    for data in pushes:
+        _, g, recs = unpack_body(data[35:-16])
+        if recs:
+            sizes.append(len(data))
+            records += recs
+            gossip += len(g)
+    updates = sum(len(decode_any(r)[2]) for r in records)
+    return {"updates_per_record": k, "records_per_signature": rps,
+            "q_distribution": dist, "datagrams": len(sizes), "datagram_bytes": sizes,
+            "records": len(records),
+            "signatures": sum(decode_any(r)[3] is not None for r in records),
+            "gossip_items": gossip, "updates": updates,
+            "bytes_per_update": sum(sizes) / updates,
+            "record_bytes_per_update": sum(len(r) for r in records) / updates,
+            "floor_qs_plus_signature": (k + 64 / rps + HASH_SIZE * (1 - 1 / rps)) / k}
 
 
 def main(argv=None):

@@ -154,6 +154,8 @@ class Equivocations:
             return canon
         h = member_hash(self.sync.config.swarm_id, origin, first, qs)
         st = self.sync.book.state(origin)
+        if h in st.commits:
+            return bundle(canon, st.commits[h].canonical())
         after = first + len(qs)
         found = [r.canonical() for r in st.pending.values() if r.hashes]
         found += [held[2] for f, held in st.recent.items() if f >= after]

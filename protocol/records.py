@@ -8,7 +8,7 @@ origin signs only the last record of each batch of up to k consecutive records, 
 *closer*; the closer's signature also covers the member hashes of the batch's other
 records, the *members*, which travel unsigned:
 
-    member hash    = blake2b-256(b"onebyte-mem-v1" | swarm_id | origin | first_step | qs)
+    member hash    = blake2b-128(b"onebyte-mem-v1" | swarm_id | origin | first_step | qs)
     closer message = b"onebyte-bat-v1" | swarm_id | origin | first_step | n(u16le)
                      | n member hashes | qs                   (n = 0: the record message)
 
@@ -34,7 +34,10 @@ from .wire import (REC_HAS_KEY, MAX_STEP, WireError, _read_leb128, decode_record
 RECENT_PER_ORIGIN = 64  # record fingerprints kept per origin for duplicate/equivocation checks
 REC_MEMBER = 0x02       # record flag: a batch member, no signature
 REC_HASHES = 0x04       # record flag: a closer, member hashes before the body
-HASH_SIZE = 32          # a member hash: collision resistance at the signature's 128-bit level
+# A member hash needs second-preimage resistance only (nobody but the origin can make a
+# member match its closer: 128 bits); two members of one hash that the origin crafted would
+# both verify, and are then two signed q for one step: an equivocation proof like any other.
+HASH_SIZE = 16
 HALF_BUNDLE = 0x80      # first byte of a proof half that is a member plus its closer
 CANDIDATES_PER_ORIGIN_MULT = 4   # candidates held per origin: this times records_per_signature
 
@@ -164,7 +167,7 @@ class OriginState:
         self.bucket: TokenBucket | None = None        # pushed updates
         self.pull_bucket: TokenBucket | None = None   # updates we pulled
         self.equivocating = False
-        self.commits: dict[bytes, int] = {}        # member hash -> first step of its verified closer
+        self.commits: dict[bytes, Record] = {}     # member hash -> the verified closer vouching for it
         self.candidates: dict[bytes, Record] = {}  # member hash -> member whose closer is unknown
 
 
@@ -253,12 +256,12 @@ class RecordBook:
         return True
 
     def prune_batches(self, st: OriginState) -> None:
-        """Commitments of delivered closers and candidates at or below the contiguous step."""
+        """Forget the commitments of delivered closers (their members are all delivered).
+        Candidates go only by the FIFO bound: one at or below the contiguous step is held
+        only when it conflicts with a held step (possible equivocation evidence)."""
         top = st.contiguous
         if st.commits:
-            st.commits = {h: c for h, c in st.commits.items() if c > top + 1}
-        if st.candidates:
-            st.candidates = {h: r for h, r in st.candidates.items() if r.last_step > top}
+            st.commits = {h: c for h, c in st.commits.items() if c.first_step > top + 1}
 
     def pop_next(self, st: OriginState):
         """Pop a held record that now touches the contiguous mark (None if none)."""

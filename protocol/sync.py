@@ -221,7 +221,7 @@ class Sync:
         self.digest.update(self.node_id, st.contiguous, rec.last_step)
         st.contiguous = rec.last_step
         self.counters["records_published"] += 1
-        self.news()
+        # Not news for anti-entropy: our records go out by push; a peer that misses one pulls it.
         if sig is not None:
             self._remember_sig(sig)
         # Without the key: we are the sender, and receivers know our key from the session.
@@ -243,6 +243,8 @@ class Sync:
                 self._on_record(m, raw, now)
             except WireError as e:
                 self.events.drop(e.reason, addr)
+                if e.reason in ("rate_limited", "buffer_full"):
+                    self.news()   # a record we refused for now: anti-entropy pulls it soon
 
     def _on_record(self, m: Member, raw, now: float) -> None:
         pub, first, qs, sig, hashes = decode_any(raw)
@@ -261,11 +263,11 @@ class Sync:
         rec = Record(pub, origin, first, qs, sig, hashes)
         if sig is None:
             st = self.book.state(origin)
-            if rec.last_step <= st.contiguous:
-                self.counters["duplicate_records"] += 1
-                return
             h = self.session.member_hash(rec)
             if h not in st.commits:
+                if rec.last_step <= st.contiguous and self.equiv.held_conflict(rec) is None:
+                    self.counters["duplicate_records"] += 1   # steps we hold, the same q
+                    return
                 # Its closer is not known yet: it waits (batch members in any order).
                 limit = CANDIDATES_PER_ORIGIN_MULT * self.config.records_per_signature
                 if not self.book.hold_candidate(st, h, rec, limit):
@@ -285,6 +287,12 @@ class Sync:
             kind = Classified.CONFLICT if held is not None else kind
         if kind == Classified.CONFLICT and self.equiv.on_conflict(rec, held):
             return   # half of an equivocation proof (protocol/equivocation.py)
+        if kind == Classified.CONFLICT and rec.hashes:
+            # Another closer for steps we hold, agreeing on its own q: it may vouch for other
+            # members (an equivocation in a member), so they must be checkable when they come.
+            if not self.session.verify_record(rec):
+                raise WireError("bad_signature")
+            self._commit(self.book.state(origin), rec, now)
         if kind == Classified.DUP or rec.last_step <= self.book.contiguous(origin):
             self.counters["duplicate_records"] += 1
         else:
@@ -305,7 +313,7 @@ class Sync:
     def _commit(self, st: OriginState, closer: Record, now: float) -> None:
         """A verified closer vouches for its members: take those already waiting."""
         for h in closer.hashes:
-            st.commits[h] = closer.first_step
+            st.commits[h] = closer
         for h in closer.hashes:
             member = st.candidates.pop(h, None)
             if member is None:
@@ -356,7 +364,10 @@ class Sync:
             if st.commits or st.candidates:
                 self.book.prune_batches(st)
         self.counters["records_accepted"] += 1
-        self.news()
+        if st.contiguous < rec.last_step:
+            self.news()   # held for a gap: something was lost on the way, compare soon
+        # A record delivered in order is the flow working, not news: anti-entropy backs off
+        # while records flow and returns to its base only when a round has to repair.
         if rec.sig is not None:
             self._remember_sig(rec.sig)
         if not self._direct():   # in a small swarm its origin sent it to every peer itself
@@ -456,7 +467,7 @@ class Sync:
             # and digest), so a membership backlog (a thousand joins) never delays updates.
             rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
             records = self.record_q.take_into(rooms, rlimit)
-            gossip = self.gossip_q.take_into(rooms, limit)
+            gossip = self.gossip_q.take_into(rooms, limit, peer)
             for g, r in zip(gossip, records):
                 if g or r:
                     self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
@@ -554,13 +565,11 @@ class Sync:
         if flags & ROOT:
             if payload != _root_of(self.digest.packed()):
                 # We differ: answer with our digest in full, which it answers with a VECTOR.
-                self.news()
+                # Not news by itself (records in flight differ too): the VECTOR's pulls are.
                 self.outbox.send(MessageType.DIGEST, m, self._digest_payload())
             return
         differing = self.digest.differing(payload)
-        if differing:
-            self.news()
-        elif not flags & ASK_OWN:
+        if not differing and not flags & ASK_OWN:
             return
         listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
         entries = [[o, self.book.contiguous(o)] for o in listed]
@@ -590,7 +599,6 @@ class Sync:
                 raise WireError("malformed")
             theirs[e[0]] = e[1]
         buckets = [b for b in payload[0] if is_uint(b, 64)]
-        self.news()   # a VECTOR answers a digest that differed
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
@@ -601,6 +609,7 @@ class Sync:
         self.rng.shuffle(pulls)
         pulls = pulls[:MAX_PULL_ENTRIES]
         if pulls:
+            self.news()   # a repair: we lacked something, compare again soon
             # What we asked for is exempt from the push rate cap for a while.
             expiry = now + 2 * self.config.anti_entropy_interval_s
             for o, _ in pulls:
@@ -612,6 +621,7 @@ class Sync:
                 if self.book.contiguous(o) > theirs.get(o, 0):
                     wants.append((o, theirs.get(o, 0) + 1))
         if wants:
+            self.news()   # a repair: they lacked something
             self.rng.shuffle(wants)
             self._serve(m, wants[:MAX_PULL_ENTRIES])
         self._check_own(now)
