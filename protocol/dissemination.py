@@ -11,6 +11,20 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 
+from .wire import packed_alive_tag
+
+# Certificates a peer is known to hold, kept per peer (Member.known): bounded, oldest out.
+KNOWN_PER_PEER = 1024
+
+
+def note_held(peer, node_id: bytes, tag: bytes) -> None:
+    """peer (a Member) holds node_id's certificate as alive_tag `tag` (protocol/wire.py)."""
+    known = peer.known
+    known.pop(node_id, None)
+    known[node_id] = tag
+    if len(known) > KNOWN_PER_PEER:
+        del known[next(iter(known))]
+
 
 class TransmitLimitedQueue:
     """Items (already packed) sent fewest-transmits-first, newest first among equals.
@@ -24,6 +38,9 @@ class TransmitLimitedQueue:
         self.newest_first = newest_first   # records go oldest first: receivers then see steps in order
         self._by_count: dict[int, dict] = {}   # transmits -> {key: packed}, insertion ordered
         self._where: dict = {}                 # key -> transmits
+        # key -> alive_tag of an ALIVE item: a peer whose `known` holds it is skipped (the
+        # transmit counts, no bytes go): a certificate goes only to peers that lack it.
+        self._tags: dict = {}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -34,6 +51,9 @@ class TransmitLimitedQueue:
             self._drop_from(old, key)
         self._by_count.setdefault(0, {})[key] = packed
         self._where[key] = 0
+        tag = packed_alive_tag(packed)
+        if tag is not None:
+            self._tags[key] = tag
         if len(self._where) > self.max_items:
             self._prune()
 
@@ -45,16 +65,32 @@ class TransmitLimitedQueue:
                 key = next(iter(bucket))
                 del bucket[key]
                 del self._where[key]
+                self._tags.pop(key, None)
             if not bucket:
                 del self._by_count[count]
             if len(self._where) <= self.max_items:
                 return
 
-    def take(self, budget: int, limit: int, overhead: int = 0, sent: set | None = None) -> list:
+    def _held(self, key, to) -> bool:
+        """The peer `to` (a Member) holds this ALIVE item's news already: it is the subject,
+        or its `known` has the item's tag (see _tags)."""
+        if to is None or key not in self._tags:
+            return False
+        return key == to.node_id or to.known.get(key) == self._tags[key]
+
+    def _given(self, key, to) -> None:
+        """An ALIVE item goes to the peer: from now on it holds that certificate."""
+        tag = self._tags.get(key) if to is not None else None
+        if tag is not None:
+            note_held(to, key, tag)
+
+    def take(self, budget: int, limit: int, overhead: int = 0, sent: set | None = None,
+             to=None) -> list:
         """Items fitting in budget bytes (each costs len + overhead); counts one transmit each.
 
         `sent` (keys already given to this peer this round) is skipped and extended, so one
-        peer never gets the same item twice in a round.  Stops after a few items that do not
+        peer never gets the same item twice in a round; `known` (the peer's Member.known) skips
+        the ALIVE items that peer (a Member) holds.  Stops after a few items that do not
         fit, so a long queue costs O(taken), not O(queue).
         """
         out, moved, misses = [], [], 0
@@ -64,6 +100,9 @@ class TransmitLimitedQueue:
                 if sent is not None and key in sent:
                     continue
                 packed = bucket[key]
+                if self._held(key, to):
+                    moved.append((key, count, packed))   # held already: counts, costs nothing
+                    continue
                 cost = len(packed) + overhead
                 if cost > budget:
                     misses += 1
@@ -71,6 +110,7 @@ class TransmitLimitedQueue:
                         break
                     continue
                 budget -= cost
+                self._given(key, to)
                 out.append(packed)
                 moved.append((key, count, packed))
             if misses >= 4 or budget <= overhead:
@@ -79,7 +119,7 @@ class TransmitLimitedQueue:
         self._advance(moved, limit, sent)
         return out
 
-    def take_into(self, rooms: list, limit: int) -> list:
+    def take_into(self, rooms: list, limit: int, to=None) -> list:
         """Fill several datagrams for one peer in one pass: rooms[i] is datagram i's free bytes
         (updated in place); returns the items per datagram.  An item goes into the current
         datagram if it fits, else the next; each item is taken at most once per call."""
@@ -89,11 +129,15 @@ class TransmitLimitedQueue:
             bucket = self._by_count[count]
             for key in (reversed(bucket) if self.newest_first else iter(bucket)):
                 packed = bucket[key]
+                if self._held(key, to):
+                    moved.append((key, count, packed))   # held already: counts, costs nothing
+                    continue
                 size = len(packed)
                 while cur < n and size > rooms[cur]:
                     cur += 1
                 if cur >= n:
                     break
+                self._given(key, to)
                 rooms[cur] -= size
                 out[cur].append(packed)
                 moved.append((key, count, packed))
@@ -113,6 +157,7 @@ class TransmitLimitedQueue:
                 del by_count[count]
             if count + 1 >= limit:
                 del where[key]
+                self._tags.pop(key, None)
             else:
                 nxt = by_count.get(count + 1)
                 if nxt is None:
@@ -126,6 +171,7 @@ class TransmitLimitedQueue:
             bucket.pop(key, None)
             if not bucket:
                 del self._by_count[count]
+        self._tags.pop(key, None)
 
 
 DIGEST_BUCKETS = 64

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import ProtocolConfig
-from .dissemination import TransmitLimitedQueue
+from .dissemination import TransmitLimitedQueue, note_held
 from .events import EventQueue, PeerJoined
 from .identity import CryptoCache, Identity, parse_cert
 from .membership import Change, Member, Membership, MemberState
@@ -38,7 +38,7 @@ from .probing import Probing
 from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .sync import Sync
-from .wire import (NIL, Alive, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
+from .wire import (NIL, Alive, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
                    encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
@@ -418,13 +418,16 @@ class Engine:
     def _on_peers_req(self, m: Member, payload, now: float) -> None:
         # Every live member, reachable by us or not: the asker may have (or make) a path.
         items, budget = [], self.outbox.budget(m, 1)
-        pool = [p for p in self.members.live_members() if p is not m]
+        # Only certificates it is not known to hold (Member.known): each goes to it once.
+        pool = [p for p in self.members.live_members()
+                if p is not m and m.known.get(p.node_id) != alive_tag(p.cert, p.nat)]
         for peer in self.rng.sample(pool, min(PEERS_PER_ANSWER, len(pool))):
             packed = encode_alive(peer.cert, peer.addr, peer.nat)
             if len(packed) > budget:
                 break
             budget -= len(packed)
             items.append(packed)
+            note_held(m, peer.node_id, alive_tag(peer.cert, peer.nat))
         self.outbox.send(MessageType.PEERS, m, NIL, items)
 
     # ================================================================ membership gossip
@@ -459,6 +462,7 @@ class Engine:
             return
         known = self.members.get(node_id)
         direct = node_id == sender.node_id
+        note_held(sender, node_id, alive_tag(item.cert, item.nat))   # no need to send it back
         if item.nat:
             self.nat.activate()
         if known is not None and known.cert == item.cert:

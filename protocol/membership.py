@@ -30,7 +30,7 @@ class MemberState(IntEnum):
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
                  "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
-                 "nat", "path_until", "relay")
+                 "nat", "path_until", "relay", "known")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -53,6 +53,9 @@ class Member:
         self.nat = NatKind.OPEN
         self.path_until = float("-inf")
         self.relay: bytes | None = None
+        # Certificates it is known to hold: node id -> alive_tag (protocol/wire.py), from ALIVE
+        # items it sent us or we sent it; ALIVE gossip skips these (dissemination.py).
+        self.known: dict = {}
 
     @property
     def live(self) -> bool:

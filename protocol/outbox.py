@@ -44,7 +44,7 @@ class Outbox:
             if piggyback and len(self.gossip_q):
                 budget = self.budget(m, len(payload)) - sum(len(r) + 3 for r in records or ())
                 limit = self.config.transmit_limit(self.members.live_count() + 1)
-                gossip = self.gossip_q.take(budget, limit, 0)
+                gossip = self.gossip_q.take(budget, limit, 0, to=m)
         body = pack_body(payload, gossip, records or [])
         data = self.session.seal(mtype, m.mac_key, body, with_cert=cert or not m.confirmed)
         if addr is None and m.relay is not None and self.nat is not None and self.nat.wrap(m, data):

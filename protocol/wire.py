@@ -235,6 +235,25 @@ def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN) -> bytes:
     return packb(item + [int(nat)] if nat else item)
 
 
+def alive_tag(cert: bytes, nat: int) -> bytes:
+    """What an ALIVE item tells a receiver that already holds some certificate of its subject:
+    which certificate (its last 8 bytes, inside the signature) and the NatKind.  Two ALIVE
+    items with one tag are the same news; a peer known to hold it needs neither again."""
+    return cert[-8:] + bytes([int(nat)])
+
+
+def packed_alive_tag(packed: bytes) -> bytes | None:
+    """alive_tag of a packed ALIVE item (None for any other item): the gossip queue keeps it
+    beside the item, to skip peers that already hold that certificate."""
+    if len(packed) < 2 or packed[1] != GossipKind.ALIVE:   # [ALIVE, ...]: a fixarray, then 0
+        return None
+    try:
+        item = decode_gossip(msgpack.unpackb(packed, raw=False))
+    except (WireError, ValueError):
+        return None
+    return alive_tag(item.cert, item.nat) if isinstance(item, Alive) else None
+
+
 def encode_suspect(node_id: bytes, incarnation: int) -> bytes:
     return packb([GossipKind.SUSPECT, node_id, incarnation])
 
