@@ -22,9 +22,9 @@ Definitions (also written into the JSON):
                         bytes sent per node per simulated second, measured over --idle-measure s
                         after --idle-warmup s (membership settled, back-offs at their caps),
                         keyed by swarm size; idle_bytes_by_kind splits it by message type
-  bytes_per_update_K    bytes of an origin's first PUSH datagram in steady state (header,
-                        MAC, msgpack framing and K-update records, packed as full as the
-                        engine packs them) / updates it carries; see docs/protocol.md
+  bytes_per_update_K    bytes of an origin's PUSH datagrams (header, MAC, msgpack framing
+                        and K-update records in whole signed batches, packed as full as the
+                        engine packs them) / updates they carry; see docs/protocol.md
 """
 from __future__ import annotations
 
@@ -251,6 +251,27 @@ def bytes_per_update(k: int, dist: str = "uniform", rps: int | None = None) -> d
             "floor_qs_plus_signature": (k + 64 / rps + HASH_SIZE * (1 - 1 / rps)) / k}
 
 
+def bytes_out(rps: int | None) -> dict:
+    """The bytes-per-update keys of the result: K in (1, 8, 64, 256), uniform and concentrated
+    q, at rps records per signature (None: the default), and K = 64 across rps."""
+    bpu = {k: bytes_per_update(k, rps=rps) for k in (1, 8, 64, 256)}
+    bpu_g = {k: bytes_per_update(k, "gaussian_sigma8", rps) for k in (1, 8, 64, 256)}
+    sweep = {r: bytes_per_update(64, rps=r) for r in (1, 2, 4, 8, 16)}
+    return {
+        **{f"bytes_per_update_{k}": round(v["bytes_per_update"], 4) for k, v in bpu.items()},
+        **{f"bytes_per_update_{k}_q_gaussian_sigma8": round(v["bytes_per_update"], 4)
+           for k, v in bpu_g.items()},
+        "records_per_signature": bpu[64]["records_per_signature"],
+        "bytes_per_update_64_by_records_per_signature": {
+            str(r): round(v["bytes_per_update"], 4) for r, v in sweep.items()},
+        "bytes_per_update_note": "headline bytes_per_update_K use uniform q in [-127, 127] "
+                                 "(incompressible, worst case) and records_per_signature as "
+                                 "shown; *_q_gaussian_sigma8 draw q from a rounded N(0, 8^2), "
+                                 "which the packed record encoding shrinks",
+        "bytes_per_update_detail": {"uniform": bpu, "gaussian_sigma8": bpu_g},
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="write the result object here")
@@ -266,12 +287,26 @@ def main(argv=None):
     ap.add_argument("--idle-warmup", type=float, default=240.0)
     ap.add_argument("--idle-measure", type=float, default=120.0)
     ap.add_argument("--idle-only", action="store_true", help="only the idle-cost measurement")
+    ap.add_argument("--bytes-only", action="store_true",
+                    help="only the bytes-per-update measurement (seconds, not minutes)")
+    ap.add_argument("--records-per-signature", type=int, default=None,
+                    help="records per signed batch for bytes_per_update_K (default: ProtocolConfig's)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
+    if args.bytes_only:
+        text = json.dumps(bytes_out(args.records_per_signature), indent=2)
+        print(text)
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+        return
+
+    bytes_res = bytes_out(args.records_per_signature)
+    log("bytes/update uniform q " + json.dumps(bytes_res["bytes_per_update_64_by_records_per_signature"]))
     idle = {}
     for n in args.idle_sizes:
         idle[str(n)] = idle_cost(n, args.idle_warmup, args.idle_measure, args.seed)
@@ -287,10 +322,6 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 f.write(text + "\n")
         return
-    bpu = {k: bytes_per_update(k) for k in (1, 8, 64, 256)}
-    bpu_g = {k: bytes_per_update(k, "gaussian_sigma8") for k in (1, 8, 64, 256)}
-    log("bytes/update uniform q " + json.dumps({k: round(v["bytes_per_update"], 3) for k, v in bpu.items()}))
-    log("bytes/update gaussian q " + json.dumps({k: round(v["bytes_per_update"], 3) for k, v in bpu_g.items()}))
     scenarios, crash, runs = [], None, []
     for n in args.sizes:
         res, c, meta = run_size(n, args, log)
@@ -307,13 +338,7 @@ def main(argv=None):
                                        if s["delivered_fraction"] is not None), default=None),
         "crash80_delivered_fraction": crash["delivered_fraction"],
         f"p99_dissemination_s_{big}_loss5": loss5[0]["p99_dissemination_s"],
-        **{f"bytes_per_update_{k}": round(v["bytes_per_update"], 4) for k, v in bpu.items()},
-        **{f"bytes_per_update_{k}_q_gaussian_sigma8": round(v["bytes_per_update"], 4)
-           for k, v in bpu_g.items()},
-        "bytes_per_update_note": "headline bytes_per_update_K use uniform q in [-127, 127] "
-                                 "(incompressible, worst case); *_q_gaussian_sigma8 draw q from a "
-                                 "rounded N(0, 8^2), which the packed record encoding shrinks",
-        "bytes_per_update_detail": {"uniform": bpu, "gaussian_sigma8": bpu_g},
+        **bytes_res,
         **idle_out,
         "scenarios": scenarios,
         "crash80": crash,
@@ -335,9 +360,10 @@ def main(argv=None):
                                 "(simulated seconds)"),
             ("from_publish_s", "as dissemination_s but from publish() of the record's first update"),
             ("bytes_per_node_per_s", "all bytes sent by live nodes / nodes / simulated seconds"),
-            ("bytes_per_update_K", "len(origin's steady-state PUSH datagram) / updates in it; "
-                                   "includes 35-byte header, 16-byte MAC, msgpack framing, "
-                                   "64-byte signature per record"),
+            ("bytes_per_update_K", "bytes of an origin's PUSH datagrams carrying whole batches / "
+                                   "updates in them; includes 35-byte header, 16-byte MAC, "
+                                   "msgpack framing, 64-byte signature per batch, 16-byte hash "
+                                   "per other record of a batch"),
         )},
         "wall_s": round(time.perf_counter() - t0, 1),
     }

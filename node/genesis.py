@@ -35,7 +35,7 @@ GENESIS_TABLES = ("swarm", "hyper", "task")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
 GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
                            "updates_per_record", "record_linger_s", "influence_window",
-                           "influence_max_abs", "influence_max_sum")
+                           "influence_max_abs", "influence_max_sum", "records_per_signature")
 SWARM_DEFAULTS: dict[str, Any] = {
     "name": "onebyte",
     "members": [],                 # hex Ed25519 public keys (closed admission)
@@ -139,6 +139,9 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
     _check_type(where, "swarm", swarm, "base_model", str)
     _check_type(where, "swarm", swarm, "base_model_hash", str)
     _check_type(where, "swarm", swarm, "updates_per_record", int)
+    _check_type(where, "swarm", swarm, "records_per_signature", int)
+    if not 1 <= swarm.get("records_per_signature", 1) <= 64:
+        raise ConfigError(f"{where}: [swarm] records_per_signature must be in 1..64")
     for f in ("max_updates_per_s_per_origin", "record_linger_s"):
         _check_type(where, "swarm", swarm, f, (int, float))
         if f in swarm and not (math.isfinite(swarm[f]) and swarm[f] > 0):

@@ -25,7 +25,7 @@ class ProtocolConfig:
     record_linger_s: float = 4.0          # flush a partial record after this long: one 64-byte
                                           # signature per 4 s of an origin's steps (staleness
                                           # <= ~4 s; docs/performance-node.md, the trade-off)
-    records_per_signature: int = 1        # records per signed batch (docs/protocol.md, "Batch
+    records_per_signature: int = 4        # records per signed batch (docs/protocol.md, "Batch
                                           # signatures"); 1: every record signed on its own
     gossip_interval_s: float = 0.2        # eager push round
     fanout: int = 3                       # peers per push round
@@ -36,6 +36,8 @@ class ProtocolConfig:
                                           # to each once and nobody relays them (n - 1 copies)
     probe_interval_s: float = 1.0         # SWIM protocol period
     probe_timeout_s: float = 0.5          # direct ack wait before indirect probes
+    probe_quiet_s: float = 4.0            # a member heard from this recently is not pinged: its own
+                                          # traffic answers for it (detection + at most this)
     indirect_probes: int = 3              # helpers asked to ping a silent peer
     suspicion_mult: int = 4               # suspect -> dead after mult * max(1, log10 n) periods
     dead_forget_s: float = 60.0           # dead/left peers forgotten (and allowed back) after this
@@ -81,6 +83,8 @@ class ProtocolConfig:
         if not (self.anti_entropy_max_interval_s >= self.anti_entropy_interval_s
                 and self.peer_exchange_max_interval_s >= self.peer_exchange_interval_s > 0):
             raise ConfigError("anti-entropy and peer-exchange max intervals must be >= their base")
+        if not 0 <= self.probe_quiet_s <= 60:
+            raise ConfigError("probe_quiet_s must be in 0..60")
         if self.probe_timeout_s >= self.probe_interval_s:
             raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
         for name in ("influence_window", "influence_max_abs", "influence_max_sum"):
