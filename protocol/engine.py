@@ -365,7 +365,7 @@ class Engine:
             self.nat.heard_direct(m, now)
         if not m.live:
             self.probing.tell_dead(m, now)   # so it can refute, and come back
-        self.probing.heard_from(m, h.type)
+        self.probing.heard_from(m, h.type, now)
         return m
 
     def _on_join(self, h: Header, addr, now: float) -> None:

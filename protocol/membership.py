@@ -30,7 +30,7 @@ class MemberState(IntEnum):
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
                  "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
-                 "nat", "path_until", "relay", "known")
+                 "nat", "path_until", "relay", "known", "heard_at")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -56,6 +56,7 @@ class Member:
         # Certificates it is known to hold: node id -> alive_tag (protocol/wire.py), from ALIVE
         # items it sent us or we sent it; ALIVE gossip skips these (dissemination.py).
         self.known: dict = {}
+        self.heard_at = float("-inf")   # its last authenticated datagram (protocol/probing.py)
 
     @property
     def live(self) -> bool:

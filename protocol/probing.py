@@ -49,6 +49,13 @@ class Probing:
         for seq in [s for s, r in self.relays.items() if r.expires < now]:
             del self.relays[seq]
         target = self.members.next_probe_target(self.rng)
+        if (target is not None and now - target.heard_at < self.config.probe_quiet_s
+                and target.rtt is not None and self.members.reachable is None):
+            # Its own traffic (records, digests, pings) proved it alive lately: skip its turn.
+            # A member that dies falls silent, and probe_quiet_s later it is pinged again.
+            # Each member is still pinged once (its ACK tells us our observed address), and
+            # never skipped with NATs about (paths and keep-alives ride on the probes).
+            return
         if target is not None:
             self._seq += 1
             self.probes[self._seq] = Probe(target.node_id, now)
@@ -89,10 +96,12 @@ class Probing:
         self.outbox.send(MessageType.PING, m, packb(0), [encode_dead(m.node_id, m.incarnation)])
 
     # ================================================================ messages
-    def heard_from(self, m: Member, mtype: MessageType) -> None:
+    def heard_from(self, m: Member, mtype: MessageType, now: float | None = None) -> None:
         """Any authenticated datagram from a probed member proves it alive (fewer false
         suspicions under load and loss than waiting for the one ACK).  An ACK settles its own
-        probe in on_ack, where it also measures the round trip."""
+        probe in on_ack, where it also measures the round trip.  now: when (see probe_next)."""
+        if now is not None:
+            m.heard_at = now
         if self.probes and mtype != MessageType.ACK:
             for seq in [s for s, p in self.probes.items() if p.target == m.node_id]:
                 del self.probes[seq]

@@ -1,0 +1,68 @@
+"""Probes skip members whose own traffic proved them alive lately (issue 12): fewer PINGs
+while records flow, and a member that dies is still declared dead within the SWIM bound plus
+probe_quiet_s.  Simulator with a fake clock only."""
+from dataclasses import replace
+
+import pytest
+
+from onebyte.protocol import ProtocolConfig
+from onebyte.protocol.config import ConfigError
+from onebyte.protocol.membership import MemberState
+from onebyte.protocol.sim import NetConfig, Swarm
+from onebyte.protocol.testing import SWARM
+
+CFG = ProtocolConfig(swarm_id=SWARM)
+
+
+def flowing_swarm(cfg, n=6, seed=5):
+    sw = Swarm(n, cfg, seed=seed, net=NetConfig(delay_s=0.005, jitter_s=0.002))
+    sw.start_all(stagger_s=1.0)
+    sw.run_for(10.0)
+    for node in sw.nodes:
+        sw.set_publishing(node, 3.0)
+    sw.run_for(10.0)
+    return sw
+
+
+def pings(sw) -> int:
+    return sum(x.engine.counters["bytes_by_kind"]["out"].get("ping", 0) for x in sw.nodes)
+
+
+def test_members_heard_from_lately_are_not_pinged():
+    counts = {}
+    for quiet in (0.0, CFG.probe_quiet_s):
+        sw = flowing_swarm(replace(CFG, probe_quiet_s=quiet))
+        before = pings(sw)
+        sw.run_for(30.0)
+        counts[quiet] = pings(sw) - before
+    # Each node pushes a record to every peer at least once per linger (4 s), so nearly every
+    # turn of the round-robin finds its target heard from within probe_quiet_s.
+    assert counts[CFG.probe_quiet_s] < counts[0.0] / 3
+
+
+def test_a_crashed_member_is_declared_dead_within_the_bound_while_records_flow():
+    sw = flowing_swarm(CFG)
+    victim = sw.nodes[2]
+    victim_id = victim.engine.node_id
+    sw.crash(victim)
+    n = len(sw.nodes)
+    # SWIM: every survivor probes the victim within one round (n periods) of its silence, plus
+    # the quiet window, then the suspicion timeout; one period of slack for the indirect probes.
+    bound = (CFG.probe_quiet_s + (n + 1) * CFG.probe_interval_s
+             + CFG.suspicion_timeout(n) + CFG.probe_interval_s)
+    sw.run_for(bound)
+    for node in sw.nodes:
+        if node is not victim:
+            m = node.engine.members.get(victim_id)
+            assert m is None or m.state == MemberState.DEAD
+    # and no live member was suspected on the way
+    for node in sw.nodes:
+        if node is not victim:
+            for other in sw.nodes:
+                if other is not victim and other is not node:
+                    assert node.engine.members.get(other.engine.node_id).state == MemberState.ALIVE
+
+
+def test_probe_quiet_s_is_checked():
+    with pytest.raises(ConfigError):
+        ProtocolConfig(swarm_id=SWARM, probe_quiet_s=-1.0)
