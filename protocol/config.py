@@ -38,8 +38,6 @@ class ProtocolConfig:
     probe_timeout_s: float = 0.5          # direct ack wait before indirect probes
     probe_quiet_s: float = 4.0            # a member heard from this recently is not pinged: its own
                                           # traffic answers for it (detection + at most this)
-    probe_quiet_s: float = 4.0            # a member heard from this recently is not pinged: its own
-                                          # traffic answers for it (detection + at most this)
     indirect_probes: int = 3              # helpers asked to ping a silent peer
     suspicion_mult: int = 4               # suspect -> dead after mult * max(1, log10 n) periods
     dead_forget_s: float = 60.0           # dead/left peers forgotten (and allowed back) after this
@@ -85,8 +83,6 @@ class ProtocolConfig:
         if not (self.anti_entropy_max_interval_s >= self.anti_entropy_interval_s
                 and self.peer_exchange_max_interval_s >= self.peer_exchange_interval_s > 0):
             raise ConfigError("anti-entropy and peer-exchange max intervals must be >= their base")
-        if not 0 <= self.probe_quiet_s <= 60:
-            raise ConfigError("probe_quiet_s must be in 0..60")
         if not 0 <= self.probe_quiet_s <= 60:
             raise ConfigError("probe_quiet_s must be in 0..60")
         if self.probe_timeout_s >= self.probe_interval_s:
