@@ -140,8 +140,8 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
     _check_type(where, "swarm", swarm, "base_model_hash", str)
     _check_type(where, "swarm", swarm, "updates_per_record", int)
     _check_type(where, "swarm", swarm, "records_per_signature", int)
-    if not 1 <= swarm.get("records_per_signature", 1) <= 64:
-        raise ConfigError(f"{where}: [swarm] records_per_signature must be in 1..64")
+    if not 1 <= swarm.get("records_per_signature", 1) <= 16:
+        raise ConfigError(f"{where}: [swarm] records_per_signature must be in 1..16")
     for f in ("max_updates_per_s_per_origin", "record_linger_s"):
         _check_type(where, "swarm", swarm, f, (int, float))
         if f in swarm and not (math.isfinite(swarm[f]) and swarm[f] > 0):

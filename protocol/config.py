@@ -72,8 +72,9 @@ class ProtocolConfig:
         if not 1 <= self.updates_per_record <= min(256, self.max_record_updates):
             raise ConfigError("updates_per_record must be in 1..256")
         if isinstance(self.records_per_signature, bool) or not isinstance(self.records_per_signature, int) \
-                or not 1 <= self.records_per_signature <= 64:
-            raise ConfigError("records_per_signature must be an integer in 1..64")
+                or not 1 <= self.records_per_signature <= 16:
+            # 16: a closer's hashes (15 x 16 bytes) and a 256-update record fit one datagram
+            raise ConfigError("records_per_signature must be an integer in 1..16")
         if self.max_datagram < 600 or self.max_datagram > 1400:
             raise ConfigError("max_datagram must be in 600..1400")
         for name in ("gossip_interval_s", "probe_interval_s", "probe_timeout_s",

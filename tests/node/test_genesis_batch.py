@@ -25,7 +25,7 @@ def test_default_is_protocol_configs_and_documented():
 def test_genesis_value_reaches_the_engine_and_bad_values_are_named():
     g = parse_genesis({"swarm": {**SWARM, "records_per_signature": 1}, "hyper": {}, "task": {}})
     assert protocol_config(g, {}).records_per_signature == 1
-    for bad in (0, 65, 2.0, True):
+    for bad in (0, 17, 2.0, True):
         with pytest.raises(ConfigError, match="records_per_signature"):
             parse_genesis({"swarm": {**SWARM, "records_per_signature": bad}, "hyper": {}, "task": {}})
     with pytest.raises(ConfigError, match="fixed by the genesis"):
