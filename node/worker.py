@@ -341,9 +341,6 @@ class Worker(threading.Thread):
         if log.isEnabledFor(logging.DEBUG):   # bench/node.py: each origin's top step applied, when
             tops = {o: s for o, s, _ in items if vv.get(o) == s}
             log.debug("trace applied %.6f %s", time.time(), " ".join(f"{o.hex()}:{s}" for o, s in tops.items()))
-        if log.isEnabledFor(logging.DEBUG):   # bench/node.py: each origin's top step applied, when
-            tops = {o: s for o, s, _ in items if vv.get(o) == s}
-            log.debug("trace applied %.6f %s", time.time(), " ".join(f"{o.hex()}:{s}" for o, s in tops.items()))
         self.post(Replayed(len(batch)))
         return True
 
@@ -409,8 +406,6 @@ class Worker(threading.Thread):
         self._dirty_digest = True
         self._next_step_at = time.monotonic() + setup.min_step_interval_s
         self.post(OwnUpdate(step, int(q), float(loss)))
-        if log.isEnabledFor(logging.DEBUG):   # bench/node.py reads these for staleness
-            log.debug("trace own %d %.6f", step, time.time())
         if log.isEnabledFor(logging.DEBUG):   # bench/node.py reads these for staleness
             log.debug("trace own %d %.6f", step, time.time())
         if setup.eval_every and training.evaluator is not None and step % setup.eval_every == 0:
