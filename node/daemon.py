@@ -39,6 +39,7 @@ from .stats import Phase, Rates
 from .status import StatusServer
 from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
+from .version import VERSION
 from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
 log = logging.getLogger("onebyte.node.daemon")
@@ -189,7 +190,8 @@ class Daemon:
         self.engine = Engine(self.identity, self.pconfig, rng=random.Random(), now=now, store=self.update_log,
                              bootstrap=bootstrap, own_last_step=own_logged, generation=sd.next_generation(),
                              own_history_wait_s=wait,
-                             bound_addr=self.udp.local_addr)   # vs observed: behind a NAT?
+                             bound_addr=self.udp.local_addr,   # vs observed: behind a NAT?
+                             software=f"onebyte {VERSION}")
         self._republish_journal(now)
 
         rate_cap = float(self.genesis.setting("max_updates_per_s_per_origin"))

@@ -114,7 +114,8 @@ def build_members(d) -> list[dict]:
     for p in d.engine.peers() if d.engine is not None else ():
         seen = book.seen.get(p.node_id)
         rows[p.node_id] = _row(book, p.node_id, p.state, p.addr, seen.since if seen else None,
-                               p.rtt_s, vv, now, incarnation=p.incarnation, generation=p.generation)
+                               p.rtt_s, vv, now, version=p.version, incarnation=p.incarnation,
+                               generation=p.generation)
     for nid, seen in book.seen.items():
         if nid not in rows and nid != d.node_id:
             rows[nid] = _row(book, nid, seen.state if seen.state != "alive" else "forgotten", seen.addr,
@@ -127,7 +128,8 @@ def build_members(d) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (order.get(r["state"], 9), r["node_id"]))
 
 
-def _row(book: PeerBook, nid: bytes, state: str, addr, since, rtt, vv, now: float, **extra) -> dict:
+def _row(book: PeerBook, nid: bytes, state: str, addr, since, rtt, vv, now: float, version=None,
+         **extra) -> dict:
     t = book.traffic.get(_key(addr)) if addr is not None else None
     return {
         "node_id": nid.hex(),
@@ -135,7 +137,7 @@ def _row(book: PeerBook, nid: bytes, state: str, addr, since, rtt, vv, now: floa
         "addr": format_addr(addr),
         "state": state,
         "since": since,
-        "version": None,   # peers do not announce their software version on the wire yet
+        "version": version,   # as its ALIVE items announce it (unsigned: a hint for operators)
         "last_heard_s_ago": round(now - t.last_heard, 1) if t and t.last_heard else None,
         "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None,
         "updates": vv.get(nid, 0),

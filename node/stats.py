@@ -90,6 +90,7 @@ def build_status(d) -> dict:
                 "state": p.state,
                 "incarnation": p.incarnation,
                 "rtt_ms": round(p.rtt_s * 1000, 3) if p.rtt_s is not None else None,
+                "version": p.version,
             })
     silent = [{"peer": b.spec, "addr": format_addr(b.addr), "error": b.error,
                "silent_s": round(time.time() - b.since, 1)} for b in d.peers.silent_bootstrap()]

@@ -39,7 +39,7 @@ from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .sync import Sync
 from .wire import (NIL, Alive, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
-                   encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
+                   MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
 PEERS_PER_ANSWER = 12     # ALIVE items in a PEERS answer, as many as fit
@@ -71,13 +71,14 @@ class PeerInfo:
     incarnation: int
     generation: int
     rtt_s: float | None
+    version: str | None = None   # its software version, as announced in its ALIVE items
 
 
 class Engine:
     def __init__(self, identity: Identity, config: ProtocolConfig, *, rng, now: float,
                  store=None, bootstrap=(), own_last_step: int | None = None,
                  generation: int = 0, crypto: CryptoCache | None = None,
-                 own_history_wait_s: float | None = None, bound_addr=None):
+                 own_history_wait_s: float | None = None, bound_addr=None, software: str = ""):
         """generation: strictly increasing per start of this identity (the node passes its
         wall-clock seconds at start, or a persisted boot counter); it selects a fresh
         session key and counter space, so datagrams of a previous run cannot be replayed.
@@ -96,6 +97,8 @@ class Engine:
         self.node_id = identity.node_id
         self.store = store if store is not None else MemoryRecordStore()
         self.bootstrap = [tuple(a) for a in bootstrap]
+        # Our software version, announced in our ALIVE items (unsigned: for operators only).
+        self.software = software[:MAX_VERSION]
         self.counters: dict = {"bytes_in": 0, "bytes_out": 0, "datagrams_in": 0, "datagrams_out": 0,
                                "drops": {}, "records_accepted": 0, "updates_delivered": 0,
                                "duplicate_records": 0, "records_published": 0,
@@ -290,7 +293,8 @@ class Engine:
 
     # ================================================================ views
     def peers(self) -> list:
-        return [PeerInfo(m.node_id, m.addr, m.state.name.lower(), m.incarnation, m.generation, m.rtt)
+        return [PeerInfo(m.node_id, m.addr, m.state.name.lower(), m.incarnation, m.generation, m.rtt,
+                         m.version)
                 for m in self.members.members.values()]
 
     def nat_status(self) -> dict:
@@ -422,7 +426,7 @@ class Engine:
         pool = [p for p in self.members.live_members()
                 if p is not m and m.known.get(p.node_id) != alive_tag(p.cert, p.nat)]
         for peer in self.rng.sample(pool, min(PEERS_PER_ANSWER, len(pool))):
-            packed = encode_alive(peer.cert, peer.addr, peer.nat)
+            packed = encode_alive(peer.cert, peer.addr, peer.nat, peer.version)
             if len(packed) > budget:
                 break
             budget -= len(packed)
@@ -468,6 +472,8 @@ class Engine:
         if known is not None and known.cert == item.cert:
             if direct:
                 self.nat.set_kind(known, item.nat)   # its own word on its reachability
+            if item.version is not None and (direct or known.version is None):
+                known.version = item.version
             return   # the certificate we hold (the common case): nothing new, nothing to parse
         _, _, gen, inc, _ = parse_cert(item.cert)
         if known is not None and (gen, inc) <= (known.generation, known.incarnation):
@@ -476,7 +482,8 @@ class Engine:
         if peer_addr is None and known is None:
             return   # a stranger we could not reach
         cert = self.session.check_cert(item.cert, node_id, now)
-        _, change = self.members.on_cert(cert, peer_addr, now, direct=direct, nat=item.nat)
+        _, change = self.members.on_cert(cert, peer_addr, now, direct=direct, nat=item.nat,
+                                         version=item.version)
         self._apply(change)
 
     def _on_leave(self, item: Leave, now: float) -> None:
@@ -497,7 +504,8 @@ class Engine:
             m.confirmed = False
 
     def _announce_self(self) -> None:
-        self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None, self.nat.kind))
+        self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None, self.nat.kind,
+                                                      self.software or None))
 
     def _apply(self, change: Change | None) -> None:
         """A membership transition: its event to the driver, its gossip to peers."""

@@ -30,7 +30,7 @@ class MemberState(IntEnum):
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
                  "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
-                 "nat", "path_until", "relay", "known", "heard_at")
+                 "nat", "path_until", "relay", "known", "heard_at", "version")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -51,6 +51,7 @@ class Member:
         # Reachability (protocol/nat.py): what it announces, until when we hold a direct path
         # through its NAT (it sent to us lately), and the member relaying for us if no path.
         self.nat = NatKind.OPEN
+        self.version: str | None = None   # its software version, as its ALIVE items say (a hint)
         self.path_until = float("-inf")
         self.relay: bytes | None = None
         # Certificates it is known to hold: node id -> alive_tag (protocol/wire.py), from ALIVE
@@ -134,7 +135,7 @@ class Membership:
             self._live = None
 
     def on_cert(self, cert: Cert, addr, now: float, direct: bool,
-                nat: int | None = None) -> tuple[Member | None, Change | None]:
+                nat: int | None = None, version: str | None = None) -> tuple[Member | None, Change | None]:
         """A verified certificate, seen directly from its subject (direct) or relayed; nat:
         the NatKind its ALIVE item carried (None: the datagram's own certificate, no word).
 
@@ -146,6 +147,7 @@ class Membership:
             if len(self.members) >= self.config.max_peers and not self._evict_one():
                 return None, None
             m = self.members[cert.node_id] = Member(cert, addr, now)
+            m.version = version
             if nat is not None:
                 m.nat = NatKind(nat)
             self._live = None
@@ -169,6 +171,8 @@ class Membership:
             if not direct and addr is not None:
                 m.addr = addr
         m.generation, m.incarnation, m.cert = gen, inc, cert.raw
+        if version is not None:
+            m.version = version
         if nat is not None:
             m.nat = NatKind(nat)
         event = None
@@ -204,7 +208,7 @@ class Membership:
                       encode_leave(m.node_id, m.generation, m.incarnation, sig))
 
     def _alive(self, m: Member, event: Event | None) -> Change:
-        return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat))
+        return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version))
 
     def _dead(self, m: Member, now: float) -> Change:
         self._set_state(m, MemberState.DEAD, now)

@@ -202,6 +202,7 @@ class Alive:
     cert: bytes        # CERT_SIZE bytes; its signature is checked only if it is news
     addr: tuple | None  # the relayer's view of the subject's address (None: absent or invalid)
     nat: int = NatKind.OPEN   # the subject's NatKind as the sender knows it (unsigned: a hint)
+    version: str | None = None  # the subject's software version (unsigned: shown to operators only)
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,16 @@ class ProofItem:
     record_b: bytes
 
 
-def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN) -> bytes:
+MAX_VERSION = 32   # characters of a software version in an ALIVE item
+
+
+def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN, version: str | None = None) -> bytes:
     item = [GossipKind.ALIVE, cert, list(addr) if addr is not None else None]
-    return packb(item + [int(nat)] if nat else item)
+    if nat or version:
+        item.append(int(nat))
+    if version:
+        item.append(version[:MAX_VERSION])
+    return packb(item)
 
 
 def alive_tag(cert: bytes, nat: int) -> bytes:
@@ -276,12 +284,15 @@ def decode_gossip(item) -> Alive | Suspect | Dead | Leave | ProofItem:
         raise WireError("malformed")
     kind = item[0]
     if kind == GossipKind.ALIVE:
-        if len(item) not in (3, 4) or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
+        if len(item) not in (3, 4, 5) or not isinstance(item[1], bytes) or len(item[1]) != CERT_SIZE:
             raise WireError("malformed")
-        nat = item[3] if len(item) == 4 else NatKind.OPEN
-        if not is_uint(nat, len(NatKind)):
+        nat = item[3] if len(item) >= 4 else NatKind.OPEN
+        version = item[4] if len(item) == 5 else None
+        if not is_uint(nat, len(NatKind)) or not (
+                version is None or (isinstance(version, str) and 0 < len(version) <= MAX_VERSION
+                                    and version.isprintable())):
             raise WireError("malformed")
-        return Alive(item[1], decode_addr(item[2]), nat)
+        return Alive(item[1], decode_addr(item[2]), nat, version)
     if kind in (GossipKind.SUSPECT, GossipKind.DEAD):
         if len(item) != 3 or not is_node_id(item[1]) or not is_uint(item[2], 2 ** 32):
             raise WireError("malformed")

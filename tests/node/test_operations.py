@@ -69,6 +69,8 @@ def test_members_lists_live_peers_labels_and_members_never_seen(pair):
     by_id = {m["node_id"]: m for m in ans["members"]}
     b_id, c_id = _node_id(root / "b"), _node_id(root / "c")
     assert by_id[b_id]["state"] == "alive" and by_id[b_id]["label"] == "bravo"
+    from onebyte.node.version import VERSION
+    assert by_id[b_id]["version"] == f"onebyte {VERSION}"   # learned from b's ALIVE item
     assert by_id[b_id]["addr"] == nodes["b"].addr
     assert by_id[b_id]["bytes_in"] > 0 and by_id[b_id]["bytes_out"] > 0 and by_id[b_id]["updates"] > 0
     assert by_id[b_id]["last_heard_s_ago"] is not None and by_id[b_id]["since"] is not None

@@ -43,6 +43,8 @@ def test_alive_and_leave_roundtrip():
     assert decode_gossip(unpack(encode_alive(cert, addr))) == Alive(cert, addr)
     assert decode_gossip(unpack(encode_alive(cert, None))) == Alive(cert, None)
     assert decode_gossip([0, cert, ["h" * 100, 1]]) == Alive(cert, None)   # a bad address is none
+    assert decode_gossip(unpack(encode_alive(cert, None, 0, "onebyte 0.1.0"))) == Alive(cert, None, 0, "onebyte 0.1.0")
+    assert unpack(encode_alive(cert, None, 0, "v" * 40))[4] == "v" * 32   # cut to MAX_VERSION
     node_id, sig = b"n" * 16, b"s" * 64
     assert unpack(encode_leave(node_id, 7, 2, sig)) == [3, node_id, 7, 2, sig]
     assert decode_gossip(unpack(encode_leave(node_id, 7, 2, sig))) == Leave(node_id, 7, 2, sig)
@@ -54,6 +56,8 @@ def test_alive_and_leave_roundtrip():
     ([1, b"n" * 15, 0], "malformed"), ([2, b"n" * 16, 2 ** 32], "malformed"),
     ([3, b"n" * 16, 1, 1, b"s" * 63], "malformed"), ([3, b"n" * 16, -1, 1, b"s" * 64], "malformed"),
     ([4, b"n" * 16, 0], "malformed"), ([4, b"a"], "malformed"), ([5, b"n" * 16, 0], "unknown_type"),
+    ([0, bytes(140), None, 0, 7], "malformed"), ([0, bytes(140), None, 0, ""], "malformed"),
+    ([0, bytes(140), None, 0, "v" * 33], "malformed"), ([0, bytes(140), None, 0, "a\nb"], "malformed"),
 ])
 def test_bad_items_rejected(item, reason):
     with pytest.raises(WireError) as e:
@@ -85,3 +89,17 @@ def test_membership_transitions_come_back_as_values():
     assert table.expire(later) == [Change(b.node_id, PeerDead(b.node_id), encode_dead(b.node_id, 0))]
     assert a.node_id not in table.members                                 # left long ago: forgotten
     assert table.live_count() == 0
+
+
+def test_members_learn_each_others_software_version_through_alive_gossip():
+    """A node announces its version in its own ALIVE item; peers that learn it only through
+    a third node's relaying (c never talks to a directly first) still see it."""
+    from onebyte.protocol.testing import Net
+    net = Net(ProtocolConfig(swarm_id=SWARM))
+    a = net.add(1, software="onebyte 9.9")
+    net.add(2, bootstrap=[("10.0.0.1", 7000)], software="onebyte 1.0")
+    c = net.add(3, bootstrap=[("10.0.0.2", 7000)])    # an engine that announces no version
+    net.advance(20)
+    versions = {p.node_id: p.version for p in c.peers()}
+    assert versions == {a.node_id: "onebyte 9.9", net.engines[("10.0.0.2", 7000)].node_id: "onebyte 1.0"}
+    assert {p.version for p in a.peers()} == {"onebyte 1.0", None}
