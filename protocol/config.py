@@ -25,7 +25,7 @@ class ProtocolConfig:
     record_linger_s: float = 4.0          # flush a partial record after this long: one 64-byte
                                           # signature per 4 s of an origin's steps (staleness
                                           # <= ~4 s; docs/performance-node.md, the trade-off)
-    records_per_signature: int = 1        # records per signed batch (docs/protocol.md, "Batch
+    records_per_signature: int = 4        # records per signed batch (docs/protocol.md, "Batch
                                           # signatures"); 1: every record signed on its own
     gossip_interval_s: float = 0.2        # eager push round
     fanout: int = 3                       # peers per push round
