@@ -96,3 +96,32 @@ class EquivocatingPeer(ByzantinePeer):
             rec = encode_record(self.identity.public_bytes(), first, raw, sig)
             eng._send(MessageType.PUSH, by_addr[addr], packb(None), [], [packb(rec)])
         self.sent = True
+
+
+# --- what the real-daemon Byzantine tests share ------------------------------------------------
+
+def start_honest(root, genesis, max_steps: int, **fields) -> dict:
+    """Honest daemons a, b, c (a first, the others bootstrapping from it), all ready."""
+    from node_harness import Node
+    nodes = {"a": Node(root, "a", genesis, [], max_steps=max_steps, **fields).start()}
+    nodes["a"].wait_ready()
+    for name in ("b", "c"):
+        nodes[name] = Node(root, name, genesis, [nodes["a"].addr], max_steps=max_steps, **fields).start()
+    for n in nodes.values():
+        n.wait_ready()
+    return nodes
+
+
+def settled_excluding(nodes, byz_id: bytes, step: int, reason: str, min_own_steps: int):
+    """The common digest once every honest node excluded byz_id at `step` for `reason`, took
+    its own `min_own_steps`, applied everything and holds the same updates; else None."""
+    sts = [n.status() for n in nodes]
+    for s in sts:
+        if s["worker_state"] == "failed" or s["replay_backlog"] or s["own_steps"] < min_own_steps:
+            return None
+        if s["excluded_origins"].get(byz_id.hex()) != {"step": step, "reason": reason}:
+            return None
+    if len({s["version_vector"]["updates"] for s in sts}) != 1:
+        return None
+    digests = {n.digest()["digest"] for n in nodes}
+    return digests.pop() if len(digests) == 1 else None

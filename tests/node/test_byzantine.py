@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from byzantine_peer import ByzantinePeer
-from node_harness import CONVERGE_TIMEOUT, Node, run_cli, wait_for
+from byzantine_peer import ByzantinePeer, settled_excluding, start_honest
+from node_harness import CONVERGE_TIMEOUT, run_cli, wait_for
 
 from onebyte.protocol.influence import first_breach
 
@@ -38,34 +38,14 @@ def max_q(step: int) -> int:
     return 5 if step <= 10 else 127    # a few plausible steps, then the largest push there is
 
 
-def settled(nodes, byz_id, breach):
-    sts = [n.status() for n in nodes]
-    for s in sts:
-        if s["worker_state"] == "failed" or s["replay_backlog"]:
-            return None
-        if s["excluded_origins"].get(byz_id.hex()) != {"step": breach.step, "reason": breach.reason}:
-            return None
-        if s["own_steps"] < HONEST_STEPS:
-            return None
-    if len({s["version_vector"]["updates"] for s in sts}) != 1:
-        return None
-    digests = {n.digest()["digest"] for n in nodes}
-    return digests.pop() if len(digests) == 1 else None
-
-
 @pytest.fixture(scope="module")
 def byzantine_swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("byz")
     genesis, keys = closed_genesis(root)
     nodes, peer = {}, None
     try:
-        a = nodes["a"] = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
-        a.wait_ready()
-        for name in ("b", "c"):
-            nodes[name] = Node(root, name, genesis, [a.addr], max_steps=HONEST_STEPS, **COMMON).start()
-        for n in nodes.values():
-            n.wait_ready()
-        peer = ByzantinePeer(genesis, keys["x"], [a.addr], max_q, steps=120, rate=20.0)
+        nodes.update(start_honest(root, genesis, HONEST_STEPS, **COMMON))
+        peer = ByzantinePeer(genesis, keys["x"], [nodes["a"].addr], max_q, steps=120, rate=20.0)
         peer.start()
         yield root, genesis, nodes, peer
     finally:
@@ -82,7 +62,8 @@ def test_max_q_member_is_excluded_and_honest_nodes_agree(byzantine_swarm):
                           [max_q(s) for s in range(1, 121)])
     assert breach is not None and breach.step < 30
     honest = list(nodes.values())
-    digest = wait_for(lambda: settled(honest, peer.node_id, breach), CONVERGE_TIMEOUT,
+    digest = wait_for(lambda: settled_excluding(honest, peer.node_id, breach.step, breach.reason, HONEST_STEPS),
+                      CONVERGE_TIMEOUT,
                       "honest nodes to exclude the Byzantine member and converge", 0.5)
     for n in honest:
         assert n.proc.poll() is None

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from byzantine_peer import EquivocatingPeer
-from node_harness import CONVERGE_TIMEOUT, Node, union_digest, wait_for
+from byzantine_peer import EquivocatingPeer, settled_excluding, start_honest
+from node_harness import CONVERGE_TIMEOUT, union_digest, wait_for
 from test_byzantine import closed_genesis
 
 COMMON = dict(step_interval_s=0.05, snapshot_every=10, threads=1)
@@ -19,31 +19,14 @@ VERSION_B = [3, 3, 3, -3, 3, 3, 3, 3]   # ... and to c: they differ first at ste
 CONFLICT = PLAIN + 4
 
 
-def settled(nodes, byz_id):
-    sts = [n.status() for n in nodes]
-    for s in sts:
-        if s["worker_state"] == "failed" or s["replay_backlog"] or s["own_steps"] < HONEST_STEPS:
-            return None
-        if s["excluded_origins"].get(byz_id.hex()) != {"step": CONFLICT, "reason": "equivocation"}:
-            return None
-    if len({s["version_vector"]["updates"] for s in sts}) != 1:
-        return None
-    digests = {n.digest()["digest"] for n in nodes}
-    return digests.pop() if len(digests) == 1 else None
-
-
 @pytest.fixture(scope="module")
 def equivocation_swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("equiv")
     genesis, keys = closed_genesis(root)
     nodes, peer = {}, None
     try:
-        a = nodes["a"] = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
-        a.wait_ready()
-        for name in ("b", "c"):
-            nodes[name] = Node(root, name, genesis, [a.addr], max_steps=HONEST_STEPS, **COMMON).start()
-        for n in nodes.values():
-            n.wait_ready()
+        nodes.update(start_honest(root, genesis, HONEST_STEPS, **COMMON))
+        a = nodes["a"]
         targets = [(nodes["b"].addr, VERSION_A), (nodes["c"].addr, VERSION_B)]
         peer = EquivocatingPeer(genesis, keys["x"], [a.addr, nodes["b"].addr, nodes["c"].addr], targets)
         peer.start()
@@ -58,7 +41,8 @@ def equivocation_swarm(tmp_path_factory):
 def test_equivocation_to_different_nodes_ends_in_identical_digests(equivocation_swarm):
     root, genesis, nodes, peer = equivocation_swarm
     honest = list(nodes.values())
-    digest = wait_for(lambda: settled(honest, peer.node_id), CONVERGE_TIMEOUT,
+    digest = wait_for(lambda: settled_excluding(honest, peer.node_id, CONFLICT, "equivocation", HONEST_STEPS),
+                      CONVERGE_TIMEOUT,
                       "honest nodes to exclude the equivocating member and converge", 0.5)
     assert peer.sent
     for n in honest:
