@@ -204,8 +204,9 @@ class Membership:
             return None
         m.incarnation = inc
         self._set_state(m, MemberState.LEFT, now)
-        return Change(m.node_id, PeerLeft(m.node_id),
-                      encode_leave(m.node_id, m.generation, m.incarnation, sig))
+        # Re-gossiped with the (generation, incarnation) it was signed over: a leaver that
+        # restarted since we last saw it signs a newer generation than the one we hold.
+        return Change(m.node_id, PeerLeft(m.node_id), encode_leave(m.node_id, gen, inc, sig))
 
     def _alive(self, m: Member, event: Event | None) -> Change:
         return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version))

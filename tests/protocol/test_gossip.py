@@ -91,6 +91,16 @@ def test_membership_transitions_come_back_as_values():
     assert table.live_count() == 0
 
 
+def test_a_leave_is_regossiped_with_the_generation_it_was_signed_over():
+    """A member we hold at generation 0 restarted (generation 5) and left before its new
+    certificate reached us: relaying its LEAVE with our generation would break the signature."""
+    table = Membership(ProtocolConfig(swarm_id=SWARM))
+    a = cert_of(1)
+    m, _ = table.on_cert(a, ("10.0.0.1", 7000), 0.0, direct=True)
+    change = table.on_leave(m, 5, 0, b"s" * 64, 1.0)
+    assert decode_gossip(unpack(change.gossip)) == Leave(a.node_id, 5, 0, b"s" * 64)
+
+
 def test_members_learn_each_others_software_version_through_alive_gossip():
     """A node announces its version in its own ALIVE item; peers that learn it only through
     a third node's relaying (c never talks to a directly first) still see it."""
