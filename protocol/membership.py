@@ -166,8 +166,10 @@ class Membership:
         if gen == m.generation and cert.xpub != m.xpub:
             return m, None  # two session keys in one generation: the first one seen wins
         if gen != m.generation:
-            # A restart: new session key, new counter space.
+            # A restart: new session key, new counter space, and nothing known of what it
+            # holds (a restarted node may have lost every certificate it had: send them again).
             m.xpub, m.mac_key, m.window, m.confirmed = cert.xpub, None, ReplayWindow(), False
+            m.known.clear()
             if not direct and addr is not None:
                 m.addr = addr
         m.generation, m.incarnation, m.cert = gen, inc, cert.raw

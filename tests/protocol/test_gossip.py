@@ -113,3 +113,15 @@ def test_members_learn_each_others_software_version_through_alive_gossip():
     versions = {p.node_id: p.version for p in c.peers()}
     assert versions == {a.node_id: "onebyte 9.9", net.engines[("10.0.0.2", 7000)].node_id: "onebyte 1.0"}
     assert {p.version for p in a.peers()} == {"onebyte 1.0", None}
+
+
+def test_a_restarted_member_is_assumed_to_hold_no_certificate():
+    """What a member was known to hold (so not sent again) is forgotten when it restarts with a
+    new generation: it may have lost them all, and would never learn its peers back."""
+    table = Membership(ProtocolConfig(swarm_id=SWARM))
+    m, _ = table.on_cert(cert_of(1), ("10.0.0.1", 7000), 0.0, direct=True)
+    m.known[b"n" * 16] = b"t" * 9
+    table.on_cert(cert_of(1, incarnation=1), None, 1.0, direct=False)
+    assert m.known == {b"n" * 16: b"t" * 9}          # a refutation: same process, same memory
+    table.on_cert(cert_of(1, generation=1), ("10.0.0.9", 7000), 2.0, direct=True)
+    assert m.known == {}
