@@ -12,11 +12,11 @@ step order (UpdatesReceived) or a bounded wait for the gap to fill.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 
 from .config import ProtocolConfig
-from .dissemination import BUCKET_HASH, DIGEST_SIZE, TransmitLimitedQueue, VersionDigest
+from .digests import ASK_OWN, ROOT, decode_digest, encode_digest, root_of
+from .dissemination import TransmitLimitedQueue, VersionDigest
 from .equivocation import Equivocations
 from .events import EventQueue, OriginExcluded, OwnHistoryLearned, UpdatesReceived, WeightsDiverged
 from .identity import SIG_SIZE
@@ -33,46 +33,6 @@ MAX_PULL_ENTRIES = 24
 VECTOR_ENTRIES = 40
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
-ASK_OWN = 0x01           # DIGEST flag: "list my own origin's step in your VECTOR, even if equal"
-SPARSE = 0x02            # DIGEST flag: hashes are a bitmap of non-empty buckets + their hashes
-ROOT = 0x04              # DIGEST flag: hashes are one hash of the whole digest (sent while quiet)
-ROOT_SIZE = 8
-MAX_WEIGHTS_FIELD = 32   # bytes of a weights digest or vv hash carried in a DIGEST
-_BUCKETS = DIGEST_SIZE // BUCKET_HASH
-
-
-def _root_of(packed: bytes) -> bytes:
-    """One short hash of a whole packed digest: what an idle round sends (docs/protocol.md)."""
-    return hashlib.blake2b(b"onebyte-vv-root-v1" + packed, digest_size=ROOT_SIZE).digest()
-
-
-def _sparse(packed: bytes) -> bytes:
-    """bitmap u64le of the non-empty buckets, then their hashes in bucket order."""
-    bitmap, parts = 0, []
-    for i in range(_BUCKETS):
-        h = packed[i * BUCKET_HASH:(i + 1) * BUCKET_HASH]
-        if any(h):
-            bitmap |= 1 << i
-            parts.append(h)
-    return bitmap.to_bytes(8, "little") + b"".join(parts)
-
-
-def _unsparse(sparse: bytes) -> bytes:
-    if len(sparse) < 8:
-        raise WireError("malformed")
-    bitmap = int.from_bytes(sparse[:8], "little")
-    if len(sparse) != 8 + BUCKET_HASH * bitmap.bit_count():
-        raise WireError("malformed")
-    out, pos = [], 8
-    for i in range(_BUCKETS):
-        if bitmap >> i & 1:
-            out.append(sparse[pos:pos + BUCKET_HASH])
-            pos += BUCKET_HASH
-        else:
-            out.append(bytes(BUCKET_HASH))
-    return b"".join(out)
-
-
 class Sync:
     def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
                  outbox: Outbox, events: EventQueue, counters: dict, store, rng,
@@ -501,39 +461,7 @@ class Sync:
             self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload(root=quiet))
 
     def _digest_payload(self, root: bool = False) -> bytes:
-        """[hashes, flags, weights|nil]: hashes as one root hash (ROOT), or sparse (only the
-        non-empty buckets, SPARSE) when that is shorter than all 64 (a swarm of fewer origins)."""
-        flags = 0 if self.own_settled else ASK_OWN
-        packed = self.digest.packed()
-        if root and not flags:
-            hashes, flags = _root_of(packed), ROOT
-        else:
-            sparse = _sparse(packed)
-            hashes, flags = (sparse, flags | SPARSE) if len(sparse) < len(packed) else (packed, flags)
-        return packb([hashes, flags, list(self.weights) if self.weights else None])
-
-    def _their_digest(self, hashes, flags: int) -> bytes:
-        """A peer's digest hashes in the full 64-bucket form (not for ROOT)."""
-        if not isinstance(hashes, bytes):
-            raise WireError("malformed")
-        if flags & SPARSE:
-            hashes = _unsparse(hashes)
-        if len(hashes) != DIGEST_SIZE:
-            raise WireError("malformed")
-        return hashes
-
-    def _parse_digest(self, payload) -> tuple:
-        """(bucket hashes, flags, (weights digest, vv hash) | None); extra fields ignored."""
-        if not isinstance(payload, list):
-            return payload, 0, None
-        if not (3 <= len(payload) <= 8 and is_uint(payload[1], 1 << 32)):
-            raise WireError("malformed")
-        weights = payload[2]
-        if weights is not None and not (
-                isinstance(weights, list) and len(weights) == 2
-                and all(isinstance(w, bytes) and 0 < len(w) <= MAX_WEIGHTS_FIELD for w in weights)):
-            raise WireError("malformed")
-        return payload[0], payload[1], tuple(weights) if weights is not None else None
+        return encode_digest(self.digest.packed(), not self.own_settled, self.weights, root)
 
     def _compare_weights(self, m: Member, theirs: tuple) -> None:
         """Same vv hash, other weights digest: the replicas diverged (invariant 7)."""
@@ -554,16 +482,11 @@ class Sync:
         failed to deliver), then fills up with whole random differing buckets (what a node that
         was away lacks).  Only whole buckets are listed as complete.
         """
-        payload, flags, weights = self._parse_digest(payload)
-        if flags & ROOT:
-            if not (isinstance(payload, bytes) and len(payload) == ROOT_SIZE):
-                raise WireError("malformed")
-        else:
-            payload = self._their_digest(payload, flags)
+        payload, flags, weights = decode_digest(payload)
         if weights is not None:
             self._compare_weights(m, weights)
         if flags & ROOT:
-            if payload != _root_of(self.digest.packed()):
+            if payload != root_of(self.digest.packed()):
                 # We differ: answer with our digest in full, which it answers with a VECTOR.
                 # Not news by itself (records in flight differ too): the VECTOR's pulls are.
                 self.outbox.send(MessageType.DIGEST, m, self._digest_payload())

@@ -5,7 +5,7 @@ import pytest
 
 from onebyte.protocol import ProtocolConfig, UpdatesReceived
 from onebyte.protocol.sim import NetConfig, Swarm
-from onebyte.protocol.sync import ROOT, _sparse, _unsparse
+from onebyte.protocol.digests import ROOT, sparse as _sparse, unsparse as _unsparse
 from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import MessageType, WireError, decode_record, unpack_body
 
