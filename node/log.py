@@ -63,23 +63,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DiskFull, StateError
-from .logfile import is_tail, read_all, write_log
-from .logproof import drop_held, index_proof, parse_proof_body, proof_body  # noqa: F401 (logfile)
+from .logfile import (FRAME, HEADER, KIND_BASE, KIND_PROOF, KIND_RECORD, KIND_UPDATES, MAGIC,  # noqa: F401 (the
+                      MAX_PAYLOAD, NO_SPACE, PREFIX, VERSION, encode_entry, is_tail, parse_proof_body,  # format
+                      proof_body, read_all, write_log)                                         # is named here too)
+from .logproof import drop_held, index_proof
 from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
 
-MAGIC = b"onebyte-log\0"
-VERSION = 1
-HEADER = MAGIC + struct.pack("<I", VERSION)
-FRAME = struct.Struct("<II")           # payload length, crc32(payload)
-PREFIX = struct.Struct("<B16sQQ")      # kind, origin, first_step, last_step
-KIND_UPDATES = 1
-KIND_RECORD = 2
-KIND_BASE = 3
-KIND_PROOF = 4
-MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # Free bytes needed to leave the disk-full state once nothing is held: some room for
 # snapshots and the next appends, so a node at the edge does not flap in and out.
 RESUME_FREE_BYTES = 1 << 20
@@ -115,11 +106,6 @@ class _Origin:
                 break
             top = max(top, last)
         return top
-
-
-def encode_entry(kind: int, origin: bytes, first: int, last: int, body: bytes) -> bytes:
-    payload = PREFIX.pack(kind, origin, first, last) + body
-    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 class UpdateLog:

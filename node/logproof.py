@@ -1,20 +1,10 @@
-"""The update log's equivocation exclusions (log.py KIND_PROOF; protocol/equivocation.py):
-the entry body, and what an exclusion does to the in-memory index and the disk-full hold."""
+"""The update log's equivocation exclusions (logfile.py KIND_PROOF, its body codec there;
+protocol/equivocation.py): what an exclusion does to the in-memory index and the disk-full hold."""
 from __future__ import annotations
 
-import struct
 from collections import deque
 
-
-def proof_body(a: bytes, b: bytes, taken: bytes) -> bytes:
-    return struct.pack("<H", len(a)) + a + struct.pack("<H", len(b)) + b + taken
-
-
-def parse_proof_body(body: bytes) -> tuple[bytes, bytes, bytes]:
-    (na,) = struct.unpack_from("<H", body)
-    a = body[2:2 + na]
-    (nb,) = struct.unpack_from("<H", body, 2 + na)
-    return a, body[4 + na:4 + na + nb], body[4 + na + nb:]
+from .logfile import KIND_UPDATES
 
 
 def index_proof(o, step: int, a: bytes, b: bytes, taken: bytes) -> bool:
@@ -32,7 +22,6 @@ def index_proof(o, step: int, a: bytes, b: bytes, taken: bytes) -> bool:
 
 def drop_held(held: deque, held_top: dict, origin: bytes, step: int) -> deque:
     """The disk-full hold without origin's updates from step on (they are never written)."""
-    from .log import KIND_UPDATES
     keep = deque()
     for kind, o, first, last, body in held:
         if kind == KIND_UPDATES and o == origin and last >= step:

@@ -107,6 +107,21 @@ def test_corruption_in_the_middle_is_an_error(tmp_path):
         UpdateLog(p)
 
 
+def test_damage_followed_by_a_valid_proof_or_base_entry_is_corruption_not_a_torn_tail(tmp_path):
+    """Any entry kind after the damage proves it is in the middle, not only UPDATES/RECORD."""
+    from onebyte.node.log import KIND_BASE, KIND_PROOF, proof_body
+    for kind, body in ((KIND_BASE, b""), (KIND_PROOF, proof_body(b"a" * 10, b"b" * 10, b"\x01"))):
+        p = tmp_path / f"u{kind}.log"
+        lg = UpdateLog(p)
+        lg.append_updates(A, 1, [1, 2])
+        lg.close()
+        data = bytearray(p.read_bytes())
+        data[len(HEADER) + 8 + 20] ^= 0xFF              # damage inside the only UPDATES entry
+        p.write_bytes(bytes(data) + encode_entry(kind, A, 2, 2, body))
+        with pytest.raises(StateError, match="corrupt at offset"):
+            UpdateLog(p)
+
+
 def test_readonly_does_not_truncate(tmp_path):
     p = tmp_path / "u.log"
     lg = UpdateLog(p)
