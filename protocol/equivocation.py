@@ -225,21 +225,10 @@ class Equivocations:
         origins = sorted(o for o, st in s.book.origins.items() if st.recent)
         if not origins:
             return
-        left, batch = s.config.pull_serve_bytes, []
-        budget = room = s.outbox.budget(m, 1)
-        for i in range(min(DIVERGED_ORIGINS, len(origins))):
-            st = s.book.origins[origins[(self._cursor + i) % len(origins)]]
-            for first in list(st.recent_order):
-                packed = packb(st.recent[first][2])
-                if len(packed) > budget or left <= 0:
-                    continue
-                if len(packed) > room:
-                    s.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
-                    batch, room = [], budget
-                batch.append(packed)
-                room -= len(packed)
-                left -= len(packed)
+        recent = [packb(st.recent[first][2])
+                  for i in range(min(DIVERGED_ORIGINS, len(origins)))
+                  for st in [s.book.origins[origins[(self._cursor + i) % len(origins)]]]
+                  for first in list(st.recent_order)]
         self._cursor = (self._cursor + DIVERGED_ORIGINS) % len(origins)
-        if batch:
-            s.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
+        s.outbox.send_records(m, recent, s.config.pull_serve_bytes)
 

@@ -6,12 +6,14 @@ travels, at no extra datagram.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue
 from .identity import CERT_SIZE
 from .membership import Member, Membership
 from .session import Session
-from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, MessageType, pack_body
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, NIL, MessageType, pack_body
 
 
 class Outbox:
@@ -50,6 +52,25 @@ class Outbox:
         if addr is None and m.relay is not None and self.nat is not None and self.nat.wrap(m, data):
             return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))
+
+    def send_records(self, m: Member, packed: Iterable[bytes], limit: float = float("inf")) -> None:
+        """RECORDS datagrams to m, each as full as its budget allows, until `limit` bytes of
+        records went out; a record larger than a whole datagram's room is skipped."""
+        batch, budget = [], self.budget(m, 1)
+        room = budget
+        for rec in packed:
+            if limit <= 0:
+                break
+            if len(rec) > budget:
+                continue
+            if len(rec) > room:
+                self.send(MessageType.RECORDS, m, NIL, [], batch)
+                batch, room = [], budget
+            batch.append(rec)
+            room -= len(rec)
+            limit -= len(rec)
+        if batch:
+            self.send(MessageType.RECORDS, m, NIL, [], batch)
 
     def send_join(self, addr) -> None:
         self.datagrams.append((self.session.join_datagram(), addr))

@@ -573,12 +573,15 @@ class Sync:
 
     def _serve(self, m: Member, wants: list) -> None:
         """Send records from the store covering each (origin, from_step), bounded in bytes."""
-        left = self.config.pull_serve_bytes
-        batch, budget = [], self.outbox.budget(m, 1)
-        room = budget
+        self.outbox.send_records(m, self._served(m, wants))
+
+    def _served(self, m: Member, wants: list):
+        """The packed records answering wants, in order, up to pull_serve_bytes counted per
+        origin (a batch goes whole, so an origin's records are never cut short)."""
+        left, budget = self.config.pull_serve_bytes, self.outbox.budget(m, 1)
         for origin, from_step in wants:
             if left <= 0:
-                break
+                return
             cut = self.influence.excluded_from(origin) or 1 << 62
             for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
                 if decode_any(canon)[1] >= cut:
@@ -587,13 +590,6 @@ class Sync:
                     _, first, qs, sig, hashes = decode_any(canon)
                     canon = encode_any(None, first, qs, sig, hashes)
                 packed = packb(canon)
-                if len(packed) > budget:
-                    continue
-                if len(packed) > room:
-                    self.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
-                    batch, room = [], budget
-                batch.append(packed)
-                room -= len(packed)
-                left -= len(packed)
-        if batch:
-            self.outbox.send(MessageType.RECORDS, m, NIL, [], batch)
+                if len(packed) <= budget:
+                    left -= len(packed)
+                yield packed
