@@ -13,6 +13,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from .config import format_addr
+
 log = logging.getLogger("onebyte.node.members")
 
 MEMBER_RETENTION_S = 3600.0     # a forgotten peer stays listed this long after its last change
@@ -134,7 +136,7 @@ def _row(book: PeerBook, nid: bytes, state: str, addr, since, rtt, vv, now: floa
     return {
         "node_id": nid.hex(),
         "label": book.label(nid),
-        "addr": format_addr(addr),
+        "addr": addr_text(addr),
         "state": state,
         "since": since,
         "version": version,   # as its ALIVE items announce it (unsigned: a hint for operators)
@@ -151,10 +153,6 @@ def _key(addr) -> tuple:
     return (str(addr[0]), int(addr[1])) if addr is not None else ("", 0)
 
 
-def format_addr(addr) -> str | None:
-    if addr is None:
-        return None
-    if isinstance(addr, (tuple, list)) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)
+def addr_text(addr) -> str | None:
+    """config.format_addr, or None for a member whose address we do not know."""
+    return format_addr(addr) if addr is not None else None

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 
-from .members import format_addr
+from .members import addr_text
 from .version import VERSION
 
 RATE_WINDOW_S = 30.0
@@ -86,13 +86,13 @@ def build_status(d) -> dict:
         for p in engine.peers():
             peers.append({
                 "node_id": p.node_id.hex(),
-                "addr": format_addr(p.addr),
+                "addr": addr_text(p.addr),
                 "state": p.state,
                 "incarnation": p.incarnation,
                 "rtt_ms": round(p.rtt_s * 1000, 3) if p.rtt_s is not None else None,
                 "version": p.version,
             })
-    silent = [{"peer": b.spec, "addr": format_addr(b.addr), "error": b.error,
+    silent = [{"peer": b.spec, "addr": addr_text(b.addr), "error": b.error,
                "silent_s": round(time.time() - b.since, 1)} for b in d.peers.silent_bootstrap()]
     applied = dict(w.applied_vv)  # copied: the worker thread mutates it
     vv = d.update_log.updates_vv()
@@ -105,8 +105,8 @@ def build_status(d) -> dict:
         "node_id": d.node_id.hex(),
         "swarm_id": d.genesis.swarm_id.hex(),
         "swarm_name": d.genesis.swarm.get("name"),
-        "listen": format_addr(d.udp.local_addr) if d.udp else None,
-        "metrics": f"http://{format_addr(d.metrics.address)}/metrics" if d.metrics else None,
+        "listen": addr_text(d.udp.local_addr) if d.udp else None,
+        "metrics": f"http://{addr_text(d.metrics.address)}/metrics" if d.metrics else None,
         "pid": os.getpid(),
         "uptime_s": round(time.time() - d.started, 3),
         "worker_state": s.state,
