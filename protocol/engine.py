@@ -31,7 +31,7 @@ from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue, note_held
 from .events import EventQueue, PeerJoined
 from .identity import CryptoCache, Identity, parse_cert
-from .membership import Change, Member, Membership, MemberState, member_bucket
+from .membership import Change, Member, Membership, MemberState
 from .nat import Nat
 from .outbox import Outbox
 from .probing import Probing
@@ -103,8 +103,7 @@ class Engine:
                                "drops": {}, "records_accepted": 0, "updates_delivered": 0,
                                "duplicate_records": 0, "records_published": 0,
                                "equivocations": 0, "events_dropped": 0, "internal_errors": 0,
-                               # suspicions put to the suspect and peers before their
-                               # death; SUSPECT/DEAD items answered with a newer ALIVE
+                               # docs/protocol.md, Membership: asking and answering
                                "suspicions_asked": 0, "accusations_answered": 0,
                                # bytes per message type, to see what the fixed cost is made of
                                "bytes_by_kind": {"in": {}, "out": {}}}
@@ -164,6 +163,7 @@ class Engine:
         self._last_pex = now
         self._pex_news = True
         self._next_reconnect = now + config.reconnect_interval_s
+        self._stuck_since, self._delivered_at_round = None, 0   # see _stuck_gap
         self._announce_self()
         for addr in self.bootstrap:
             self.outbox.send_join(addr)
@@ -227,6 +227,7 @@ class Engine:
             self._next_gossip = max(self._next_gossip + cfg.gossip_interval_s, now)
             self.sync.push_round()
         if now >= self.sync.ae_due:
+            self._stuck_gap(now)
             self.sync.anti_entropy_round(now)   # it sets the next ae_due (back-off)
         if now >= self._next_pex:
             quiet, self._pex_news = not self._pex_news, False
@@ -439,20 +440,7 @@ class Engine:
     def _on_peers_req(self, m: Member, payload, now: float) -> None:
         # Every live member, reachable by us or not: the asker may have (or make) a path.
         items, budget = [], self.outbox.budget(m, 1)
-        # Certificates it is not known to hold (Member.known) go first: each goes to it once.
-        # Then, where it counts fewer live nodes than we do (its payload), those we believe
-        # it holds: the datagram that carried one to it may have been lost.
-        lacking = self.members.lacking(payload, self.node_id)
-        fresh, doubt = [], []
-        for p in self.members.live_members():
-            if p is not m:
-                if m.known.get(p.node_id) != alive_tag(p.cert, p.nat):
-                    fresh.append(p)
-                elif member_bucket(p.node_id) in lacking:
-                    doubt.append(p)
-        pool = self.rng.sample(fresh, min(PEERS_PER_ANSWER, len(fresh)))
-        pool += self.rng.sample(doubt, min(PEERS_PER_ANSWER - len(pool), len(doubt)))
-        for peer in pool:
+        for peer in self.members.to_exchange(m, payload, self.node_id, self.rng, PEERS_PER_ANSWER):
             packed = encode_alive(peer.cert, peer.addr, peer.nat, peer.version)
             if len(packed) > budget:
                 break
@@ -474,11 +462,12 @@ class Engine:
                 if fix is not None:
                     corrections.append(fix)
         if corrections:
-            self._correct(sender, corrections)
+            self.counters["accusations_answered"] += 1
+            self.probing.answer(sender, corrections)
 
     def _on_gossip_item(self, sender: Member, item, addr, now: float) -> bytes | None:
         """Returns an ALIVE item for the sender when it accused us, or a member at an
-        incarnation older than the one we hold (it missed the refutation): see _correct."""
+        incarnation older than the one we hold (it missed the refutation): Probing.answer."""
         match item:
             case Alive():
                 self._on_alive(sender, item, addr, now)
@@ -547,17 +536,6 @@ class Engine:
     def _own_alive(self) -> bytes:
         return encode_alive(self.session.cert, None, self.nat.kind, self.software or None)
 
-    def _correct(self, m: Member, items: list) -> None:
-        """m accused us, or members at incarnations older than ours (it holds a suspicion that
-        was refuted, and would let it ripen into a death).  Answer at once with the
-        refutations, as many as one datagram holds (one datagram per datagram of m's)."""
-        self.counters["accusations_answered"] += 1
-        budget, out = self.outbox.budget(m, len(NIL)), []
-        for item in dict.fromkeys(items):   # once each (a SUSPECT and a DEAD of one member)
-            if len(item) <= budget:
-                budget -= len(item)
-                out.append(item)
-        self.outbox.send(MessageType.PUSH, m, NIL, out, [])
 
     def _apply(self, change: Change | None) -> None:
         """A membership transition: its event to the driver, its gossip to peers."""
@@ -592,6 +570,21 @@ class Engine:
                 self._membership_news()
                 self.probing.hold(target, change.gossip, now)
                 self.outbox.send(MessageType.PING, target, packb(0), [change.gossip])
+
+    def _stuck_gap(self, now: float) -> None:
+        """Records held beyond a gap, and nothing delivered since the last round: we lack
+        something and are not getting it (a repair exchange lost on its way, several legs
+        over lossy or relayed paths).  That is news (compare at the base interval, not after
+        a back-off of up to 16 s per failed exchange) for at most 4 x the longest interval:
+        a gap nobody can fill (its records lost everywhere) then backs off as before."""
+        delivered = self.counters["updates_delivered"]
+        if self.sync.book.pending_total and delivered == self._delivered_at_round:
+            self._stuck_since = now if self._stuck_since is None else self._stuck_since
+            if now - self._stuck_since < 4 * self.config.anti_entropy_max_interval_s:
+                self.sync.news()
+        else:
+            self._stuck_since = None
+        self._delivered_at_round = delivered
 
     def _rejoin_bootstrap(self) -> None:
         # Keep knocking on configured addresses that are not live members: a node whose

@@ -17,7 +17,7 @@ from .config import ProtocolConfig
 from .events import Event, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
 from .replay_window import ReplayWindow
 from .session import Cert
-from .wire import NatKind, WireError, encode_alive, encode_dead, encode_leave, encode_suspect
+from .wire import NatKind, WireError, alive_tag, encode_alive, encode_dead, encode_leave, encode_suspect
 
 
 # Peer exchange compares how many live nodes each side holds per bucket of node ids (the
@@ -143,6 +143,22 @@ class Membership:
             raise WireError("malformed")
         ours = self.bucket_counts(own_id)
         return {b for b in range(MEMBER_BUCKETS) if ours[b] > theirs[b]}
+
+    def to_exchange(self, asker: Member, theirs, own_id: bytes, rng, k: int) -> list:
+        """Up to k live members for a PEERS answer to asker (theirs: its PEERS_REQ counts).
+        Certificates it is not known to hold (Member.known) go first: each goes to it once.
+        Then, where it counts fewer live nodes than we do, those we believe it holds: the
+        datagram that carried one to it may have been lost."""
+        lacking = self.lacking(theirs, own_id)
+        fresh, doubt = [], []
+        for p in self.live_members():
+            if p is not asker:
+                if asker.known.get(p.node_id) != alive_tag(p.cert, p.nat):
+                    fresh.append(p)
+                elif member_bucket(p.node_id) in lacking:
+                    doubt.append(p)
+        pool = rng.sample(fresh, min(k, len(fresh)))
+        return pool + rng.sample(doubt, min(k - len(pool), len(doubt)))
 
     def dead_with_address(self) -> list:
         return [m for m in self.members.values() if m.state == MemberState.DEAD and m.addr is not None]

@@ -104,13 +104,24 @@ class Probing:
         """Half-way to its death, put a suspicion to the suspect (if we reach it) and to a few
         peers: the suspect refutes it, and a peer that holds a newer incarnation answers with
         it (Engine, stale accusations).  A refutation's gossip can miss a node (loss, or a NAT
-        that lets only a few peers reach it); this asks exactly the nodes that still suspect."""
+        that lets only a few peers reach it); only the nodes that still suspect ask."""
         item = [encode_suspect(m.node_id, m.incarnation)]
         reach = self.members.reachable
         if m.addr is not None and (reach is None or reach(m)):
             self.outbox.send(MessageType.PUSH, m, NIL, item, [])
         for peer in self.members.random_live(self.rng, self.config.indirect_probes, exclude=(m.node_id,)):
             self.outbox.send(MessageType.PUSH, peer, NIL, item, [])
+
+    def answer(self, m: Member, items: list) -> None:
+        """m accused us, or members at incarnations older than ours (it holds a suspicion that
+        was refuted, and would let it ripen into a death): answer at once with the newer
+        ALIVE items, as many as one datagram holds (one datagram per datagram of m's)."""
+        budget, out = self.outbox.budget(m, len(NIL)), []
+        for item in dict.fromkeys(items):   # once each (a SUSPECT and a DEAD of one member)
+            if len(item) <= budget:
+                budget -= len(item)
+                out.append(item)
+        self.outbox.send(MessageType.PUSH, m, NIL, out, [])
 
     def ping_dead(self, now: float) -> None:
         """PING a few dead members with the verdict: one that is in fact alive (lossy links, a
