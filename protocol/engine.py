@@ -37,12 +37,12 @@ from .outbox import Outbox
 from .probing import Probing
 from .session import Authenticated, Session
 from .store import MemoryRecordStore
+from .peerex import CertExchange
 from .sync import Sync
-from .wire import (NIL, Alive, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
+from .wire import (NIL, Alive, AliveTag, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
                    MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
-PEERS_PER_ANSWER = 12     # ALIVE items in a PEERS answer, as many as fit
 
 
 class ProtocolError(Exception):
@@ -119,6 +119,7 @@ class Engine:
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
                                          self.node_id, bound_addr, now)
         self.session.nat = self.nat.kind
+        self.certs = CertExchange(self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
@@ -134,7 +135,7 @@ class Engine:
             MessageType.VECTOR: self.sync.on_vector,
             MessageType.PULL: self.sync.on_pull,
             MessageType.RECORDS: _carries_only,
-            MessageType.PEERS_REQ: self._on_peers_req,
+            MessageType.PEERS_REQ: self.certs.on_peers_req,
             MessageType.PEERS: _carries_only,
             MessageType.RELAY: self._on_relay,
             MessageType.PUNCH_REQ: self.nat.on_punch_req,
@@ -213,6 +214,7 @@ class Engine:
             for change in self.members.expire(now):
                 self._apply(change)
             self.probing.probe_next(now)
+            self.certs.retry(now)
         else:
             self._suspect_unanswered(now)
         if now >= self._next_gossip:
@@ -419,21 +421,6 @@ class Engine:
             src, inner = carried
             self._receive(inner, src.addr, now, via=m)
 
-    def _on_peers_req(self, m: Member, payload, now: float) -> None:
-        # Every live member, reachable by us or not: the asker may have (or make) a path.
-        items, budget = [], self.outbox.budget(m, 1)
-        # Only certificates it is not known to hold (Member.known): each goes to it once.
-        pool = [p for p in self.members.live_members()
-                if p is not m and m.known.get(p.node_id) != alive_tag(p.cert, p.nat)]
-        for peer in self.rng.sample(pool, min(PEERS_PER_ANSWER, len(pool))):
-            packed = encode_alive(peer.cert, peer.addr, peer.nat, peer.version)
-            if len(packed) > budget:
-                break
-            budget -= len(packed)
-            items.append(packed)
-            note_held(m, peer.node_id, alive_tag(peer.cert, peer.nat))
-        self.outbox.send(MessageType.PEERS, m, NIL, items)
-
     # ================================================================ membership gossip
     def _on_gossip(self, sender: Member, items: list, addr, now: float) -> None:
         """Gossip items in an authenticated datagram; each bad one is a counted drop."""
@@ -442,11 +429,16 @@ class Engine:
                 self._on_gossip_item(sender, decode_gossip(item), addr, now)
             except WireError as e:
                 self.events.drop(e.reason, addr)
+        self.certs.ask(sender, now)   # the certificates its TAG items told of that we lack
 
     def _on_gossip_item(self, sender: Member, item, addr, now: float) -> None:
         match item:
             case Alive():
                 self._on_alive(sender, item, addr, now)
+            case AliveTag():
+                if item.nat:
+                    self.nat.activate()
+                self.certs.on_tag(sender, item, now)
             case Suspect(node_id, inc) | Dead(node_id, inc) if node_id == self.node_id:
                 if inc >= self.session.incarnation:
                     self._refute(inc)
@@ -497,15 +489,16 @@ class Engine:
 
     def _refute(self, accused_incarnation: int) -> None:
         self.session.refute(accused_incarnation)
-        self._announce_self()
+        # Whole, not as a TAG: a peer that holds us suspect must not wait a round trip.
+        self._announce_self(whole=True)
         # Attach the new certificate to the next datagram to every peer: a peer that holds us
         # dead revives us on sight, and gossips it on (this is what heals partitions quickly).
         for m in self.members.members.values():
             m.confirmed = False
 
-    def _announce_self(self) -> None:
+    def _announce_self(self, whole: bool = False) -> None:
         self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None, self.nat.kind,
-                                                      self.software or None))
+                                                      self.software or None), whole)
 
     def _apply(self, change: Change | None) -> None:
         """A membership transition: its event to the driver, its gossip to peers."""
