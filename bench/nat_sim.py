@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from onebyte.protocol import PeerDead, ProtocolConfig
@@ -43,8 +44,9 @@ def main(argv=None) -> int:
              "cone": [i for i, k in nat.items() if k == "cone"],
              "symmetric": [i for i, k in nat.items() if k == "symmetric"]}
     counters = {k: sum(node.engine.counters[k] for node in sw.nodes)
-                for k in ("punches_ok", "punches_failed", "introductions", "relay_forwarded_bytes")}
-    out = {"nodes": n, "behind_nat": len(nat), "publish_s": args.publish_s, "drain_s": args.drain_s,
+                for k in ("punches_ok", "punches_failed", "introductions", "relay_forwarded_bytes",
+                          "suspicions_asked", "accusations_answered")}
+    out = {"argv": ["bench/nat_sim.py", *(sys.argv[1:] if argv is None else argv)], "nodes": n, "behind_nat": len(nat), "publish_s": args.publish_s, "drain_s": args.drain_s,
            "full_delivery": sw.converged(),
            "updates_published": sum(node.engine.book.contiguous(node.identity.node_id) for node in sw.nodes),
            "false_dead": len(deaths), "false_dead_by_victim_type": {
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
                node.engine.nat.kind.name.lower() == {"public": "open", "cone": "nat"}.get(
                    "public" if node.nat is None else node.nat.kind, "symmetric") for node in sw.nodes),
            "relayed_bytes_fraction": round(sw.stats["relay_bytes"] / sw.stats["bytes"], 4),
+           "bytes": sw.stats["bytes"],
            "nat_dropped": sw.stats["nat_dropped"], **counters,
            "wall_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(out, indent=1))

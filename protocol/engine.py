@@ -103,6 +103,9 @@ class Engine:
                                "drops": {}, "records_accepted": 0, "updates_delivered": 0,
                                "duplicate_records": 0, "records_published": 0,
                                "equivocations": 0, "events_dropped": 0, "internal_errors": 0,
+                               # suspicions put to the suspect and peers before their
+                               # death; SUSPECT/DEAD items answered with a newer ALIVE
+                               "suspicions_asked": 0, "accusations_answered": 0,
                                # bytes per message type, to see what the fixed cost is made of
                                "bytes_by_kind": {"in": {}, "out": {}}}
         self._version = config.protocol_version
@@ -204,6 +207,8 @@ class Engine:
             return
         cfg = self.config
         self.nat.now = now
+        for node_id, item in self.probing.released(now):
+            self.gossip_q.push(node_id, item)
         if now >= self.nat.due:
             self.nat.tick(now)
         if self.sync.flush_at is not None and now >= self.sync.flush_at:
@@ -213,6 +218,9 @@ class Engine:
             self._suspect_unanswered(now, end_of_period=True)
             for change in self.members.expire(now):
                 self._apply(change)
+            for m in self.members.ripe_suspects(now):
+                self.counters["suspicions_asked"] += 1
+                self.probing.ask(m, now)
             self.probing.probe_next(now)
             self.certs.retry(now)
         else:
@@ -229,7 +237,7 @@ class Engine:
             self._last_pex, self._next_pex = now, now + self._pex_interval
             peer = self.members.random_live(self.rng, 1)
             if peer:
-                self.outbox.send(MessageType.PEERS_REQ, peer[0], NIL)
+                self._ask_peers(peer[0])
         if now >= self._next_reconnect:
             self._next_reconnect = now + cfg.reconnect_interval_s
             self.probing.ping_dead(now)
@@ -398,7 +406,7 @@ class Engine:
         # The answer to our JOIN: ask this first contact for more peers.
         if payload is not None:
             self._observed(m, payload, now)
-        self.outbox.send(MessageType.PEERS_REQ, m, NIL)
+        self._ask_peers(m)
 
     def _on_ping(self, m: Member, payload, now: float) -> None:
         self.probing.on_ping(m, payload, now, self.nat.observed_for(m))
@@ -421,17 +429,28 @@ class Engine:
             src, inner = carried
             self._receive(inner, src.addr, now, via=m)
 
+    def _ask_peers(self, m: Member) -> None:
+        self.outbox.send(MessageType.PEERS_REQ, m, packb(self.members.bucket_counts(self.node_id)))
+
     # ================================================================ membership gossip
     def _on_gossip(self, sender: Member, items: list, addr, now: float) -> None:
         """Gossip items in an authenticated datagram; each bad one is a counted drop."""
+        corrections = []
         for item in items[:MAX_GOSSIP_ITEMS]:
             try:
-                self._on_gossip_item(sender, decode_gossip(item), addr, now)
+                fix = self._on_gossip_item(sender, decode_gossip(item), addr, now)
             except WireError as e:
                 self.events.drop(e.reason, addr)
+            else:
+                if fix is not None:
+                    corrections.append(fix)
+        if corrections:
+            self._correct(sender, corrections)
         self.certs.ask(sender, now)   # the certificates its TAG items told of that we lack
 
-    def _on_gossip_item(self, sender: Member, item, addr, now: float) -> None:
+    def _on_gossip_item(self, sender: Member, item, addr, now: float) -> bytes | None:
+        """Returns an ALIVE item for the sender when it accused us, or a member at an
+        incarnation older than the one we hold (it missed the refutation): see _correct."""
         match item:
             case Alive():
                 self._on_alive(sender, item, addr, now)
@@ -442,10 +461,13 @@ class Engine:
             case Suspect(node_id, inc) | Dead(node_id, inc) if node_id == self.node_id:
                 if inc >= self.session.incarnation:
                     self._refute(inc)
+                return self._own_alive()   # the accuser hears the refutation at once
             case Suspect(node_id, inc):   # an accusation by the (authenticated) sender
                 self._apply(self.members.on_suspect(node_id, inc, now))
+                return self.members.newer_alive(node_id, inc)
             case Dead(node_id, inc):
                 self._apply(self.members.on_dead(node_id, inc, now))
+                return self.members.newer_alive(node_id, inc)
             case Leave():
                 self._on_leave(item, now)
             case ProofItem():   # an equivocation proof (protocol/equivocation.py)
@@ -497,8 +519,22 @@ class Engine:
             m.confirmed = False
 
     def _announce_self(self, whole: bool = False) -> None:
-        self.gossip_q.push(self.node_id, encode_alive(self.session.cert, None, self.nat.kind,
-                                                      self.software or None), whole)
+        self.gossip_q.push(self.node_id, self._own_alive(), whole)
+
+    def _own_alive(self) -> bytes:
+        return encode_alive(self.session.cert, None, self.nat.kind, self.software or None)
+
+    def _correct(self, m: Member, items: list) -> None:
+        """m accused us, or members at incarnations older than ours (it holds a suspicion that
+        was refuted, and would let it ripen into a death).  Answer at once with the
+        refutations, as many as one datagram holds (one datagram per datagram of m's)."""
+        self.counters["accusations_answered"] += 1
+        budget, out = self.outbox.budget(m, len(NIL)), []
+        for item in dict.fromkeys(items):   # once each (a SUSPECT and a DEAD of one member)
+            if len(item) <= budget:
+                budget -= len(item)
+                out.append(item)
+        self.outbox.send(MessageType.PUSH, m, NIL, out, [])
 
     def _apply(self, change: Change | None) -> None:
         """A membership transition: its event to the driver, its gossip to peers."""
@@ -525,11 +561,13 @@ class Engine:
             if self.nat.spare(target):
                 continue   # reached through a relay: the relay may be what failed
             change = self.members.on_suspect(target.node_id, target.incarnation, now)
-            self._apply(change)
             if change is not None:
                 # Tell the suspect itself at once (memberlist's "buddy system"): alive, it
-                # refutes in one round trip, before a peer with few paths (behind a NAT) has
-                # spread the suspicion or let it ripen into a death.
+                # refutes in one round trip, and only a suspicion not refuted by then is
+                # gossiped (Probing.hold).
+                self.events.emit(change.event)
+                self._membership_news()
+                self.probing.hold(target, change.gossip, now)
                 self.outbox.send(MessageType.PING, target, packb(0), [change.gossip])
 
     def _rejoin_bootstrap(self) -> None:

@@ -17,7 +17,17 @@ from .config import ProtocolConfig
 from .events import Event, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected
 from .replay_window import ReplayWindow
 from .session import Cert
-from .wire import NatKind, encode_alive, encode_dead, encode_leave, encode_suspect
+from .wire import NatKind, WireError, encode_alive, encode_dead, encode_leave, encode_suspect
+
+
+# Peer exchange compares how many live nodes each side holds per bucket of node ids (the
+# PEERS_REQ payload, one byte per bucket): where the asker holds fewer, a certificate we
+# believe it holds may have been lost on its way.
+MEMBER_BUCKETS = 32
+
+
+def member_bucket(node_id: bytes) -> int:
+    return node_id[0] % MEMBER_BUCKETS
 
 
 class MemberState(IntEnum):
@@ -30,7 +40,7 @@ class MemberState(IntEnum):
 class Member:
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
                  "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
-                 "nat", "path_until", "relay", "known", "heard_at", "version")
+                 "nat", "path_until", "relay", "known", "heard_at", "version", "asked")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -58,6 +68,7 @@ class Member:
         # items it sent us or we sent it; ALIVE gossip skips these (dissemination.py).
         self.known: dict = {}
         self.heard_at = float("-inf")   # its last authenticated datagram (protocol/probing.py)
+        self.asked = False   # while SUSPECT: we asked whether it was refuted (ripe_suspects)
 
     @property
     def live(self) -> bool:
@@ -113,6 +124,26 @@ class Membership:
                 out.append(m)
         return out[:k]
 
+    def bucket_counts(self, own_id: bytes) -> bytes:
+        """Live nodes we hold (ourselves included) per member bucket, each capped at 255: the
+        PEERS_REQ payload."""
+        counts = [0] * MEMBER_BUCKETS
+        counts[member_bucket(own_id)] += 1
+        for m in self.members.values():
+            if m.live:
+                counts[member_bucket(m.node_id)] += 1
+        return bytes(min(c, 255) for c in counts)
+
+    def lacking(self, theirs, own_id: bytes) -> set:
+        """Buckets where a PEERS_REQ's counts (theirs; None from an asker that sends none) are
+        below ours: the asker lacks some member we hold there."""
+        if theirs is None:
+            return set()
+        if not isinstance(theirs, bytes) or len(theirs) != MEMBER_BUCKETS:
+            raise WireError("malformed")
+        ours = self.bucket_counts(own_id)
+        return {b for b in range(MEMBER_BUCKETS) if ours[b] > theirs[b]}
+
     def dead_with_address(self) -> list:
         return [m for m in self.members.values() if m.state == MemberState.DEAD and m.addr is not None]
 
@@ -121,6 +152,7 @@ class Membership:
         self._live = None
         m.state = state
         m.state_since = now
+        m.asked = False
         if state == MemberState.ALIVE:
             self._not_alive.pop(m.node_id, None)
         else:
@@ -194,6 +226,15 @@ class Membership:
         self._set_state(m, MemberState.SUSPECT, now)
         return Change(node_id, PeerSuspected(node_id), encode_suspect(node_id, m.incarnation))
 
+    def newer_alive(self, node_id: bytes, inc: int) -> bytes | None:
+        """A SUSPECT or DEAD about node_id at incarnation inc came in: if we hold it live at a
+        newer incarnation, the accuser missed a refutation.  Returns the ALIVE item that
+        corrects it (our certificate of the member), else None."""
+        m = self.members.get(node_id)
+        if m is None or not m.live or m.incarnation <= inc:
+            return None
+        return encode_alive(m.cert, m.addr, m.nat, m.version)
+
     def on_dead(self, node_id: bytes, inc: int, now: float) -> Change | None:
         m = self.members.get(node_id)
         if m is None or inc < m.incarnation or not m.live:
@@ -231,6 +272,20 @@ class Membership:
             rng.shuffle(order)
             self._probe_order = order
         return None
+
+    def ripe_suspects(self, now: float) -> list:
+        """Suspects past half their timeout that we have not yet asked about (each is returned
+        once per suspicion): before it ripens into a death, the suspicion is put to the
+        suspect and to a few peers, which answer with a refutation we missed (Probing.ask)."""
+        half = self.config.suspicion_timeout(self._live_count + 1) / 2
+        out = []
+        for nid in self._not_alive:
+            m = self.members.get(nid)
+            if m is not None and m.state == MemberState.SUSPECT and not m.asked \
+                    and now - m.state_since >= half:
+                m.asked = True
+                out.append(m)
+        return out
 
     def expire(self, now: float) -> list[Change]:
         """Suspects past their timeout become dead; dead/left past dead_forget_s are forgotten."""

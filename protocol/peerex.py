@@ -7,15 +7,16 @@ swarm every member sends its own with its first datagram to each peer); one that
 asks the sender for it in a PEERS_REQ naming X, and the PEERS answer carries the ALIVE item.
 So a certificate crosses about one link per node that needs it, not `limit` per relay.
 
-A PEERS_REQ with a nil payload is the periodic peer exchange: up to PEERS_PER_ANSWER
-random live members the asker is not known to hold (docs/protocol.md, "Membership").
+A PEERS_REQ with the asker's live-member counts per bucket (or nil) is the periodic peer
+exchange: TAGs of up to PEERS_PER_ANSWER live members the asker is not known to hold, then of
+members it may have missed (docs/protocol.md, "Membership").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .dissemination import note_held
-from .membership import Member, Membership
+from .membership import Member, Membership, member_bucket
 from .outbox import Outbox
 from .identity import CERT_SIZE
 from .wire import (NIL, AliveTag, MessageType, WireError, alive_tag, encode_alive, encode_alive_tag,
@@ -105,18 +106,31 @@ class CertExchange:
 
     # ================================================================ answering PEERS_REQ
     def on_peers_req(self, m: Member, payload, now: float) -> None:
-        """nil: TAG items of a sample of live members m is not known to hold (it asks for the
-        certificates it lacks); [node ids]: the ALIVE items of those it names (live members
-        we hold; the rest is skipped).  One datagram, as many as fit."""
-        if payload is None:
-            # Every live member, reachable by us or not: the asker may have (or make) a path.
-            pool = [p for p in self.members.live_members()
-                    if p is not m and m.known.get(p.node_id) != alive_tag(p.cert, p.nat)]
-            chosen = self.rng.sample(pool, min(PEERS_PER_ANSWER, len(pool)))
-            self._answer(m, [encode_alive_tag(p.node_id, p.generation, p.incarnation, p.nat, p.version)
-                             for p in chosen])
+        """Counts (32-byte bin, or nil): TAG items of a sample of live members (the asker asks
+        for the certificates it lacks); [node ids]: the ALIVE items of those it names (live
+        members we hold; the rest is skipped).  One datagram, as many as fit."""
+        if isinstance(payload, list):
+            self._answer_asked(m, payload)
             return
-        if not (isinstance(payload, list) and len(payload) <= MAX_ASKED and all(map(is_node_id, payload))):
+        lacking = self.members.lacking(payload, self.node_id)
+        # Members it is not known to hold go first (Member.known).  Then, in buckets where it
+        # counts fewer live nodes than we do, those we believe it holds: the datagram that
+        # carried one to it may have been lost, and nothing else would send it again.
+        fresh, doubt = [], []
+        for p in self.members.live_members():
+            if p is not m:
+                if m.known.get(p.node_id) != alive_tag(p.cert, p.nat):
+                    fresh.append(p)
+                elif member_bucket(p.node_id) in lacking:
+                    doubt.append(p)
+        # Every live member, reachable by us or not: the asker may have (or make) a path.
+        pool = self.rng.sample(fresh, min(PEERS_PER_ANSWER, len(fresh)))
+        pool += self.rng.sample(doubt, min(PEERS_PER_ANSWER - len(pool), len(doubt)))
+        self._answer(m, [encode_alive_tag(p.node_id, p.generation, p.incarnation, p.nat, p.version)
+                         for p in pool])
+
+    def _answer_asked(self, m: Member, payload: list) -> None:
+        if not (len(payload) <= MAX_ASKED and all(map(is_node_id, payload))):
             raise WireError("malformed")
         chosen = [p for p in map(self.members.get, dict.fromkeys(payload))
                   if p is not None and p is not m and p.live]

@@ -14,7 +14,7 @@ from typing import Iterator
 from .config import ProtocolConfig
 from .membership import Member, Membership, MemberState
 from .outbox import Outbox
-from .wire import MessageType, WireError, encode_dead, is_node_id, is_uint, packb
+from .wire import NIL, MessageType, WireError, encode_dead, encode_suspect, is_node_id, is_uint, packb
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Probing:
         self.rng = rng
         self.probes: dict[int, Probe] = {}    # our seq -> probe
         self.relays: dict[int, Relay] = {}    # our seq -> relay
+        # Suspicions of ours not yet gossiped: suspect id -> (incarnation, SUSPECT item, when
+        # to gossip it unless refuted by then).  See hold().
+        self.held: dict[bytes, tuple] = {}
         self._seq = 0                         # shared by probes and relays: one ACK, one meaning
 
     # ================================================================ rounds
@@ -78,6 +81,36 @@ class Probing:
                 for helper in self.members.random_live(self.rng, cfg.indirect_probes,
                                                        exclude=(probe.target,)):
                     self.outbox.send(MessageType.PING_REQ, helper, packb([seq, probe.target]))
+
+    def hold(self, m: Member, item: bytes, now: float) -> None:
+        """We suspect m (its probe failed) and told it so: keep the SUSPECT item for one direct
+        round trip (probe_timeout_s) before gossiping it.  A live m answers at once with its
+        refutation, and the suspicion never leaves us; most false suspicions (a lost ping or
+        ack) then cost one round trip instead of a rumour that every node must unlearn."""
+        self.held[m.node_id] = (m.incarnation, item, now + self.config.probe_timeout_s)
+
+    def released(self, now: float) -> list:
+        """(suspect id, SUSPECT item) to gossip now: held suspicions still unrefuted."""
+        out = []
+        for nid, (inc, item, at) in list(self.held.items()):
+            if now >= at:
+                del self.held[nid]
+                m = self.members.get(nid)
+                if m is not None and m.state == MemberState.SUSPECT and m.incarnation == inc:
+                    out.append((nid, item))
+        return out
+
+    def ask(self, m: Member, now: float) -> None:
+        """Half-way to its death, put a suspicion to the suspect (if we reach it) and to a few
+        peers: the suspect refutes it, and a peer that holds a newer incarnation answers with
+        it (Engine, stale accusations).  A refutation's gossip can miss a node (loss, or a NAT
+        that lets only a few peers reach it); this asks exactly the nodes that still suspect."""
+        item = [encode_suspect(m.node_id, m.incarnation)]
+        reach = self.members.reachable
+        if m.addr is not None and (reach is None or reach(m)):
+            self.outbox.send(MessageType.PUSH, m, NIL, item, [])
+        for peer in self.members.random_live(self.rng, self.config.indirect_probes, exclude=(m.node_id,)):
+            self.outbox.send(MessageType.PUSH, peer, NIL, item, [])
 
     def ping_dead(self, now: float) -> None:
         """PING a few dead members with the verdict: one that is in fact alive (lossy links, a

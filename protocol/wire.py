@@ -34,7 +34,7 @@ class MessageType(IntEnum):
     VECTOR = 8      # payload: [buckets, [[origin, step], ...]]
     PULL = 9        # payload: [[origin, from_step], ...]
     RECORDS = 10    # payload: nil; records answering a PULL
-    PEERS_REQ = 11  # payload: nil
+    PEERS_REQ = 11  # payload: live nodes per member bucket (32-byte bin), or nil
     PEERS = 12      # payload: nil; gossip holds ALIVE items
     RELAY = 13      # payload: [0, dest node id, inner datagram] to a relay,
                     #          [1, src node id, inner datagram] from it (protocol/nat.py)
@@ -172,7 +172,7 @@ def packb(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-NIL = packb(None)   # the payload of HELLO, PUSH, RECORDS, PEERS_REQ and PEERS
+NIL = packb(None)   # the payload of HELLO, PUSH, RECORDS and PEERS
 
 
 def is_node_id(x) -> bool:
