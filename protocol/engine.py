@@ -43,6 +43,7 @@ from .wire import (NIL, Alive, AliveTag, alive_tag, Dead, Header, Leave, Message
                    MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
+LAG_SLACK_S = 0.1         # a timer this late means our own loop stalled (see handle_timer)
 
 
 class ProtocolError(Exception):
@@ -206,6 +207,14 @@ class Engine:
         if self._left:
             return
         cfg = self.config
+        lag = now - self.get_timer()
+        if lag > LAG_SLACK_S:
+            # Our own loop stalled (a busy CPU, a paused process): answers to our probes may
+            # sit unread in the socket, and we were deaf meanwhile.  The stall does not count
+            # against the probed (Lifeguard's local health, measured as our own timer lag).
+            self.counters["timer_lag_s"] = self.counters.get("timer_lag_s", 0.0) + lag
+            self.probing.delay(lag)
+            self.members.delay(lag)
         self.nat.now = now
         for node_id, item in self.probing.released(now):
             self.gossip_q.push(node_id, item)

@@ -73,7 +73,9 @@ class Probing:
             target = self.members.get(probe.target)
             if target is None or not target.live:
                 del self.probes[seq]
-            elif end_of_period or now >= probe.sent_at + cfg.probe_interval_s:
+            elif now >= probe.sent_at + (cfg.probe_timeout_s if end_of_period else cfg.probe_interval_s):
+                # (at the end of the period: any probe past its direct timeout, which a probe
+                # put back by a stall of ours (delay) is not)
                 del self.probes[seq]
                 yield target
             elif not probe.indirect and now >= probe.sent_at + cfg.probe_timeout_s:
@@ -81,6 +83,14 @@ class Probing:
                 for helper in self.members.random_live(self.rng, cfg.indirect_probes,
                                                        exclude=(probe.target,)):
                     self.outbox.send(MessageType.PING_REQ, helper, packb([seq, probe.target]))
+
+    def delay(self, seconds: float) -> None:
+        """Our own loop stalled this long: push every probe's deadlines (and held suspicions'
+        release) back by it, so answers that waited unread in the socket still count."""
+        for probe in self.probes.values():
+            probe.sent_at += seconds
+        for nid, (inc, item, at) in self.held.items():
+            self.held[nid] = (inc, item, at + seconds)
 
     def hold(self, m: Member, item: bytes, now: float) -> None:
         """We suspect m (its probe failed) and told it so: keep the SUSPECT item for one direct
