@@ -23,6 +23,7 @@ class Probe:
     target: bytes            # node id
     sent_at: float
     indirect: bool = False   # PING_REQs already sent to helpers
+    retried: bool = False    # the second chance went (see failed)
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,19 @@ class Probing:
             target = self.members.get(probe.target)
             if target is None or not target.live:
                 del self.probes[seq]
+            elif probe.retried:
+                if now >= probe.sent_at + cfg.probe_timeout_s:
+                    del self.probes[seq]
+                    yield target
             elif now >= probe.sent_at + (cfg.probe_timeout_s if end_of_period else cfg.probe_interval_s):
                 # (at the end of the period: any probe past its direct timeout, which a probe
-                # put back by a stall of ours (delay) is not)
-                del self.probes[seq]
-                yield target
+                # put back by a stall of ours (delay) is not).  A second chance before any
+                # suspicion: one more PING and one more direct timeout.  A peer that was only
+                # slow (a stalled loop on a busy CPU) answers it, and no suspicion, refutation
+                # and new certificate for every member to learn follows; detection is
+                # probe_timeout_s later.
+                probe.retried, probe.sent_at = True, now
+                self.outbox.send(MessageType.PING, target, packb(seq))
             elif not probe.indirect and now >= probe.sent_at + cfg.probe_timeout_s:
                 probe.indirect = True
                 for helper in self.members.random_live(self.rng, cfg.indirect_probes,
