@@ -554,7 +554,19 @@ class Engine:
             self._membership_news()
             if isinstance(change.event, PeerJoined):
                 self.sync.news()   # a newcomer, or a member back: compare version vectors soon
+                if self._joins_announce_themselves(change.node_id):
+                    return
         self.gossip_q.push(change.node_id, change.gossip)
+
+    def _joins_announce_themselves(self, node_id: bytes) -> bool:
+        """In a small swarm with no NAT about, a member that joins (or restarts: incarnation 0)
+        reaches every member itself, its certificate in its first datagram to each (it learns
+        them all from its first peer's PEERS answer, and pushes its records to every one): a
+        relay of the news would reach members that hold it already.  Refutations, and any
+        swarm past direct_push_max or with a NAT, are relayed as usual."""
+        m = self.members.get(node_id)
+        return (m is not None and m.incarnation == 0 and self.members.reachable is None
+                and self.members.live_count() <= self.config.direct_push_max)
 
     def _membership_news(self) -> None:
         """Peer exchange back at its base interval (counted from its last round)."""

@@ -22,7 +22,8 @@ from .identity import CERT_SIZE
 from .wire import (NIL, AliveTag, MessageType, WireError, alive_tag, encode_alive, encode_alive_tag,
                    is_node_id, packb)
 
-PEERS_PER_ANSWER = 12    # ALIVE items in a periodic PEERS answer, as many as fit
+PEERS_PER_ANSWER = 32    # TAG items in a periodic PEERS answer, as many as fit (~26): a
+                         # newcomer to a small swarm learns every member from its first answer
 MAX_ASKED = 32           # node ids in one PEERS_REQ (an answer holds fewer: what fits)
 ASK_AGAIN_S = 1.0        # a certificate asked for and not come is asked for again, of the next
 ASK_TRIES = 4            # holder that told us of it (lossy links), up to this many times
