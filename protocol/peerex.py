@@ -108,12 +108,18 @@ class CertExchange:
     # ================================================================ answering PEERS_REQ
     def on_peers_req(self, m: Member, payload, now: float) -> None:
         """Counts (32-byte bin, or nil): TAG items of a sample of live members (the asker asks
-        for the certificates it lacks); [node ids]: the ALIVE items of those it names (live
-        members we hold; the rest is skipped).  One datagram, as many as fit."""
+        for the certificates it lacks), none if its counts equal ours; [node ids]: the ALIVE
+        items of those it names (live members we hold; the rest is skipped).  One datagram,
+        as many as fit."""
         if isinstance(payload, list):
             self._answer_asked(m, payload)
             return
         lacking = self.members.lacking(payload, self.node_id)
+        if (payload is not None and self.members.reachable is None
+                and payload == self.members.bucket_counts(self.node_id)):
+            # As many live members as we hold in every bucket: our views agree.  (With NATs
+            # about, views that count alike still differ in who reaches whom: answer.)
+            return
         # Members it is not known to hold go first (Member.known).  Then, in buckets where it
         # counts fewer live nodes than we do, those we believe it holds: the datagram that
         # carried one to it may have been lost, and nothing else would send it again.

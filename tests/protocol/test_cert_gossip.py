@@ -192,3 +192,25 @@ def test_peers_req_naming_members_is_answered_with_those_only_and_a_bad_list_is_
     for bad in ([b"short"], [engines[3].node_id] * 33, "x"):
         with pytest.raises(WireError):
             a.certs.on_peers_req(m_b, bad, net.now)
+
+
+def test_peer_exchange_between_agreeing_views_sends_nothing_back():
+    net = Net(CFG)
+    engines = [net.add(1)]
+    first = net.addr_of[engines[0].node_id]
+    for seed in range(2, 6):
+        engines.append(net.add(seed, bootstrap=[first]))
+    net.deliver()
+    net.advance(20.0)
+    a, b = engines[0], engines[1]
+    m_b = a.members.get(b.node_id)
+    m_b.known.clear()   # nothing known of what b holds: only the counts can tell
+    counts = b.members.bucket_counts(b.node_id)
+    assert counts == a.members.bucket_counts(a.node_id)
+    before = len(a.outbox.datagrams)
+    a.certs.on_peers_req(m_b, counts, net.now)
+    assert len(a.outbox.datagrams) == before        # same counts everywhere: no answer
+    fewer = bytearray(counts)
+    fewer[next(i for i, c in enumerate(counts) if c)] -= 1
+    a.certs.on_peers_req(m_b, bytes(fewer), net.now)
+    assert len(a.outbox.datagrams) == before + 1    # it lacks one: TAGs go
