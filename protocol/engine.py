@@ -43,6 +43,7 @@ from .wire import (NIL, Alive, AliveTag, alive_tag, Dead, Header, Leave, Message
                    MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
+WEIGHTS_BYTES = 8         # of the weights digest and vv hash in a DIGEST (set_weights_digest)
 LAG_SLACK_S = 0.1         # a timer this late means our own loop stalled (see handle_timer)
 
 
@@ -308,7 +309,8 @@ class Engine:
         if not (isinstance(digest, bytes) and isinstance(vv_hash, bytes)
                 and 0 < len(digest) <= 32 and 0 < len(vv_hash) <= 32):
             raise ValueError("weights digest and vv hash must be 1..32 bytes each")
-        self.sync.weights = (digest, vv_hash)
+        # 8 bytes of each travel: a chance collision is 2^-64, and every DIGEST carries them.
+        self.sync.weights = (digest[:WEIGHTS_BYTES], vv_hash[:WEIGHTS_BYTES])
 
     # ================================================================ views
     def peers(self) -> list:
