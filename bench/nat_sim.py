@@ -4,7 +4,8 @@ port-restricted cone, one third symmetric), 10% loss, 50 +- 20 ms one way.  Prin
     .venv/bin/python bench/nat_sim.py --nodes 300 --publish-s 60
 
 Every node publishes 2 updates/s for --publish-s, then the swarm drains for --drain-s.
-full_delivery: every node holds every origin's every step.  false_dead: (observer, peer)
+full_delivery: every node holds every origin's every step at the end (full_delivery_after_drain_s:
+the first whole second of the drain at which it did).  false_dead: (observer, peer)
 PeerDead events about a node that was running (no node stops in this run).
 """
 from __future__ import annotations
@@ -38,7 +39,12 @@ def main(argv=None) -> int:
     sw.run_for(3.0 + args.publish_s)
     for node in sw.nodes:
         sw.set_publishing(node, 0)
-    sw.run_for(args.drain_s)
+    full_at = None   # seconds into the drain when every node first held every update
+    for _ in range(int(args.drain_s)):
+        sw.run_for(1.0)
+        if full_at is None and sw.converged():
+            full_at = round(sw.now - 3.0 - args.publish_s, 1)
+    sw.run_for(args.drain_s - int(args.drain_s))
     ids = {node.identity.node_id: node for node in sw.nodes}
     kinds = {"public": [i for i in range(n) if i not in nat],
              "cone": [i for i, k in nat.items() if k == "cone"],
@@ -47,7 +53,7 @@ def main(argv=None) -> int:
                 for k in ("punches_ok", "punches_failed", "introductions", "relay_forwarded_bytes",
                           "suspicions_asked", "accusations_answered")}
     out = {"argv": ["bench/nat_sim.py", *(sys.argv[1:] if argv is None else argv)], "nodes": n, "behind_nat": len(nat), "publish_s": args.publish_s, "drain_s": args.drain_s,
-           "full_delivery": sw.converged(),
+           "full_delivery": sw.converged(), "full_delivery_after_drain_s": full_at,
            "updates_published": sum(node.engine.book.contiguous(node.identity.node_id) for node in sw.nodes),
            "false_dead": len(deaths), "false_dead_by_victim_type": {
                k: sum(1 for _, v in deaths if ids[v].index in set(idx)) for k, idx in kinds.items()},

@@ -370,7 +370,13 @@ class Engine:
         if gossip:
             self._on_gossip(m, gossip, addr, now)
         if records:
+            delivered = self.counters["updates_delivered"]
             self.sync.on_records(m, records, addr, now)
+            if h.type == MessageType.RECORDS and self.counters["updates_delivered"] > delivered:
+                # A repair (records served for a PULL or a VECTOR of ours) filled a gap: we
+                # were behind, and may still be, so anti-entropy compares again soon instead
+                # of backing off (pulls and serving are news already; being served was not).
+                self.sync.news()
 
     def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its
