@@ -179,7 +179,8 @@ class TransmitLimitedQueue:
 
 
 DIGEST_BUCKETS = 64
-BUCKET_HASH = 8
+BUCKET_HASH = 4           # bytes per bucket hash: a chance equality of two differing buckets is
+                          # 2^-32 per comparison, and only delays that repair to the next change
 DIGEST_SIZE = DIGEST_BUCKETS * BUCKET_HASH   # bytes of a packed digest (the DIGEST payload)
 
 
