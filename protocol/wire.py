@@ -68,7 +68,8 @@ FLAG_CERT = 0x01
 NAT_FLAGS_SHIFT = 1
 NAT_FLAGS = 0x06
 KNOWN_FLAGS = FLAG_CERT | NAT_FLAGS
-JOIN_MIN_SIZE = 400  # JOIN is padded: the HELLO it triggers must not be larger
+JOIN_MIN_SIZE = 300  # JOIN is padded: the HELLO it triggers (<= ~280 bytes: header, certificate,
+                     # MAC and the longest observed address) must not be larger
 _TYPES = frozenset(int(t) for t in MessageType)
 
 
