@@ -3,14 +3,15 @@ is skipped for its own subject and for a peer known to hold that certificate, go
 others as a TAG (no certificate), and a receiver that lacks it asks the sender for it; a
 PEERS answer lists only certificates the asker lacks.  Fake clock and fake network only."""
 import msgpack
+import pytest
 
 from onebyte.protocol import ProtocolConfig
 from onebyte.protocol.dissemination import TransmitLimitedQueue
 from onebyte.protocol.identity import CERT_SIZE
 from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import (Alive, AliveTag, GossipKind, MessageType, alive_tag,
-                                   decode_gossip, encode_alive, encode_alive_tag, encode_suspect,
-                                   parse_header, unpack_body)
+                                   WireError, decode_gossip, encode_alive, encode_alive_tag,
+                                   encode_suspect, parse_header, unpack_body)
 
 CFG = ProtocolConfig(swarm_id=SWARM)
 
@@ -105,6 +106,18 @@ def test_a_swarm_sends_each_certificate_to_each_peer_at_most_once_per_sender():
             assert len(subjects) == len(set(subjects))         # each at most once
 
 
+def settled_swarm(n: int) -> tuple:
+    """n engines that all bootstrapped from the first, 20 s later (everyone knows everyone)."""
+    net = Net(CFG)
+    engines = [net.add(1)]
+    first = net.addr_of[engines[0].node_id]
+    for seed in range(2, n + 1):
+        engines.append(net.add(seed, bootstrap=[first]))
+    net.deliver()
+    net.advance(20.0)
+    return net, engines
+
+
 def payloads(net: Net, src, dst, mtype) -> list:
     cfg, out = net.config, []
     for data, s, d in net.log:
@@ -141,13 +154,7 @@ def test_a_member_heard_of_by_tag_only_is_asked_for_and_learned():
 
 
 def test_a_tag_of_a_held_certificate_is_noted_and_not_asked_for():
-    net = Net(CFG)
-    engines = [net.add(1)]
-    first = net.addr_of[engines[0].node_id]
-    for seed in range(2, 5):
-        engines.append(net.add(seed, bootstrap=[first]))
-    net.deliver()
-    net.advance(20.0)
+    net, engines = settled_swarm(4)
     a, b = engines[0], engines[1]
     x = engines[2]
     held = a.members.get(x.node_id)
@@ -171,13 +178,7 @@ def test_a_tag_of_a_held_certificate_is_noted_and_not_asked_for():
 
 
 def test_peers_req_naming_members_is_answered_with_those_only_and_a_bad_list_is_dropped():
-    net = Net(CFG)
-    engines = [net.add(1)]
-    first = net.addr_of[engines[0].node_id]
-    for seed in range(2, 6):
-        engines.append(net.add(seed, bootstrap=[first]))
-    net.deliver()
-    net.advance(20.0)
+    net, engines = settled_swarm(5)
     a, b = engines[0], engines[1]
     m_b = a.members.get(b.node_id)
     want = [engines[3].node_id, b"?" * 16]   # one member, one stranger
@@ -187,21 +188,13 @@ def test_peers_req_naming_members_is_answered_with_those_only_and_a_bad_list_is_
     items = [decode_gossip(it) for it in unpack_body(h.body)[1]]
     assert h.type == MessageType.PEERS
     assert [it.cert for it in items] == [engines[3].session.cert]
-    import pytest
-    from onebyte.protocol.wire import WireError
     for bad in ([b"short"], [engines[3].node_id] * 33, "x"):
         with pytest.raises(WireError):
             a.certs.on_peers_req(m_b, bad, net.now)
 
 
 def test_peer_exchange_between_agreeing_views_sends_nothing_back():
-    net = Net(CFG)
-    engines = [net.add(1)]
-    first = net.addr_of[engines[0].node_id]
-    for seed in range(2, 6):
-        engines.append(net.add(seed, bootstrap=[first]))
-    net.deliver()
-    net.advance(20.0)
+    net, engines = settled_swarm(5)
     a, b = engines[0], engines[1]
     m_b = a.members.get(b.node_id)
     m_b.known.clear()   # nothing known of what b holds: only the counts can tell

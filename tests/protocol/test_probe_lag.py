@@ -5,18 +5,24 @@ import onebyte.protocol.engine as engine_mod
 from onebyte.protocol import PeerSuspected, ProtocolConfig
 from onebyte.protocol.membership import MemberState
 from onebyte.protocol.testing import SWARM, Net
+from onebyte.protocol.wire import MessageType
 
 CFG = ProtocolConfig(swarm_id=SWARM, probe_quiet_s=0.0)
 
 
-def stalled_run(slack: float) -> tuple:
+def pair() -> tuple:
+    """Two engines that know each other (b bootstrapped from a)."""
     net = Net(CFG)
     a = net.add(1)
-    addr_a = net.addr_of[a.node_id]
-    b = net.add(2, bootstrap=[addr_a])
-    addr_b = net.addr_of[b.node_id]
+    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
     net.deliver()
     net.advance(5.0)
+    return net, a, b
+
+
+def stalled_run(slack: float) -> tuple:
+    net, a, b = pair()
+    addr_a, addr_b = net.addr_of[a.node_id], net.addr_of[b.node_id]
     held = []
 
     def hold_b_to_a(data, src, dst):
@@ -97,15 +103,9 @@ def test_a_suspicion_does_not_ripen_into_a_death_during_our_own_stall():
 def lose_pings(n_lost: int) -> list:
     """A probes B; the first n_lost PINGs A sends B (and every PING_REQ) are lost, and of B's
     datagrams to A only ACKs arrive (nothing else answers for B)."""
-    net = Net(CFG)
-    a = net.add(1)
-    addr_a = net.addr_of[a.node_id]
-    b = net.add(2, bootstrap=[addr_a])
-    addr_b = net.addr_of[b.node_id]
-    net.deliver()
-    net.advance(5.0)
+    net, a, b = pair()
+    addr_a, addr_b = net.addr_of[a.node_id], net.addr_of[b.node_id]
     lost = []
-    from onebyte.protocol.wire import MessageType
 
     def drop(data, src, dst):
         if src == addr_a and data[9] == MessageType.PING_REQ:
