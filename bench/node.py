@@ -213,6 +213,10 @@ def main() -> int:
         "datagrams_out_total": dgrams_out,
         "bytes_per_update_wire": round(bytes_out / total, 2),
         "bytes_per_update_delivery": round(bytes_out / (total * (args.nodes - 1)), 2) if args.nodes > 1 else None,
+        # each refutation (a node suspected while alive, e.g. stalled on a busy CPU) is a new
+        # certificate gossiped to everyone: the highest incarnation any peer holds of each node
+        "incarnations": {n: max((p["incarnation"] for st in final.values() for p in st.get("peers", [])
+                                 if p["node_id"] == final[n]["node_id"]), default=0) for n in names},
         "bytes_by_kind_out": _sum_kinds(st.get("bytes_by_kind", {}).get("out", {}) for st in final.values()),
         "updates_per_record": genesis_swarm["updates_per_record"],
         "record_linger_s": genesis_swarm["record_linger_s"],

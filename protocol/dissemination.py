@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 
-from .wire import packed_alive_tag
+from .wire import packed_alive_forms
 
 # Certificates a peer is known to hold, kept per peer (Member.known): bounded, oldest out.
 KNOWN_PER_PEER = 1024
@@ -39,21 +39,27 @@ class TransmitLimitedQueue:
         self._by_count: dict[int, dict] = {}   # transmits -> {key: packed}, insertion ordered
         self._where: dict = {}                 # key -> transmits
         # key -> alive_tag of an ALIVE item: a peer whose `known` holds it is skipped (the
-        # transmit counts, no bytes go): a certificate goes only to peers that lack it.
+        # transmit counts, no bytes go); the others get its TAG form (key -> _short), and ask
+        # the sender for the certificate only if they lack it (inv/getdata: a certificate
+        # crosses each link about once, where relaying it whole sent it ~limit times per node).
         self._tags: dict = {}
+        self._short: dict = {}
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def push(self, key, packed: bytes) -> None:
+    def push(self, key, packed: bytes, whole: bool = False) -> None:
+        """whole: an ALIVE item that goes whole, never as a TAG (a refutation by its subject)."""
         old = self._where.pop(key, None)
         if old is not None:
             self._drop_from(old, key)
         self._by_count.setdefault(0, {})[key] = packed
         self._where[key] = 0
-        tag = packed_alive_tag(packed)
-        if tag is not None:
-            self._tags[key] = tag
+        forms = packed_alive_forms(packed, key) if isinstance(key, bytes) else None
+        if forms is not None:
+            self._tags[key], short = forms
+            if not whole:
+                self._short[key] = short
         if len(self._where) > self.max_items:
             self._prune()
 
@@ -65,7 +71,7 @@ class TransmitLimitedQueue:
                 key = next(iter(bucket))
                 del bucket[key]
                 del self._where[key]
-                self._tags.pop(key, None)
+                self._forget(key)
             if not bucket:
                 del self._by_count[count]
             if len(self._where) <= self.max_items:
@@ -78,11 +84,9 @@ class TransmitLimitedQueue:
             return False
         return key == to.node_id or to.known.get(key) == self._tags[key]
 
-    def _given(self, key, to) -> None:
-        """An ALIVE item goes to the peer: from now on it holds that certificate."""
-        tag = self._tags.get(key) if to is not None else None
-        if tag is not None:
-            note_held(to, key, tag)
+    def _forget(self, key) -> None:
+        self._tags.pop(key, None)
+        self._short.pop(key, None)
 
     def take(self, budget: int, limit: int, overhead: int = 0, sent: set | None = None,
              to=None) -> list:
@@ -103,15 +107,15 @@ class TransmitLimitedQueue:
                 if self._held(key, to):
                     moved.append((key, count, packed))   # held already: counts, costs nothing
                     continue
-                cost = len(packed) + overhead
+                wire = self._short.get(key, packed)
+                cost = len(wire) + overhead
                 if cost > budget:
                     misses += 1
                     if misses >= 4:
                         break
                     continue
                 budget -= cost
-                self._given(key, to)
-                out.append(packed)
+                out.append(wire)
                 moved.append((key, count, packed))
             if misses >= 4 or budget <= overhead:
                 break
@@ -132,14 +136,14 @@ class TransmitLimitedQueue:
                 if self._held(key, to):
                     moved.append((key, count, packed))   # held already: counts, costs nothing
                     continue
-                size = len(packed)
+                wire = self._short.get(key, packed)
+                size = len(wire)
                 while cur < n and size > rooms[cur]:
                     cur += 1
                 if cur >= n:
                     break
-                self._given(key, to)
                 rooms[cur] -= size
-                out[cur].append(packed)
+                out[cur].append(wire)
                 moved.append((key, count, packed))
             if cur >= n:
                 break
@@ -157,7 +161,7 @@ class TransmitLimitedQueue:
                 del by_count[count]
             if count + 1 >= limit:
                 del where[key]
-                self._tags.pop(key, None)
+                self._forget(key)
             else:
                 nxt = by_count.get(count + 1)
                 if nxt is None:
@@ -171,11 +175,12 @@ class TransmitLimitedQueue:
             bucket.pop(key, None)
             if not bucket:
                 del self._by_count[count]
-        self._tags.pop(key, None)
+        self._forget(key)
 
 
 DIGEST_BUCKETS = 64
-BUCKET_HASH = 8
+BUCKET_HASH = 4           # bytes per bucket hash: a chance equality of two differing buckets is
+                          # 2^-32 per comparison, and only delays that repair to the next change
 DIGEST_SIZE = DIGEST_BUCKETS * BUCKET_HASH   # bytes of a packed digest (the DIGEST payload)
 
 

@@ -37,12 +37,14 @@ from .outbox import Outbox
 from .probing import Probing
 from .session import Authenticated, Session
 from .store import MemoryRecordStore
+from .peerex import CertExchange
 from .sync import Sync
-from .wire import (NIL, Alive, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
+from .wire import (NIL, Alive, AliveTag, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
                    MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
-PEERS_PER_ANSWER = 12     # ALIVE items in a PEERS answer, as many as fit
+WEIGHTS_BYTES = 8         # of the weights digest and vv hash in a DIGEST (set_weights_digest)
+LAG_SLACK_S = 0.1         # a timer this late means our own loop stalled (see handle_timer)
 
 
 class ProtocolError(Exception):
@@ -121,6 +123,7 @@ class Engine:
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
                                          self.node_id, bound_addr, now)
         self.session.nat = self.nat.kind
+        self.certs = CertExchange(config, self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
@@ -136,7 +139,7 @@ class Engine:
             MessageType.VECTOR: self.sync.on_vector,
             MessageType.PULL: self.sync.on_pull,
             MessageType.RECORDS: _carries_only,
-            MessageType.PEERS_REQ: self._on_peers_req,
+            MessageType.PEERS_REQ: self.certs.on_peers_req,
             MessageType.PEERS: _carries_only,
             MessageType.RELAY: self._on_relay,
             MessageType.PUNCH_REQ: self.nat.on_punch_req,
@@ -205,6 +208,10 @@ class Engine:
         if self._left:
             return
         cfg = self.config
+        lag = now - self.get_timer()
+        if lag > LAG_SLACK_S:   # our loop stalled: it does not count against the probed
+            self.counters["timer_lag_s"] = self.counters.get("timer_lag_s", 0.0) + lag
+            self.probing.delay(lag)
         self.nat.now = now
         for node_id, item in self.probing.released(now):
             self.gossip_q.push(node_id, item)
@@ -221,6 +228,7 @@ class Engine:
                 self.counters["suspicions_asked"] += 1
                 self.probing.ask(m, now)
             self.probing.probe_next(now)
+            self.certs.retry(now)
         else:
             self._suspect_unanswered(now)
         if now >= self._next_gossip:
@@ -236,7 +244,7 @@ class Engine:
             self._last_pex, self._next_pex = now, now + self._pex_interval
             peer = self.members.random_live(self.rng, 1)
             if peer:
-                self._ask_peers(peer[0])
+                self.certs.ask_peers(peer[0])
         if now >= self._next_reconnect:
             self._next_reconnect = now + cfg.reconnect_interval_s
             self.probing.ping_dead(now)
@@ -298,7 +306,8 @@ class Engine:
         if not (isinstance(digest, bytes) and isinstance(vv_hash, bytes)
                 and 0 < len(digest) <= 32 and 0 < len(vv_hash) <= 32):
             raise ValueError("weights digest and vv hash must be 1..32 bytes each")
-        self.sync.weights = (digest, vv_hash)
+        # 8 bytes of each travel: a chance collision is 2^-64, and every DIGEST carries them.
+        self.sync.weights = (digest[:WEIGHTS_BYTES], vv_hash[:WEIGHTS_BYTES])
 
     # ================================================================ views
     def peers(self) -> list:
@@ -411,7 +420,7 @@ class Engine:
         # The answer to our JOIN: ask this first contact for more peers.
         if payload is not None:
             self._observed(m, payload, now)
-        self._ask_peers(m)
+        self.certs.ask_peers(m)
 
     def _on_ping(self, m: Member, payload, now: float) -> None:
         self.probing.on_ping(m, payload, now, self.nat.observed_for(m))
@@ -434,21 +443,6 @@ class Engine:
             src, inner = carried
             self._receive(inner, src.addr, now, via=m)
 
-    def _ask_peers(self, m: Member) -> None:
-        self.outbox.send(MessageType.PEERS_REQ, m, packb(self.members.bucket_counts(self.node_id)))
-
-    def _on_peers_req(self, m: Member, payload, now: float) -> None:
-        # Every live member, reachable by us or not: the asker may have (or make) a path.
-        items, budget = [], self.outbox.budget(m, 1)
-        for peer in self.members.to_exchange(m, payload, self.node_id, self.rng, PEERS_PER_ANSWER):
-            packed = encode_alive(peer.cert, peer.addr, peer.nat, peer.version)
-            if len(packed) > budget:
-                break
-            budget -= len(packed)
-            items.append(packed)
-            note_held(m, peer.node_id, alive_tag(peer.cert, peer.nat))
-        self.outbox.send(MessageType.PEERS, m, NIL, items)
-
     # ================================================================ membership gossip
     def _on_gossip(self, sender: Member, items: list, addr, now: float) -> None:
         """Gossip items in an authenticated datagram; each bad one is a counted drop."""
@@ -464,6 +458,7 @@ class Engine:
         if corrections:
             self.counters["accusations_answered"] += 1
             self.probing.answer(sender, corrections)
+        self.certs.ask(sender, now)   # the certificates its TAG items told of that we lack
 
     def _on_gossip_item(self, sender: Member, item, addr, now: float) -> bytes | None:
         """Returns an ALIVE item for the sender when it accused us, or a member at an
@@ -471,6 +466,10 @@ class Engine:
         match item:
             case Alive():
                 self._on_alive(sender, item, addr, now)
+            case AliveTag():
+                if item.nat:
+                    self.nat.activate()
+                self.certs.on_tag(sender, item, now)
             case Suspect(node_id, inc) | Dead(node_id, inc) if node_id == self.node_id:
                 if inc >= self.session.incarnation:
                     self._refute(inc)
@@ -524,14 +523,15 @@ class Engine:
 
     def _refute(self, accused_incarnation: int) -> None:
         self.session.refute(accused_incarnation)
-        self._announce_self()
+        # Whole, not as a TAG: a peer that holds us suspect must not wait a round trip.
+        self._announce_self(whole=True)
         # Attach the new certificate to the next datagram to every peer: a peer that holds us
         # dead revives us on sight, and gossips it on (this is what heals partitions quickly).
         for m in self.members.members.values():
             m.confirmed = False
 
-    def _announce_self(self) -> None:
-        self.gossip_q.push(self.node_id, self._own_alive())
+    def _announce_self(self, whole: bool = False) -> None:
+        self.gossip_q.push(self.node_id, self._own_alive(), whole)
 
     def _own_alive(self) -> bytes:
         return encode_alive(self.session.cert, None, self.nat.kind, self.software or None)
@@ -546,6 +546,8 @@ class Engine:
             self._membership_news()
             if isinstance(change.event, PeerJoined):
                 self.sync.news()   # a newcomer, or a member back: compare version vectors soon
+                if self.certs.join_announces_itself(change.node_id):
+                    return
         self.gossip_q.push(change.node_id, change.gossip)
 
     def _membership_news(self) -> None:

@@ -303,6 +303,14 @@ class Membership:
                 out.append(m)
         return out
 
+    def delay(self, seconds: float) -> None:
+        """Our own loop stalled this long: suspicions do not ripen meanwhile (a refutation may
+        be waiting unread in our socket)."""
+        for nid in self._not_alive:
+            m = self.members.get(nid)
+            if m is not None and m.state == MemberState.SUSPECT:
+                m.state_since += seconds
+
     def expire(self, now: float) -> list[Change]:
         """Suspects past their timeout become dead; dead/left past dead_forget_s are forgotten."""
         timeout = self.config.suspicion_timeout(self._live_count + 1)

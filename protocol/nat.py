@@ -169,6 +169,12 @@ class Nat:
     def tick(self, now: float) -> None:
         self.now = now
         self.due = now + TICK_S
+        if self.members.reachable is not None and self.kind == NatKind.OPEN and not any(
+                m.nat != NatKind.OPEN for m in self.members.live_members()):
+            # A node that can tell starts as NAT (activated) until peers report its address:
+            # once it and every live member are OPEN, nothing is filtered (quiet probes and
+            # the other no-NAT rules apply again).
+            self.members.reachable = None
         self._punch_rounds(now)
         for nid in list(self.relayed):
             m = self.members.get(nid)

@@ -23,6 +23,7 @@ class Probe:
     target: bytes            # node id
     sent_at: float
     indirect: bool = False   # PING_REQs already sent to helpers
+    retried: bool = False    # the second chance went (see failed)
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,35 @@ class Probing:
             target = self.members.get(probe.target)
             if target is None or not target.live:
                 del self.probes[seq]
-            elif end_of_period or now >= probe.sent_at + cfg.probe_interval_s:
-                del self.probes[seq]
-                yield target
+            elif probe.retried:
+                if now >= probe.sent_at + cfg.probe_timeout_s:
+                    del self.probes[seq]
+                    yield target
+            elif now >= probe.sent_at + (cfg.probe_timeout_s if end_of_period else cfg.probe_interval_s):
+                # (at the end of the period: any probe past its direct timeout, which a probe
+                # put back by a stall of ours (delay) is not).  A second chance before any
+                # suspicion: one more PING and one more direct timeout.  A peer that was only
+                # slow (a stalled loop on a busy CPU) answers it, and no suspicion, refutation
+                # and new certificate for every member to learn follows; detection is
+                # probe_timeout_s later.
+                probe.retried, probe.sent_at = True, now
+                self.outbox.send(MessageType.PING, target, packb(seq))
             elif not probe.indirect and now >= probe.sent_at + cfg.probe_timeout_s:
                 probe.indirect = True
                 for helper in self.members.random_live(self.rng, cfg.indirect_probes,
                                                        exclude=(probe.target,)):
                     self.outbox.send(MessageType.PING_REQ, helper, packb([seq, probe.target]))
+
+    def delay(self, seconds: float) -> None:
+        """Our own loop stalled this long (a busy CPU, a paused process): answers to our
+        probes and refutations may sit unread in the socket, and we were deaf meanwhile.  Put
+        every probe's deadlines, held suspicions' release and ripening suspicions back by it
+        (Lifeguard's local health, measured as our own timer lag: Engine.handle_timer)."""
+        self.members.delay(seconds)
+        for probe in self.probes.values():
+            probe.sent_at += seconds
+        for nid, (inc, item, at) in self.held.items():
+            self.held[nid] = (inc, item, at + seconds)
 
     def hold(self, m: Member, item: bytes, now: float) -> None:
         """We suspect m (its probe failed) and told it so: keep the SUSPECT item for one direct

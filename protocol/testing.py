@@ -26,12 +26,12 @@ class Net:
         self.nodrain = set()       # addrs whose events are left in the engine (back-pressure tests)
 
     def add(self, seed: int, addr=None, bootstrap=(), store=None, config=None, generation=0,
-            own_last_step=None, software="") -> Engine:
+            own_last_step=None, software="", bound_addr=None) -> Engine:
         addr = addr or (f"10.0.0.{seed}", 7000)
         eng = Engine(Identity.from_seed(seed), config or self.config, rng=random.Random(seed),
                      now=self.now, store=store if store is not None else MemoryRecordStore(),
                      bootstrap=bootstrap, generation=generation, own_last_step=own_last_step,
-                     software=software)
+                     software=software, bound_addr=bound_addr)
         self.engines[addr] = eng
         self.addr_of[eng.node_id] = addr
         self.events.setdefault(addr, [])

@@ -19,7 +19,7 @@ from enum import IntEnum
 
 import msgpack
 
-from .identity import CERT_SIZE, NODE_ID_SIZE, SIG_SIZE
+from .identity import CERT_SIZE, NODE_ID_SIZE, SIG_SIZE, parse_cert
 
 
 class MessageType(IntEnum):
@@ -56,6 +56,8 @@ class GossipKind(IntEnum):
     DEAD = 2     # [2, node_id, incarnation]
     LEAVE = 3    # [3, node_id, generation, incarnation, sig]
     PROOF = 4    # [4, record_a, record_b]: two signed records of one origin, one step, other q
+    TAG = 5      # [5, node_id, generation, incarnation, NatKind(, version)]: an ALIVE announced
+                 # without its certificate; a receiver that lacks it asks the sender (PEERS_REQ)
 
 
 HEADER = struct.Struct("<B8sBB16sQ")
@@ -66,7 +68,8 @@ FLAG_CERT = 0x01
 NAT_FLAGS_SHIFT = 1
 NAT_FLAGS = 0x06
 KNOWN_FLAGS = FLAG_CERT | NAT_FLAGS
-JOIN_MIN_SIZE = 400  # JOIN is padded: the HELLO it triggers must not be larger
+JOIN_MIN_SIZE = 300  # JOIN is padded: the HELLO it triggers (<= ~280 bytes: header, certificate,
+                     # MAC and the longest observed address) must not be larger
 _TYPES = frozenset(int(t) for t in MessageType)
 
 
@@ -206,6 +209,18 @@ class Alive:
 
 
 @dataclass(frozen=True)
+class AliveTag:
+    """An ALIVE item without its certificate: "I hold node_id's certificate at (generation,
+    incarnation)".  Most receivers hold it already (40 bytes instead of 180 per relay); one
+    that does not asks the sender for the certificate."""
+    node_id: bytes
+    generation: int
+    incarnation: int
+    nat: int = NatKind.OPEN
+    version: str | None = None
+
+
+@dataclass(frozen=True)
 class Suspect:
     node_id: bytes
     incarnation: int
@@ -243,6 +258,19 @@ def encode_alive(cert: bytes, addr, nat: int = NatKind.OPEN, version: str | None
     return packb(item)
 
 
+def encode_alive_tag(node_id: bytes, generation: int, incarnation: int, nat: int = NatKind.OPEN,
+                     version: str | None = None) -> bytes:
+    item = [GossipKind.TAG, node_id, generation, incarnation, int(nat)]
+    if version:
+        item.append(version[:MAX_VERSION])
+    return packb(item)
+
+
+def _version_ok(version) -> bool:
+    return version is None or (isinstance(version, str) and 0 < len(version) <= MAX_VERSION
+                               and version.isprintable())
+
+
 def alive_tag(cert: bytes, nat: int) -> bytes:
     """What an ALIVE item tells a receiver that already holds some certificate of its subject:
     which certificate (its last 8 bytes, inside the signature) and the NatKind.  Two ALIVE
@@ -250,16 +278,21 @@ def alive_tag(cert: bytes, nat: int) -> bytes:
     return cert[-8:] + bytes([int(nat)])
 
 
-def packed_alive_tag(packed: bytes) -> bytes | None:
-    """alive_tag of a packed ALIVE item (None for any other item): the gossip queue keeps it
-    beside the item, to skip peers that already hold that certificate."""
+def packed_alive_forms(packed: bytes, node_id: bytes) -> tuple | None:
+    """(alive_tag, packed TAG item) of a packed ALIVE item about node_id (None for any other
+    item): the gossip queue keeps both beside the item, to skip peers that already hold that
+    certificate and to announce it to the others without the certificate."""
     if len(packed) < 2 or packed[1] != GossipKind.ALIVE:   # [ALIVE, ...]: a fixarray, then 0
         return None
     try:
         item = decode_gossip(msgpack.unpackb(packed, raw=False))
     except (WireError, ValueError):
         return None
-    return alive_tag(item.cert, item.nat) if isinstance(item, Alive) else None
+    if not isinstance(item, Alive):
+        return None
+    _, _, generation, incarnation, _ = parse_cert(item.cert)
+    return (alive_tag(item.cert, item.nat),
+            encode_alive_tag(node_id, generation, incarnation, item.nat, item.version))
 
 
 def encode_suspect(node_id: bytes, incarnation: int) -> bytes:
@@ -278,7 +311,7 @@ def encode_proof(record_a: bytes, record_b: bytes) -> bytes:
     return packb([GossipKind.PROOF, record_a, record_b])
 
 
-def decode_gossip(item) -> Alive | Suspect | Dead | Leave | ProofItem:
+def decode_gossip(item) -> Alive | AliveTag | Suspect | Dead | Leave | ProofItem:
     """One unpacked gossip item; raises WireError('malformed' or 'unknown_type')."""
     if not isinstance(item, list) or not item or not is_uint(item[0]):
         raise WireError("malformed")
@@ -288,11 +321,16 @@ def decode_gossip(item) -> Alive | Suspect | Dead | Leave | ProofItem:
             raise WireError("malformed")
         nat = item[3] if len(item) >= 4 else NatKind.OPEN
         version = item[4] if len(item) == 5 else None
-        if not is_uint(nat, len(NatKind)) or not (
-                version is None or (isinstance(version, str) and 0 < len(version) <= MAX_VERSION
-                                    and version.isprintable())):
+        if not is_uint(nat, len(NatKind)) or not _version_ok(version):
             raise WireError("malformed")
         return Alive(item[1], decode_addr(item[2]), nat, version)
+    if kind == GossipKind.TAG:
+        version = item[5] if len(item) == 6 else None
+        if (len(item) not in (5, 6) or not is_node_id(item[1]) or not is_uint(item[2])
+                or not is_uint(item[3], 2 ** 32) or not is_uint(item[4], len(NatKind))
+                or not _version_ok(version)):
+            raise WireError("malformed")
+        return AliveTag(item[1], item[2], item[3], item[4], version)
     if kind in (GossipKind.SUSPECT, GossipKind.DEAD):
         if len(item) != 3 or not is_node_id(item[1]) or not is_uint(item[2], 2 ** 32):
             raise WireError("malformed")

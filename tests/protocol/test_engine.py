@@ -369,3 +369,16 @@ def test_join_flood_is_bounded_by_the_verification_budget():
     assert len(victim.peers()) <= 50
     out = victim.datagrams_to_send(0.0)
     assert sum(len(d) for d, _ in out) < sum(len(d) for d in joins)   # never amplifies
+
+
+def test_join_answer_never_larger_than_join_even_to_the_longest_address(net):
+    """The HELLO echoes the JOIN's source address: the longest one a receiver accepts (a
+    64-character host, with flow info and scope) still fits under the JOIN's padding."""
+    a = net.add(1)
+    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
+    (join_dgram, _, _), = net.wire
+    net.wire.clear()
+    far = ("f" * 64, 65535, 2 ** 32 - 1, 2 ** 32 - 1)
+    a.receive_datagram(join_dgram, far, net.now)
+    hello = [d for d, _ in a.datagrams_to_send(net.now) if mtype(d) == MessageType.HELLO]
+    assert hello and all(len(h) <= len(join_dgram) for h in hello)

@@ -6,6 +6,7 @@ import pytest
 from onebyte.protocol import ProtocolConfig, UpdatesReceived
 from onebyte.protocol.sim import NetConfig, Swarm
 from onebyte.protocol.digests import ROOT, sparse as _sparse, unsparse as _unsparse
+from onebyte.protocol.dissemination import BUCKET_HASH, DIGEST_SIZE
 from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import MessageType, WireError, decode_record, unpack_body
 
@@ -113,11 +114,12 @@ def test_peer_exchange_backs_off_while_membership_is_quiet():
 
 
 def test_sparse_digest_round_trips_and_rejects_bad_lengths():
-    packed = bytearray(512)
-    packed[8 * 5:8 * 6] = b"\x01" * 8
-    packed[8 * 63:] = b"\xff" * 8
+    h = BUCKET_HASH
+    packed = bytearray(DIGEST_SIZE)
+    packed[h * 5:h * 6] = b"\x01" * h
+    packed[h * 63:] = b"\xff" * h
     sparse = _sparse(bytes(packed))
-    assert len(sparse) == 8 + 2 * 8
+    assert len(sparse) == 8 + 2 * h
     assert _unsparse(sparse) == bytes(packed)
     for bad in (b"", sparse[:-1], sparse + b"\0"):
         with pytest.raises(WireError):

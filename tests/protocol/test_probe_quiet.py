@@ -66,3 +66,21 @@ def test_a_crashed_member_is_declared_dead_within_the_bound_while_records_flow()
 def test_probe_quiet_s_is_checked():
     with pytest.raises(ConfigError):
         ProtocolConfig(swarm_id=SWARM, probe_quiet_s=-1.0)
+
+
+def test_nodes_that_know_their_bound_address_drop_the_nat_filter_once_all_are_open():
+    """A daemon passes its bound address: it starts as NAT (cautious) until peers report its
+    observed address.  Once it and every live member are OPEN, membership filters nothing
+    again, so the no-NAT rules (quiet probes) apply to real daemons too."""
+    from onebyte.protocol.testing import Net, SWARM
+    from onebyte.protocol import ProtocolConfig
+    net = Net(ProtocolConfig(swarm_id=SWARM))
+    addrs = [(f"10.0.0.{i}", 7000) for i in (1, 2, 3)]
+    a = net.add(1, addr=addrs[0], bound_addr=("0.0.0.0", 7000))
+    b = net.add(2, addr=addrs[1], bootstrap=[addrs[0]], bound_addr=("0.0.0.0", 7000))
+    c = net.add(3, addr=addrs[2], bootstrap=[addrs[0]], bound_addr=("0.0.0.0", 7000))
+    assert a.members.reachable is not None   # cautious until told
+    net.deliver()
+    net.advance(20.0)
+    assert all(e.nat.kind.name == "OPEN" for e in (a, b, c))
+    assert all(e.members.reachable is None for e in (a, b, c))
