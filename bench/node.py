@@ -195,6 +195,7 @@ def main() -> int:
     dgrams_out = sum(st["datagrams_out"] for st in final.values())
     result = {
         "bench": "node",
+        "command": " ".join([os.path.basename(sys.executable), "bench/node.py"] + sys.argv[1:]),
         "model": model,
         "nodes": args.nodes,
         "steps_per_node": steps,

@@ -297,8 +297,11 @@ def main(argv=None):
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
+    # what actually ran (a lock wrapper, if any, is not visible from here and not recorded)
+    command = " ".join([os.path.basename(sys.executable), "bench/sim.py"] + list(
+        sys.argv[1:] if argv is None else argv))
     if args.bytes_only:
-        text = json.dumps(bytes_out(args.records_per_signature), indent=2)
+        text = json.dumps({"command": command, **bytes_out(args.records_per_signature)}, indent=2)
         print(text)
         if args.json:
             with open(args.json, "w") as f:
@@ -316,7 +319,7 @@ def main(argv=None):
                 "idle_settings": {"warmup_s": args.idle_warmup, "measure_s": args.idle_measure,
                                   "config": "ProtocolConfig defaults"}}
     if args.idle_only:
-        text = json.dumps(idle_out, indent=2)
+        text = json.dumps({"command": command, **idle_out}, indent=2)
         print(text)
         if args.json:
             with open(args.json, "w") as f:
@@ -331,9 +334,7 @@ def main(argv=None):
     big = max(args.sizes)
     loss5 = [s for s in scenarios if s["nodes"] == big and s["loss"] == 0.05]
     out = {
-        # what actually ran (a lock wrapper, if any, is not visible from here and not recorded)
-        "command": " ".join([os.path.basename(sys.executable), "bench/sim.py"] + list(
-            sys.argv[1:] if argv is None else argv)),
+        "command": command,
         "delivered_fraction_min": min((s["delivered_fraction"] for s in scenarios + [crash]
                                        if s["delivered_fraction"] is not None), default=None),
         "crash80_delivered_fraction": crash["delivered_fraction"],
