@@ -546,8 +546,6 @@ class Engine:
             self._membership_news()
             if isinstance(change.event, PeerJoined):
                 self.sync.news()   # a newcomer, or a member back: compare version vectors soon
-                if self.certs.join_announces_itself(change.node_id):
-                    return
         self.gossip_q.push(change.node_id, change.gossip)
 
     def _membership_news(self) -> None:

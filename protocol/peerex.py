@@ -113,16 +113,6 @@ class CertExchange:
         """Peer exchange: a PEERS_REQ with our live-member counts per bucket."""
         self.outbox.send(MessageType.PEERS_REQ, m, packb(self.members.bucket_counts(self.node_id)))
 
-    def join_announces_itself(self, node_id: bytes) -> bool:
-        """In a small swarm with no NAT about, a member that joins (or restarts: incarnation 0)
-        reaches every member itself, its certificate in its first datagram to each (it learns
-        them all from its first peer's PEERS answer, and pushes its records to every one): a
-        relay of the news would reach members that hold it already.  Refutations, and any
-        swarm past direct_push_max or with a NAT, are relayed as usual."""
-        m = self.members.get(node_id)
-        return (m is not None and m.incarnation == 0 and self.members.reachable is None
-                and self.members.live_count() <= self.config.direct_push_max)
-
     # ================================================================ answering PEERS_REQ
     def on_peers_req(self, m: Member, payload, now: float) -> None:
         """Counts (32-byte bin, or nil): TAG items of a sample of live members (the asker asks
