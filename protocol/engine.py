@@ -123,7 +123,7 @@ class Engine:
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
                                          self.node_id, bound_addr, now)
         self.session.nat = self.nat.kind
-        self.certs = CertExchange(config, self.members, self.outbox, rng, self.node_id)
+        self.certs = CertExchange(self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import ProtocolConfig
 from .dissemination import note_held
 from .membership import Member, Membership
 from .outbox import Outbox
@@ -41,9 +40,7 @@ class Want:
 
 
 class CertExchange:
-    def __init__(self, config: ProtocolConfig, members: Membership, outbox: Outbox, rng,
-                 node_id: bytes):
-        self.config = config
+    def __init__(self, members: Membership, outbox: Outbox, rng, node_id: bytes):
         self.members = members
         self.outbox = outbox
         self.rng = rng
