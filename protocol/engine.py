@@ -52,7 +52,7 @@ class ProtocolError(Exception):
 
 
 def _carries_only(m: Member, payload, now: float) -> None:
-    """The handler of PUSH, RECORDS and PEERS: a nil payload; their gossip and records are
+    """The handler of PUSH and PEERS: a nil payload; their gossip and records are
     the message, and every authenticated datagram's are handled after its handler."""
 
 
@@ -128,7 +128,8 @@ class Engine:
                          self.counters, self.store, rng, self.gossip_q, now=now)
         # One handler per message type, each (member, payload, now), called once the datagram
         # is authenticated.  JOIN is absent: it is the one unauthenticated message (_on_join).
-        # PUSH, RECORDS and PEERS carry nothing but gossip and records, which any message may.
+        # PUSH and PEERS carry nothing but gossip and records, which any message may; RECORDS
+        # may also say what more its sender holds (Sync.on_served).
         self._handlers = {
             MessageType.HELLO: self._on_hello,
             MessageType.PING: self._on_ping,
@@ -138,7 +139,7 @@ class Engine:
             MessageType.DIGEST: self.sync.on_digest,
             MessageType.VECTOR: self.sync.on_vector,
             MessageType.PULL: self.sync.on_pull,
-            MessageType.RECORDS: _carries_only,
+            MessageType.RECORDS: self.sync.on_served,
             MessageType.PEERS_REQ: self.certs.on_peers_req,
             MessageType.PEERS: _carries_only,
             MessageType.RELAY: self._on_relay,
@@ -369,11 +370,14 @@ class Engine:
         if records:
             delivered = self.counters["updates_delivered"]
             self.sync.on_records(m, records, addr, now)
-            if h.type == MessageType.RECORDS and self.counters["updates_delivered"] > delivered:
-                # A repair (records served for a PULL or a VECTOR of ours) filled a gap: we
-                # were behind, and may still be, so anti-entropy compares again soon instead
-                # of backing off (pulls and serving are news already; being served was not).
-                self.sync.news()
+            if h.type == MessageType.RECORDS:
+                progressed = self.counters["updates_delivered"] > delivered
+                if progressed:
+                    # A repair (records served for a PULL or a VECTOR of ours) filled a gap: we
+                    # were behind, and may still be, so anti-entropy compares again soon instead
+                    # of backing off (pulls and serving are news already; being served was not).
+                    self.sync.news()
+                self.sync.pull_more(m, progressed, now)
 
     def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its

@@ -53,10 +53,12 @@ class Outbox:
             return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))
 
-    def send_records(self, m: Member, packed: Iterable[bytes], limit: float = float("inf")) -> None:
+    def send_records(self, m: Member, packed: Iterable[bytes], limit: float = float("inf"),
+                     last_payload: bytes = NIL) -> None:
         """RECORDS datagrams to m, each as full as its budget allows, until `limit` bytes of
-        records went out; a record larger than a whole datagram's room is skipped."""
-        batch, budget = [], self.budget(m, 1)
+        records went out; a record larger than a whole datagram's room is skipped.  The last
+        datagram carries last_payload (Sync._serve: what more the server holds)."""
+        batch, budget = [], self.budget(m, len(last_payload))
         room = budget
         for rec in packed:
             if limit <= 0:
@@ -70,7 +72,7 @@ class Outbox:
             room -= len(rec)
             limit -= len(rec)
         if batch:
-            self.send(MessageType.RECORDS, m, NIL, [], batch)
+            self.send(MessageType.RECORDS, m, last_payload, [], batch)
 
     def send_join(self, addr) -> None:
         self.datagrams.append((self.session.join_datagram(), addr))

@@ -52,6 +52,7 @@ class Sync:
         self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
         self.digest = VersionDigest()
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
+        self._more: tuple | None = None       # (server id, {origin: step}): see on_served
         # A relayed duplicate (the common case under gossip) is recognised by one set lookup
         # of its signature, before decoding anything.
         self._seen_sigs: set = set()
@@ -525,19 +526,8 @@ class Sync:
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
-        cut = self.influence.excluded_from
-        pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
-                 if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
         self.equiv.nudge(m, theirs)   # listed at or past a proof's step: it lacks the proof
-        self.rng.shuffle(pulls)
-        pulls = pulls[:MAX_PULL_ENTRIES]
-        if pulls:
-            self.news()   # a repair: we lacked something, compare again soon
-            # What we asked for is exempt from the push rate cap for a while.
-            expiry = now + 2 * self.config.anti_entropy_interval_s
-            for o, _ in pulls:
-                self.pulls[o] = expiry
-            self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
+        self._pull(m, theirs, now)
         wants = []
         for b in buckets:
             for o in self.digest.members[b]:
@@ -548,6 +538,46 @@ class Sync:
             self.rng.shuffle(wants)
             self._serve(m, wants[:MAX_PULL_ENTRIES])
         self._check_own(now)
+
+    def _pull(self, m: Member, theirs: dict, now: float) -> None:
+        """PULL from m what it holds (theirs: origin -> step) beyond our contiguous steps."""
+        cut = self.influence.excluded_from
+        pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
+                 if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
+        self.rng.shuffle(pulls)
+        pulls = pulls[:MAX_PULL_ENTRIES]
+        if pulls:
+            self.news()   # a repair: we lacked something, compare again soon
+            # What we asked for is exempt from the push rate cap for a while.
+            expiry = now + 2 * self.config.anti_entropy_interval_s
+            for o, _ in pulls:
+                self.pulls[o] = expiry
+            self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
+
+    def on_served(self, m: Member, payload, now: float) -> None:
+        """A RECORDS datagram's payload: nil, or (on the last datagram of an answer that
+        stopped at pull_serve_bytes) the [origin, step] entries the server holds beyond it.
+        Kept for pull_more, which runs once the datagram's records are in."""
+        self._more = None
+        if payload is None:
+            return
+        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
+            raise WireError("malformed")
+        more = {}
+        for e in payload:
+            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
+                raise WireError("malformed")
+            more[e[0]] = e[1]
+        self._more = (m.node_id, more)
+
+    def pull_more(self, m: Member, delivered: bool, now: float) -> None:
+        """Pull the rest of a cut-short answer at once, one request per round trip, instead
+        of one per anti-entropy round: a node far behind (a healed partition) catches up at
+        the link's pace.  Only while answers deliver updates we lacked, so records we refuse
+        (rate cap, buffer) or hold already never keep a loop going; anti-entropy covers those."""
+        more, self._more = self._more, None
+        if delivered and more is not None and more[0] == m.node_id:
+            self._pull(m, more[1], now)
 
     def on_pull(self, m: Member, payload, now: float) -> None:
         if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
@@ -572,24 +602,33 @@ class Sync:
         return recs
 
     def _serve(self, m: Member, wants: list) -> None:
-        """Send records from the store covering each (origin, from_step), bounded in bytes."""
-        self.outbox.send_records(m, self._served(m, wants))
+        """Send records from the store covering each (origin, from_step), bounded in bytes;
+        the last datagram says what more we hold where the bound cut the answer short."""
+        packed, more = self._served(m, wants)
+        self.outbox.send_records(m, packed, last_payload=packb(more) if more else NIL)
 
-    def _served(self, m: Member, wants: list):
-        """The packed records answering wants, in order, up to pull_serve_bytes counted per
-        origin (a batch goes whole, so an origin's records are never cut short)."""
+    def _served(self, m: Member, wants: list) -> tuple:
+        """(the packed records answering wants, in order, up to pull_serve_bytes counted per
+        origin (a batch goes whole, so an origin's records are never cut short); [origin,
+        step] for each wanted origin we hold further than they reach)."""
         left, budget = self.config.pull_serve_bytes, self.outbox.budget(m, 1)
+        out, more = [], []
         for origin, from_step in wants:
-            if left <= 0:
-                return
             cut = self.influence.excluded_from(origin) or 1 << 62
-            for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
-                if decode_any(canon)[1] >= cut:
-                    break   # wholly excluded: never served
-                if origin == self.node_id:
+            held = min(self.book.contiguous(origin), cut - 1)
+            upto = from_step - 1
+            if left > 0:
+                for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
                     _, first, qs, sig, hashes = decode_any(canon)
-                    canon = encode_any(None, first, qs, sig, hashes)
-                packed = packb(canon)
-                if len(packed) <= budget:
-                    left -= len(packed)
-                yield packed
+                    if first >= cut:
+                        break   # wholly excluded: never served
+                    if origin == self.node_id:
+                        canon = encode_any(None, first, qs, sig, hashes)
+                    packed = packb(canon)
+                    if len(packed) <= budget:
+                        left -= len(packed)
+                        upto = max(upto, first + len(qs) - 1)
+                    out.append(packed)
+            if held > upto and len(more) < MAX_PULL_ENTRIES:
+                more.append([origin, held])
+        return out, more
