@@ -57,7 +57,7 @@ class Outbox:
                      last_payload: bytes = NIL) -> None:
         """RECORDS datagrams to m, each as full as its budget allows, until `limit` bytes of
         records went out; a record larger than a whole datagram's room is skipped.  The last
-        datagram carries last_payload (Sync._serve: what more the server holds)."""
+        datagram carries last_payload (Serving.serve: what more the server holds)."""
         batch, budget = [], self.budget(m, len(last_payload))
         room = budget
         for rec in packed:

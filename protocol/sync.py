@@ -25,11 +25,11 @@ from .membership import Member, Membership
 from .outbox import Outbox
 from .records import (CANDIDATES_PER_ORIGIN_MULT, REC_MEMBER, Classified, OriginState, Record, RecordBook,
                       TokenBucket, bytes_to_qs, decode_any, encode_any)
+from .serving import MAX_PULL_ENTRIES, Serving
 from .session import Session
 from .wire import NIL, MessageType, WireError, is_node_id, is_uint, packb
 
 MAX_RECORDS_PER_DATAGRAM = 64
-MAX_PULL_ENTRIES = 24
 VECTOR_ENTRIES = 40
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
@@ -65,6 +65,7 @@ class Sync:
         self.flush_at: float | None = None     # when the open batch is signed anyway
         self.influence = InfluenceBudget.from_config(config)
         self.equiv = Equivocations(self)   # proofs of equivocation: one more exclusion reason
+        self.serving = Serving(self)       # records out of the store for peers that lack them
         self.equiv.load()
         for origin, step in store.version_vector().items():
             if step > 0 and origin != session.node_id:
@@ -580,55 +581,7 @@ class Sync:
             self._pull(m, more[1], now)
 
     def on_pull(self, m: Member, payload, now: float) -> None:
-        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
-            raise WireError("malformed")
-        wants = []
-        for e in payload:
-            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
-                raise WireError("malformed")
-            wants.append((e[0], max(1, e[1])))
-        self._serve(m, wants)
-
-    def _whole_batches(self, origin: bytes, from_step: int, limit: int) -> list:
-        """Stored records from from_step on, up to limit bytes, then on to the next signed
-        record: a member is served with the closer that vouches for it (a batch goes whole)."""
-        recs = self.store.get(origin, from_step, limit)
-        while recs and recs[-1][0] & REC_MEMBER:
-            _, first, qs, _, _ = decode_any(recs[-1])
-            more = self.store.get(origin, first + len(qs), 1)
-            if not more or decode_any(more[0])[1] != first + len(qs):
-                break
-            recs.append(more[0])
-        return recs
+        self.serving.on_pull(m, payload, now)
 
     def _serve(self, m: Member, wants: list) -> None:
-        """Send records from the store covering each (origin, from_step), bounded in bytes;
-        the last datagram says what more we hold where the bound cut the answer short."""
-        packed, more = self._served(m, wants)
-        self.outbox.send_records(m, packed, last_payload=packb(more) if more else NIL)
-
-    def _served(self, m: Member, wants: list) -> tuple:
-        """(the packed records answering wants, in order, up to pull_serve_bytes counted per
-        origin (a batch goes whole, so an origin's records are never cut short); [origin,
-        step] for each wanted origin we hold further than they reach)."""
-        left, budget = self.config.pull_serve_bytes, self.outbox.budget(m, 1)
-        out, more = [], []
-        for origin, from_step in wants:
-            cut = self.influence.excluded_from(origin) or 1 << 62
-            held = min(self.book.contiguous(origin), cut - 1)
-            upto = from_step - 1
-            if left > 0:
-                for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
-                    _, first, qs, sig, hashes = decode_any(canon)
-                    if first >= cut:
-                        break   # wholly excluded: never served
-                    if origin == self.node_id:
-                        canon = encode_any(None, first, qs, sig, hashes)
-                    packed = packb(canon)
-                    if len(packed) <= budget:
-                        left -= len(packed)
-                        upto = max(upto, first + len(qs) - 1)
-                    out.append(packed)
-            if held > upto and len(more) < MAX_PULL_ENTRIES:
-                more.append([origin, held])
-        return out, more
+        self.serving.serve(m, wants)

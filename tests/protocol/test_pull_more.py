@@ -60,7 +60,7 @@ def test_an_answer_that_delivers_nothing_new_is_not_pulled_on():
     net.advance(10.0)   # anti-entropy brings b up to date
     assert b.book.contiguous(a.node_id) == STEPS
     m = a.members.get(b.node_id)
-    packed, _ = a.sync._served(m, [(a.node_id, 1)])
+    packed, _ = a.sync.serving.served(m, [(a.node_id, 1)])
     mark = len(net.log)
     # Records b holds, from a server that claims more than b holds (a lie, or news to come).
     a._send(MessageType.RECORDS, m, packb([[a.node_id, STEPS + 50]]), [], packed[:8])
@@ -74,7 +74,7 @@ def test_a_records_payload_that_is_not_a_list_of_entries_is_a_counted_drop():
     net, a, b = far_behind()
     a_addr = net.addr_of[a.node_id]
     m = a.members.get(b.node_id)
-    packed, _ = a.sync._served(m, [(a.node_id, 1)])
+    packed, _ = a.sync.serving.served(m, [(a.node_id, 1)])
     for junk in (packb("more"), packb([[b"short", 3]]), packb([[a.node_id, -1]])):
         before = b.counters["drops"].get("malformed", 0)
         a._send(MessageType.RECORDS, m, junk, [], packed[:8])

@@ -1,0 +1,78 @@
+"""Serving: records out of our store for a peer that lacks them (its PULL, or the gaps its
+VECTOR shows), each answer bounded at pull_serve_bytes.
+
+An answer that stops short of what we hold says so on its last datagram (the [origin,
+step] entries we hold beyond it), and the peer pulls on at once (Sync.pull_more): a node
+far behind catches up at one request per round trip, while no single request makes us
+send more than the bound.  Batches go whole: a member record travels with the closer
+whose signature vouches for it.
+"""
+from __future__ import annotations
+
+from .membership import Member
+from .records import REC_MEMBER, decode_any, encode_any
+from .wire import NIL, WireError, is_node_id, is_uint, packb
+
+MAX_PULL_ENTRIES = 24
+
+
+class Serving:
+    def __init__(self, sync):
+        self.sync = sync          # the store, book, influence budget and outbox it serves from
+        self.config = sync.config
+
+    def on_pull(self, m: Member, payload, now: float) -> None:
+        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
+            raise WireError("malformed")
+        wants = []
+        for e in payload:
+            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
+                raise WireError("malformed")
+            wants.append((e[0], max(1, e[1])))
+        self.serve(m, wants)
+
+    def serve(self, m: Member, wants: list) -> None:
+        """Send records from the store covering each (origin, from_step), bounded in bytes;
+        the last datagram says what more we hold where the bound cut the answer short."""
+        packed, more = self.served(m, wants)
+        self.sync.outbox.send_records(m, packed, last_payload=packb(more) if more else NIL)
+
+    def served(self, m: Member, wants: list) -> tuple:
+        """(the packed records answering wants, in order, up to pull_serve_bytes counted per
+        origin (a batch goes whole, so an origin's records are never cut short); [origin,
+        step] for each wanted origin we hold further than they reach)."""
+        sync = self.sync
+        left, budget = self.config.pull_serve_bytes, sync.outbox.budget(m, 1)
+        out, more = [], []
+        for origin, from_step in wants:
+            cut = sync.influence.excluded_from(origin) or 1 << 62
+            held = min(sync.book.contiguous(origin), cut - 1)
+            upto = from_step - 1
+            if left > 0:
+                for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
+                    _, first, qs, sig, hashes = decode_any(canon)
+                    if first >= cut:
+                        break   # wholly excluded: never served
+                    if origin == sync.node_id:
+                        canon = encode_any(None, first, qs, sig, hashes)   # the sender is the origin
+                    packed = packb(canon)
+                    if len(packed) <= budget:
+                        left -= len(packed)
+                        upto = max(upto, first + len(qs) - 1)
+                    out.append(packed)
+            if held > upto and len(more) < MAX_PULL_ENTRIES:
+                more.append([origin, held])
+        return out, more
+
+    def _whole_batches(self, origin: bytes, from_step: int, limit: int) -> list:
+        """Stored records from from_step on, up to limit bytes, then on to the next signed
+        record: a member is served with the closer that vouches for it (a batch goes whole)."""
+        store = self.sync.store
+        recs = store.get(origin, from_step, limit)
+        while recs and recs[-1][0] & REC_MEMBER:
+            _, first, qs, _, _ = decode_any(recs[-1])
+            more = store.get(origin, first + len(qs), 1)
+            if not more or decode_any(more[0])[1] != first + len(qs):
+                break
+            recs.append(more[0])
+        return recs
