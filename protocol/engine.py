@@ -368,16 +368,22 @@ class Engine:
         if gossip:
             self._on_gossip(m, gossip, addr, now)
         if records:
-            delivered = self.counters["updates_delivered"]
+            c = self.counters
+            delivered, taken = c["updates_delivered"], self._records_taken()
             self.sync.on_records(m, records, addr, now)
             if h.type == MessageType.RECORDS:
-                progressed = self.counters["updates_delivered"] > delivered
-                if progressed:
+                if c["updates_delivered"] > delivered:
                     # A repair (records served for a PULL or a VECTOR of ours) filled a gap: we
                     # were behind, and may still be, so anti-entropy compares again soon instead
                     # of backing off (pulls and serving are news already; being served was not).
                     self.sync.news()
-                self.sync.pull_more(m, progressed, now)
+                # Records new to us, delivered or held beyond a gap (an answer's datagrams
+                # arrive out of order, or one is lost): pull on from our contiguous steps.
+                self.sync.pull_more(m, self._records_taken() > taken, now)
+
+    def _records_taken(self) -> int:
+        """Records new to us so far: accepted, or batch members held for their closer."""
+        return self.counters["records_accepted"] + self.counters.get("batch_members_waiting", 0)
 
     def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its

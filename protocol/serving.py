@@ -49,7 +49,7 @@ class Serving:
             held = min(sync.book.contiguous(origin), cut - 1)
             upto = from_step - 1
             if left > 0:
-                for canon in self._whole_batches(origin, from_step, min(left, budget - 3)):
+                for canon in self._whole_batches(origin, from_step, left):
                     _, first, qs, sig, hashes = decode_any(canon)
                     if first >= cut:
                         break   # wholly excluded: never served

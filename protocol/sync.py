@@ -53,6 +53,7 @@ class Sync:
         self.digest = VersionDigest()
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
         self._more: tuple | None = None       # (server id, {origin: step}): see on_served
+        self._fresh_from: set = set()         # servers whose answers brought news: pull_more
         # A relayed duplicate (the common case under gossip) is recognised by one set lookup
         # of its signature, before decoding anything.
         self._seen_sigs: set = set()
@@ -547,6 +548,7 @@ class Sync:
                  if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
         self.rng.shuffle(pulls)
         pulls = pulls[:MAX_PULL_ENTRIES]
+        self._fresh_from.discard(m.node_id)
         if pulls:
             self.news()   # a repair: we lacked something, compare again soon
             # What we asked for is exempt from the push rate cap for a while.
@@ -571,13 +573,18 @@ class Sync:
             more[e[0]] = e[1]
         self._more = (m.node_id, more)
 
-    def pull_more(self, m: Member, delivered: bool, now: float) -> None:
+    def pull_more(self, m: Member, took_new: bool, now: float) -> None:
         """Pull the rest of a cut-short answer at once, one request per round trip, instead
         of one per anti-entropy round: a node far behind (a healed partition) catches up at
-        the link's pace.  Only while answers deliver updates we lacked, so records we refuse
-        (rate cap, buffer) or hold already never keep a loop going; anti-entropy covers those."""
+        the link's pace.  Only if m's RECORDS since our last PULL to it brought records new to
+        us (took_new: this datagram did), so records we refuse (rate cap, buffer) or hold
+        already never keep a loop going; anti-entropy covers those.  Counted per answer, not
+        per datagram: its datagrams arrive in any order, and one that fills a gap may leave
+        the last one nothing new."""
+        if took_new and len(self._fresh_from) < 4 * MAX_PULL_ENTRIES:
+            self._fresh_from.add(m.node_id)
         more, self._more = self._more, None
-        if delivered and more is not None and more[0] == m.node_id:
+        if more is not None and more[0] == m.node_id and m.node_id in self._fresh_from:
             self._pull(m, more[1], now)
 
     def on_pull(self, m: Member, payload, now: float) -> None:

@@ -5,7 +5,7 @@ from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import NIL, MessageType, packb, parse_header, unpack_body
 
 CFG = ProtocolConfig(swarm_id=SWARM, updates_per_record=4, record_linger_s=0.5)
-STEPS = 400
+STEPS = 1600
 
 
 def header(data: bytes):
@@ -61,6 +61,7 @@ def test_an_answer_that_delivers_nothing_new_is_not_pulled_on():
     assert b.book.contiguous(a.node_id) == STEPS
     m = a.members.get(b.node_id)
     packed, _ = a.sync.serving.served(m, [(a.node_id, 1)])
+    b.sync._pull(b.members.get(a.node_id), {}, net.now)   # b's last request to a (nothing to ask)
     mark = len(net.log)
     # Records b holds, from a server that claims more than b holds (a lie, or news to come).
     a._send(MessageType.RECORDS, m, packb([[a.node_id, STEPS + 50]]), [], packed[:8])
@@ -86,3 +87,17 @@ def test_a_records_payload_that_is_not_a_list_of_entries_is_a_counted_drop():
     net.collect(a_addr)
     net.deliver()
     assert b.book.contiguous(a.node_id) > 0
+
+
+def test_an_answer_whose_first_datagram_was_lost_is_still_pulled_on_from_the_gap():
+    """The last datagram's records wait beyond the gap the lost one left: new to b all the
+    same, so b pulls on, from the gap."""
+    net, a, b = far_behind()
+    a_addr = net.addr_of[a.node_id]
+    mark = len(net.log)
+    a.sync._serve(a.members.get(b.node_id), [(a.node_id, 1)])
+    net.collect(a_addr)
+    first = sent(net, a_addr, MessageType.RECORDS, mark)
+    assert len(first) >= 2
+    net.deliver(drop=lambda data, src, dst: data is first[0])
+    assert b.book.contiguous(a.node_id) == STEPS
