@@ -44,12 +44,22 @@ class TransmitLimitedQueue:
         # crosses each link about once, where relaying it whole sent it ~limit times per node).
         self._tags: dict = {}
         self._short: dict = {}
+        # Transmits of a relayed ALIVE (TAG) item, when lower than the queue's limit: where
+        # every member reaches every other itself, relays are a backup (Sync.everyone_talks).
+        self.tag_limit: int | None = None
+        self._own = None
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def push(self, key, packed: bytes, whole: bool = False) -> None:
-        """whole: an ALIVE item that goes whole, never as a TAG (a refutation by its subject)."""
+    def urgent(self) -> bool:
+        """Anything queued besides relayed ALIVE news (those go as TAGs): a suspicion, a
+        death, a leave, a proof, a refutation by its subject."""
+        return len(self._where) > len(self._short)
+
+    def push(self, key, packed: bytes, whole: bool = False, own: bool = False) -> None:
+        """whole: an ALIVE item that goes whole, never as a TAG (a refutation by its subject);
+        own: our own announcement (its TAG carries our version: never cut to tag_limit)."""
         old = self._where.pop(key, None)
         if old is not None:
             self._drop_from(old, key)
@@ -60,6 +70,8 @@ class TransmitLimitedQueue:
             self._tags[key], short = forms
             if not whole:
                 self._short[key] = short
+            if own:
+                self._own = key
         if len(self._where) > self.max_items:
             self._prune()
 
@@ -152,6 +164,7 @@ class TransmitLimitedQueue:
 
     def _advance(self, moved: list, limit: int, sent) -> None:
         by_count, where = self._by_count, self._where
+        tag_limit = min(limit, self.tag_limit) if self.tag_limit else limit
         for key, count, packed in (reversed(moved) if self.newest_first else moved):
             if sent is not None:
                 sent.add(key)
@@ -159,7 +172,7 @@ class TransmitLimitedQueue:
             del bucket[key]
             if not bucket:
                 del by_count[count]
-            if count + 1 >= limit:
+            if count + 1 >= (tag_limit if key in self._short and key != self._own else limit):
                 del where[key]
                 self._forget(key)
             else:

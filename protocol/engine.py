@@ -122,10 +122,12 @@ class Engine:
         self.probing = Probing(config, self.members, self.outbox, rng)
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
                                          self.node_id, bound_addr, now)
+        self.probing.observed_enough = self.nat.observed_enough
         self.session.nat = self.nat.kind
         self.certs = CertExchange(self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
+        self.certs.everyone_talks = self.sync.everyone_talks
         # One handler per message type, each (member, payload, now), called once the datagram
         # is authenticated.  JOIN is absent: it is the one unauthenticated message (_on_join).
         # PUSH and PEERS carry nothing but gossip and records, which any message may; RECORDS
@@ -366,7 +368,11 @@ class Engine:
         finally:
             self.nat.via = None
         if gossip:
-            self._on_gossip(m, gossip, addr, now)
+            self.certs.listing = h.type == MessageType.PEERS
+            try:
+                self._on_gossip(m, gossip, addr, now)
+            finally:
+                self.certs.listing = False
         if records:
             c = self.counters
             delivered, taken = c["updates_delivered"], self._records_taken()
@@ -541,7 +547,7 @@ class Engine:
             m.confirmed = False
 
     def _announce_self(self, whole: bool = False) -> None:
-        self.gossip_q.push(self.node_id, self._own_alive(), whole)
+        self.gossip_q.push(self.node_id, self._own_alive(), whole, own=True)
 
     def _own_alive(self) -> bytes:
         return encode_alive(self.session.cert, None, self.nat.kind, self.software or None)
@@ -554,8 +560,14 @@ class Engine:
         if change.event is not None:
             self.events.emit(change.event)
             self._membership_news()
-            if isinstance(change.event, PeerJoined):
-                self.sync.news()   # a newcomer, or a member back: compare version vectors soon
+            if change.back:
+                # A member back (a healed partition, a node that was away): it and we may
+                # each hold what the other lacks, so compare version vectors soon.  A newcomer
+                # is not news here: it compares at once on its own (its first round is at the
+                # base interval), and a repair that follows is news to both sides; a swarm
+                # that grows by many joins then does not keep every member's anti-entropy at
+                # its base interval (docs/protocol.md, anti-entropy back-off).
+                self.sync.news()
         self.gossip_q.push(change.node_id, change.gossip)
 
     def _membership_news(self) -> None:

@@ -81,6 +81,7 @@ class Change:
     node_id: bytes
     event: Event | None   # for the driver; None: news for peers only (a new incarnation)
     gossip: bytes         # the packed item that spreads it (replaces older items about node_id)
+    back: bool = False    # a member we held dead (or gone) is alive again
 
 
 class Membership:
@@ -225,14 +226,14 @@ class Membership:
             m.version = version
         if nat is not None:
             m.nat = NatKind(nat)
-        event = None
-        if not m.live:
+        event, back = None, not m.live
+        if back:
             self._set_state(m, MemberState.ALIVE, now)
             event = PeerJoined(m.node_id, m.addr)
         elif m.state == MemberState.SUSPECT:
             self._set_state(m, MemberState.ALIVE, now)
             event = PeerAlive(m.node_id)
-        return m, self._alive(m, event)
+        return m, self._alive(m, event, back)
 
     def on_suspect(self, node_id: bytes, inc: int, now: float) -> Change | None:
         m = self.members.get(node_id)
@@ -267,8 +268,8 @@ class Membership:
         # restarted since we last saw it signs a newer generation than the one we hold.
         return Change(m.node_id, PeerLeft(m.node_id), encode_leave(m.node_id, gen, inc, sig))
 
-    def _alive(self, m: Member, event: Event | None) -> Change:
-        return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version))
+    def _alive(self, m: Member, event: Event | None, back: bool = False) -> Change:
+        return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version), back)
 
     def _dead(self, m: Member, now: float) -> Change:
         self._set_state(m, MemberState.DEAD, now)

@@ -47,6 +47,7 @@ PUNCH_RETRY_S = 30.0   # per member, between two introductions asked for
 PUNCH_PING_S = 0.5     # PINGs to an introduced peer while punching
 TICK_S = 0.5
 OBSERVERS = 8          # reporters of our observed address kept (the latest answer of each)
+QUORUM = 3             # reporters enough to tell our NatKind (a majority of them decides)
 # A RELAY around an inner datagram: its own header, MAC, body framing and [flag, id, bin hdr].
 RELAY_OVERHEAD = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + 24
 _WILDCARD = ("", "0.0.0.0", "::")
@@ -155,6 +156,11 @@ class Nat:
         if kind != NatKind.OPEN:
             self.activate()
         return changed
+
+    def observed_enough(self) -> bool:
+        """Enough peers reported our address to tell our NatKind by their majority: probes
+        need not be sent only to hear it once more (Probing.probe_next)."""
+        return len(self.observed_by) >= QUORUM
 
     def _is_bound(self, addr: tuple) -> bool:
         host, port = self.bound[0], self.bound[1]

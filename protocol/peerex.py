@@ -28,6 +28,9 @@ MAX_ASKED = 32           # node ids in one PEERS_REQ (an answer holds fewer: wha
 ASK_AGAIN_S = 1.0        # a certificate asked for and not come is asked for again, of the next
 ASK_TRIES = 4            # holder that told us of it (lossy links), up to this many times
 MAX_WANTS = 1024
+BRINGS_OWN_S = 5.0       # in a small swarm without NATs, a member told of by gossip (a newcomer)
+                         # is asked for after this long: it sends its certificate with its first
+                         # datagram to each member (its records go to every one), so most never are
 
 
 @dataclass
@@ -47,6 +50,8 @@ class CertExchange:
         self.node_id = node_id
         self.wanted: dict[bytes, Want] = {}    # node id -> the certificate of it we lack
         self.wants: list[bytes] = []           # to ask the sender of the datagram being handled
+        self.listing = False                   # that datagram is a PEERS answer: a list, not news
+        self.everyone_talks = lambda: False    # Engine: a small swarm without NATs (direct push)
 
     # ================================================================ receiving TAG items
     def on_tag(self, sender: Member, item: AliveTag, now: float) -> None:
@@ -67,7 +72,11 @@ class CertExchange:
         if want is None or theirs > want.version:
             if want is None and len(self.wanted) >= MAX_WANTS:
                 return
-            want = self.wanted[nid] = Want(theirs, [], now)
+            # A newcomer told of by gossip brings its certificate itself where everyone talks
+            # to everyone; one listed in a PEERS answer (what a newcomer asks to learn the
+            # swarm from), or a new incarnation of a member (a refutation), is asked for now.
+            brings_own = m is None and not self.listing and self.everyone_talks()
+            want = self.wanted[nid] = Want(theirs, [], now + BRINGS_OWN_S if brings_own else now)
         if theirs == want.version and sender.node_id not in want.holders:
             want.holders.append(sender.node_id)
         if now >= want.next_ask and len(self.wants) < MAX_ASKED:

@@ -46,6 +46,7 @@ class Probing:
         # to gossip it unless refuted by then).  See hold().
         self.held: dict[bytes, tuple] = {}
         self._seq = 0                         # shared by probes and relays: one ACK, one meaning
+        self.observed_enough = lambda: False  # Nat.observed_enough: peers told us our address
 
     # ================================================================ rounds
     def probe_next(self, now: float) -> None:
@@ -54,11 +55,13 @@ class Probing:
             del self.relays[seq]
         target = self.members.next_probe_target(self.rng)
         if (target is not None and now - target.heard_at < self.config.probe_quiet_s
-                and target.rtt is not None and self.members.reachable is None):
+                and (target.rtt is not None or self.observed_enough())
+                and self.members.reachable is None):
             # Its own traffic (records, digests, pings) proved it alive lately: skip its turn.
             # A member that dies falls silent, and probe_quiet_s later it is pinged again.
-            # Each member is still pinged once (its ACK tells us our observed address), and
-            # never skipped with NATs about (paths and keep-alives ride on the probes).
+            # Members are still pinged until a few ACKs told us our observed address (and
+            # with it our NatKind), and never skipped with NATs about (paths and keep-alives
+            # ride on the probes).  Its round trip is then measured at its first probe.
             return
         if target is not None:
             self._seq += 1

@@ -31,6 +31,7 @@ from .wire import NIL, MessageType, WireError, is_node_id, is_uint, packb
 
 MAX_RECORDS_PER_DATAGRAM = 64
 VECTOR_ENTRIES = 40
+FAR_BEHIND_S = 0.25      # next anti-entropy round after a VECTOR that showed more to pull than one PULL asks
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
 class Sync:
@@ -399,6 +400,11 @@ class Sync:
         anti-entropy repairs what a lost datagram missed."""
         return self.members.live_count() <= self.config.direct_push_max
 
+    def everyone_talks(self) -> bool:
+        """A small swarm with no NAT about: every member reaches every other directly (and
+        does: its records go to each), its certificate in its first datagram to each."""
+        return self._direct() and self.members.reachable is None
+
     def push_own(self) -> None:
         """Our records signed since the last round, to every live peer, with membership
         gossip in the room they leave."""
@@ -419,7 +425,13 @@ class Sync:
     def push_round(self) -> None:
         cfg = self.config
         self.push_own()
-        if not len(self.gossip_q) and not len(self.record_q):
+        # In a small swarm, news of a member (a TAG) only rides on datagrams that go anyway
+        # (records, probes, digests): the member itself reaches every peer with its first
+        # datagram, so the relays are a backup and need no datagram of their own.
+        talks = self.everyone_talks()
+        self.gossip_q.tag_limit = cfg.transmit_limit(self.members.live_count() + 1, 2) if talks else None
+        gossip = len(self.gossip_q) and (not talks or self.gossip_q.urgent())
+        if not gossip and not len(self.record_q):
             return
         n = self.members.live_count() + 1
         limit = cfg.transmit_limit(n)
@@ -430,7 +442,7 @@ class Sync:
             # and digest), so a membership backlog (a thousand joins) never delays updates.
             rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
             records = self.record_q.take_into(rooms, rlimit)
-            gossip = self.gossip_q.take_into(rooms, limit, peer)
+            gossip = self.gossip_q.take_into(rooms, limit, peer) if gossip else [[]] * len(rooms)
             for g, r in zip(gossip, records):
                 if g or r:
                     self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
@@ -529,7 +541,12 @@ class Sync:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
         self.equiv.nudge(m, theirs)   # listed at or past a proof's step: it lacks the proof
-        self._pull(m, theirs, now)
+        wanted = self._pull(m, theirs, now)
+        if wanted > MAX_PULL_ENTRIES or (wanted and len(theirs) >= VECTOR_ENTRIES):
+            # Behind in more origins than one exchange covers (a node back from a partition
+            # in a large swarm): the next round goes after a round trip or so, not a base
+            # interval, while each keeps finding more to pull.
+            self.ae_due = min(self.ae_due, now + FAR_BEHIND_S)
         wants = []
         for b in buckets:
             for o in self.digest.members[b]:
@@ -541,13 +558,14 @@ class Sync:
             self._serve(m, wants[:MAX_PULL_ENTRIES])
         self._check_own(now)
 
-    def _pull(self, m: Member, theirs: dict, now: float) -> None:
-        """PULL from m what it holds (theirs: origin -> step) beyond our contiguous steps."""
+    def _pull(self, m: Member, theirs: dict, now: float) -> int:
+        """PULL from m what it holds (theirs: origin -> step) beyond our contiguous steps;
+        returns how many origins it holds further (at most MAX_PULL_ENTRIES are asked)."""
         cut = self.influence.excluded_from
         pulls = [[o, self.book.contiguous(o) + 1] for o, s in theirs.items()
                  if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
         self.rng.shuffle(pulls)
-        pulls = pulls[:MAX_PULL_ENTRIES]
+        wanted, pulls = len(pulls), pulls[:MAX_PULL_ENTRIES]
         self._fresh_from.discard(m.node_id)
         if pulls:
             self.news()   # a repair: we lacked something, compare again soon
@@ -556,6 +574,7 @@ class Sync:
             for o, _ in pulls:
                 self.pulls[o] = expiry
             self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
+        return wanted
 
     def on_served(self, m: Member, payload, now: float) -> None:
         """A RECORDS datagram's payload: nil, or (on the last datagram of an answer that

@@ -84,3 +84,14 @@ def test_nodes_that_know_their_bound_address_drop_the_nat_filter_once_all_are_op
     net.advance(20.0)
     assert all(e.nat.kind.name == "OPEN" for e in (a, b, c))
     assert all(e.members.reachable is None for e in (a, b, c))
+
+
+def test_a_quiet_member_is_not_pinged_only_to_hear_our_address_once_a_few_peers_told_it():
+    """Before, every member was pinged at least once (its ACK reports our observed address);
+    once QUORUM peers reported it, a member whose traffic proves it alive is skipped from the
+    start, and its round trip is unknown until a probe does go."""
+    sw = flowing_swarm(CFG, n=12)
+    sw.run_for(20.0)
+    assert all(node.engine.nat.observed_enough() for node in sw.nodes)
+    never_pinged = sum(1 for node in sw.nodes for m in node.engine.members.live_members() if m.rtt is None)
+    assert never_pinged > len(sw.nodes)   # more than one per node, of 11 each

@@ -101,3 +101,16 @@ def test_an_answer_whose_first_datagram_was_lost_is_still_pulled_on_from_the_gap
     assert len(first) >= 2
     net.deliver(drop=lambda data, src, dst: data is first[0])
     assert b.book.contiguous(a.node_id) == STEPS
+
+
+def test_a_vector_with_more_to_pull_than_one_pull_asks_brings_the_next_round_forward():
+    from onebyte.protocol.sync import FAR_BEHIND_S
+    net, a, b = far_behind()
+    ma = b.members.get(a.node_id)
+    origins = [bytes([i + 1]) * 16 for i in range(30)]
+    b.sync.ae_interval, b.sync.ae_due = CFG.anti_entropy_interval_s, net.now + 16.0
+    b.sync.on_vector(ma, [[], [[o, 5] for o in origins]], net.now)   # 30 origins we lack
+    assert b.sync.ae_due <= net.now + FAR_BEHIND_S
+    b.sync.ae_due = net.now + 16.0
+    b.sync.on_vector(ma, [[], [[o, 9] for o in origins[:3]]], net.now)   # one PULL covers it
+    assert b.sync.ae_due == net.now + 16.0
