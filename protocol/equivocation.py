@@ -220,15 +220,25 @@ class Equivocations:
             self.sync.outbox.send(MessageType.PUSH, m, NIL, items[:4])
 
     def on_diverged(self, m) -> None:
-        """Same vv, other weights: send m our most recent records of a few origins, in turn."""
+        """Same vv, other weights: send m our most recent records of a few origins, newest
+        first, as many origins as pull_serve_bytes holds, the next ones next time.  The cursor
+        moves past the origins that went (not a fixed stride: with fewer origins than the
+        stride, or an answer full before the last one, a fixed stride came back to the same
+        origins every time and the conflicting one was never sent)."""
         s = self.sync
         origins = sorted(o for o, st in s.book.origins.items() if st.recent)
         if not origins:
             return
-        recent = [packb(st.recent[first][2])
-                  for i in range(min(DIVERGED_ORIGINS, len(origins)))
-                  for st in [s.book.origins[origins[(self._cursor + i) % len(origins)]]]
-                  for first in list(st.recent_order)]
-        self._cursor = (self._cursor + DIVERGED_ORIGINS) % len(origins)
-        s.outbox.send_records(m, recent, s.config.pull_serve_bytes)
+        out, left, went = [], s.config.pull_serve_bytes, 0
+        for i in range(min(DIVERGED_ORIGINS, len(origins))):
+            st = s.book.origins[origins[(self._cursor + i) % len(origins)]]
+            recs = [packb(st.recent[first][2]) for first in reversed(st.recent_order)]
+            size = sum(map(len, recs))
+            if out and size > left:
+                break
+            out.extend(recs)
+            left -= size
+            went += 1
+        self._cursor = (self._cursor + went) % len(origins)
+        s.outbox.send_records(m, out, s.config.pull_serve_bytes)
 

@@ -156,3 +156,37 @@ def test_another_split_of_the_same_steps_is_found(net):
     send(net, x, c, [signed(x, 5, [4, 4, 4, 4])])
     send(net, x, c, [signed(x, 7, [4, 4])])
     assert x.node_id not in c.excluded_origins()
+
+
+def test_a_diverged_peer_is_sent_every_origin_in_turn_even_when_one_answer_holds_few():
+    """tests/node/test_equivocation.py timed out now and then: with 4 origins and a stride of
+    8, every divergence sent the same first origins, the answer was full before the last one
+    (the equivocator's, sorted last), and the two versions never met."""
+    from collections import deque
+    from types import SimpleNamespace
+    from onebyte.protocol.config import ProtocolConfig
+    from onebyte.protocol.equivocation import Equivocations
+
+    sent = []
+    origins = {}
+    for i in range(4):
+        recent = {first: (first + 7, b"f", [i, first, b"q" * 8, b"s" * 64]) for first in range(1, 200, 8)}
+        origins[bytes([i]) * 16] = SimpleNamespace(recent=recent, recent_order=deque(recent))
+    sync = SimpleNamespace(book=SimpleNamespace(origins=origins), config=ProtocolConfig(swarm_id=SWARM),
+                           outbox=SimpleNamespace(send_records=lambda m, recs, limit: sent.append(recs)))
+    eq = Equivocations(sync)
+    for _ in range(4):
+        eq.on_diverged(None)
+    got = {msgpack_first(r) for recs in sent for r in recs}
+    assert got == {0, 1, 2, 3}
+    assert msgpack_step(sent[0][0]) == 193   # newest first
+
+
+def msgpack_first(packed: bytes) -> int:
+    import msgpack
+    return msgpack.unpackb(packed)[0]
+
+
+def msgpack_step(packed: bytes) -> int:
+    import msgpack
+    return msgpack.unpackb(packed)[1]
