@@ -72,6 +72,16 @@ class Net:
                     self.collect(addr)
             self.deliver(drop)
 
+    def swarm(self, n: int, settle_s: float = 20.0) -> list:
+        """n engines (seeds 1..n) that all bootstrapped from the first, settle_s later."""
+        engines = [self.add(1)]
+        first = self.addr_of[engines[0].node_id]
+        for seed in range(2, n + 1):
+            engines.append(self.add(seed, bootstrap=[first]))
+        self.deliver()
+        self.advance(settle_s)
+        return engines
+
     def of_type(self, addr, cls):
         return [e for e in self.events[addr] if isinstance(e, cls)]
 

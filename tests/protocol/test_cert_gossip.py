@@ -109,13 +109,7 @@ def test_a_swarm_sends_each_certificate_to_each_peer_at_most_once_per_sender():
 def settled_swarm(n: int) -> tuple:
     """n engines that all bootstrapped from the first, 20 s later (everyone knows everyone)."""
     net = Net(CFG)
-    engines = [net.add(1)]
-    first = net.addr_of[engines[0].node_id]
-    for seed in range(2, n + 1):
-        engines.append(net.add(seed, bootstrap=[first]))
-    net.deliver()
-    net.advance(20.0)
-    return net, engines
+    return net, net.swarm(n)
 
 
 def payloads(net: Net, src, dst, mtype) -> list:

@@ -19,13 +19,7 @@ def body(data: bytes):
 
 def settled(n: int, quiet_s: float = 60.0):
     net = Net(CFG)
-    engines = [net.add(1)]
-    first = net.addr_of[engines[0].node_id]
-    for seed in range(2, n + 1):
-        engines.append(net.add(seed, bootstrap=[first]))
-    net.deliver()
-    net.advance(quiet_s)   # long quiet: anti-entropy backed off to its cap everywhere
-    return net, engines
+    return net, net.swarm(n, quiet_s)   # long quiet: anti-entropy backed off to its cap
 
 
 def test_a_newcomer_is_not_news_for_anti_entropy_and_a_member_back_is():
