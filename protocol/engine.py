@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue, note_held
-from .events import EventQueue, PeerJoined
+from .events import EventQueue
 from .identity import CryptoCache, Identity, parse_cert
 from .membership import Change, Member, Membership, MemberState
 from .nat import Nat

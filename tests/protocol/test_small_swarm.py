@@ -78,7 +78,7 @@ def test_a_newcomer_that_cannot_reach_us_is_asked_for_after_the_wait():
 def test_relayed_member_news_rides_only_on_datagrams_that_go_anyway():
     net, engines = settled(6, quiet_s=20.0)
     mark = len(net.log)
-    x = net.add(9, bootstrap=[net.addr_of[engines[0].node_id]])
+    net.add(9, bootstrap=[net.addr_of[engines[0].node_id]])
     net.deliver()
     net.advance(10.0)
     own = {net.addr_of[e.node_id] for e in engines}
