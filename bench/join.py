@@ -127,7 +127,8 @@ def main(argv=None):
         ap.error("--tail must be between 0 and --updates")
     work = Path(tempfile.mkdtemp(dir=a.workdir))
     try:
-        out = run(a, work)
+        out = {"command": " ".join([os.path.basename(sys.executable), "bench/join.py"]
+                                   + list(sys.argv[1:] if argv is None else argv)), **run(a, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=1))
