@@ -131,7 +131,7 @@ class Engine:
         # One handler per message type, each (member, payload, now), called once the datagram
         # is authenticated.  JOIN is absent: it is the one unauthenticated message (_on_join).
         # PUSH and PEERS carry nothing but gossip and records, which any message may; RECORDS
-        # may also say what more its sender holds (Sync.on_served).
+        # may also say what more its sender holds (Serving.on_served).
         self._handlers = {
             MessageType.HELLO: self._on_hello,
             MessageType.PING: self._on_ping,
@@ -140,8 +140,8 @@ class Engine:
             MessageType.PUSH: _carries_only,
             MessageType.DIGEST: self.sync.on_digest,
             MessageType.VECTOR: self.sync.on_vector,
-            MessageType.PULL: self.sync.on_pull,
-            MessageType.RECORDS: self.sync.on_served,
+            MessageType.PULL: self.sync.serving.on_pull,
+            MessageType.RECORDS: self.sync.serving.on_served,
             MessageType.PEERS_REQ: self.certs.on_peers_req,
             MessageType.PEERS: _carries_only,
             MessageType.RELAY: self._on_relay,
@@ -169,7 +169,6 @@ class Engine:
         self._last_pex = now
         self._pex_news = True
         self._next_reconnect = now + config.reconnect_interval_s
-        self._stuck_since, self._delivered_at_round = None, 0   # see _stuck_gap
         self._announce_self()
         for addr in self.bootstrap:
             self.outbox.send_join(addr)
@@ -238,7 +237,6 @@ class Engine:
             self._next_gossip = max(self._next_gossip + cfg.gossip_interval_s, now)
             self.sync.push_round()
         if now >= self.sync.ae_due:
-            self._stuck_gap(now)
             self.sync.anti_entropy_round(now)   # it sets the next ae_due (back-off)
         if now >= self._next_pex:
             quiet, self._pex_news = not self._pex_news, False
@@ -368,28 +366,9 @@ class Engine:
         finally:
             self.nat.via = None
         if gossip:
-            self.certs.listing = h.type == MessageType.PEERS
-            try:
-                self._on_gossip(m, gossip, addr, now)
-            finally:
-                self.certs.listing = False
+            self._on_gossip(m, gossip, addr, now, listed=h.type == MessageType.PEERS)
         if records:
-            c = self.counters
-            delivered, taken = c["updates_delivered"], self._records_taken()
-            self.sync.on_records(m, records, addr, now)
-            if h.type == MessageType.RECORDS:
-                if c["updates_delivered"] > delivered:
-                    # A repair (records served for a PULL or a VECTOR of ours) filled a gap: we
-                    # were behind, and may still be, so anti-entropy compares again soon instead
-                    # of backing off (pulls and serving are news already; being served was not).
-                    self.sync.news()
-                # Records new to us, delivered or held beyond a gap (an answer's datagrams
-                # arrive out of order, or one is lost): pull on from our contiguous steps.
-                self.sync.pull_more(m, self._records_taken() > taken, now)
-
-    def _records_taken(self) -> int:
-        """Records new to us so far: accepted, or batch members held for their closer."""
-        return self.counters["records_accepted"] + self.counters.get("batch_members_waiting", 0)
+            self.sync.on_records(m, records, addr, now, answer=h.type == MessageType.RECORDS)
 
     def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its
@@ -460,12 +439,13 @@ class Engine:
             self._receive(inner, src.addr, now, via=m)
 
     # ================================================================ membership gossip
-    def _on_gossip(self, sender: Member, items: list, addr, now: float) -> None:
-        """Gossip items in an authenticated datagram; each bad one is a counted drop."""
+    def _on_gossip(self, sender: Member, items: list, addr, now: float, listed: bool = False) -> None:
+        """Gossip items in an authenticated datagram; each bad one is a counted drop.
+        listed: a PEERS answer (members listed for us, not news of them: CertExchange.on_tag)."""
         corrections = []
         for item in items[:MAX_GOSSIP_ITEMS]:
             try:
-                fix = self._on_gossip_item(sender, decode_gossip(item), addr, now)
+                fix = self._on_gossip_item(sender, decode_gossip(item), addr, now, listed)
             except WireError as e:
                 self.events.drop(e.reason, addr)
             else:
@@ -476,7 +456,7 @@ class Engine:
             self.probing.answer(sender, corrections)
         self.certs.ask(sender, now)   # the certificates its TAG items told of that we lack
 
-    def _on_gossip_item(self, sender: Member, item, addr, now: float) -> bytes | None:
+    def _on_gossip_item(self, sender: Member, item, addr, now: float, listed: bool = False) -> bytes | None:
         """Returns an ALIVE item for the sender when it accused us, or a member at an
         incarnation older than the one we hold (it missed the refutation): Probing.answer."""
         match item:
@@ -485,7 +465,7 @@ class Engine:
             case AliveTag():
                 if item.nat:
                     self.nat.activate()
-                self.certs.on_tag(sender, item, now)
+                self.certs.on_tag(sender, item, now, listed)
             case Suspect(node_id, inc) | Dead(node_id, inc) if node_id == self.node_id:
                 if inc >= self.session.incarnation:
                     self._refute(inc)
@@ -592,21 +572,6 @@ class Engine:
                 self._membership_news()
                 self.probing.hold(target, change.gossip, now)
                 self.outbox.send(MessageType.PING, target, packb(0), [change.gossip])
-
-    def _stuck_gap(self, now: float) -> None:
-        """Records held beyond a gap, and nothing delivered since the last round: we lack
-        something and are not getting it (a repair exchange lost on its way, several legs
-        over lossy or relayed paths).  That is news (compare at the base interval, not after
-        a back-off of up to 16 s per failed exchange) for at most 4 x the longest interval:
-        a gap nobody can fill (its records lost everywhere) then backs off as before."""
-        delivered = self.counters["updates_delivered"]
-        if self.sync.book.pending_total and delivered == self._delivered_at_round:
-            self._stuck_since = now if self._stuck_since is None else self._stuck_since
-            if now - self._stuck_since < 4 * self.config.anti_entropy_max_interval_s:
-                self.sync.news()
-        else:
-            self._stuck_since = None
-        self._delivered_at_round = delivered
 
     def _rejoin_bootstrap(self) -> None:
         # Keep knocking on configured addresses that are not live members: a node whose

@@ -50,13 +50,13 @@ class CertExchange:
         self.node_id = node_id
         self.wanted: dict[bytes, Want] = {}    # node id -> the certificate of it we lack
         self.wants: list[bytes] = []           # to ask the sender of the datagram being handled
-        self.listing = False                   # that datagram is a PEERS answer: a list, not news
         self.everyone_talks = lambda: False    # Engine: a small swarm without NATs (direct push)
 
     # ================================================================ receiving TAG items
-    def on_tag(self, sender: Member, item: AliveTag, now: float) -> None:
+    def on_tag(self, sender: Member, item: AliveTag, now: float, listed: bool = False) -> None:
         """sender holds item.node_id's certificate at (generation, incarnation): note it, and
-        want it if it is newer than ours (asked for once this datagram is handled, see ask)."""
+        want it if it is newer than ours (asked for once this datagram is handled, see ask).
+        listed: the TAG came in a PEERS answer (a list we asked for, not news of a join)."""
         nid = item.node_id
         if nid == self.node_id:
             return
@@ -75,7 +75,7 @@ class CertExchange:
             # A newcomer told of by gossip brings its certificate itself where everyone talks
             # to everyone; one listed in a PEERS answer (what a newcomer asks to learn the
             # swarm from), or a new incarnation of a member (a refutation), is asked for now.
-            brings_own = m is None and not self.listing and self.everyone_talks()
+            brings_own = m is None and not listed and self.everyone_talks()
             want = self.wanted[nid] = Want(theirs, [], now + BRINGS_OWN_S if brings_own else now)
         if theirs == want.version and sender.node_id not in want.holders:
             want.holders.append(sender.node_id)

@@ -1,8 +1,8 @@
 """Serving: records out of our store for a peer that lacks them (its PULL, or the gaps its
-VECTOR shows), each answer bounded at pull_serve_bytes.
+VECTOR shows), each answer bounded at pull_serve_bytes; and pulling on from such answers.
 
 An answer that stops short of what we hold says so on its last datagram (the [origin,
-step] entries we hold beyond it), and the peer pulls on at once (Sync.pull_more): a node
+step] entries we hold beyond it), and the peer pulls on at once (Serving.answered): a node
 far behind catches up at one request per round trip, while no single request makes us
 send more than the bound.  Batches go whole: a member record travels with the closer
 whose signature vouches for it.
@@ -20,6 +20,47 @@ class Serving:
     def __init__(self, sync):
         self.sync = sync          # the store, book, influence budget and outbox it serves from
         self.config = sync.config
+        self.more: dict | None = None   # {origin: step} of the RECORDS datagram being handled
+        self.fresh_from: set = set()    # servers whose answers brought news since our last PULL
+
+    # ================================================================ pulling on
+    def on_served(self, m: Member, payload, now: float) -> None:
+        """The handler of RECORDS: its payload is nil, or (on the last datagram of an answer
+        that stopped at pull_serve_bytes) the [origin, step] entries the server holds beyond
+        it.  Kept for answered, which runs once the datagram's records are in."""
+        self.more = None
+        if payload is None:
+            return
+        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
+            raise WireError("malformed")
+        more = {}
+        for e in payload:
+            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
+                raise WireError("malformed")
+            more[e[0]] = e[1]
+        self.more = more
+
+    def answered(self, m: Member, delivered: bool, took_new: bool, now: float) -> None:
+        """A RECORDS datagram's records are in.  delivered: updates we lacked were delivered;
+        took_new: records new to us came (delivered, or held beyond a gap).
+
+        A repair that delivered is news: we were behind and may still be, so anti-entropy
+        compares again soon instead of backing off.  The rest of a cut-short answer is pulled
+        at once, one request per round trip, instead of one per anti-entropy round: a node
+        far behind (a healed partition) catches up at the link's pace.  Only if m's RECORDS
+        since our last PULL to it brought records new to us, so records we refuse (rate cap,
+        buffer) or hold already never keep a loop going; anti-entropy covers those.  Counted
+        per answer, not per datagram: its datagrams arrive in any order, and one that fills a
+        gap may leave the last one nothing new."""
+        if delivered:
+            self.sync.news()
+        if took_new and len(self.fresh_from) < 4 * MAX_PULL_ENTRIES:
+            self.fresh_from.add(m.node_id)
+        more, self.more = self.more, None
+        if more is not None and m.node_id in self.fresh_from:
+            self.sync.pull(m, more, now)
+
+    # ================================================================ serving
 
     def on_pull(self, m: Member, payload, now: float) -> None:
         if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:

@@ -53,8 +53,6 @@ class Sync:
         self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
         self.digest = VersionDigest()
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
-        self._more: tuple | None = None       # (server id, {origin: step}): see on_served
-        self._fresh_from: set = set()         # servers whose answers brought news: pull_more
         # A relayed duplicate (the common case under gossip) is recognised by one set lookup
         # of its signature, before decoding anything.
         self._seen_sigs: set = set()
@@ -94,6 +92,7 @@ class Sync:
         self.ae_last = now
         self.ae_due = now + config.anti_entropy_interval_s   # the engine sets a random phase
         self._news = True
+        self._stuck_since, self._delivered_at_round = None, 0   # see _stuck_gap
 
     # ================================================================ views
     def version_vector(self) -> dict:
@@ -196,8 +195,12 @@ class Sync:
             self.record_q.push((self.node_id, first), packed)
 
     # ================================================================ records in
-    def on_records(self, m: Member, records: list, addr, now: float) -> None:
-        """Records carried by an authenticated datagram from m; each bad one is a counted drop."""
+    def on_records(self, m: Member, records: list, addr, now: float, answer: bool = False) -> None:
+        """Records carried by an authenticated datagram from m; each bad one is a counted drop.
+        answer: a RECORDS datagram (served for our PULL or VECTOR): see Serving.answered."""
+        if answer:
+            c = self.counters
+            delivered, taken = c["updates_delivered"], self._records_taken()
         seen = self._seen_sigs
         for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
             if isinstance(raw, bytes) and raw and not raw[0] & REC_MEMBER and raw[-SIG_SIZE:] in seen:
@@ -209,6 +212,12 @@ class Sync:
                 self.events.drop(e.reason, addr)
                 if e.reason in ("rate_limited", "buffer_full"):
                     self.news()   # a record we refused for now: anti-entropy pulls it soon
+        if answer:
+            self.serving.answered(m, c["updates_delivered"] > delivered, self._records_taken() > taken, now)
+
+    def _records_taken(self) -> int:
+        """Records new to us so far: accepted, or batch members held for their closer."""
+        return self.counters["records_accepted"] + self.counters.get("batch_members_waiting", 0)
 
     def _on_record(self, m: Member, raw, now: float) -> None:
         pub, first, qs, sig, hashes = decode_any(raw)
@@ -430,8 +439,8 @@ class Sync:
         # datagram, so the relays are a backup and need no datagram of their own.
         talks = self.everyone_talks()
         self.gossip_q.tag_limit = cfg.transmit_limit(self.members.live_count() + 1, 2) if talks else None
-        gossip = len(self.gossip_q) and (not talks or self.gossip_q.urgent())
-        if not gossip and not len(self.record_q):
+        with_gossip = bool(len(self.gossip_q)) and (not talks or self.gossip_q.urgent())
+        if not with_gossip and not len(self.record_q):
             return
         n = self.members.live_count() + 1
         limit = cfg.transmit_limit(n)
@@ -442,7 +451,7 @@ class Sync:
             # and digest), so a membership backlog (a thousand joins) never delays updates.
             rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
             records = self.record_q.take_into(rooms, rlimit)
-            gossip = self.gossip_q.take_into(rooms, limit, peer) if gossip else [[]] * len(rooms)
+            gossip = self.gossip_q.take_into(rooms, limit, peer) if with_gossip else [[]] * len(rooms)
             for g, r in zip(gossip, records):
                 if g or r:
                     self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
@@ -465,6 +474,7 @@ class Sync:
         cfg = self.config
         for o in [o for o, t in self.pulls.items() if t < now]:
             del self.pulls[o]
+        self._stuck_gap(now)
         self._check_own(now)
         quiet = not self._news and self.own_settled
         self._news = False
@@ -474,6 +484,21 @@ class Sync:
         peer = self.members.random_live(self.rng, 1)
         if peer:
             self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload(root=quiet))
+
+    def _stuck_gap(self, now: float) -> None:
+        """Records held beyond a gap, and nothing delivered since the last round: we lack
+        something and are not getting it (a repair exchange lost on its way, several legs
+        over lossy or relayed paths).  That is news (compare at the base interval, not after
+        a back-off of up to 16 s per failed exchange) for at most 4 x the longest interval:
+        a gap nobody can fill (its records lost everywhere) then backs off as before."""
+        delivered = self.counters["updates_delivered"]
+        if self.book.pending_total and delivered == self._delivered_at_round:
+            self._stuck_since = now if self._stuck_since is None else self._stuck_since
+            if now - self._stuck_since < 4 * self.config.anti_entropy_max_interval_s:
+                self.news()
+        else:
+            self._stuck_since = None
+        self._delivered_at_round = delivered
 
     def _digest_payload(self, root: bool = False) -> bytes:
         return encode_digest(self.digest.packed(), not self.own_settled, self.weights, root)
@@ -541,7 +566,7 @@ class Sync:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
         self.equiv.nudge(m, theirs)   # listed at or past a proof's step: it lacks the proof
-        wanted = self._pull(m, theirs, now)
+        wanted = self.pull(m, theirs, now)
         if wanted > MAX_PULL_ENTRIES or (wanted and len(theirs) >= VECTOR_ENTRIES):
             # Behind in more origins than one exchange covers (a node back from a partition
             # in a large swarm): the next round goes after a round trip or so, not a base
@@ -555,10 +580,10 @@ class Sync:
         if wants:
             self.news()   # a repair: they lacked something
             self.rng.shuffle(wants)
-            self._serve(m, wants[:MAX_PULL_ENTRIES])
+            self.serving.serve(m, wants[:MAX_PULL_ENTRIES])
         self._check_own(now)
 
-    def _pull(self, m: Member, theirs: dict, now: float) -> int:
+    def pull(self, m: Member, theirs: dict, now: float) -> int:
         """PULL from m what it holds (theirs: origin -> step) beyond our contiguous steps;
         returns how many origins it holds further (at most MAX_PULL_ENTRIES are asked)."""
         cut = self.influence.excluded_from
@@ -566,7 +591,7 @@ class Sync:
                  if s > self.book.contiguous(o) and self.book.contiguous(o) + 1 < (cut(o) or s + 2)]
         self.rng.shuffle(pulls)
         wanted, pulls = len(pulls), pulls[:MAX_PULL_ENTRIES]
-        self._fresh_from.discard(m.node_id)
+        self.serving.fresh_from.discard(m.node_id)   # a new request: see Serving.answered
         if pulls:
             self.news()   # a repair: we lacked something, compare again soon
             # What we asked for is exempt from the push rate cap for a while.
@@ -575,39 +600,3 @@ class Sync:
                 self.pulls[o] = expiry
             self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
         return wanted
-
-    def on_served(self, m: Member, payload, now: float) -> None:
-        """A RECORDS datagram's payload: nil, or (on the last datagram of an answer that
-        stopped at pull_serve_bytes) the [origin, step] entries the server holds beyond it.
-        Kept for pull_more, which runs once the datagram's records are in."""
-        self._more = None
-        if payload is None:
-            return
-        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
-            raise WireError("malformed")
-        more = {}
-        for e in payload:
-            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
-                raise WireError("malformed")
-            more[e[0]] = e[1]
-        self._more = (m.node_id, more)
-
-    def pull_more(self, m: Member, took_new: bool, now: float) -> None:
-        """Pull the rest of a cut-short answer at once, one request per round trip, instead
-        of one per anti-entropy round: a node far behind (a healed partition) catches up at
-        the link's pace.  Only if m's RECORDS since our last PULL to it brought records new to
-        us (took_new: this datagram did), so records we refuse (rate cap, buffer) or hold
-        already never keep a loop going; anti-entropy covers those.  Counted per answer, not
-        per datagram: its datagrams arrive in any order, and one that fills a gap may leave
-        the last one nothing new."""
-        if took_new and len(self._fresh_from) < 4 * MAX_PULL_ENTRIES:
-            self._fresh_from.add(m.node_id)
-        more, self._more = self._more, None
-        if more is not None and more[0] == m.node_id and m.node_id in self._fresh_from:
-            self._pull(m, more[1], now)
-
-    def on_pull(self, m: Member, payload, now: float) -> None:
-        self.serving.on_pull(m, payload, now)
-
-    def _serve(self, m: Member, wants: list) -> None:
-        self.serving.serve(m, wants)

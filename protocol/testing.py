@@ -9,6 +9,7 @@ from .engine import Engine
 from .identity import Identity
 from .store import MemoryRecordStore
 from .config import ProtocolConfig
+from .wire import parse_header, unpack_body
 
 SWARM = bytes(range(32))
 
@@ -81,6 +82,27 @@ class Net:
         self.deliver()
         self.advance(settle_s)
         return engines
+
+    def pair(self, settle_s: float = 2.0) -> tuple:
+        """Engines a (seed 1) and b (seed 2, bootstrapped from a), settle_s later."""
+        a = self.add(1)
+        b = self.add(2, bootstrap=[self.addr_of[a.node_id]])
+        self.advance(settle_s)
+        return a, b
+
+    def publish_unseen(self, origin: Engine, steps: int, by: Engine, seconds: float = 3.0) -> None:
+        """origin publishes its steps 1..steps while every datagram carrying records to `by` is
+        lost, for `seconds` (records sealed and pushed meanwhile never reach it)."""
+        cfg, dst = self.config, self.addr_of[by.node_id]
+        for step in range(1, steps + 1):
+            origin.publish(step, step % 7 - 3, self.now)
+
+        def lost(data, src, to):
+            if to != dst:
+                return False
+            h = parse_header(data, cfg.protocol_version, cfg.swarm_tag, cfg.max_datagram + 200)
+            return bool(unpack_body(h.body)[2])
+        self.advance(seconds, drop=lost)
 
     def of_type(self, addr, cls):
         return [e for e in self.events[addr] if isinstance(e, cls)]

@@ -12,10 +12,6 @@ def header(data: bytes):
     return parse_header(data, CFG.protocol_version, CFG.swarm_tag, CFG.max_datagram)
 
 
-def carries_records(data: bytes) -> bool:
-    return bool(unpack_body(header(data).body)[2])
-
-
 def sent(net, src, mtype, since: int = 0) -> list:
     return [d for d, s, _ in net.log[since:] if s == src and header(d).type == mtype]
 
@@ -23,13 +19,8 @@ def sent(net, src, mtype, since: int = 0) -> list:
 def far_behind():
     """a published STEPS updates that b never received."""
     net = Net(CFG)
-    a = net.add(1)
-    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
-    net.advance(2.0)
-    b_addr = net.addr_of[b.node_id]
-    for step in range(1, STEPS + 1):
-        a.publish(step, step % 7 - 3, net.now)
-    net.advance(2.0, drop=lambda data, src, dst: dst == b_addr and carries_records(data))
+    a, b = net.pair()
+    net.publish_unseen(a, STEPS, b, seconds=2.0)
     assert a.book.contiguous(a.node_id) == STEPS and b.book.contiguous(a.node_id) == 0
     return net, a, b
 
@@ -38,7 +29,7 @@ def test_a_node_far_behind_pulls_the_rest_of_a_cut_short_answer_without_waiting_
     net, a, b = far_behind()
     a_addr, b_addr = net.addr_of[a.node_id], net.addr_of[b.node_id]
     mark = len(net.log)
-    a.sync._serve(a.members.get(b.node_id), [(a.node_id, 1)])   # a's answer to b's VECTOR
+    a.sync.serving.serve(a.members.get(b.node_id), [(a.node_id, 1)])   # a's answer to b's VECTOR
     net.collect(a_addr)
     first = sent(net, a_addr, MessageType.RECORDS, mark)
     # The answer stopped at pull_serve_bytes; its last datagram says what more a holds.
@@ -61,7 +52,7 @@ def test_an_answer_that_delivers_nothing_new_is_not_pulled_on():
     assert b.book.contiguous(a.node_id) == STEPS
     m = a.members.get(b.node_id)
     packed, _ = a.sync.serving.served(m, [(a.node_id, 1)])
-    b.sync._pull(b.members.get(a.node_id), {}, net.now)   # b's last request to a (nothing to ask)
+    b.sync.pull(b.members.get(a.node_id), {}, net.now)   # b's last request to a (nothing to ask)
     mark = len(net.log)
     # Records b holds, from a server that claims more than b holds (a lie, or news to come).
     a._send(MessageType.RECORDS, m, packb([[a.node_id, STEPS + 50]]), [], packed[:8])
@@ -95,7 +86,7 @@ def test_an_answer_whose_first_datagram_was_lost_is_still_pulled_on_from_the_gap
     net, a, b = far_behind()
     a_addr = net.addr_of[a.node_id]
     mark = len(net.log)
-    a.sync._serve(a.members.get(b.node_id), [(a.node_id, 1)])
+    a.sync.serving.serve(a.members.get(b.node_id), [(a.node_id, 1)])
     net.collect(a_addr)
     first = sent(net, a_addr, MessageType.RECORDS, mark)
     assert len(first) >= 2

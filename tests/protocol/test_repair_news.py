@@ -15,17 +15,12 @@ def carries_records(data: bytes) -> bool:
 
 def test_records_served_to_a_node_that_lacked_them_reset_its_anti_entropy_back_off():
     net = Net(CFG)
-    a = net.add(1)
-    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
-    net.advance(2.0)
-    b_addr = net.addr_of[b.node_id]
-    for step in range(1, 5):
-        a.publish(step, step, net.now)
-    net.advance(3.0, drop=lambda data, src, dst: dst == b_addr and carries_records(data))
+    a, b = net.pair()
+    net.publish_unseen(a, 4, b)
     assert b.book.contiguous(a.node_id) == 0 and a.book.contiguous(a.node_id) == 4
     base, most = CFG.anti_entropy_interval_s, CFG.anti_entropy_max_interval_s
     b.sync.ae_interval, b.sync.ae_due = most, net.now + most   # backed off, as after quiet rounds
-    a.sync._serve(a.members.get(b.node_id), [(a.node_id, 1)])  # a's answer to b's VECTOR
+    a.sync.serving.serve(a.members.get(b.node_id), [(a.node_id, 1)])  # a's answer to b's VECTOR
     net.collect(net.addr_of[a.node_id])
     net.deliver()
     assert b.book.contiguous(a.node_id) == 4
