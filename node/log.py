@@ -58,7 +58,6 @@ import os
 import struct
 import threading
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +65,8 @@ from .errors import DiskFull, StateError
 from .logfile import (FRAME, HEADER, KIND_BASE, KIND_PROOF, KIND_RECORD, KIND_UPDATES, MAGIC,  # noqa: F401 (the
                       MAX_PAYLOAD, NO_SPACE, PREFIX, VERSION, encode_entry, is_tail, parse_proof_body,  # format
                       proof_body, read_all, write_log)                                         # is named here too)
-from .logproof import drop_held, index_proof
+from .loghold import Hold
+from .logproof import index_proof
 from .snapshot import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
@@ -125,9 +125,7 @@ class UpdateLog:
         self._fd: int | None = None
         self._size = 0             # bytes of whole entries in the file: where the next one goes
         self._tail_dirty = False   # a failed write may have left bytes past _size
-        self._held: deque = deque()               # (kind, origin, first, last, body) not yet written
-        self._held_top: dict[bytes, int] = {}     # per origin: last step of its held updates
-        self._held_records: set = set()           # (origin, first, last) of held records
+        self._held = Hold()                       # entries waiting for disk space
         self.disk_full = False
         self.disk_full_events = 0                 # times the disk-full state was entered
         self.disk_full_error: str | None = None
@@ -305,7 +303,7 @@ class UpdateLog:
     def _fresh(self, origin: bytes, first: int, body: bytes) -> tuple[int, bytes]:
         """(first new step, new q bytes) of updates first.. against the log and the hold."""
         o = self._origins.get(origin)
-        have = max(o.top if o else 0, self._held_top.get(origin, 0))
+        have = max(o.top if o else 0, self._held.top(origin))
         if first > have + 1:
             # The engine delivers each origin's updates contiguously; a gap is a bug upstream.
             raise ValueError(f"gap in updates of origin {origin.hex()}: have 1..{have}, got {first}")
@@ -324,12 +322,7 @@ class UpdateLog:
             else:
                 self._index_entry(item)
                 return
-        self._held.append(item)
-        kind, origin, first, last, _ = item
-        if kind == KIND_UPDATES:
-            self._held_top[origin] = last
-        elif kind == KIND_RECORD:
-            self._held_records.add((origin, first, last))
+        self._held.add(item)
         raise DiskFull(f"update log {self.path}: disk full, {len(self._held)} entries held")
 
     def _index_entry(self, item: tuple) -> None:
@@ -396,19 +389,14 @@ class UpdateLog:
         landed: list[tuple[bytes, int, int]] = []
         with self._lock:
             while self._held:
-                item = self._held[0]
                 try:
-                    self._write(encode_entry(*item))
+                    self._write(encode_entry(*self._held.first()))
                 except DiskFull:
                     break
-                self._held.popleft()
-                kind, origin, first, last, body = item
+                item = self._held.written()
+                kind, origin, first, _, body = item
                 if kind == KIND_UPDATES:
-                    if self._held_top.get(origin) == last:
-                        del self._held_top[origin]
                     landed.extend(_as_updates(origin, first, body))
-                else:
-                    self._held_records.discard((origin, first, last))
                 self._index_entry(item)
             if self.disk_full and not self._held and self._free_bytes() >= RESUME_FREE_BYTES:
                 self.disk_full = False
@@ -462,7 +450,7 @@ class UpdateLog:
         with self._lock:
             o = self._origins.get(origin)
             key = (first_step, last_step)
-            if (o is not None and key in o.record_keys) or (origin, *key) in self._held_records:
+            if (o is not None and key in o.record_keys) or self._held.has_record(origin, *key):
                 return
             try:
                 self._append_or_hold((KIND_RECORD, origin, first_step, last_step, bytes(record)))
@@ -497,7 +485,7 @@ class UpdateLog:
             if o.proof is not None and o.proof[0] <= step:
                 return
             taken = bytes(o.qs[max(0, step - o.base - 1):]) + (o.proof[3] if o.proof else b"")
-            self._held = drop_held(self._held, self._held_top, origin, step)
+            self._held.drop_from(origin, step)
             index_proof(o, step, record_a, record_b, taken)
             try:   # (indexed again once written: a no-op)
                 self._append_or_hold((KIND_PROOF, origin, step, step + len(taken) - 1,
