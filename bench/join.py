@@ -36,7 +36,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import build  # noqa: E402
 
-from onebyte.model import Hyper, Replica, update_seed  # noqa: E402
+from onebyte.model import Hyper, Replica, Seeder  # noqa: E402
 from onebyte.node.snapshot import write_snapshot  # noqa: E402
 from onebyte.node.snapshot_join import attest, fetch, plan, survey  # noqa: E402
 from onebyte.node.snapshot_service import SnapshotServer  # noqa: E402
@@ -102,8 +102,8 @@ async def snapshot_join(args, swarm_id, members, joiner: StateDir, tail: list):
     for origin, step, q in tail:   # what the engine pulls after the join
         jlog.append_updates(origin, step, [q])
     jlog.sync()
-    g = SimpleNamespace(swarm_id=swarm_id)
-    r = await asyncio.to_thread(restore, g, "", "cpu", joiner, jlog, update_seed, None, None, None,
+    g = SimpleNamespace(swarm_id=swarm_id, seeder=lambda: Seeder(swarm_id))
+    r = await asyncio.to_thread(restore, g, "", "cpu", joiner, jlog, None, None, None,
                                 (replica, tok, c.digest))
     digest = await asyncio.to_thread(r.replica.digest)
     dt = time.perf_counter() - t0
@@ -139,7 +139,8 @@ def main(argv=None):
 def run(a, work: Path) -> dict:
     rng = random.Random(a.seed)
     swarm_id = bytes(rng.randrange(256) for _ in range(32))
-    g = SimpleNamespace(swarm_id=swarm_id)
+    g = SimpleNamespace(swarm_id=swarm_id, seeder=lambda: Seeder(swarm_id))
+    seeder = Seeder(swarm_id)
     swarm = StateDir(work / "swarm")
     swarm.create()
     t = time.perf_counter()
@@ -158,15 +159,15 @@ def run(a, work: Path) -> dict:
         hlog.append_updates(o, 1, qs)
     hlog.sync()
     warm = Replica(build("tiny"), Hyper(lr=1e-5))   # compile the replay kernel outside the timings
-    warm.replay([(update_seed(swarm_id, o, s), q, s) for o, s, q in head[:2]])
+    warm.replay([seeder.update(o, s, q) for o, s, q in head[:2]])
     t0 = time.perf_counter()
-    r = restore(g, "", "cpu", head_sd, hlog, update_seed, None, None, None, model_replica(a.model) + (None,))
+    r = restore(g, "", "cpu", head_sd, hlog, None, None, None, model_replica(a.model) + (None,))
     t_head = time.perf_counter() - t0
     snap_vv = hlog.updates_vv()
     snap_digest = r.replica.digest()
     write_snapshot(swarm.snapshots, r.replica, snap_vv, snap_digest)   # the swarm's snapshot (untimed)
     t0 = time.perf_counter()
-    r.replica.replay([(update_seed(swarm_id, o, s), q, s) for o, s, q in tail])
+    r.replica.replay([seeder.update(o, s, q) for o, s, q in tail])
     swarm_digest = r.replica.digest()
     t_full = t_head + time.perf_counter() - t0
     del r

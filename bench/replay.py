@@ -17,6 +17,10 @@ are trainable (the worst case for replay).
   background load on a shared machine can distort. On CUDA the forwards run under bf16
   autocast by default (--step-dtype; the weights stay exact fp32) and further batch shapes
   can be measured with --step-batches (e.g. 16x64,32x128).
+- kinds: fused replay of per-weight Rademacher noise (today's kernel, batches of 128) against
+  low-rank noise (rank 1, model/lowrank.py, batches of 4096), on the `top1` scope and on the
+  whole model, side by side in this run; the stream is what a swarm sends: --origins origins
+  publishing consecutive steps (so consecutive low-rank updates of an origin share V).
 """
 import argparse
 import json
@@ -28,7 +32,7 @@ import time
 
 import torch
 
-from onebyte.model import Hyper, Replica
+from onebyte.model import Hyper, Replica, Seeder
 
 BATCHES = (8, 32, 128)
 STEP_BATCH, STEP_LEN = 16, 64
@@ -82,6 +86,39 @@ def bench_replay(replica, shapes, device, now, reps, batches):
     return {b: b / t for b, t in ours.items()}, 1.0 / base
 
 
+def swarm_stream(window: int, n: int, origins: int, first: int) -> list:
+    """n updates of `origins` origins interleaved, each on consecutive steps from `first`."""
+    seeder = Seeder(b"bench-replay" + bytes(20), window)
+    return [seeder.update(bytes([i % origins]) * 32, first + i // origins, (i * 37) % 255 - 127) for i in range(n)]
+
+
+def bench_kinds(device, now, reps: int, origins: int, updates: int) -> dict:
+    """updates/s of fused replay per perturbation kind and scope, alternating kinds per repetition."""
+    from onebyte.model.scope import scope_preset
+    out = {}
+    for scope in ("top1", "all"):
+        kw = scope_preset("top1", 30) if scope == "top1" else {}
+        reps_ = {"rademacher": Replica(smollm2_shaped(), Hyper(lr=1e-6, **kw), device),
+                 "lowrank": Replica(smollm2_shaped(), Hyper(lr=1e-6, perturbation="lowrank", **kw), device)}
+        n = {"rademacher": min(updates, 512 if scope == "all" else updates), "lowrank": updates}
+        best = {k: float("inf") for k in reps_}
+        for k, r in reps_.items():   # compile / warm up
+            r.replay(swarm_stream(r.hyper.lowrank_window if k == "lowrank" else 0, 8, origins, 1))
+        first = 100
+        for _ in range(reps):
+            for k, r in reps_.items():
+                ups = swarm_stream(r.hyper.lowrank_window if k == "lowrank" else 0, n[k], origins, first)
+                t = now()
+                r.replay(ups)
+                best[k] = min(best[k], (now() - t) / n[k])
+            first += updates // origins + 1
+        rate = {k: 1.0 / v for k, v in best.items()}
+        out[scope] = {"trainable": reps_["rademacher"].n_trainable, "updates_per_s": rate,
+                      "updates_timed": n, "lowrank_speedup": rate["lowrank"] / rate["rademacher"]}
+        del reps_
+    return out
+
+
 def step_model(device):
     try:
         from onebyte.model.load import load_model
@@ -121,7 +158,7 @@ def bench_step(replica, device, now, reps, shape=(STEP_BATCH, STEP_LEN), autocas
         fwd2.append(now() - t)
         inside.append(0.0)
         t = now()
-        replica.local_step(timed_loss, batch, seed=777 + r, step=r + 1)
+        replica.local_step(timed_loss, batch, [(777 + r, r + 1)])
         steps.append(now() - t)
         ratios.append(steps[-1] / inside[-1])
     # The ratio of a step to its *own* forwards is robust to load that drifts between
@@ -140,6 +177,8 @@ def main(argv=None):
                     "(default: bf16 autocast on cuda, fp32 on cpu)")
     ap.add_argument("--step-batches", default=f"{STEP_BATCH}x{STEP_LEN}",
                     help="local-step batch shapes, rows x tokens; the first gives step_overhead")
+    ap.add_argument("--origins", type=int, default=4, help="origins of the kinds' update stream")
+    ap.add_argument("--kind-updates", type=int, default=4096, help="updates per timed replay in the kinds part")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/replay.py: --device cuda needs a CUDA build of torch and a GPU")
@@ -158,6 +197,8 @@ def main(argv=None):
     rep.replay([(i, 1, 1) for i in range(8)])  # compile / warm up the kernel (numba caches it on disk too)
     ours, base = bench_replay(rep, shapes, device, now, args.reps, batches)
     del rep, model
+
+    kinds = bench_kinds(device, now, max(2, args.reps // 2), args.origins, args.kind_updates)
 
     smodel, which = step_model(device)
     srep = Replica(smodel, Hyper(lr=1e-6), device)
@@ -183,6 +224,9 @@ def main(argv=None):
         "ours_updates_per_s": {str(b): ours[b] for b in (1,) + batches},
         "baseline_updates_per_s": base,
         "batch_sizes": list(batches),
+        "lowrank_speedup_top1": kinds["top1"]["lowrank_speedup"],
+        "lowrank_speedup_all": kinds["all"]["lowrank_speedup"],
+        "kinds": kinds,
         "step_overhead": overhead,
         "step_samples_s": {"local_step": steps, "its_two_forwards": inside, "two_forwards_separately": fwd2},
         "step_overhead_vs_separate_forwards": min(steps) / min(fwd2) - 1.0,

@@ -73,7 +73,7 @@ def main(argv=None):
     print(json.dumps(curve[-1]), flush=True)
     t1 = time.time()
     for step in range(1, a.steps + 1):
-        q, loss = rep.local_step(loss_fn, sampler.batch(pool, step), update_seed(swarm, b"n0", step), step)
+        (q,), loss = rep.local_step(loss_fn, sampler.batch(pool, step), [(update_seed(swarm, b"n0", step), step)])
         losses.append(loss)
         qs.append(q)
         if step % a.eval_every == 0 or step == a.steps:

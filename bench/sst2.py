@@ -217,7 +217,7 @@ class Bench:
                            q_scale=args.q_scale, trainable=args.trainable)
         self.replica = Replica(model, self.hyper, device=args.device)
         # The base weights as snapped onto the grid: both runs start from exactly these bits.
-        self.base = self.replica.flat.clone()
+        self.base = self.replica.state.clone()
         self.autocast = autocast
         self.trunk = None
         norm_name = f"{model.base_model_prefix}.norm.weight"
@@ -250,7 +250,8 @@ class Bench:
 
     def reset(self):
         with torch.no_grad():
-            self.replica.flat.copy_(self.base)
+            self.replica.state.copy_(self.base)
+            self.replica._show()
 
     def run(self, nodes: int) -> dict:
         """`nodes` synchronous nodes for args.steps rounds; curve of dev metrics per eval."""
@@ -264,18 +265,19 @@ class Bench:
         step_s = 0.0
         for step in range(1, a.steps + 1):
             ts = time.time()
-            start = self.replica.flat.clone() if nodes > 1 else None
+            start = self.replica.state.clone() if nodes > 1 else None
             round_updates, round_loss = [], 0.0
             for k in range(nodes):
                 seed = update_seed(SWARM_ID, origin(k), step)
                 batch = samplers[k].batch(data[k], step)
-                q, loss = self.replica.local_step(self.loss_fn, batch, seed, step)
+                (q,), loss = self.replica.local_step(self.loss_fn, batch, [(seed, step)])
                 round_updates.append((seed, q, step))
                 round_loss += loss / nodes
                 qs.append(q)
                 if nodes > 1:
                     with torch.no_grad():  # back to W_r: the next node measures on the same weights
-                        self.replica.flat.copy_(start)
+                        self.replica.state.copy_(start)
+                        self.replica._show()
             if nodes > 1:
                 self.replica.replay(round_updates)
             step_s += time.time() - ts

@@ -61,7 +61,7 @@ def main(argv=None):
         times = []
         for step in range(1, a.reps + 3):
             t1 = time.perf_counter()
-            rep.local_step(loss_fn, sampler.batch(examples, step), seed=step, step=step)
+            rep.local_step(loss_fn, sampler.batch(examples, step), [(step, step)])
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if step > 2:  # warm-up

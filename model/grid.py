@@ -1,10 +1,12 @@
 """The fixed-point grid that makes the weights a pure function of (base, set of updates).
 
-Per trainable tensor t: bound 2**e_t with e_t = max(ceil_log2(max|w|), grid_min_exp) + headroom_bits,
-quantum 2**(e_t - 24). Every weight is k * quantum with |k| < 2**24, so it is an exact fp32
-value, and the sum of two such values that stays below the bound is exact too: additions
-commute bit for bit, on any device. Every change (+-eps, update) is an integer multiple of
-the quantum. docs/numerics.md has the full argument.
+Per trainable tensor t: exponent e_t = max(ceil_log2(max|w|), grid_min_exp) + headroom_bits,
+quantum 2**(e_t - 24). The replica's state is one int64 per weight, k, counting quanta: the
+base is snapped onto the grid (k = round(w / quantum)) and every change (+-eps, an update) is
+an integer number of quanta added to k. Integer addition is exact and commutes, so any order
+and any batching gives the same k on any device; the fp32 weight the model reads is
+float32(k) * quantum, a pure function of k. No number of updates a swarm can make reaches
+2**63 (docs/numerics.md, "Why nothing can halt a replica"), so there is no bound to hit.
 """
 import math
 from dataclasses import dataclass
@@ -15,16 +17,12 @@ import torch
 from .hyper import Hyper
 from .rng import COEF_DOMAIN, GAMMA, MIX1, MIX2, NOISE_DOMAIN
 
-MANTISSA = 24          # fp32 significand bits: integers below 2**24 are exact
-MAX_SUM = 1 << 24      # a fused pass may add at most this many quanta to one weight (exact in fp32)
+MANTISSA = 24          # fp32 significand bits: |k| < 2**24 shows exactly; beyond, float32(k) rounds once
+MAX_SUM = 1 << 24      # a fused pass may add at most this many quanta to one weight (int32 accumulators)
 
 
 class GridError(ValueError):
     """The base weights cannot be put on a grid (non-finite, not float32, eps too fine, ...)."""
-
-
-class GridOverflowError(ArithmeticError):
-    """A weight reached its grid bound 2**e: exactness is lost, so the replica stops."""
 
 
 @dataclass
@@ -33,9 +31,8 @@ class Grid:
     shapes: list           # their shapes
     offsets: np.ndarray    # int64 [T]: first element index of each tensor in the noise index space
     sizes: np.ndarray      # int64 [T]
-    exps: np.ndarray       # int64 [T]: bound exponent e_t
+    exps: np.ndarray       # int64 [T]: exponent e_t; the base's largest weight is below 2**(e_t - headroom)
     quantum: np.ndarray    # float32 [T]: 2**(e_t - 24)
-    bound: np.ndarray      # float32 [T]: 2**e_t; |w| must stay strictly below
     eps_k: np.ndarray      # int64 [T]: eps in quanta, round-half-even(eps / quantum) >= 1
 
     @property
@@ -44,14 +41,11 @@ class Grid:
 
 
 def horizon_margin(hyper: Hyper) -> float:
-    """How far honest noise may carry a weight within hyper.horizon_updates updates.
+    """How far honest noise may carry a weight within hyper.horizon_updates updates (0: none).
 
-    Each update adds c_u z_u(i) to weight i with |c_u| <= s = max_step and z_u(i) = +-1 fresh
-    for every update: the noise part of the sum is a martingale with increments <= 2s. The
-    bound is >= 4 (max|w| + margin) with the default headroom, so noise alone overflows only
-    past 3 x margin = 24 s sqrt(H): probability <= 2 exp(-72) per weight (Azuma-Hoeffding;
-    docs/numerics.md). The gradient's own drift, the training itself, is not bounded here.
-    Float64 arithmetic: the same on every node."""
+    Kept for genesis files that set it: it widens e_t, i.e. coarsens the quantum. Since the
+    state became int64 no weight can overflow, so it guards nothing any more
+    (docs/numerics.md). Float64 arithmetic: the same on every node."""
     if hyper.horizon_updates == 0:
         return 0.0
     return 8.0 * hyper.max_step() * math.sqrt(hyper.horizon_updates)
@@ -82,6 +76,10 @@ def build_grid(names, tensors, hyper: Hyper) -> Grid:
         if k < 1:
             raise GridError(f"eps={hyper.eps} is below one quantum (2**{e - MANTISSA}) of tensor {name}: "
                             f"its weights are too large (max |w| = {maxabs:.3g}) for this eps")
+        # One update must fit the int32 accumulators of a fused pass on its own (plan_batches).
+        if math.ldexp(hyper.max_step(), MANTISSA - e) >= MAX_SUM:
+            raise GridError(f"lr={hyper.lr} with q_scale={hyper.q_scale}: one update moves tensor {name} by "
+                            f"2**24 quanta or more (lower lr or q_scale)")
         exps.append(e)
         eps_k.append(k)
     exps = np.array(exps, dtype=np.int64)
@@ -90,33 +88,26 @@ def build_grid(names, tensors, hyper: Hyper) -> Grid:
                 offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else sizes,
                 sizes=sizes, exps=exps,
                 quantum=np.array([math.ldexp(1.0, int(e) - MANTISSA) for e in exps], dtype=np.float32),
-                bound=np.array([math.ldexp(1.0, int(e)) for e in exps], dtype=np.float32),
                 eps_k=np.array(eps_k, dtype=np.int64))
 
 
 @torch.no_grad()
-def snap_(flat: torch.Tensor, grid: Grid) -> None:
-    """Round every weight to the nearest grid point (half to even), in place.
+def to_state(flat: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The base weights snapped onto the grid, as int64 quanta (round half to even).
 
-    w / quantum and the product back are exact (powers of two), and torch.round is
-    round-half-even on every backend, so all nodes snap the base identically."""
+    w / quantum is exact (a power of two; |w| < 2**(e - headroom) keeps it below 2**24) and
+    torch.round is round-half-even on every backend, so all nodes snap the base alike."""
+    state = torch.empty(flat.shape, dtype=torch.int64, device=flat.device)
     for i in range(len(grid.names)):
         o, n = int(grid.offsets[i]), int(grid.sizes[i])
-        seg = flat[o:o + n]
-        q = float(grid.quantum[i])
-        seg.copy_(torch.round(seg / q) * q)
+        state[o:o + n] = torch.round(flat[o:o + n] / float(grid.quantum[i])).to(torch.int64)
+    return state
 
 
-def check_on_grid(flat: torch.Tensor, grid: Grid) -> None:
-    """Raise GridError unless every weight is an in-bound grid point (used when loading a snapshot)."""
-    for i, name in enumerate(grid.names):
-        o, n = int(grid.offsets[i]), int(grid.sizes[i])
-        seg = flat[o:o + n]
-        q = float(grid.quantum[i])
-        if not bool(torch.isfinite(seg).all()) or not bool((torch.round(seg / q) * q == seg).all()):
-            raise GridError(f"tensor {name} is not on the replica's grid (different base model or hyper?)")
-        if n and float(seg.abs().max()) >= float(grid.bound[i]):
-            raise GridOverflowError(f"tensor {name} reaches its grid bound 2**{int(grid.exps[i])}")
+def quanta_of(grid: Grid, device) -> torch.Tensor:
+    """Per-element quantum, fp32 [N] (what the torch paths multiply the state by)."""
+    q = torch.from_numpy(grid.quantum).to(device)
+    return torch.repeat_interleave(q, torch.from_numpy(grid.sizes).to(device))
 
 
 def update_coefficients(grid: Grid, hyper: Hyper, seed: int, q: int, step: int) -> np.ndarray:
@@ -130,14 +121,11 @@ def update_coefficients_many(grid: Grid, hyper: Hyper, seeds, qs, steps) -> np.n
     The real step is -lr(step) * q * q_scale; in quanta of tensor t that is x_t (float64,
     exact power-of-two scaling). It is rounded stochastically with a uniform keyed by
     (seed, t), so E[c_t] = x_t: tiny learning rates on coarse grids are not rounded to 0.
-    Vectorised over the batch: a fused pass of 128 updates on a GPU takes a few ms, and a
-    Python loop over updates and tensors would take as long again."""
+    |x_t| < 2**24 always: build_grid refused a genesis where it could be larger.
+    Vectorised over the batch: a Python loop over updates and tensors would cost as much
+    as a fused pass."""
     delta = np.array([-hyper.lr_at(st) * q * hyper.q_scale for q, st in zip(qs, steps)], dtype=np.float64)
     x = np.ldexp(delta[:, None], (MANTISSA - grid.exps)[None, :])  # float64 [B, T], exact scaling
-    if x.size and not bool((np.abs(x) < MAX_SUM).all()):
-        b, t = np.unravel_index(int(np.argmax(np.abs(x))), x.shape)
-        raise GridOverflowError(f"update step {delta[b]:.3g} is {x[b, t]:.3g} quanta on tensor {grid.names[t]}: "
-                                f"larger than the whole grid (lower lr or q_scale)")
     f = np.floor(x)
     u = uniforms(np.array([int(s) for s in seeds], dtype=np.uint64), COEF_DOMAIN, len(grid.names))
     return (f + (u < x - f)).astype(np.int64)  # x - f is exact
@@ -160,23 +148,25 @@ def _mix64_np(z: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def noise_keys(seeds) -> np.ndarray:
+    """Per-update noise key mix64(seed ^ NOISE_DOMAIN), uint64 [B] (docs/rng.md)."""
+    return _mix64_np(np.array([int(s) for s in seeds], dtype=np.uint64) ^ np.uint64(NOISE_DOMAIN))
+
+
 def plan_batches(grid: Grid, seeds, coefs, max_fused: int):
-    """Split (seed, coefficient[T]) pairs into kernel batches: (keys uint64 [B], coefT int32 [T, B]).
+    """Split (seed, coefficient[T]) pairs into kernel batches: (first index, keys uint64 [B], coefT int32 [T, B]).
 
     A batch ends at max_fused updates or before any tensor's sum of |c| would exceed 2**24:
-    then the per-weight integer sum of a batch is exact in fp32 (docs/numerics.md).
+    the per-weight int32 sums of a batch then cannot wrap (docs/numerics.md).
     `coefs` is a sequence of int [T] rows or one int [B, T] array."""
     coefs = np.asarray(coefs, dtype=np.int64).reshape(len(seeds), len(grid.names))
-    keys = _mix64_np(np.array([int(s) for s in seeds], dtype=np.uint64) ^ np.uint64(NOISE_DOMAIN))  # noise_key
+    keys = noise_keys(seeds)
     batches, start = [], 0
     while start < len(keys):
         load = np.cumsum(np.abs(coefs[start:start + max_fused]), axis=0)  # [b, T] running sums
         fits = (load <= MAX_SUM).all(axis=1)
         n = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))  # the first update always fits
-        batches.append(_pack(keys[start:start + n], coefs[start:start + n]))
+        batches.append((start, np.ascontiguousarray(keys[start:start + n]),
+                        np.ascontiguousarray(coefs[start:start + n].T.astype(np.int32))))
         start += n
     return batches
-
-
-def _pack(keys, coefs):
-    return np.ascontiguousarray(keys), np.ascontiguousarray(coefs.T.astype(np.int32))

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from .rng import RNG_ID
 
 
+PERTURBATIONS = ("rademacher", "lowrank", "sparse")
+
+
 class HyperError(ValueError):
     """A hyper-parameter is invalid; the message names the field and the allowed values."""
 
@@ -23,7 +26,13 @@ class Hyper:
     eps: float = 1e-3                # SPSA perturbation scale (MeZO default); snapped per tensor onto the grid
     q_scale: float = 0.5             # quantizer step: q = round_stochastic(g / q_scale) in [-127, 127], so
                                      # |g| <= 63.5 is represented without clipping (docs/numerics.md)
-    perturbation: str = "rademacher" # noise kind; only Rademacher (+-1, exact in floating point) exists in v1
+    perturbation: str = "rademacher" # noise kind (docs/rng.md): "rademacher" (a sign per weight), "lowrank"
+                                     # (U V^T of +-1 factors per matrix) or "sparse" (signs on a mask of the base)
+    lowrank_rank: int = 1            # "lowrank": columns of U and V (noise entries in [-rank, rank])
+    lowrank_window: int = 64         # "lowrank": an origin's steps that share one V (steps 1..64, 65..128, ...)
+    sparse_fraction: float = 0.25    # "sparse": fraction of each tensor perturbed, its smallest base weights
+    probes: int = 1                  # 1: two-sided SPSA (MeZO); N >= 2: one clean loss and N one-sided probes,
+                                     # each its own update, g normalised by the probes' loss spread (FZOO)
     rng: str = RNG_ID                # noise generator id (docs/rng.md); guards against silent spec changes
     headroom_bits: int = 2           # grid bound = 2**(ceil_log2(max|w|) + headroom): weights may grow 4x
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
@@ -47,8 +56,14 @@ class Hyper:
             raise HyperError("lr_schedule 'linear' needs lr_decay_steps >= 1")
         _finite_positive("eps", self.eps)
         _finite_positive("q_scale", self.q_scale)
-        if self.perturbation != "rademacher":
-            raise HyperError(f"perturbation must be 'rademacher', got {self.perturbation!r}")
+        if self.perturbation not in PERTURBATIONS:
+            raise HyperError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {self.perturbation!r}")
+        _int_in("lowrank_rank", self.lowrank_rank, 1, 64)
+        _int_in("lowrank_window", self.lowrank_window, 1, 1 << 30)
+        if isinstance(self.sparse_fraction, bool) or not isinstance(self.sparse_fraction, (int, float)) \
+                or not 0.0 < self.sparse_fraction <= 1.0:
+            raise HyperError(f"sparse_fraction must be a number in (0, 1], got {self.sparse_fraction!r}")
+        _int_in("probes", self.probes, 1, 64)
         if self.rng != RNG_ID:
             raise HyperError(f"rng must be {RNG_ID!r} (the only generator this build implements), got {self.rng!r}")
         _int_in("headroom_bits", self.headroom_bits, 1, 8)

@@ -1,14 +1,16 @@
 """Fused CPU replay: apply B (seed, coefficient) updates in one pass over the weights.
 
-Layout: all trainable weights live in one flat fp32 buffer whose position == noise index
-(docs/rng.md), so element i of the buffer takes bit i & 63 of noise word i >> 6.
+Layout: the replica's int64 state and the fp32 weights the model reads are flat buffers
+whose position == noise index (docs/rng.md), so element i takes bit i & 63 of noise word
+i >> 6 (and of mask word i >> 6).
 
 Work is split into items (tensor t, element range [e0, e1)) that never cross a tensor and,
 except at tensor edges, cover whole 64-element words. Per word, a 64-lane int32 accumulator
 takes all B updates (one splitmix64 hash per update per word, whose 64 bits become a lane
-mask); the weights are read and written once per batch, with one exact fp32 add per element:
+mask); the state and weights are read and written once per batch:
 
-    w[i] += float32(sum_u c[t, u] * z_u(i)) * quantum[t]      # exact: see docs/numerics.md
+    s = state[i] + (mask_i ? sum_u c[t, u] * z_u(i) : 0)      # int64: exact, any order
+    state[i] = s  (commit only);  w[i] = float32(s) * quantum[t]   # see docs/numerics.md
 
 Two kernels compute exactly these bits:
 
@@ -91,25 +93,26 @@ def _word_sums_plain(acc, keys, crow, w):
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def _replay_plain(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad):
+def _replay_plain(state, flat, keys, coef_t, it_t, it_e0, it_e1, quantum, mask, commit):
     # Same arguments and bits as replay_simd.replay_kernel; whole and partial words alike.
     for it in prange(it_t.shape[0]):
         t = it_t[it]
         e0 = it_e0[it]
         e1 = it_e1[it]
         qt = quantum[t]
-        bd = bound[t]
         crow = coef_t[t]
         acc = np.empty(64, np.int32)
-        nbad = int64(0)
         for w in range(e0 >> 6, (e1 + 63) >> 6):
             base = w * 64
             _word_sums_plain(acc, keys, crow, uint64(w))
+            m = mask[w]
             for i in range(max(e0, base), min(e1, base + 64)):
-                x = flat[i] + np.float32(acc[i - base]) * qt
-                flat[i] = x
-                nbad += int64(not abs(x) < bd)  # NaN counts as overflow too
-        bad[it] = nbad
+                s = state[i]
+                if (m >> uint64(i - base)) & _ONE:
+                    s += int64(acc[i - base])
+                if commit:
+                    state[i] = s
+                flat[i] = np.float32(s) * qt
 
 
 def make_items(offsets, sizes, chunk: int = CHUNK):
@@ -126,20 +129,21 @@ def make_items(offsets, sizes, chunk: int = CHUNK):
     return (np.array(ts, dtype=np.int64), np.array(e0s, dtype=np.int64), np.array(e1s, dtype=np.int64))
 
 
-def replay_cpu(flat: np.ndarray, keys: np.ndarray, coef_t: np.ndarray, items, quantum, bound,
-               kernel: str | None = None) -> np.ndarray:
-    """Apply one batch in place; returns the tensor ids whose weights reached the bound.
+def replay_cpu(state: np.ndarray, flat: np.ndarray, keys: np.ndarray, coef_t: np.ndarray, items, quantum,
+               mask: np.ndarray, commit: bool, kernel: str | None = None) -> None:
+    """One batch over the work items, in place: commit adds it to the int64 state and shows
+    the state; commit=False shows state + batch and leaves the state as it was (a probe).
 
-    kernel: "simd", "plain", or None for the process default (see the module docstring)."""
+    mask: uint64 words, bit i & 63 of word i >> 6 set where weight i takes noise (all ones
+    unless the genesis perturbs a sparse mask). kernel: "simd", "plain", or None for the
+    process default (see the module docstring)."""
     it_t, it_e0, it_e1 = items
-    _check_args(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound)
+    _check_args(state, flat, keys, coef_t, it_t, it_e0, it_e1, quantum, mask)
     run = _kernel(kernel if kernel is not None else default_kernel())
-    bad = np.zeros(it_t.shape[0], dtype=np.int64)
-    run(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad)
-    return np.unique(it_t[bad > 0])
+    run(state, flat, keys, coef_t, it_t, it_e0, it_e1, quantum, mask, bool(commit))
 
 
-def _check_args(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound) -> None:
+def _check_args(state, flat, keys, coef_t, it_t, it_e0, it_e1, quantum, mask) -> None:
     """Every index the kernels follow, checked once per call: they run with boundscheck off
     and the simd kernel reads and writes through raw pointers."""
     def arr(name, a, dtype, ndim):
@@ -148,17 +152,21 @@ def _check_args(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound) -> None:
                 if isinstance(a, np.ndarray) else type(a).__name__
             raise ValueError(f"replay_cpu: {name} must be a C-contiguous {ndim}-d {np.dtype(dtype)} array, got {got}")
 
-    for name, a, dtype, ndim in (("flat", flat, np.float32, 1), ("keys", keys, np.uint64, 1),
-                                 ("coef_t", coef_t, np.int32, 2), ("quantum", quantum, np.float32, 1),
-                                 ("bound", bound, np.float32, 1), ("items[0]", it_t, np.int64, 1),
+    for name, a, dtype, ndim in (("state", state, np.int64, 1), ("flat", flat, np.float32, 1),
+                                 ("keys", keys, np.uint64, 1), ("coef_t", coef_t, np.int32, 2),
+                                 ("quantum", quantum, np.float32, 1), ("mask", mask, np.uint64, 1),
+                                 ("items[0]", it_t, np.int64, 1),
                                  ("items[1]", it_e0, np.int64, 1), ("items[2]", it_e1, np.int64, 1)):
         arr(name, a, dtype, ndim)
-    if not flat.flags.writeable:
-        raise ValueError("replay_cpu: flat is read-only")
+    if not flat.flags.writeable or not state.flags.writeable:
+        raise ValueError("replay_cpu: state or flat is read-only")
+    if state.shape != flat.shape or mask.shape[0] != (flat.shape[0] + 63) // 64:
+        raise ValueError(f"replay_cpu: state {state.shape}, flat {flat.shape} and mask {mask.shape} (one word "
+                         f"per 64 weights) disagree")
     n_t = coef_t.shape[0]
-    if coef_t.shape[1] != keys.shape[0] or quantum.shape[0] != n_t or bound.shape[0] != n_t:
+    if coef_t.shape[1] != keys.shape[0] or quantum.shape[0] != n_t:
         raise ValueError(f"replay_cpu: shapes disagree: keys {keys.shape}, coef_t {coef_t.shape} (tensors, updates), "
-                         f"quantum {quantum.shape}, bound {bound.shape}")
+                         f"quantum {quantum.shape}")
     if not it_t.shape == it_e0.shape == it_e1.shape:
         raise ValueError(f"replay_cpu: items arrays differ in length: {it_t.shape}, {it_e0.shape}, {it_e1.shape}")
     if it_t.size and (it_t.min() < 0 or it_t.max() >= n_t or it_e0.min() < 0 or it_e1.max() > flat.shape[0]
@@ -200,14 +208,18 @@ def _simd_fault() -> str | None:
     items = make_items(offsets, sizes, chunk=256)
     keys = rng.integers(0, 2 ** 63, 5, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     coef_t = rng.integers(-1000, 1000, (len(sizes), len(keys)), dtype=np.int32)
-    quantum, bound = np.full(len(sizes), 2.0 ** -20, np.float32), np.full(len(sizes), 8.0, np.float32)
-    start = (rng.integers(-2 ** 22, 2 ** 22, int(sizes.sum())) * 2.0 ** -20).astype(np.float32)
-    got, want = start.copy(), start.copy()
+    quantum = np.full(len(sizes), 2.0 ** -20, np.float32)
+    n = int(sizes.sum())
+    mask = rng.integers(0, 2 ** 63, (n + 63) // 64, dtype=np.uint64) * np.uint64(3)
+    start = rng.integers(-2 ** 40, 2 ** 40, n).astype(np.int64)  # beyond 2**24: float32(k) rounds
+    got, want = (start.copy(), np.zeros(n, np.float32)), (start.copy(), np.zeros(n, np.float32))
     try:
-        _kernel("simd")(got, keys, coef_t, *items, quantum, bound, np.zeros(len(items[0]), np.int64))
+        for commit in (False, True):
+            _kernel("simd")(*got, keys, coef_t, *items, quantum, mask, commit)
     except Exception as e:  # ImportError of numba internals, a typing or lowering error, ...
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    _replay_plain(want, keys, coef_t, *items, quantum, bound, np.zeros(len(items[0]), np.int64))
-    if not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+    for commit in (False, True):
+        _replay_plain(*want, keys, coef_t, *items, quantum, mask, commit)
+    if not (np.array_equal(got[0], want[0]) and np.array_equal(got[1].view(np.uint32), want[1].view(np.uint32))):
         return "its result differs from the plain kernel's on the self-check probe"
     return None

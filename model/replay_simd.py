@@ -8,8 +8,9 @@ and checks every argument: the IR below indexes raw data pointers, unchecked.
 
 Why IR: numba's scalar code does not vectorise the inner loop. Here a 64-bit noise word is
 bitcast to a <64 x i1> mask and selects +2c into a <64 x i32> accumulator held in registers
-(on AVX-512: kmov + masked subtract), and the weights are updated as one <64 x float>
-load/fma-free add/store. Plain LLVM vector IR: any CPU works, wide SIMD makes it fast.
+(on AVX-512: kmov + masked subtract); the mask word selects the lanes that take noise, the
+int64 state is updated as one <64 x i64> load/add/store and the fp32 weights written as one
+<64 x float> convert/scale/store. Plain LLVM vector IR: any CPU works, wide SIMD makes it fast.
 """
 import numpy as np
 from llvmlite import ir
@@ -22,6 +23,7 @@ from .rng import GAMMA, MIX1, MIX2
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _VI = ir.VectorType(_I32, 64)
 _VF = ir.VectorType(ir.FloatType(), 64)
+_VL = ir.VectorType(_I64, 64)
 _ZERO64 = ir.Constant(ir.VectorType(_I32, 64), [0] * 64)
 
 
@@ -54,23 +56,26 @@ def _word_sums_ir(context, builder, keys_ty, keys_v, crow_ty, crow_v, w_v):
 
 
 @intrinsic
-def _add_word(typingctx, flat, base, keys, crow, w, qt, bd):
-    """flat[base:base+64] += float32(word sums) * qt; returns how many reached |x| >= bd."""
-    sig = types.int64(flat, base, keys, crow, w, qt, bd)
+def _add_word(typingctx, state, flat, base, keys, crow, w, qt, mword, commit):
+    """s = state[base:base+64] + (word sums where mword's bit is set); state = s if commit;
+    flat[base:base+64] = float32(s) * qt."""
+    sig = types.void(state, flat, base, keys, crow, w, qt, mword, commit)
 
     def codegen(context, builder, signature, args):
-        flat_v, base_v, keys_v, crow_v, w_v, qt_v, bd_v = args
-        acc = _word_sums_ir(context, builder, signature.args[2], keys_v, signature.args[3], crow_v, w_v)
-        fa = context.make_array(signature.args[0])(context, builder, flat_v)
-        ptr = builder.bitcast(builder.gep(fa.data, [base_v]), _VF.as_pointer())
-        step = builder.fmul(builder.sitofp(acc, _VF), _splat(builder, qt_v, _VF))  # exact: |acc| <= 2**24
-        x = builder.fadd(builder.load(ptr, align=4), step)
-        builder.store(x, ptr, align=4)
-        # |x| >= bound compared on bit patterns with the sign cleared: NaN/inf count as overflow too
-        ax = builder.and_(builder.bitcast(x, _VI), ir.Constant(_VI, [0x7FFFFFFF] * 64))
-        over = builder.icmp_unsigned(">=", ax, _splat(builder, builder.bitcast(bd_v, _I32), _VI))
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-        return builder.call(ctpop, [builder.bitcast(over, _I64)])
+        state_v, flat_v, base_v, keys_v, crow_v, w_v, qt_v, mword_v, commit_v = args
+        acc = _word_sums_ir(context, builder, signature.args[3], keys_v, signature.args[4], crow_v, w_v)
+        lanes = builder.bitcast(mword_v, ir.VectorType(ir.IntType(1), 64))  # lane j = mask bit j
+        acc = builder.sext(builder.select(lanes, acc, ir.Constant(_VI, None)), _VL)
+        sa = context.make_array(signature.args[0])(context, builder, state_v)
+        sptr = builder.bitcast(builder.gep(sa.data, [base_v]), _VL.as_pointer())
+        s = builder.add(builder.load(sptr, align=8), acc)
+        with builder.if_then(builder.icmp_signed("!=", commit_v, ir.Constant(_I64, 0))):
+            builder.store(s, sptr, align=8)
+        fa = context.make_array(signature.args[1])(context, builder, flat_v)
+        fptr = builder.bitcast(builder.gep(fa.data, [base_v]), _VF.as_pointer())
+        # sitofp rounds to nearest even (exact below 2**24); times a power of two: exact
+        builder.store(builder.fmul(builder.sitofp(s, _VF), _splat(builder, qt_v, _VF)), fptr, align=4)
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -91,25 +96,28 @@ def _word_sums(typingctx, out, keys, crow, w):
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def replay_kernel(flat, keys, coef_t, it_t, it_e0, it_e1, quantum, bound, bad):
-    # flat [N] f32; keys [B] u64; coef_t [T, B] i32; items [I]; quantum/bound [T] f32; bad [I] i64
+def replay_kernel(state, flat, keys, coef_t, it_t, it_e0, it_e1, quantum, mask, commit):
+    # state [N] i64; flat [N] f32; keys [B] u64; coef_t [T, B] i32; items [I]; quantum [T] f32;
+    # mask [(N + 63) // 64] u64; commit: write the state back (else only show state + batch)
+    c64 = int64(1) if commit else int64(0)
     for it in prange(it_t.shape[0]):
         t = it_t[it]
         e0 = it_e0[it]
         e1 = it_e1[it]
         qt = quantum[t]
-        bd = bound[t]
         crow = coef_t[t]
         acc = np.empty(64, np.int32)
-        nbad = int64(0)
         for w in range(e0 >> 6, (e1 + 63) >> 6):
             base = w * 64
             if base >= e0 and base + 64 <= e1:  # whole word inside the tensor: the vector path
-                nbad += _add_word(flat, base, keys, crow, uint64(w), qt, bd)
+                _add_word(state, flat, base, keys, crow, uint64(w), qt, mask[w], c64)
             else:  # partial word at a tensor edge
                 _word_sums(acc, keys, crow, uint64(w))
+                m = mask[w]
                 for i in range(max(e0, base), min(e1, base + 64)):
-                    x = flat[i] + np.float32(acc[i - base]) * qt
-                    flat[i] = x
-                    nbad += int64(not abs(x) < bd)
-        bad[it] = nbad
+                    s = state[i]
+                    if (m >> uint64(i - base)) & uint64(1):
+                        s += int64(acc[i - base])
+                    if commit:
+                        state[i] = s
+                    flat[i] = np.float32(s) * qt

@@ -2,8 +2,9 @@
 
 One program per work item (tensor t, element range [e0, e1) inside one chunk of
 64 * WORDS elements, chunks aligned in the global noise index space). The program holds an
-int32 accumulator tile, adds every update of the batch, then does one exact fp32 add per
-weight (docs/numerics.md).
+int32 accumulator tile, adds every update of the batch, masks the lanes the genesis does not
+perturb, adds the sum to the int64 state (commit) and writes float32(state) * quantum
+(docs/numerics.md).
 
 The tile is [64, WORDS], bit lane first: with Triton's default layout each thread owns one
 word column, so it hashes its word once per update (one splitmix64 for 64 weights) and then
@@ -28,38 +29,29 @@ def _kernel(layout: str):
 
 
 class TritonReplay:
-    """Device-resident tables for one grid; apply(batch) runs the kernel on a CUDA flat buffer."""
+    """Device-resident tables for the per-weight tensors of one grid (`tensors`, indices into
+    it; all of them by default) and its noise mask; launch() runs one batch."""
 
-    def __init__(self, grid, device, layout: str = "lanes_first", words: int = WORDS, num_warps: int = NUM_WARPS):
+    def __init__(self, grid, device, tensors=None, mask_words=None, layout: str = "lanes_first",
+                 words: int = WORDS, num_warps: int = NUM_WARPS):
+        from .noise import mask_words as full_mask
         from .replay_cpu import make_items
-        items = make_items(grid.offsets, grid.sizes, 64 * words)
+        tensors = list(range(len(grid.names))) if tensors is None else list(tensors)
+        items = make_items(grid.offsets[tensors], grid.sizes[tensors], 64 * words)
         self.device = device
         self.layout, self.words, self.num_warps = layout, words, num_warps
         self.it_t, self.it_e0, self.it_e1 = (torch.from_numpy(a).to(device) for a in items)
-        self.quantum = torch.from_numpy(grid.quantum).to(device)
-        self.bound = torch.from_numpy(grid.bound).to(device)
-        self.bad = torch.zeros(self.it_t.shape[0], dtype=torch.int32, device=device)  # per item, accumulated
+        self.quantum = torch.from_numpy(np.ascontiguousarray(grid.quantum[tensors])).to(device)
+        words_ = full_mask(grid, None, 1.0) if mask_words is None else mask_words
+        self.mask = torch.from_numpy(words_.view(np.int64)).to(device)
 
-    def launch(self, flat: torch.Tensor, keys: np.ndarray, coef_t: np.ndarray) -> None:
-        """Queue one batch on the device; overflow counts add up in self.bad until taken."""
+    def launch(self, state: torch.Tensor, flat: torch.Tensor, keys: np.ndarray, coef_t: np.ndarray,
+               commit: bool) -> None:
+        """Queue one batch on the device (coef_t: int32 [tensors, B])."""
         kernel = _kernel(self.layout)
         keys_t = torch.from_numpy(keys.view(np.int64)).to(self.device)
         coef = torch.from_numpy(np.ascontiguousarray(coef_t)).to(self.device)
         if self.it_t.shape[0]:
-            kernel[(self.it_t.shape[0],)](flat, keys_t, coef, self.it_t, self.it_e0, self.it_e1, self.quantum,
-                                          self.bound, self.bad, keys.shape[0], WORDS=self.words,
-                                          num_warps=self.num_warps)
-
-    def take_bad_tensors(self) -> np.ndarray:
-        """Tensor ids with a weight at or past its bound since the last call (waits for the GPU)."""
-        over = self.bad > 0
-        if not bool(over.any()):
-            return np.zeros(0, dtype=np.int64)
-        ids = torch.unique(self.it_t[over]).cpu().numpy()
-        self.bad.zero_()
-        return ids
-
-    def apply(self, flat: torch.Tensor, keys: np.ndarray, coef_t: np.ndarray) -> np.ndarray:
-        """One batch, then its overflowing tensor ids."""
-        self.launch(flat, keys, coef_t)
-        return self.take_bad_tensors()
+            kernel[(self.it_t.shape[0],)](state, flat, keys_t, coef, self.it_t, self.it_e0, self.it_e1,
+                                          self.quantum, self.mask, keys.shape[0], COMMIT=bool(commit),
+                                          WORDS=self.words, num_warps=self.num_warps)

@@ -22,22 +22,17 @@ def _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it):
 
 
 @triton.jit
-def _write_back(flat_ptr, idx, mask, total, quantum_ptr, bound_ptr, bad_ptr, t, it):
-    """w += total * quantum[t] (exact: docs/numerics.md), then count weights at the bound."""
-    x = tl.load(flat_ptr + idx, mask=mask, other=0.0)
-    x = x + total.to(tl.float32) * tl.load(quantum_ptr + t)
-    tl.store(flat_ptr + idx, x, mask=mask)
-    # |x| >= bound on bit patterns with the sign cleared, so NaN and inf count (as on the CPU)
-    ax = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    bd = tl.load(bound_ptr + t).to(tl.int32, bitcast=True)
-    over = ((ax >= bd) & mask).to(tl.int32)
-    # counts accumulate across launches (an item belongs to one program; launches run in order)
-    tl.store(bad_ptr + it, tl.load(bad_ptr + it) + tl.sum(tl.sum(over, axis=1), axis=0))
+def _write_back(state_ptr, flat_ptr, idx, inside, d, quantum_ptr, t, COMMIT: tl.constexpr):
+    """s = state + d (int64, exact); state = s if COMMIT; w = float32(s) * quantum[t] (docs/numerics.md)."""
+    s = tl.load(state_ptr + idx, mask=inside, other=0) + d.to(tl.int64)
+    if COMMIT:
+        tl.store(state_ptr + idx, s, mask=inside)
+    tl.store(flat_ptr + idx, s.to(tl.float32) * tl.load(quantum_ptr + t), mask=inside)
 
 
 @triton.jit
-def lanes_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
-                bad_ptr, nb, WORDS: tl.constexpr):
+def lanes_first(state_ptr, flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, mask_ptr,
+                nb, COMMIT: tl.constexpr, WORDS: tl.constexpr):
     it = tl.program_id(0)
     t, e0, e1 = _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it)
     wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)              # [WORDS] word indices
@@ -57,20 +52,22 @@ def lanes_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, qu
         acc += bit * (-2 * c)
         csum += c
     idx = wi[None, :] * 64 + lane[:, None].to(tl.int64)              # [64, WORDS] element index
-    mask = (idx >= e0) & (idx < e1)
-    _write_back(flat_ptr, idx, mask, acc + csum, quantum_ptr, bound_ptr, bad_ptr, t, it)
+    inside = (idx >= e0) & (idx < e1)
+    m = tl.load(mask_ptr + wi, mask=wi * 64 < e1, other=0).to(tl.uint64, bitcast=True)
+    mbit = ((tl.where(high, (m >> 32).to(tl.uint32)[None, :], m.to(tl.uint32)[None, :]) >> sh) & 1).to(tl.int32)
+    _write_back(state_ptr, flat_ptr, idx, inside, (acc + csum) * mbit, quantum_ptr, t, COMMIT)
 
 
 @triton.jit
-def words_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, bound_ptr,
-                bad_ptr, nb, WORDS: tl.constexpr):
+def words_first(state_ptr, flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, quantum_ptr, mask_ptr,
+                nb, COMMIT: tl.constexpr, WORDS: tl.constexpr):
     # The first kernel (kept to be timed against): tile [WORDS, 64], 64-bit shift per element.
     it = tl.program_id(0)
     t, e0, e1 = _item(it_t_ptr, it_e0_ptr, it_e1_ptr, it)
     wi = (e0 // 64) + tl.arange(0, WORDS).to(tl.int64)
     lane = tl.arange(0, 64).to(tl.int64)
     idx = wi[:, None] * 64 + lane[None, :]
-    mask = (idx >= e0) & (idx < e1)
+    inside = (idx >= e0) & (idx < e1)
     acc = tl.zeros([WORDS, 64], dtype=tl.int32)
     wg = wi.to(tl.uint64) * 0x9E3779B97F4A7C15
     for u in range(nb):
@@ -79,7 +76,9 @@ def words_first(flat_ptr, keys_ptr, coef_ptr, it_t_ptr, it_e0_ptr, it_e1_ptr, qu
         z = _mix(key, wg)
         bit = ((z[:, None] >> lane[None, :].to(tl.uint64)) & 1).to(tl.int32)
         acc += c - 2 * c * bit
-    _write_back(flat_ptr, idx, mask, acc, quantum_ptr, bound_ptr, bad_ptr, t, it)
+    m = tl.load(mask_ptr + wi, mask=wi * 64 < e1, other=0).to(tl.uint64, bitcast=True)
+    mbit = ((m[:, None] >> lane[None, :].to(tl.uint64)) & 1).to(tl.int32)
+    _write_back(state_ptr, flat_ptr, idx, inside, acc * mbit, quantum_ptr, t, COMMIT)
 
 
 KERNELS = {"lanes_first": lanes_first, "words_first": words_first}

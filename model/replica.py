@@ -3,26 +3,32 @@
 At construction the trainable parameters (Hyper.trainable, floating point, tied weights once)
 are moved into one flat fp32 buffer in index order (sorted names) and the parameters become
 views of it, so the noise index of a weight is its position in the buffer (docs/rng.md).
-The buffer is snapped onto the fixed-point grid (model/grid.py). After that, every change
-(+-eps perturbations, own and peers' updates) goes through one function, `_apply`, which
-runs the fused kernel: numba on CPU, Triton on CUDA.
+
+The replica's state is one int64 per trainable weight: the weight in quanta of its tensor's
+grid (model/grid.py). The fp32 buffer the model reads always shows float32(state) * quantum,
+or, while the local step measures a loss, state plus a perturbation that the state never
+holds. Every change goes through one function, `_apply`: the per-weight kernels (numba on
+CPU, Triton on CUDA) for Rademacher and sparse noise, the exact integer GEMM of
+model/lowrank.py for the matrices of low-rank noise.
 """
 import hashlib
 import json
-import math
 import re
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from .grid import (Grid, GridError, GridOverflowError, build_grid, check_on_grid, plan_batches,
-                   snap_, update_coefficients, update_coefficients_many)
+from .grid import Grid, GridError, build_grid, plan_batches, to_state, update_coefficients_many
 from .hyper import Hyper, HyperError
-from .quantize import Q_MAX, quantize
+from .noise import Noise
+from .quantize import Q_MAX
 from .rng import RNG_ID
 
-SNAPSHOT_FORMAT = "onebyte-replica-v1"
+SNAPSHOT_FORMAT = "onebyte-replica-v2"   # v2: the int64 state (v1 held fp32 weights)
+# Low-rank replay costs per (origin, window) in a batch, not per update (model/lowrank.py):
+# fuse this many updates per pass whatever hyper.max_fused says (it sizes the per-weight passes).
+LOWRANK_FUSED = 4096
 
 
 class Replica:
@@ -38,8 +44,6 @@ class Replica:
             raise HyperError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
         from .scope import apply_scope
         self.model = apply_scope(model, hyper).to(self.device)  # LoRA adapters, if the genesis has them
-        self.poisoned = None  # set to a message once exactness is lost (grid overflow)
-        self._g2 = None       # running mean of g**2 (g_normalize = "rms"); local, never on the wire
         pattern = re.compile(hyper.trainable)
         # A tied tensor (lm_head tied to the embeddings) is one tensor under several names: it is
         # counted once, under its first name, and is trainable if any of its names matches.
@@ -58,14 +62,23 @@ class Replica:
             for p, o, n in zip(self.params, self.grid.offsets.tolist(), self.grid.sizes.tolist()):
                 self.flat[o:o + n].copy_(p.detach().reshape(-1))
                 p.data = self.flat[o:o + n].view(p.shape)  # the model now reads the flat buffer
-            snap_(self.flat, self.grid)
+            self.state = to_state(self.flat, self.grid)  # int64 quanta: the snapped base
+        self.noise = Noise(self.grid, hyper, self.state)
+        if self.noise.lowrank:
+            from .lowrank import LowRank
+            self._lowrank = LowRank(self.grid, self.noise.lowrank, hyper.lowrank_rank, self.device)
+        pw = self.noise.per_weight
         if self.device.type == "cuda":
             from .replay_triton import TritonReplay
-            self._triton = TritonReplay(self.grid, self.device)
+            self._triton = TritonReplay(self.grid, self.device, pw, self.noise.mask_words)
         else:
             from .replay_cpu import make_items
-            self._items = make_items(self.grid.offsets, self.grid.sizes)
-            self._np = self.flat.numpy()  # shares memory with self.flat
+            self._items = make_items(self.grid.offsets[pw], self.grid.sizes[pw])  # tensor ids index pw
+            self._quantum_pw = np.ascontiguousarray(self.grid.quantum[pw])
+            self._np_state, self._np_flat = self.state.numpy(), self.flat.numpy()  # share memory
+        self._show()  # the snapped base
+        from .step import LocalStep
+        self._step = LocalStep(self)
 
     @property
     def names(self) -> list:
@@ -76,95 +89,82 @@ class Replica:
         return self.grid.total
 
     # -- the one path that changes weights ---------------------------------------------------
-    def _apply(self, seeds: Sequence[int], coefs, check: bool = True) -> None:
-        """Add sum_u coefs[u][t] * quantum[t] * z(seeds[u], i) to every trainable weight, exactly.
+    def _apply(self, seeds: Sequence[int], vseeds: Sequence[int], coefs, commit: bool) -> None:
+        """Show state + sum_u coefs[u][t] * noise_u on the weights; with commit, into the state too.
 
-        On CUDA the overflow counts stay on the device until a call with check=True reads them:
-        the local step defers its check to the last of its three passes, so a step waits for
-        the GPU only where its loss function already does."""
-        if self.poisoned:
-            raise GridOverflowError(self.poisoned)
-        for keys, coef_t in plan_batches(self.grid, seeds, coefs, self.hyper.max_fused):
-            if self.device.type == "cpu":
-                from .replay_cpu import replay_cpu
-                self._poison_if(replay_cpu(self._np, keys, coef_t, self._items, self.grid.quantum, self.grid.bound))
-            else:
-                self._triton.launch(self.flat, keys, coef_t)
-        if check and self.device.type == "cuda":
-            self._poison_if(self._triton.take_bad_tensors())
+        commit=False is a probe of the local step (one update): the weights show a
+        perturbation the state does not hold, until the next call of either kind, which
+        writes every weight again. No number of updates is too many: the state is int64
+        (docs/numerics.md)."""
+        coefs = np.asarray(coefs, dtype=np.int64).reshape(len(seeds), len(self.grid.names))
+        pw = self.noise.per_weight
+        fused = max(self.hyper.max_fused, LOWRANK_FUSED) if self.noise.lowrank else self.hyper.max_fused
+        batches = plan_batches(self.grid, seeds, coefs, fused)
+        if not commit and len(batches) > 1:
+            raise ValueError("a probe (commit=False) must fit one fused batch")
+        for start, keys, coef_t in batches:
+            if pw:
+                part = np.ascontiguousarray(coef_t[pw])
+                if self.device.type == "cpu":
+                    from .replay_cpu import replay_cpu
+                    replay_cpu(self._np_state, self._np_flat, keys, part, self._items, self._quantum_pw,
+                               self.noise.mask_words, commit)
+                else:
+                    self._triton.launch(self.state, self.flat, keys, part, commit)
+            if self.noise.lowrank:
+                end = start + len(keys)
+                self._lowrank.apply(self.state, self.flat, seeds[start:end], vseeds[start:end],
+                                    coefs[start:end], commit)
 
-    def _poison_if(self, bad) -> None:
-        if len(bad):
-            names = ", ".join(self.grid.names[int(t)] for t in bad[:5])
-            self.poisoned = (f"grid overflow: weights of {names} reached their bound 2**e; the replica is "
-                             f"no longer exact (restore a snapshot; raise headroom_bits or lower lr)")
-            raise GridOverflowError(self.poisoned)
+    @torch.no_grad()
+    def _show(self) -> None:
+        """The weights show the state: float32(k) * quantum, tensor by tensor."""
+        for o, n, qt in zip(self.grid.offsets.tolist(), self.grid.sizes.tolist(), self.grid.quantum.tolist()):
+            self.flat[o:o + n] = self.state[o:o + n].to(torch.float32) * qt
+
+    def _updates(self, updates):
+        checked = [_check_update(up) for up in updates]
+        if not checked:
+            return None
+        seeds, qs, steps, vseeds = zip(*checked)
+        return seeds, vseeds, update_coefficients_many(self.grid, self.hyper, seeds, qs, steps)
 
     def replay(self, updates: Sequence[tuple]) -> None:
-        """Apply updates [(seed, q, step), ...] in one fused pass; any order gives the same bits."""
-        checked = [_check_update(up) for up in updates]
-        if checked:
-            seeds, qs, steps = zip(*checked)
-            self._apply(seeds, update_coefficients_many(self.grid, self.hyper, seeds, qs, steps))
+        """Apply updates [(seed, q, step[, vseed]), ...] in fused passes; any order gives the same bits.
+
+        vseed (rng.Seeder) names the V factor of low-rank noise; other kinds ignore it."""
+        batch = self._updates(updates)
+        if batch is not None:
+            seeds, vseeds, coefs = batch
+            self._apply(seeds, vseeds, coefs, commit=True)
 
     def undo(self, updates: Sequence[tuple]) -> None:
-        """Remove updates [(seed, q, step), ...] that are in the weights, in one fused pass.
+        """Remove updates [(seed, q, step[, vseed]), ...] that are in the state, exactly.
 
-        On the grid an update is an integer multiple of each tensor's quantum, so adding the
-        opposite coefficients restores the exact bits the weights would have without it (any
-        order, any mix with replay): an equivocating origin's steps are taken out this way,
-        and so is an own step the node could not log."""
-        checked = [_check_update(up) for up in updates]
-        if checked:
-            seeds, qs, steps = zip(*checked)
-            self._apply(seeds, -update_coefficients_many(self.grid, self.hyper, seeds, qs, steps))
+        An update is an integer number of quanta per weight, so adding its opposite restores
+        the exact state (any order, any mix with replay): an equivocating or revoked origin's
+        steps are taken out this way, and so is an own step the node could not log."""
+        batch = self._updates(updates)
+        if batch is not None:
+            seeds, vseeds, coefs = batch
+            self._apply(seeds, vseeds, -coefs, commit=True)
 
-    def local_step(self, loss_fn: Callable, batch, seed: int, step: int) -> tuple[int, float]:
-        """One SPSA step: returns (q, mean of l+ and l-), with the own update applied.
-
-        Weights go w -> w + eps z -> w - eps z -> w + c z (restore and update fused in one pass;
-        the integer sum eps + c gives the same bits as restoring then replaying (seed, q, step))."""
-        seed, _, step = _check_update((seed, 0, step))
-        eps_k = self.grid.eps_k
-        live = 0  # which multiple of eps*z is on the weights right now
-        try:
-            self._apply([seed], [eps_k], check=False)
-            live = 1
-            with torch.no_grad():
-                l_plus = float(loss_fn(self.model, batch))
-            self._apply([seed], [-2 * eps_k], check=False)
-            live = -1
-            with torch.no_grad():
-                l_minus = float(loss_fn(self.model, batch))
-            g = (l_plus - l_minus) / (2.0 * self.hyper.eps)  # projected gradient along z
-            q = quantize(self._normalized(g), seed, self.hyper.q_scale)
-            c = update_coefficients(self.grid, self.hyper, seed, q, step)
-        except BaseException:
-            if live and not self.poisoned:  # a failing loss_fn must not leave the weights perturbed
-                self._apply([seed], [-live * eps_k])
-            raise
-        self._apply([seed], [eps_k + c])
-        return q, 0.5 * (l_plus + l_minus)
-
-    def _normalized(self, g: float) -> float:
-        """g / running RMS of this node's projected gradients (FZOO-style step normalisation).
-
-        Only q travels, so this is a local choice of step size: peers replay q as always. The
-        mean includes g itself, so |result| <= 1/sqrt(1 - beta): the quantizer range is known."""
-        if self.hyper.g_normalize == "none" or not math.isfinite(g):
-            return g
-        beta = self.hyper.g_normalize_beta
-        self._g2 = g * g if self._g2 is None else beta * self._g2 + (1.0 - beta) * g * g
-        return g / math.sqrt(self._g2) if self._g2 > 0 else 0.0
+    def local_step(self, loss_fn: Callable, batch, probes: Sequence[tuple]) -> tuple[list[int], float]:
+        """One zeroth-order step on `batch` (model/step.py): probes are the own updates it
+        measures, [(seed, step[, vseed])] on consecutive own steps, hyper.probes of them.
+        Returns their q and the step's loss; the updates are in the state when it returns,
+        exactly as a peer replays them."""
+        return self._step(loss_fn, batch, probes)
 
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:
-        """blake2b-256 hex of the trainable weights: little-endian fp32 bytes in index order."""
+        """blake2b-256 hex of the state: little-endian int64 quanta in index order.
+
+        Equal states show equal weights (float32(k) * quantum is a function of k)."""
         h = hashlib.blake2b(digest_size=32)
-        # Hash the buffer in place: a tobytes() copy would double the weights in memory for
-        # a moment, and nodes take digests often (status, snapshots). On CUDA the one host
-        # copy is unavoidable; astype is a no-op on little-endian hosts.
-        h.update(memoryview(self.flat.detach().cpu().numpy().astype("<f4", copy=False)))
+        # Hash the buffer in place (a tobytes() copy would double it in memory for a moment);
+        # on CUDA the one host copy is unavoidable; astype is a no-op on little-endian hosts.
+        h.update(memoryview(self.state.detach().cpu().numpy().astype("<i8", copy=False)))
         return h.hexdigest()
 
     def metadata(self) -> dict:
@@ -172,9 +172,12 @@ class Replica:
                 "grid_exps": json.dumps([int(e) for e in self.grid.exps])}
 
     def save(self, path) -> None:
-        """safetensors snapshot of the trainable weights (the rest of the model is the base, unchanged)."""
+        """safetensors snapshot of the state (int64 quanta per trainable tensor; the rest of the
+        model is the base, unchanged). `onebyte export` writes the fp32 weights instead."""
         from safetensors.torch import save_file
-        tensors = {n: p.detach().cpu().contiguous() for n, p in zip(self.grid.names, self.params)}
+        tensors = {n: self.state[o:o + s].view(shape).cpu().contiguous()
+                   for n, o, s, shape in zip(self.grid.names, self.grid.offsets.tolist(),
+                                             self.grid.sizes.tolist(), self.grid.shapes)}
         save_file(tensors, str(path), metadata=self.metadata())
 
     def load(self, path) -> None:
@@ -193,25 +196,26 @@ class Replica:
                 raise GridError(f"snapshot {path} does not match this replica ({k} differs)")
         if sorted(tensors) != self.grid.names:
             raise GridError(f"snapshot {path} holds different tensors than this replica's trainable set")
-        new = torch.empty_like(self.flat)
+        new = torch.empty_like(self.state)
         for n, o, size, shape in zip(self.grid.names, self.grid.offsets.tolist(), self.grid.sizes.tolist(),
                                      self.grid.shapes):
             t = tensors[n]
-            if tuple(t.shape) != shape or t.dtype != torch.float32:
-                raise GridError(f"snapshot tensor {n} has shape {tuple(t.shape)} {t.dtype}, expected {shape} float32")
+            if tuple(t.shape) != shape or t.dtype != torch.int64:
+                raise GridError(f"snapshot tensor {n} has shape {tuple(t.shape)} {t.dtype}, expected {shape} int64")
             new[o:o + size].copy_(t.reshape(-1))
-        check_on_grid(new, self.grid)
         with torch.no_grad():
-            self.flat.copy_(new)
-        self.poisoned = None
+            self.state.copy_(new)
+        self._show()
 
 
 def _check_update(up):
-    try:
-        seed, q, step = up
-    except (TypeError, ValueError):
-        raise ValueError(f"an update is (seed, q, step), got {up!r}") from None
-    for name, v, lo, hi in (("seed", seed, 0, (1 << 64) - 1), ("q", q, -Q_MAX, Q_MAX), ("step", step, 1, 1 << 62)):
+    """(seed, q, step[, vseed]) -> four ints, or ValueError naming what is wrong."""
+    if not isinstance(up, (tuple, list)) or len(up) not in (3, 4):
+        raise ValueError(f"an update is (seed, q, step[, vseed]), got {up!r}")
+    seed, q, step = up[:3]
+    vseed = up[3] if len(up) == 4 else 0
+    for name, v, lo, hi in (("seed", seed, 0, (1 << 64) - 1), ("q", q, -Q_MAX, Q_MAX), ("step", step, 1, 1 << 62),
+                            ("vseed", vseed, 0, (1 << 64) - 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
             raise ValueError(f"update {name} must be an int in [{lo}, {hi}], got {v!r}")
-    return int(seed), int(q), int(step)
+    return int(seed), int(q), int(step), int(vseed)

@@ -12,6 +12,10 @@ docs/rng.md is the specification; its test vectors are checked by tests/model/te
 
 Uniforms for stochastic rounding come from the same mixer under other domains, so
 they are independent of the noise bits of the same seed.
+
+Low-rank noise (Hyper.perturbation = "lowrank") reads the same sign stream twice per
+matrix: U from the update's seed, V from a window seed that an origin's consecutive steps
+share (`window_seed`), so every node derives both from (swarm, origin, step) alone.
 """
 import hashlib
 
@@ -58,6 +62,50 @@ def uniform(seed: int, domain: int, j: int) -> float:
     """A uniform in [0, 1) with 53 random bits: exact in float64, identical everywhere."""
     h = mix64(mix64(seed ^ domain) + j * GAMMA)
     return (h >> 11) * (1.0 / (1 << 53))
+
+
+def window_seed(swarm_id: bytes, origin: bytes, step: int, window: int) -> int:
+    """Seed of the low-rank V factor of update (origin, step): one per `window` consecutive
+    steps of the origin (steps 1..window share window 0), a pure function of its own sequence."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step < 1 << 64:
+        raise ValueError(f"update step must be an int in [1, 2**64), got {step!r}")
+    h = hashlib.blake2b(b"onebyte-vseed-v1" + bytes(swarm_id) + bytes(origin)
+                        + ((step - 1) // window).to_bytes(8, "little"), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+class Seeder:
+    """The noise of a swarm's updates: (origin, step, q) -> the (seed, q, step, vseed) a
+    Replica applies. vseed is 0 unless the genesis asks for low-rank noise (window > 0)."""
+
+    def __init__(self, swarm_id: bytes, window: int = 0):
+        self.swarm_id, self.window = bytes(swarm_id), int(window)
+        self._last = (None, -1, 0)   # (origin, window index, vseed): consecutive steps share it
+
+    @classmethod
+    def for_hyper(cls, swarm_id: bytes, hyper) -> "Seeder":
+        return cls(swarm_id, hyper.lowrank_window if hyper.perturbation == "lowrank" else 0)
+
+    def seeds(self, origin: bytes, step: int) -> tuple[int, int]:
+        """(seed, vseed) of update (origin, step)."""
+        seed = update_seed(self.swarm_id, origin, step)
+        if not self.window:
+            return seed, 0
+        o, w, v = self._last
+        if o != origin or w != (step - 1) // self.window:
+            v = window_seed(self.swarm_id, origin, step, self.window)
+            self._last = (origin, (step - 1) // self.window, v)
+        return seed, v
+
+    def probes(self, origin: bytes, first: int, n: int) -> list[tuple[int, int, int]]:
+        """[(seed, step, vseed)] of the origin's steps first .. first + n - 1: one local step's probes."""
+        return [(seed, step, vseed) for step in range(first, first + n) for seed, vseed in [self.seeds(origin, step)]]
+
+    def update(self, origin: bytes, step: int, q: int) -> tuple[int, int, int, int]:
+        seed, vseed = self.seeds(origin, step)
+        return seed, q, step, vseed
 
 
 def update_seed(swarm_id: bytes, origin: bytes, step: int) -> int:

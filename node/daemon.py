@@ -151,17 +151,14 @@ class Daemon:
         return self.joined
 
     async def _restore(self, joined=None) -> None:
-        from onebyte.model import update_seed
-
         cfg, sd = self.cfg, self.sd
-        self.update_seed = update_seed
         log.info("loading model %s and restoring state from %s", cfg.model or self.genesis.swarm["base_model"],
                  cfg.state_dir)
         self.notifier.status("loading model and restoring state")
         # Loading a model takes seconds: off the loop, so a SIGTERM meanwhile is still seen.
         p = self.pconfig
         restored = await asyncio.to_thread(restore, self.genesis, cfg.model, cfg.device, sd, self.update_log,
-                                           update_seed, self.node_id, self.phase.set,
+                                           self.node_id, self.phase.set,
                                            (p.influence_window, p.influence_max_abs, p.influence_max_sum),
                                            (joined.replica, joined.tokenizer, joined.digest) if joined else None)
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
@@ -198,7 +195,7 @@ class Daemon:
         self.worker = Worker(WorkerSetup(
             replica=self.replica, node_id=self.node_id, swarm_id=self.genesis.swarm_id,
             update_log=self.update_log, applied_vv=self.restored.applied_vv, training=self.training,
-            snapshot=self._snapshot_writer(), post=self._post_from_worker, update_seed=self.update_seed,
+            snapshot=self._snapshot_writer(), post=self._post_from_worker, seeder=self.genesis.seeder(),
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
             eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
             on_digest=self._post_from_worker))
@@ -301,11 +298,12 @@ class Daemon:
 
     def _from_worker(self, message) -> None:
         match message:
-            case OwnUpdate(step=step, q=q):
+            case OwnUpdate(step=step, qs=qs):
                 if self.engine is not None and not self._stopping:
-                    self.engine.publish(step, q, self.loop.time())
-                    self.published += 1
-                    self.rates.own.add(1)
+                    for s, q in enumerate(qs, step):
+                        self.engine.publish(s, q, self.loop.time())
+                    self.published += len(qs)
+                    self.rates.own.add(len(qs))
                     if self.metrics is not None:
                         self.metrics.observe_step(message)
                     self._pump()

@@ -106,8 +106,6 @@ def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
     """(replica, tokenizer, applied_vv, genesis) rebuilt from the state dir: snapshot + log.
 
     Read-only: safe while a daemon runs (a torn tail is skipped, not truncated)."""
-    from onebyte.model import update_seed
-
     genesis = genesis or load_genesis(cfg.genesis)
     sd = StateDir(cfg.state_dir)
     if not sd.path.is_dir():
@@ -116,7 +114,7 @@ def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
     ulog = sd.open_log(readonly=True)
     log.info("rebuilding the state of %s: base model %s, newest snapshot, then the log", sd.path,
              cfg.model or genesis.swarm["base_model"])
-    r = restore(genesis, cfg.model, "cpu", sd, ulog, update_seed)
+    r = restore(genesis, cfg.model, "cpu", sd, ulog)
     return r.replica, r.tokenizer, r.applied_vv, genesis
 
 

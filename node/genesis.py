@@ -75,6 +75,11 @@ class Genesis:
     def to_toml(self) -> str:
         return dump_toml(self.parsed)
 
+    def seeder(self):
+        """onebyte.model.Seeder of this swarm: (origin, step, q) -> the update a replica applies."""
+        from onebyte.model import Seeder
+        return Seeder.for_hyper(self.swarm_id, self.make_hyper())
+
     def make_hyper(self):
         """onebyte.model.Hyper from [hyper]; unknown fields are a config error."""
         from onebyte.model import Hyper  # imported late: torch is heavy

@@ -278,12 +278,13 @@ class UpdateLog:
             self._append_or_hold(held)
         return _as_updates(origin, start, fresh)
 
-    def append_own(self, origin: bytes, step: int, q: int) -> None:
-        """The worker's own update: logged and fsynced before the engine may publish it.
+    def append_own(self, origin: bytes, step: int, qs: list[int]) -> None:
+        """The worker's own updates of one local step (steps step.., one per probe): logged
+        and fsynced, in one entry, before the engine may publish them.
 
         Never held: on DiskFull nothing of it is in the log, and the caller must not
         publish it (the worker takes it back out of the weights)."""
-        body = bytes([q & 0xFF])
+        body = bytes(q & 0xFF for q in qs)
         with self._lock:
             start, fresh = self._fresh(origin, step, body)
             if not fresh:

@@ -216,10 +216,9 @@ class SnapshotServer:
     def _digest_at(self, vv: dict[bytes, int]):
         """A worker-thread callable: the weights digest at `vv`, from the live weights."""
         d, limit = self.d, self.attest_max
+        seeder = d.genesis.seeder()
 
         def at(replica, applied: dict, digest: str) -> dict:
-            if getattr(replica, "poisoned", None):
-                return {"ok": False, "error": "weights poisoned"}
             if any(n > applied.get(o, 0) for o, n in vv.items()):
                 return {"ok": False, "error": "that version vector is ahead of this node"}
             diff = []
@@ -230,7 +229,7 @@ class SnapshotServer:
                 qs = d.update_log.qs_of(o, lo + 1, top)
                 if len(qs) != top - lo:
                     return {"ok": False, "error": "compacted past that version vector"}
-                diff.extend((d.update_seed(d.genesis.swarm_id, o, s), q, s) for s, q in zip(range(lo + 1, top + 1), qs))
+                diff.extend(seeder.update(o, s, q) for s, q in zip(range(lo + 1, top + 1), qs))
             if not diff:
                 return {"ok": True, "digest": digest, "from": "weights"}
             replica.undo(diff)       # exact on the grid: the weights at vv

@@ -201,17 +201,14 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
 
 
 def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
-            update_seed, own_origin: bytes | None = None, progress=None, influence=None,
-            prebuilt=None) -> Restored:
+            own_origin: bytes | None = None, progress=None, influence=None, prebuilt=None) -> Restored:
     """The replica as the state dir left it: base model, newest snapshot, then the log's tail.
     progress(phase, done, total), if given, is called as it goes ("loading model",
     "loading snapshot", "replaying log"), from this (non-loop) thread.
     influence: the swarm's (window, max_abs, max_sum); steps of an origin from its budget
     breach on are not replayed (a log written before the budget existed may hold them).
     prebuilt: (replica, tokenizer, digest) of a replica that already holds the snapshot
-    with that digest (a snapshot join verified it): neither built nor loaded again.
-    A grid overflow while replaying leaves the replica poisoned, never raises: the node
-    starts serving and reports it (docs/security.md)."""
+    with that digest (a snapshot join verified it): neither built nor loaded again."""
     progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
     progress("loading model", 0, 0)
@@ -246,7 +243,8 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
                              "snapshot of this same key from elsewhere); move the state dir aside and start while peers are "
                              "reachable: they hold this key's steps and the node fetches them back "
                              "(docs/operations.md, Lost state dir)")
-    _take_back_excluded(replica, genesis.swarm_id, ulog, base_vv, update_seed)
+    seeder = genesis.seeder()
+    _take_back_excluded(replica, seeder, ulog, base_vv)
     pending = _within_budget(ulog, ulog.updates_after(base_vv), influence)
     last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
@@ -254,13 +252,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
         if time.monotonic() - last_log >= 10:
             last_log = time.monotonic()
             log.info("replaying the update log: %d of %d updates", i, len(pending))
-        chunk = pending[i:i + REPLAY_CHUNK]
-        from onebyte.model import GridOverflowError
-        try:
-            replica.replay([(update_seed(genesis.swarm_id, o, s), q, s) for o, s, q in chunk])
-        except GridOverflowError as exc:
-            log.error("grid overflow while replaying the update log: %s", exc)
-            break
+        replica.replay([seeder.update(o, s, q) for o, s, q in pending[i:i + REPLAY_CHUNK]])
     progress("replaying log", len(pending), len(pending))
     dt = time.perf_counter() - t0
     if snap is not None or pending:
@@ -274,7 +266,7 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)
 
 
-def _take_back_excluded(replica, swarm_id: bytes, ulog: UpdateLog, base_vv: dict, update_seed) -> None:
+def _take_back_excluded(replica, seeder, ulog: UpdateLog, base_vv: dict) -> None:
     """A snapshot written before an equivocation proof came may hold the excluded steps:
     undo them (their q are in the log's proof entry) and lower base_vv to match."""
     for origin, step in ulog.exclusions().items():
@@ -282,8 +274,7 @@ def _take_back_excluded(replica, swarm_id: bytes, ulog: UpdateLog, base_vv: dict
         if top < step:
             continue
         _, qs = ulog.taken_back(origin)
-        replica.undo([(update_seed(swarm_id, origin, s), qs[s - step], s)
-                      for s in range(step, min(top, step + len(qs) - 1) + 1)])
+        replica.undo([seeder.update(origin, s, qs[s - step]) for s in range(step, min(top, step + len(qs) - 1) + 1)])
         base_vv[origin] = step - 1
         log.info("took %d step(s) of equivocating origin %s out of the snapshot", top - step + 1,
                  origin.hex()[:16])

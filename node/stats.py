@@ -176,9 +176,6 @@ def build_status(d) -> dict:
         "excluded_origins": ({o.hex(): {"step": step, "reason": why}
                               for o, (step, why) in sorted(engine.excluded_origins().items())}
                              if engine is not None else {}),
-        # the weights stopped at a grid overflow: not producing or applying, still serving
-        "grid_overflow": s.grid_overflow,
-        "grid_overflow_skipped": s.skipped_overflow,
         # peers holding our version vector with other weights (invariant 7: never silent)
         "weights_diverged": d.weights_diverged,
         "last_divergence": d.last_divergence,

@@ -61,8 +61,9 @@ class StopProducing:
 
 @dataclass(frozen=True)
 class OwnUpdate:
+    """One local step's own updates: steps step .. step + len(qs) - 1 (one per probe)."""
     step: int
-    q: int
+    qs: tuple
     loss: float
 
 
@@ -104,7 +105,7 @@ class WorkerSetup:
     training: Training               # sample/loss/eval/prepare; Training() replays only
     snapshot: Callable               # snapshot(replica, vv, digest), in this thread
     post: Callable[[Any], None]      # thread-safe: OwnUpdate/Replayed/Failed to the loop
-    update_seed: Callable
+    seeder: Any                      # model/rng.py Seeder: (origin, step, q) -> the update a replica applies
     max_steps: int
     min_step_interval_s: float
     eval_every: int
@@ -166,10 +167,8 @@ class WorkerStats:
     last_eval: dict | None = None
     digest: str | None = None
     digest_updates: int = 0
-    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | disk_full | grid_overflow | failed
+    state: str = "starting"       # starting | preparing | producing | replaying | idle | done | disk_full | failed
     error: str | None = None
-    grid_overflow: str | None = None   # why the weights stopped (replica.poisoned); the node still serves
-    skipped_overflow: int = 0     # logged updates not applied since the overflow
     first_step_at: float | None = None   # monotonic time of this run's first own step
     last_step_at: float | None = None
     step_times: deque = field(default_factory=lambda: deque(maxlen=256))
@@ -248,8 +247,6 @@ class Worker(threading.Thread):
         if self.training.prepare is not None:
             self.stats.state = "preparing"
             self.training.prepare()
-        if getattr(self.replica, "poisoned", None):   # the restore itself overflowed (node/state.py)
-            self._on_overflow(self.replica.poisoned)
         self._refresh_digest()
         while not self._halt.is_set():
             did = self._take_back()
@@ -288,11 +285,10 @@ class Worker(threading.Thread):
         for origin, step, qs in todo:
             self.excluded[origin] = min(step, self.excluded.get(origin, step))
             have = self.applied_vv.get(origin, 0)
-            if have < step or self.stats.grid_overflow is not None:
+            if have < step:
                 continue
-            seed = self.setup.update_seed
-            undo = [(seed(self.setup.swarm_id, origin, s), qs[s - step], s) for s in range(step, have + 1)
-                     if s - step < len(qs)]
+            undo = [self.setup.seeder.update(origin, s, qs[s - step]) for s in range(step, have + 1)
+                    if s - step < len(qs)]
             self.replica.undo(undo)
             self.applied_vv[origin] = step - 1
             self._since_snapshot += len(undo)
@@ -305,11 +301,6 @@ class Worker(threading.Thread):
         items = self.backlog.take(self.setup.max_backlog)
         if not items:
             return False
-        if self.stats.grid_overflow is not None:
-            # The weights are no longer exact: keep taking what the loop logs (it is durable
-            # and served to peers), apply nothing. A restart rebuilds from the log.
-            self.stats.skipped_overflow += len(items)
-            return True
         batch, vv = [], self.applied_vv
         for origin, step, q in items:
             have = vv.get(origin, 0)
@@ -318,17 +309,12 @@ class Worker(threading.Thread):
             if step != have + 1:
                 raise RuntimeError(f"replay gap for {origin.hex()}: have {have}, got {step}")
             vv[origin] = step
-            batch.append((self.setup.update_seed(self.setup.swarm_id, origin, step), q, step))
+            batch.append(self.setup.seeder.update(origin, step, q))
         if not batch:
             return False
         self.stats.state = "replaying"
-        from onebyte.model.grid import GridOverflowError   # torch: loaded by now, not at import
         t0 = time.perf_counter()
-        try:
-            self.replica.replay(batch)
-        except GridOverflowError as exc:
-            self._on_overflow(str(exc))
-            return True
+        self.replica.replay(batch)
         dt = time.perf_counter() - t0
         s = self.stats
         s.replay_calls += 1
@@ -347,9 +333,6 @@ class Worker(threading.Thread):
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""
         setup, training = self.setup, self.training
-        if self.stats.grid_overflow is not None:
-            self.stats.state = "grid_overflow"
-            return 0.0
         if (training.sample is None or not self.producing
                 or (setup.max_steps and self.stats.own_steps >= setup.max_steps)):
             if self.stats.state != "done":
@@ -368,30 +351,27 @@ class Worker(threading.Thread):
             return self._next_step_at - now
         self.stats.state = "producing"
         step = self.applied_vv.get(self.node_id, 0) + 1
-        seed = setup.update_seed(setup.swarm_id, self.node_id, step)
+        # One step measures hyper.probes probes, each its own update on consecutive own steps.
+        probes = setup.seeder.probes(self.node_id, step, self.replica.hyper.probes)
         batch = training.sample(step)
-        from onebyte.model.grid import GridOverflowError
         t0 = time.perf_counter()
-        try:
-            q, loss = self.replica.local_step(training.loss_fn, batch, seed, step)
-        except GridOverflowError as exc:   # nothing logged: the step is not taken
-            self._on_overflow(str(exc))
-            return 0.0
+        qs, loss = self.replica.local_step(training.loss_fn, batch, probes)
         dt = time.perf_counter() - t0
         # Durable before anyone else can learn of it: a crash now loses nothing published,
-        # and a restart recomputes the same step (same batch, same seed, same q).
+        # and a restart recomputes the same step (same batch, same seeds, same q).
         try:
-            self.update_log.append_own(self.node_id, step, int(q))
+            self.update_log.append_own(self.node_id, step, [int(q) for q in qs])
         except DiskFull:
             # exact on the grid: the weights are bit for bit as before the step
-            self.replica.undo([(seed, int(q), step)])
+            self.replica.undo([setup.seeder.update(self.node_id, s, int(q)) for s, q in enumerate(qs, step)])
             self.stats.state = "disk_full"
             return DISK_FULL_WAIT_S
-        self.applied_vv[self.node_id] = step
+        last = step + len(qs) - 1
+        self.applied_vv[self.node_id] = last
         s = self.stats
-        s.own_steps = step
+        s.own_steps = last
         s.steps_this_run += 1
-        s.applied_own += 1
+        s.applied_own += len(qs)
         s.step_seconds += dt
         t_done = time.monotonic()
         s.step_times.append(t_done)
@@ -402,27 +382,16 @@ class Worker(threading.Thread):
         if math.isfinite(loss):
             self._losses.append(float(loss))
             s.loss_mean = sum(self._losses) / len(self._losses)
-        self._since_snapshot += 1
+        self._since_snapshot += len(qs)
         self._dirty_digest = True
-        self._next_step_at = time.monotonic() + setup.min_step_interval_s
-        self.post(OwnUpdate(step, int(q), float(loss)))
+        self._next_step_at = time.monotonic() + setup.min_step_interval_s * len(qs)
+        self.post(OwnUpdate(step, tuple(int(q) for q in qs), float(loss)))
         if log.isEnabledFor(logging.DEBUG):   # bench/node.py reads these for staleness
-            log.debug("trace own %d %.6f", step, time.time())
-        if setup.eval_every and training.evaluator is not None and step % setup.eval_every == 0:
-            self._evaluate(step)
+            log.debug("trace own %d %.6f", last, time.time())
+        if setup.eval_every and training.evaluator is not None and \
+                last // setup.eval_every > (step - 1) // setup.eval_every:   # crossed a multiple
+            self._evaluate(last)
         return None
-
-    def _on_overflow(self, why: str) -> None:
-        """Grid overflow is a state, not a crash: stop producing and applying, keep serving
-        (the loop still logs, relays and answers status); reported once (docs/security.md)."""
-        s = self.stats
-        if s.grid_overflow is None:
-            log.error("grid overflow: %s; not producing or applying updates any more, still serving "
-                      "the log to peers (docs/security.md, grid overflow)", why)
-        s.grid_overflow = why
-        s.state = "grid_overflow"
-        self.producing = False
-        self._dirty_digest = True
 
     def _evaluate(self, step: int, n_examples: int | None = None) -> None:
         t0 = time.perf_counter()
@@ -441,8 +410,8 @@ class Worker(threading.Thread):
         return self.stats.digest
 
     def _write_snapshot(self) -> None:
-        if self._since_snapshot == 0 or self.update_log.disk_full or self.stats.grid_overflow is not None:
-            return   # (disk full: the log is enough to restart; overflowed weights are not a state)
+        if self._since_snapshot == 0 or self.update_log.disk_full:
+            return   # (disk full: the log is enough to restart)
         digest = self._refresh_digest()
         try:
             self.setup.snapshot(self.replica, dict(self.applied_vv), digest)

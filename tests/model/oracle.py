@@ -2,7 +2,7 @@
 
 Written independently of model/rng.py and the kernels: torch int64 arithmetic wraps modulo
 2**64 like uint64, and a logical right shift is an arithmetic shift with the sign-extended
-high bits masked off. Slow and simple on purpose; one update at a time, in fp32.
+high bits masked off. Slow and simple on purpose; one update at a time, on the int64 state.
 """
 
 import torch
@@ -45,14 +45,33 @@ def signs(seed: int, idx: torch.Tensor) -> torch.Tensor:
     return (1 - 2 * bit).to(torch.int32)
 
 
-def replay(flat: torch.Tensor, offsets, sizes, quantum, updates) -> torch.Tensor:
-    """Return flat + sum over updates (seed, coef[T]) of coef[t] * quantum[t] * z, one update at a time."""
-    out = flat.clone()
+def replay(state: torch.Tensor, offsets, sizes, updates, mask=None) -> torch.Tensor:
+    """Return state (int64 quanta) + sum over updates (seed, coef[T]) of coef[t] * z, one update at a
+    time; mask (bool [N], optional): only those weights take noise."""
+    out = state.clone()
     for seed, coef in updates:
         for t, (o, n) in enumerate(zip(offsets, sizes)):
             o, n = int(o), int(n)
-            z = signs(seed, torch.arange(o, o + n, dtype=torch.int64))
-            out[o:o + n] += (int(coef[t]) * z).to(torch.float32) * float(quantum[t])
+            z = signs(seed, torch.arange(o, o + n, dtype=torch.int64)).to(torch.int64)
+            if mask is not None:
+                z = z * torch.as_tensor(mask[o:o + n], dtype=torch.int64)
+            out[o:o + n] += int(coef[t]) * z
+    return out
+
+
+def lowrank_noise(seed: int, vseed: int, offset: int, m: int, n: int, r: int) -> torch.Tensor:
+    """U V^T (int64 [m, n]) with U[i, k] = z(seed, offset + i r + k), V[j, k] = z(vseed, offset + j r + k)."""
+    u = signs(seed, offset + torch.arange(m * r, dtype=torch.int64)).to(torch.int64).view(m, r)
+    v = signs(vseed, offset + torch.arange(n * r, dtype=torch.int64)).to(torch.int64).view(n, r)
+    return u @ v.T
+
+
+def show(state: torch.Tensor, offsets, sizes, quantum) -> torch.Tensor:
+    """The fp32 weights of a state: float32(k) * quantum (k converted through float64: exact below 2**53)."""
+    out = torch.empty(state.shape, dtype=torch.float32)
+    for o, n, q in zip(offsets, sizes, quantum):
+        o, n = int(o), int(n)
+        out[o:o + n] = state[o:o + n].to(torch.float64).to(torch.float32) * float(q)
     return out
 
 

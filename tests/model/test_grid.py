@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from onebyte.model import GridError, GridOverflowError, Hyper, HyperError, Replica
-from onebyte.model.grid import MAX_SUM, bound_exponent, build_grid, check_on_grid, plan_batches, snap_
+from onebyte.model import GridError, Hyper, HyperError
+from onebyte.model.grid import MAX_SUM, bound_exponent, build_grid, plan_batches, to_state
 
 
 def test_bound_exponent_and_quantum():
@@ -16,25 +16,21 @@ def test_bound_exponent_and_quantum():
     assert bound_exponent(1.0, h) == 1 + 2        # strict: 1.0 is not < 2**0
     assert bound_exponent(0.0, h) == -6 + 2       # floor for zero tensors
     g = build_grid(["w"], [torch.tensor([0.75, -0.1])], h)
-    assert g.exps.tolist() == [2] and g.quantum[0] == 2.0 ** -22 and g.bound[0] == 4.0
+    assert g.exps.tolist() == [2] and g.quantum[0] == 2.0 ** -22
     assert g.eps_k[0] == round(1e-3 / 2.0 ** -22)
 
 
-def test_snap_is_exact_grid_and_idempotent():
+def test_snap_is_round_half_even_in_quanta():
     h = Hyper()
     t = torch.randn(10000) * 0.3
     g = build_grid(["w"], [t], h)
-    flat = t.clone()
-    snap_(flat, g)
-    k = (flat.double() / float(g.quantum[0]))
-    assert torch.equal(k, k.round()) and (k.abs() < 2 ** 24).all()
-    assert (flat - t).abs().max() <= float(g.quantum[0]) / 2
-    again = flat.clone()
-    snap_(again, g)
-    assert torch.equal(again, flat)
-    check_on_grid(flat, g)
-    with pytest.raises(GridError, match="not on the replica's grid"):
-        check_on_grid(t + float(g.quantum[0]) / 3, g)
+    k = to_state(t, g)
+    assert k.dtype == torch.int64 and (k.abs() < 2 ** 22).all()   # headroom 2: the base is 2**22 quanta at most
+    back = k.to(torch.float32) * float(g.quantum[0])
+    assert (back - t).abs().max() <= float(g.quantum[0]) / 2
+    assert torch.equal(to_state(back, g), k)
+    half = torch.tensor([2.5, 3.5, -2.5]) * float(g.quantum[0])
+    assert to_state(half, g).tolist() == [2, 4, -2]
 
 
 def test_grid_rejects_bad_weights():
@@ -44,36 +40,17 @@ def test_grid_rejects_bad_weights():
         build_grid(["w"], [torch.tensor([1e5])], Hyper(eps=1e-3))
 
 
-def _small_replica(**kw):
-    torch.manual_seed(0)  # model init only
-    return Replica(torch.nn.Linear(40, 30), Hyper(**kw))
-
-
-def test_overflow_raises_and_poisons():
-    # The same seed again and again walks every weight in one direction: it must hit the bound.
-    r = _small_replica(lr=1e-4, q_scale=0.5, headroom_bits=1)
-    applied = 0
-    with pytest.raises(GridOverflowError, match="reached their bound"):
-        for step in range(1, 1000):
-            r.replay([(1, 127, step)])
-            applied += 1
-    assert 10 < applied < 999
-    with pytest.raises(GridOverflowError):
-        r.replay([(1, 1, 1)])  # once inexact, the replica refuses further work
-
-
-def test_update_larger_than_grid_raises():
-    r = _small_replica(lr=1e3)
-    with pytest.raises(GridOverflowError, match="larger than the whole grid"):
-        r.replay([(1, 127, 1)])
+def test_update_larger_than_grid_is_refused_at_genesis():
+    with pytest.raises(GridError, match="2\\*\\*24 quanta or more"):
+        build_grid(["w"], [torch.ones(4)], Hyper(lr=1e3))
 
 
 def test_batches_split_to_keep_sums_exact():
     g = build_grid(["w"], [torch.ones(4)], Hyper())
     big = np.array([MAX_SUM // 3 + 1])
     batches = plan_batches(g, [1, 2, 3, 4], [big, big, -big, big], max_fused=128)
-    assert [b[0].shape[0] for b in batches] == [2, 2]
-    assert [b[0].shape[0] for b in plan_batches(g, range(10), [np.array([1])] * 10, max_fused=4)] == [4, 4, 2]
+    assert [(b[0], b[1].shape[0]) for b in batches] == [(0, 2), (2, 2)]
+    assert [b[1].shape[0] for b in plan_batches(g, range(10), [np.array([1])] * 10, max_fused=4)] == [4, 4, 2]
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -83,7 +60,10 @@ def test_batches_split_to_keep_sums_exact():
     (dict(q_scale="x"), "q_scale must be a finite number"),
     (dict(lr_schedule="cosine"), "lr_schedule"),
     (dict(lr_schedule="linear"), "lr_decay_steps >= 1"),
-    (dict(perturbation="gaussian"), "rademacher"),
+    (dict(perturbation="gaussian"), "rademacher, lowrank, sparse"),
+    (dict(lowrank_rank=0), "lowrank_rank"),
+    (dict(sparse_fraction=0.0), "sparse_fraction"),
+    (dict(probes=0), "probes"),
     (dict(rng="mt19937"), "rng must be"),
     (dict(headroom_bits=0), "headroom_bits must be in"),
     (dict(headroom_bits=2.5), "headroom_bits must be an integer"),

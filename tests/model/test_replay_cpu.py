@@ -17,10 +17,11 @@ OFFSETS = np.array([0, 70])
 
 
 def _args():
-    """A valid batch: flat, keys, coef_t, items, quantum, bound (2 tensors, 3 updates)."""
-    return (np.zeros(int(SIZES.sum()), np.float32), np.array([1, 2, 3], np.uint64),
+    """A valid batch: state, flat, keys, coef_t, items, quantum, mask, commit (2 tensors, 3 updates)."""
+    n = int(SIZES.sum())
+    return (np.zeros(n, np.int64), np.zeros(n, np.float32), np.array([1, 2, 3], np.uint64),
             np.ones((2, 3), np.int32), make_items(OFFSETS, SIZES, chunk=128),
-            np.full(2, 2.0 ** -20, np.float32), np.full(2, 4.0, np.float32))
+            np.full(2, 2.0 ** -20, np.float32), np.full((n + 63) // 64, 2 ** 64 - 1, np.uint64), True)
 
 
 def _items(t, e0, e1):
@@ -28,19 +29,22 @@ def _items(t, e0, e1):
 
 
 BAD = {  # argument index -> a replacement the kernels must never see
-    "flat float64": (0, np.zeros(270, np.float64)),
-    "flat strided": (0, np.zeros(540, np.float32)[::2]),
-    "keys int64": (1, np.array([1, 2, 3], np.int64)),
-    "coef_t transposed": (2, np.ones((3, 2), np.int32).T),
-    "coef_t fewer updates than keys": (2, np.ones((2, 2), np.int32)),
-    "quantum short": (4, np.full(1, 1.0, np.float32)),
-    "bound float64": (5, np.full(2, 4.0)),
-    "item past the buffer": (3, _items([1], [70], [271])),
-    "item of a tensor that does not exist": (3, _items([2], [0], [64])),
-    "item with a negative start": (3, _items([0], [-64], [10])),
-    "item ending before it starts": (3, _items([0], [64], [0])),
-    "items of unequal length": (3, _items([0, 1], [0], [64])),
-    "items not int64": (3, (np.array([0], np.int32),) + _items([0], [0], [64])[1:]),
+    "state int32": (0, np.zeros(270, np.int32)),
+    "state shorter than flat": (0, np.zeros(200, np.int64)),
+    "flat float64": (1, np.zeros(270, np.float64)),
+    "flat strided": (1, np.zeros(540, np.float32)[::2]),
+    "keys int64": (2, np.array([1, 2, 3], np.int64)),
+    "coef_t transposed": (3, np.ones((3, 2), np.int32).T),
+    "coef_t fewer updates than keys": (3, np.ones((2, 2), np.int32)),
+    "quantum short": (5, np.full(1, 1.0, np.float32)),
+    "mask short": (6, np.zeros(3, np.uint64)),
+    "mask int64": (6, np.zeros(5, np.int64)),
+    "item past the buffer": (4, _items([1], [70], [271])),
+    "item of a tensor that does not exist": (4, _items([2], [0], [64])),
+    "item with a negative start": (4, _items([0], [-64], [10])),
+    "item ending before it starts": (4, _items([0], [64], [0])),
+    "items of unequal length": (4, _items([0, 1], [0], [64])),
+    "items not int64": (4, (np.array([0], np.int32),) + _items([0], [0], [64])[1:]),
 }
 
 
@@ -50,15 +54,16 @@ def test_bad_arguments_raise_before_any_write(case, kernel):
     args = list(_args())
     i, value = BAD[case]
     args[i] = value
-    before = args[0].copy()
+    before = args[0].copy(), args[1].copy()
     with pytest.raises(ValueError, match="replay_cpu"):
         replay_cpu(*args, kernel=kernel)
-    assert np.array_equal(args[0], before)
+    assert np.array_equal(args[0], before[0]) and np.array_equal(args[1], before[1])
 
 
-def test_read_only_buffer_is_refused():
+@pytest.mark.parametrize("which", [0, 1])
+def test_read_only_buffer_is_refused(which):
     args = list(_args())
-    args[0].flags.writeable = False
+    args[which].flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         replay_cpu(*args, kernel="plain")
 
@@ -70,11 +75,11 @@ def test_checks_survive_python_O(tmp_path):
         from onebyte.model.replay_cpu import replay_cpu
         if __debug__:
             raise SystemExit("asserts are live: this run does not test -O")
-        flat = np.zeros(100, np.float32)
+        flat = np.zeros(128, np.float32)
         items = tuple(np.array(v, np.int64) for v in ([0], [0], [1 << 20]))
         try:
-            replay_cpu(flat, np.ones(1, np.uint64), np.ones((1, 1), np.int32), items,
-                       np.ones(1, np.float32), np.full(1, 4.0, np.float32), kernel="simd")
+            replay_cpu(np.zeros(128, np.int64), flat, np.ones(1, np.uint64), np.ones((1, 1), np.int32), items,
+                       np.ones(1, np.float32), np.zeros(2, np.uint64), True, kernel="simd")
         except ValueError as e:
             print("refused:", e)
         """)
@@ -119,17 +124,17 @@ def test_auto_falls_back_when_simd_cannot_be_built(fresh_default, caplog):
     with caplog.at_level(logging.WARNING, "onebyte.model.replay_cpu"):
         assert rc.default_kernel() == "plain"
     assert "unavailable (ModuleNotFoundError" in caplog.text and "using the plain kernel" in caplog.text
-    flat, keys, coef_t, items, quantum, bound = _args()
-    replay_cpu(flat, keys, coef_t, items, quantum, bound)  # the default now runs the plain kernel
-    assert flat.any()
+    args = _args()
+    replay_cpu(*args)  # the default now runs the plain kernel
+    assert args[0].any() and args[1].any()
 
 
 def test_auto_falls_back_when_simd_gives_other_bits(fresh_default, caplog):
     plain = rc._kernel("plain")
 
-    def off_by_one_quantum(flat, *rest):  # a miscompiled fast kernel: runs, but wrong
-        plain(flat, *rest)
-        flat[5] += rest[5][0]
+    def off_by_one_quantum(state, flat, *rest):  # a miscompiled fast kernel: runs, but wrong
+        plain(state, flat, *rest)
+        state[5] += 1
 
     fresh_default.setattr(rc, "_kernel", lambda name: off_by_one_quantum if name == "simd" else plain)
     with caplog.at_level(logging.WARNING, "onebyte.model.replay_cpu"):
@@ -137,14 +142,20 @@ def test_auto_falls_back_when_simd_gives_other_bits(fresh_default, caplog):
     assert "differs from the plain kernel" in caplog.text
 
 
-def test_kernels_agree_on_overflow_reports():
-    # Both kernels report the same tensors over their bound (NaN included) and write the same bits.
+def test_kernels_agree_on_probes_and_commits():
+    # Both kernels: a probe shows state + batch and keeps the state; a commit writes it; same bits.
     results = {}
     for kernel in ("simd", "plain"):
-        flat, keys, coef_t, items, quantum, _ = _args()
-        bound = np.array([2.0 ** -21, 4.0], np.float32)  # tensor 0: any odd sum of 3 signs is over
-        flat[100] = np.nan  # tensor 1: NaN counts as over too
-        bad = replay_cpu(flat, keys, coef_t, items, quantum, bound, kernel=kernel)
-        results[kernel] = (bad.tolist(), flat.view(np.uint32).copy())
-    assert results["simd"][0] == results["plain"][0] == [0, 1]
-    assert np.array_equal(results["simd"][1], results["plain"][1])
+        state, flat, keys, coef_t, items, quantum, mask, _ = _args()
+        state[:] = np.arange(state.size) * (1 << 30)   # large states: the shown weights round
+        mask[1] = 0x00FF00FF00FF00FF
+        replay_cpu(state, flat, keys, coef_t, items, quantum, mask, False, kernel=kernel)
+        probe = (state.copy(), flat.copy())
+        replay_cpu(state, flat, keys, coef_t, items, quantum, mask, True, kernel=kernel)
+        results[kernel] = probe, (state.copy(), flat.copy())
+    (p_s, p_f), (c_s, c_f) = results["simd"]
+    (q_s, q_f), (d_s, d_f) = results["plain"]
+    assert np.array_equal(p_s, np.arange(p_s.size) * (1 << 30))
+    assert np.array_equal(p_s, q_s) and np.array_equal(p_f.view(np.uint32), q_f.view(np.uint32))
+    assert np.array_equal(c_s, d_s) and np.array_equal(c_f.view(np.uint32), d_f.view(np.uint32))
+    assert np.array_equal(p_f.view(np.uint32), c_f.view(np.uint32)) and not np.array_equal(p_s, c_s)

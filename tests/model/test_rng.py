@@ -13,6 +13,7 @@ from onebyte.model import rng
 sys.path.insert(0, str(Path(__file__).parent))  # the oracle lives next to the tests
 import oracle  # noqa: E402
 from onebyte.model.grid import Grid
+from onebyte.model.noise import mask_words
 from onebyte.model.replay_cpu import make_items, replay_cpu
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "rng.md"
@@ -78,7 +79,7 @@ def _one_tensor_grid(offset, n):
     # A grid whose quantum is 1.0 so the kernel writes the raw signs (no scaling).
     return Grid(names=["pad", "x"], shapes=[(offset,), (n,)], offsets=np.array([0, offset]),
                 sizes=np.array([offset, n]), exps=np.array([24, 24]), quantum=np.ones(2, np.float32),
-                bound=np.full(2, 2.0 ** 24, np.float32), eps_k=np.ones(2, np.int64))
+                eps_k=np.ones(2, np.int64))
 
 
 @pytest.mark.parametrize("row", V["signs"], ids=lambda r: r[0])
@@ -89,8 +90,8 @@ def test_signs_numba_kernel(row):
     g = _one_tensor_grid(lo, max(small) + 1 - lo)
     flat = np.zeros(g.total, np.float32)
     coef_t = np.ones((2, 1), np.int32)
-    replay_cpu(flat, np.array([rng.noise_key(seed)], np.uint64), coef_t, make_items(g.offsets, g.sizes),
-               g.quantum, g.bound)
+    replay_cpu(np.zeros(g.total, np.int64), flat, np.array([rng.noise_key(seed)], np.uint64), coef_t,
+               make_items(g.offsets, g.sizes), g.quantum, mask_words(g, None, 1.0), commit=True)
     assert [int(flat[i]) for i in small] == [w for i, w in zip(V["indices"], want) if i < 1 << 21]
 
 
@@ -104,7 +105,8 @@ def test_signs_triton_interpreter(row):
     seed, want = int(row[0], 16), _expected(row[1])
     g = _one_tensor_grid(3, 200)
     flat = torch.zeros(g.total)
-    TritonReplay(g, "cpu").apply(flat, np.array([rng.noise_key(seed)], np.uint64), np.ones((2, 1), np.int32))
+    TritonReplay(g, "cpu").launch(torch.zeros(g.total, dtype=torch.int64), flat,
+                                  np.array([rng.noise_key(seed)], np.uint64), np.ones((2, 1), np.int32), True)
     assert [int(flat[i]) for i in V["indices"] if i < 203] == [w for i, w in zip(V["indices"], want) if i < 203]
 
 

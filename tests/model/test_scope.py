@@ -52,9 +52,9 @@ def test_lora_replay_is_permutation_invariant_and_the_step_restores_exactly():
     assert a.digest() == b.digest()
     # a step whose loss ignores the weights gives q = 0: perturb, perturb back, restore -> same bits
     before = a.digest()
-    q, _ = a.local_step(lambda model, batch: 1.0, None, seed=99, step=1)
+    (q,), _ = a.local_step(lambda model, batch: 1.0, None, [(99, 1)])
     assert q == 0 and a.digest() == before
-    q, _ = a.local_step(oracle.lm_loss, oracle.lm_batch(2), seed=100, step=2)
+    (q,), _ = a.local_step(oracle.lm_loss, oracle.lm_batch(2), [(100, 2)])
     b.replay([(100, q, 2)])
     assert a.digest() == b.digest()
 
@@ -68,24 +68,22 @@ def test_lora_scope_errors_are_clear():
         Hyper(lora_rank=4, lora_targets="(")
 
 
-def test_horizon_margin_absorbs_the_adapters_random_walk():
-    """While B = 0 the loss does not depend on A, so A only random-walks: without a horizon a
-    long run overflows A's grid; with horizon_updates covering the run it does not."""
-    from onebyte.model import GridOverflowError
+def test_adapters_random_walk_cannot_halt_the_replica():
+    """While B = 0 the loss does not depend on A, so A only random-walks; on the int64 state no
+    walk reaches a bound (the fp32 grid overflowed here before). horizon_updates still coarsens
+    the quantum as it did, for genesis files that set it."""
     from onebyte.model.grid import horizon_margin
     rnd = random.Random(9)
     n = 600
     ups = [(rnd.getrandbits(64), rnd.choice([-6, -4, -3, 3, 4, 6]), 1) for _ in range(n)]
     lora = dict(LORA, trainable=r".*\.lora_A\..*")
     r = Replica(oracle.tiny_llama(), Hyper(lr=1e-2, **lora))
-    with pytest.raises(GridOverflowError):
-        r.replay(ups)
+    r.replay(ups)
+    assert torch.isfinite(r.flat).all()
     h = Hyper(lr=1e-2, horizon_updates=n, **lora)
     assert horizon_margin(h) == 8 * h.max_step() * n ** 0.5
-    r = Replica(oracle.tiny_llama(), h)
-    assert float(r.grid.bound.min()) >= 4 * horizon_margin(h)
-    r.replay(ups)  # no overflow
-    assert not r.poisoned
+    wide = Replica(oracle.tiny_llama(), h)
+    assert (wide.grid.exps > r.grid.exps).all()
 
 
 def test_swarm_size_scales_each_update():

@@ -117,7 +117,7 @@ class Node:
 
 def union_digest(state_dirs: list[Path], genesis_path: Path) -> tuple[str, int]:
     """Digest of a fresh replica (base model) that replays the union of the nodes' logs."""
-    from onebyte.model import Replica, update_seed
+    from onebyte.model import Replica
     from onebyte.model.load import load_model
     from onebyte.node.genesis import load_genesis
     from onebyte.node.log import UpdateLog
@@ -130,7 +130,8 @@ def union_digest(state_dirs: list[Path], genesis_path: Path) -> tuple[str, int]:
             assert union.setdefault((origin, step), q) == q, "two logs disagree on an update"
     model, _tok = load_model(g.swarm["base_model"])
     replica = Replica(model, g.make_hyper())
-    replica.replay([(update_seed(g.swarm_id, o, s), q, s) for (o, s), q in sorted(union.items())])
+    seeder = g.seeder()
+    replica.replay([seeder.update(o, s, q) for (o, s), q in sorted(union.items())])
     return replica.digest(), len(union)
 
 

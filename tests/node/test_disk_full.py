@@ -186,7 +186,7 @@ def test_own_step_that_does_not_fit_is_taken_back_exactly(tmp_path, monkeypatch)
 
     import torch
 
-    from onebyte.model import Hyper, Replica
+    from onebyte.model import Hyper, Replica, Seeder
     from onebyte.node.training import Training
     from onebyte.node.worker import OwnUpdate, Worker, WorkerSetup
 
@@ -207,7 +207,7 @@ def test_own_step_that_does_not_fit_is_taken_back_exactly(tmp_path, monkeypatch)
     w = Worker(WorkerSetup(
         replica=replica, node_id=me, swarm_id=b"s" * 32, update_log=lg, applied_vv={},
         training=Training(sample=lambda step: step, loss_fn=lambda model, batch: (model.weight ** 2).sum() * batch),
-        snapshot=lambda r, vv, d: None, post=posted.put, update_seed=lambda swarm, origin, step: 1000 + step,
+        snapshot=lambda r, vv, d: None, post=posted.put, seeder=Seeder(b"s" * 32),
         max_steps=3, min_step_interval_s=0.0, eval_every=0, snapshot_every=0, max_backlog=100))
     assert w._maybe_step() == pytest.approx(1.0)   # the step ran, its update did not fit
     assert refused and refused[0][-1] != 0            # a real update (q != 0) was refused
@@ -223,5 +223,5 @@ def test_own_step_that_does_not_fit_is_taken_back_exactly(tmp_path, monkeypatch)
     assert all(isinstance(m, OwnUpdate) for m in own) and [m.step for m in own] == [1, 2, 3]
     torch.manual_seed(0)
     fresh = Replica(torch.nn.Linear(40, 30), Hyper(lr=1e-3, q_scale=0.05))
-    fresh.replay([(1000 + s, q, s) for _, s, q in lg.updates_after({})])
+    fresh.replay([Seeder(b"s" * 32).update(o, s, q) for o, s, q in lg.updates_after({})])
     assert fresh.digest() == replica.digest()          # weights == base + exactly the logged updates

@@ -19,7 +19,7 @@ def test_round_trip_and_dedup(tmp_path):
     # overlapping re-delivery: only step 4 is new
     assert lg.append_updates(A, 2, [-3, 127, -127]) == [(A, 4, -127)]
     assert lg.append_updates(A, 1, [5]) == []
-    lg.append_own(B, 1, -1)
+    lg.append_own(B, 1, [-1])
     lg.add(A, 1, 4, b"record-a-1-4")
     lg.add(A, 1, 4, b"record-a-1-4")  # duplicate record: stored once
     lg.close()
@@ -249,13 +249,13 @@ def test_short_write_then_room_completes_the_entry(tmp_path, monkeypatch):
 def test_own_update_is_refused_not_held(tmp_path, monkeypatch):
     p = tmp_path / "u.log"
     lg = UpdateLog(p)
-    lg.append_own(B, 1, 5)
+    lg.append_own(B, 1, [5])
     disk = FakeDisk(monkeypatch, lg, room=3)
     with pytest.raises(DiskFull):
-        lg.append_own(B, 2, -5)
+        lg.append_own(B, 2, [-5])
     assert lg.held == 0 and lg.updates_vv() == {B: 1} and lg.disk_full
     disk.room = None
-    lg.append_own(B, 2, 6)                               # recomputed step: a new q is fine
+    lg.append_own(B, 2, [6])                               # recomputed step: a new q is fine
     assert lg.retry() == [] and not lg.disk_full
     lg.close()
     assert UpdateLog(p).updates_after({}) == [(B, 1, 5), (B, 2, 6)]
@@ -266,10 +266,10 @@ def test_fsync_enospc_takes_the_own_update_back(tmp_path, monkeypatch):
     lg = UpdateLog(p)
     disk = FakeDisk(monkeypatch, lg, fsync_fails=True)
     with pytest.raises(DiskFull):
-        lg.append_own(B, 1, 5)
+        lg.append_own(B, 1, [5])
     assert lg.updates_vv() == {} and lg.disk_full
     disk.fsync_fails = False
-    lg.append_own(B, 1, 9)                               # the next write cuts the old one off
+    lg.append_own(B, 1, [9])                               # the next write cuts the old one off
     lg.close()
     assert UpdateLog(p).updates_after({}) == [(B, 1, 9)]
 

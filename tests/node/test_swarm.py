@@ -180,12 +180,19 @@ def test_export_loads_with_plain_transformers(swarm, tmp_path):
     changed = [n for n, p in model.state_dict().items()
                if not torch.equal(p, base.state_dict()[n])]
     assert changed, "the export must hold fine-tuned weights, not the base"
-    # Replica's digest covers the trainable weights in name order: recompute from the export.
+    # Replica's digest covers the int64 state (weights in quanta of the grid, name order):
+    # recompute it from the export's fp32 weights (exact: these weights are far below 2**24 quanta).
     import hashlib
+
+    from onebyte.model import Replica
+    from onebyte.node.genesis import load_genesis
+    grid = Replica(base, load_genesis(a.state_dir / "genesis.toml").make_hyper()).grid
     h = hashlib.blake2b(digest_size=32)
     params = dict(model.named_parameters())
-    for name in sorted(params):
-        h.update(params[name].detach().contiguous().numpy().astype("<f4").tobytes())
+    for name, q in zip(grid.names, grid.quantum.tolist()):
+        k = params[name].detach().double() / q
+        assert torch.equal(k, k.round()) and k.abs().max() < 2 ** 24
+        h.update(k.long().contiguous().numpy().astype("<i8").tobytes())
     assert h.hexdigest() == meta["digest"]
 
 

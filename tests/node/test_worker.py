@@ -12,25 +12,39 @@ PEER = b"\x02" * 16
 
 
 class FakeReplica:
-    def __init__(self):
-        self.calls = []          # ("replay", [(seed, q, step)...]) | ("step", step)
+    def __init__(self, probes=1):
+        self.calls = []          # ("replay", [(seed, q, step, vseed)...]) | ("step", first step)
         self.applied = []
+        self.hyper = type("H", (), {"probes": probes})()
 
     def replay(self, updates):
         self.calls.append(("replay", list(updates)))
         self.applied.extend(updates)
 
-    def local_step(self, loss_fn, batch, seed, step):
-        self.calls.append(("step", step))
-        self.applied.append((seed, 3, step))
-        return 3, 0.5
+    def local_step(self, loss_fn, batch, probes):
+        self.calls.append(("step", probes[0][1]))
+        self.applied.extend((seed, 3, step, v) for seed, step, v in probes)
+        return [3] * len(probes), 0.5
 
     def digest(self):
         return f"{len(self.applied):064x}"
 
 
-def seed_of(swarm, origin, step):
+def seed_of(origin, step):
     return hash((origin, step)) & 0xFFFF
+
+
+class FakeSeeder:
+    """model/rng.py Seeder's interface with a cheap seed."""
+
+    def seeds(self, origin, step):
+        return seed_of(origin, step), 0
+
+    def probes(self, origin, first, n):
+        return [(seed_of(origin, s), s, 0) for s in range(first, first + n)]
+
+    def update(self, origin, step, q):
+        return seed_of(origin, step), q, step, 0
 
 
 def make_worker(tmp_path, **kw):
@@ -42,7 +56,7 @@ def make_worker(tmp_path, **kw):
     args = dict(replica=FakeReplica(), node_id=ME, swarm_id=b"s" * 32, update_log=lg, applied_vv={},
                 training=Training(**training), max_steps=3,
                 min_step_interval_s=0.0, eval_every=0, snapshot=lambda r, vv, d: snaps.append(dict(vv)),
-                snapshot_every=4, max_backlog=1000, post=posted.put, update_seed=seed_of)
+                snapshot_every=4, max_backlog=1000, post=posted.put, seeder=FakeSeeder())
     args.update(kw)
     return Worker(WorkerSetup(**args)), posted, snaps, lg
 
@@ -59,7 +73,7 @@ def test_backlog_is_replayed_in_one_call_before_local_steps(tmp_path):
             own.append(msg)
         else:
             assert isinstance(msg, Replayed)
-    assert [(o.step, o.q) for o in own] == [(1, 3), (2, 3), (3, 3)]
+    assert [(o.step, o.qs) for o in own] == [(1, (3,)), (2, (3,)), (3, (3,))]
     # duplicates and already-applied steps are skipped
     w.backlog.extend([(PEER, 5, 1), (PEER, 6, -1)])
     got = queue.Queue()
@@ -70,7 +84,7 @@ def test_backlog_is_replayed_in_one_call_before_local_steps(tmp_path):
     w.stop()
     w.join(30)
     r = w.replica
-    assert r.calls[0] == ("replay", [(seed_of(None, PEER, s), 1, s) for s in range(1, 6)])
+    assert r.calls[0] == ("replay", [(seed_of(PEER, s), 1, s, 0) for s in range(1, 6)])
     assert [c for c in r.calls if c[0] == "step"] == [("step", 1), ("step", 2), ("step", 3)]
     assert len(r.applied) == 9                      # 6 peer + 3 own, each once
     assert lg.updates_vv() == {ME: 3}               # own updates were logged by the worker

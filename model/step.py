@@ -1,0 +1,97 @@
+"""The local step: measure the loss around the replica's weights, turn it into own updates.
+
+Two estimators, chosen by the genesis (Hyper.probes):
+
+probes = 1, two-sided SPSA (MeZO):
+    l+ = L(w + eps z),  l- = L(w - eps z),  g = (l+ - l-) / (2 eps),  q = quantize(g)
+
+probes = N >= 2, one clean loss and N one-sided probes (FZOO, arXiv 2506.09034):
+    l0 = L(w),  l_k = L(w + eps z_k),  sigma = std(l_1 .. l_N),  g_k = (l_k - l0) / sigma
+    q_k = quantize(g_k), each probe its own update on consecutive own steps.
+    Dividing by the probes' loss spread (about eps |grad|) makes the step a normalised-SGD
+    step whose size no longer follows the gradient's scale: N updates for N + 1 forward
+    passes, where SPSA spends 2 per update. g_k lies in about [-sqrt(N), sqrt(N)], so
+    q_scale = 1/32 (range +-3.97) keeps the byte's resolution.
+
+A probe only shows state + eps z_k on the weights (Replica._apply(commit=False)); the state
+never holds a perturbation, so nothing needs restoring exactly: the step ends with one fused
+commit of its own updates, the same integers a peer adds when it replays them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .grid import update_coefficients_many
+from .quantize import quantize
+
+
+class LocalStep:
+    """The estimator of one replica. Its only state is the running mean of g**2 of
+    g_normalize = "rms" (local: only q travels)."""
+
+    def __init__(self, replica):
+        self.replica = replica
+        self.hyper = replica.hyper
+        self._g2 = None
+
+    @torch.no_grad()
+    def __call__(self, loss_fn: Callable, batch, probes: Sequence[tuple]) -> tuple[list[int], float]:
+        probes = [_probe(p) for p in probes]
+        if len(probes) != self.hyper.probes:
+            raise ValueError(f"the genesis measures {self.hyper.probes} probe(s) per step, got {len(probes)}")
+        rep = self.replica
+        try:
+            if len(probes) == 1:
+                gs, loss = self._spsa(loss_fn, batch, probes[0])
+            else:
+                gs, loss = self._fzoo(loss_fn, batch, probes)
+            qs = [quantize(self._normalized(g), seed, self.hyper.q_scale) for g, (seed, _, _) in zip(gs, probes)]
+        except BaseException:
+            rep._show()   # a failing loss_fn must not leave a perturbation on the weights
+            raise
+        seeds, steps, vseeds = zip(*probes)
+        rep._apply(seeds, vseeds, update_coefficients_many(rep.grid, self.hyper, seeds, qs, steps), commit=True)
+        return qs, loss
+
+    def _measure(self, loss_fn, batch, probe, sign: int) -> float:
+        seed, _, vseed = probe
+        self.replica._apply([seed], [vseed], [sign * self.replica.grid.eps_k], commit=False)
+        return float(loss_fn(self.replica.model, batch))
+
+    def _spsa(self, loss_fn, batch, probe):
+        l_plus = self._measure(loss_fn, batch, probe, +1)
+        l_minus = self._measure(loss_fn, batch, probe, -1)
+        return [(l_plus - l_minus) / (2.0 * self.hyper.eps)], 0.5 * (l_plus + l_minus)
+
+    def _fzoo(self, loss_fn, batch, probes):
+        self.replica._show()
+        l0 = float(loss_fn(self.replica.model, batch))
+        ls = [self._measure(loss_fn, batch, p, +1) for p in probes]
+        mean = sum(ls) / len(ls)
+        sigma = math.sqrt(sum((x - mean) ** 2 for x in ls) / (len(ls) - 1))
+        if not (math.isfinite(sigma) and math.isfinite(l0)):
+            raise ValueError(f"the loss is not finite (clean {l0}, probes {ls}); the loss function returned inf/nan")
+        # All probes equal (a flat region, or a loss blind to these weights): no direction.
+        return [(x - l0) / sigma if sigma > 0 else 0.0 for x in ls], l0
+
+    def _normalized(self, g: float) -> float:
+        """g / running RMS of this node's projected gradients (g_normalize = "rms").
+
+        The mean includes g itself, so |result| <= 1/sqrt(1 - beta): the quantizer range is known."""
+        if self.hyper.g_normalize == "none" or not math.isfinite(g):
+            return g
+        beta = self.hyper.g_normalize_beta
+        self._g2 = g * g if self._g2 is None else beta * self._g2 + (1.0 - beta) * g * g
+        return g / math.sqrt(self._g2) if self._g2 > 0 else 0.0
+
+
+def _probe(p) -> tuple[int, int, int]:
+    """(seed, step[, vseed]) -> three ints."""
+    if not isinstance(p, (tuple, list)) or len(p) not in (2, 3):
+        raise ValueError(f"a probe is (seed, step[, vseed]), got {p!r}")
+    from .replica import _check_update
+    seed, _, step, vseed = _check_update((p[0], 0, p[1], p[2] if len(p) == 3 else 0))
+    return seed, step, vseed
