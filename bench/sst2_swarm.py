@@ -6,12 +6,16 @@
 Both runs use `onebyte keygen`, `onebyte init` and `onebyte run` on loopback, exactly as a
 user would (the process handling is node/demo/swarm.py's LocalSwarm):
 * the swarm: --nodes daemons, node k trains on shard k of the training pool (rows
-  0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own steps each;
-* the solo: one daemon on the whole pool, the same --steps own steps.
-Every --eval-every per-node steps (the swarm's own steps / nodes) and at the end, node1
-evaluates its replica on the first --eval-n rows of dev.tsv through its status socket (`eval`). When every node has
-made its steps, the bench waits for identical digests (status `digest` command), node1
-evaluates once more and the swarm's model is exported with `onebyte export`.
+  0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own updates each
+  (or --minutes of training once every node is ready to train);
+* the solo: one daemon on the whole pool, the same --steps own updates.
+Every --eval-every per-node updates (the swarm's own updates / nodes) and at the end, the
+bench scores node1's replica on the first --eval-n rows of dev.tsv *off the producing path*:
+node1 writes a snapshot (status `snapshot`: the worker hashes and writes its state, a few
+milliseconds), and the bench process loads it into its own replica and evaluates it with
+the prebuilt trunk cache, so no producer stops for the 872 dev rows. When every node has made its
+updates, the bench waits for identical digests (status `digest` command), scores once more and the
+swarm's model is exported with `onebyte export`.
 
 Reported: dev accuracy of both, the per-node steps the swarm needed to reach the solo's
 final accuracy (`steps_ratio_4node_to_match`), trainable weights, wire bytes per update
@@ -36,6 +40,9 @@ from onebyte.node.demo.swarm import LocalSwarm, run_cli
 from onebyte.node.status import request
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
+# The prompt: the best zero-shot of six templates on held-out training rows (docs/results.md).
+TEMPLATE = "Movie review: {sentence}\nSentiment:"
+VERBALIZER = " negative, positive"
 
 
 def write_rows(path: Path, rows: list[dict]) -> str:
@@ -51,11 +58,19 @@ def read_rows(path: str) -> list[dict]:
         return [{"sentence": r["sentence"], "label": r["label"]} for r in csv.DictReader(f, delimiter="\t")]
 
 
-def prebuild_trunk(model_spec: str, scope: dict, texts: list[str], path: Path) -> Path | None:
-    """Build the frozen-trunk cache of every pool and dev row once, here; each daemon starts with
-    a copy in its state dir (the cache is keyed by the base-model hash and the first trained
-    layer, so the daemons accept it). Otherwise every node would spend minutes computing the
-    same trunk outputs, and node1, which also caches the dev rows, would start far behind."""
+def shard_texts(rows_file: str, a) -> list[str]:
+    """The prompts of a shard's rows, exactly as the daemons build them."""
+    from onebyte.model import TaskSpec, load_task
+    spec = TaskSpec(template=a.template, verbalizer=tuple(a.verbalizer.split(",")))
+    return [e.text for e in load_task(rows_file, spec).examples]
+
+
+def prebuild_trunk(model_spec: str, scope: dict, texts: list[str], path: Path):
+    """Build the frozen-trunk cache of every pool and dev row once, here (the TrunkCache, kept in
+    memory and written to `path`); each daemon starts with the entries of its own shard in its
+    state dir (the cache is keyed by the base-model hash and the first trained layer, so the
+    daemons accept it). Otherwise every node would spend minutes computing trunk outputs
+    before its first step."""
     from onebyte.model import Hyper, Replica, load_model
     from onebyte.model.load import model_hash
     from onebyte.model.trunk import TrunkCache, first_trainable_layer
@@ -69,31 +84,67 @@ def prebuild_trunk(model_spec: str, scope: dict, texts: list[str], path: Path) -
     trunk.fill(texts, progress=lambda d, n: d % 512 < 16 and print(f"trunk cache {d}/{n}", flush=True))
     print(f"trunk cache: {len(trunk.h)} examples, {trunk.nbytes() / 1e6:.0f} MB, "
           f"{time.monotonic() - t0:.0f} s", flush=True)
-    return path
+    return trunk
 
 
-def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: dict, a,
-        trunk: Path | None = None) -> dict:
+class SnapshotEval:
+    """Scores a daemon's replica on dev rows in this process, from a snapshot the daemon writes."""
+
+    def __init__(self, model_spec: str, genesis_path: Path, dev: str, n: int, pool_trunk=None):
+        from onebyte.model import Replica, evaluate, load_model, load_task
+        from onebyte.model.load import model_hash
+        from onebyte.model.trunk import TrunkCache, first_trainable_layer
+        from onebyte.node.genesis import load_genesis
+        from onebyte.node.training import task_sources
+        g = load_genesis(genesis_path)
+        model, self.tok = load_model(model_spec)
+        self.replica = Replica(model, g.make_hyper())
+        spec, _, _ = task_sources(g.task)
+        self.task = load_task(dev, spec, split="eval")
+        self.examples = self.task.examples[:n]
+        k = first_trainable_layer(self.replica.model, self.replica.names)
+        self.trunk = None
+        if k is not None:   # the dev rows' entries of the pool's cache, on this replica's model
+            self.trunk = TrunkCache(self.replica.model, self.tok, k, base_hash=model_hash(model_spec))
+            if pool_trunk is not None:
+                self.trunk.h = {e: pool_trunk.h[e] for e in self.trunk.missing([x.text for x in self.examples])
+                                if e in pool_trunk.h}
+        self._evaluate = evaluate
+
+    def __call__(self, node, path: Path) -> dict:
+        res = request(node.socket, {"cmd": "snapshot", "path": str(path)}, timeout=600)
+        if not res.get("ok", True) or "error" in res:
+            raise RuntimeError(f"{node.name}: snapshot failed: {res.get('error')}")
+        self.replica.load(path)
+        r = self._evaluate(self.replica.model, self.tok, self.task, self.examples, trunk=self.trunk)
+        return {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"], "digest": self.replica.digest()}
+
+
+def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: dict, a, trunk=None) -> dict:
     """One swarm of len(shards) daemons until each made a.steps own steps; returns its record."""
     n = len(shards)
     swarm = LocalSwarm(root=root / name, n=n, model=a.model, data=pool, eval_data=dev, hyper=hyper,
                   batch_size=a.batch_size, curve_examples=a.eval_n, eval_examples=a.eval_n,
-                  threads=max(1, (os.cpu_count() or 1) // n))
+                  threads=max(1, (os.cpu_count() or 1) // n), init_args=prompt_args(a))
     swarm.root.mkdir(parents=True)
     t0 = time.monotonic()
     swarm_id = swarm.prepare()
     for node, shard in zip(swarm.nodes, shards):
         node.data = shard
-        # only node1 evaluates (and so caches the dev rows); the others keep their caches small
-        swarm.write_config(node, max_steps=0 if a.minutes else a.steps,
-                           eval_examples=a.eval_n if node is swarm.nodes[0] else 16, threads=swarm.threads)
-    for node in swarm.nodes:
-        if trunk is not None:
-            (node.dir / "state").mkdir(mode=0o700, exist_ok=True)
-            shutil.copyfile(trunk, node.dir / "state" / "trunk.pt")
+        # nobody evaluates inside a daemon (the bench scores snapshots): small eval caches
+        swarm.write_config(node, max_steps=0 if a.minutes else a.steps, eval_examples=16, threads=swarm.threads)
+    for node, shard in zip(swarm.nodes, shards):
+        if trunk is not None:   # the node's own rows only: a copy of the whole pool's cache per daemon
+            (node.dir / "state").mkdir(mode=0o700, exist_ok=True)   # would cost memory, not time
+            trunk.save(node.dir / "state" / "trunk.pt", texts=shard_texts(shard, a))
     # `onebyte init` wrote the scope into the genesis: every node trains these weights
     genesis_text = (swarm.root / "genesis.toml").read_text()
     curve, node1 = [], swarm.nodes[0]
+    score = SnapshotEval(a.model, swarm.root / "genesis.toml", dev, a.eval_n, trunk)
+    snap = swarm.root / "eval-snapshot.safetensors"
+
+    def evaluate(node, n):
+        return score(node, snap)
     try:
         swarm.start()
         sts = swarm.wait_ready()
@@ -140,7 +191,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
             run_cli(["export", "--config", str(node1.config), "--out", export, "--force"], swarm.root,
                     "onebyte export", timeout=1800)
         own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
-        return {"name": name, "nodes": n, "swarm_id": swarm_id, "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
+        return {"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
                 "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
                 "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
                 "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
@@ -151,13 +202,6 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
                 "genesis": genesis_text, "run_dir": str(swarm.root)}
     finally:
         swarm.stop(timeout=60.0)
-
-
-def evaluate(node, n: int) -> dict:
-    res = request(node.socket, {"cmd": "eval", "examples": n}, timeout=3600)
-    if not res.get("ok"):
-        raise RuntimeError(f"{node.name}: eval failed: {res.get('error')}")
-    return {"accuracy": res["accuracy"], "loss": res["loss"], "n": res["n"]}
 
 
 def converge(swarm, timeout: float) -> dict:
@@ -173,6 +217,11 @@ def converge(swarm, timeout: float) -> dict:
         time.sleep(1.0)
 
 
+def prompt_args(a) -> list[str]:
+    """`onebyte init` arguments of the prompt: template and verbalizer (docs/results.md)."""
+    return ["--template", a.template, "--verbalizer", a.verbalizer]
+
+
 def steps_to_reach(curve: list[dict], target: float) -> int | None:
     return next((p["step"] for p in curve if p["accuracy"] >= target), None)
 
@@ -186,13 +235,18 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="instead of --steps: train this long (after every trunk cache is built), then stop")
     ap.add_argument("--no-solo", action="store_true", help="only the swarm (e.g. a point of the scope frontier)")
-    ap.add_argument("--train-n", type=int, default=8000, help="training pool: the first rows of train.tsv")
+    ap.add_argument("--train-n", type=int, default=8000, help="training pool: the first rows of train.tsv "
+                    "(of at least --min-words words)")
+    ap.add_argument("--min-words", type=int, default=0, help="pool rows of at least this many words (SST-2's "
+                    "training rows are mostly phrases, its dev rows whole sentences)")
     ap.add_argument("--eval-n", type=int, default=872, help="dev rows evaluated (872 = all)")
     ap.add_argument("--eval-every", type=int, default=250, help="node1 evaluates every N own steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
                     help="genesis hyper-parameter (repeatable); defaults: the top1 scope, lr 3e-4")
     ap.add_argument("--scope", default="top1", help="named scope (model/scope.py): norm, topN, lora-topN")
+    ap.add_argument("--template", default=TEMPLATE, help="prompt template (chosen on held-out training rows)")
+    ap.add_argument("--verbalizer", default=VERBALIZER, help="label words, comma-separated")
     ap.add_argument("--quick", action="store_true", help="a short run (<= 10 min) printing the same keys")
     ap.add_argument("--out", default="", help="run dir (default: a new temp folder)")
     ap.add_argument("--export", default="", help="export the swarm's model to this folder")
@@ -207,7 +261,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     root = Path(a.out).resolve() if a.out else Path(tempfile.mkdtemp(prefix="onebyte-sst2-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = read_rows(os.path.join(a.data_dir, "train.tsv"))[:a.train_n]
+    rows = [r for r in read_rows(os.path.join(a.data_dir, "train.tsv")) if len(r["sentence"].split()) >= a.min_words]
+    rows = rows[:a.train_n]
     dev = os.path.join(a.data_dir, "dev.tsv")
     pool = write_rows(root / "pool.tsv", rows)
     shards = [write_rows(root / f"shard{k}.tsv", rows[k::a.nodes]) for k in range(a.nodes)]
@@ -222,8 +277,9 @@ def main(argv=None) -> int:
     print(f"run dir {root}; hyper {hyper}", flush=True)
 
     from onebyte.model import TaskSpec, load_task  # the prompts exactly as the daemons build them
-    texts = [e.text for e in load_task(pool, TaskSpec()).examples]
-    texts += [e.text for e in load_task(dev, TaskSpec(), split="eval").examples[:a.eval_n]]
+    spec = TaskSpec(template=a.template, verbalizer=tuple(a.verbalizer.split(",")))
+    texts = [e.text for e in load_task(pool, spec).examples]
+    texts += [e.text for e in load_task(dev, spec, split="eval").examples[:a.eval_n]]
     trunk = prebuild_trunk(a.model, scope, texts, Path(a.trunk_file) if a.trunk_file else root / "trunk.pt")
     swarm = run("swarm", root, shards, pool, dev, hyper, a, trunk)
     solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a, trunk)
@@ -231,7 +287,7 @@ def main(argv=None) -> int:
     out = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "swarm": "daemons", "bench": "bench/sst2_swarm.py", "model": a.model, "scope": a.scope, "hyper": hyper,
-        "train_pool": a.train_n, "eval_set": f"dev.tsv, first {a.eval_n} rows", "batch_size": a.batch_size,
+        "train_pool": a.train_n, "min_words": a.min_words, "eval_set": f"dev.tsv, first {a.eval_n} rows", "batch_size": a.batch_size,
         "steps_per_node": swarm["steps_per_node"], "minutes": a.minutes or None,
         "dev_accuracy_1node": solo["final_accuracy"] if solo else None,
         "dev_accuracy_4node": swarm["final_accuracy"], "nodes": a.nodes,

@@ -31,8 +31,10 @@ class Hyper:
     lowrank_rank: int = 1            # "lowrank": columns of U and V (noise entries in [-rank, rank])
     lowrank_window: int = 64         # "lowrank": an origin's steps that share one V (steps 1..64, 65..128, ...)
     sparse_fraction: float = 0.25    # "sparse": fraction of each tensor perturbed, its smallest base weights
-    probes: int = 1                  # 1: two-sided SPSA (MeZO); N >= 2: one clean loss and N one-sided probes,
-                                     # each its own update, g normalised by the probes' loss spread (FZOO)
+    probes: int = 1                  # 1: two-sided SPSA (MeZO); N >= 2: N one-sided probes, each its own
+                                     # update, g normalised by the probes' loss spread (FZOO)
+    probe_baseline: str = "clean"    # probes >= 2: g_j = (l_j - b) / std: b = "clean" (one more forward pass,
+                                     # FZOO) or "mean" (the mean of the probes: N passes, sum of g_j = 0)
     rng: str = RNG_ID                # noise generator id (docs/rng.md); guards against silent spec changes
     headroom_bits: int = 2           # grid bound = 2**(ceil_log2(max|w|) + headroom): weights may grow 4x
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
@@ -64,6 +66,8 @@ class Hyper:
                 or not 0.0 < self.sparse_fraction <= 1.0:
             raise HyperError(f"sparse_fraction must be a number in (0, 1], got {self.sparse_fraction!r}")
         _int_in("probes", self.probes, 1, 64)
+        if self.probe_baseline not in ("clean", "mean"):
+            raise HyperError(f"probe_baseline must be 'clean' or 'mean', got {self.probe_baseline!r}")
         if self.rng != RNG_ID:
             raise HyperError(f"rng must be {RNG_ID!r} (the only generator this build implements), got {self.rng!r}")
         _int_in("headroom_bits", self.headroom_bits, 1, 8)

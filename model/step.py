@@ -5,13 +5,17 @@ Two estimators, chosen by the genesis (Hyper.probes):
 probes = 1, two-sided SPSA (MeZO):
     l+ = L(w + eps z),  l- = L(w - eps z),  g = (l+ - l-) / (2 eps),  q = quantize(g)
 
-probes = N >= 2, one clean loss and N one-sided probes (FZOO, arXiv 2506.09034):
-    l0 = L(w),  l_k = L(w + eps z_k),  sigma = std(l_1 .. l_N),  g_k = (l_k - l0) / sigma
+probes = N >= 2, N one-sided probes (FZOO, arXiv 2506.09034):
+    l_k = L(w + eps z_k),  sigma = std(l_1 .. l_N),  g_k = (l_k - b) / sigma,
+    b = L(w) (probe_baseline "clean", FZOO's: one more forward pass) or mean(l_1 .. l_N)
+    ("mean", a group-relative baseline: N passes, and the g_k of a step sum to 0)
     q_k = quantize(g_k), each probe its own update on consecutive own steps.
     Dividing by the probes' loss spread (about eps |grad|) makes the step a normalised-SGD
-    step whose size no longer follows the gradient's scale: N updates for N + 1 forward
-    passes, where SPSA spends 2 per update. g_k lies in about [-sqrt(N), sqrt(N)], so
-    q_scale = 1/32 (range +-3.97) keeps the byte's resolution.
+    step whose size no longer follows the gradient's scale: N updates for N + 1 (or N)
+    forward passes, where SPSA spends 2 per update. g_k lies in about [-sqrt(N), sqrt(N)],
+    so q_scale = 1/32 (range +-3.97) keeps the byte's resolution. With the clean baseline
+    the curvature term eps^2 z^T H z / 2 > 0 biases every g_k upward near a minimum, so
+    sum q drifts positive (a signed-influence budget sees it); the mean baseline cancels it.
 
 A probe only shows state + eps z_k on the weights (Replica._apply(commit=False)); the state
 never holds a perturbation, so nothing needs restoring exactly: the step ends with one fused
@@ -67,15 +71,18 @@ class LocalStep:
         return [(l_plus - l_minus) / (2.0 * self.hyper.eps)], 0.5 * (l_plus + l_minus)
 
     def _fzoo(self, loss_fn, batch, probes):
-        self.replica._show()
-        l0 = float(loss_fn(self.replica.model, batch))
+        clean = self.hyper.probe_baseline == "clean"
+        if clean:
+            self.replica._show()
+            l0 = float(loss_fn(self.replica.model, batch))
         ls = [self._measure(loss_fn, batch, p, +1) for p in probes]
         mean = sum(ls) / len(ls)
+        base = l0 if clean else mean
         sigma = math.sqrt(sum((x - mean) ** 2 for x in ls) / (len(ls) - 1))
-        if not (math.isfinite(sigma) and math.isfinite(l0)):
-            raise ValueError(f"the loss is not finite (clean {l0}, probes {ls}); the loss function returned inf/nan")
+        if not (math.isfinite(sigma) and math.isfinite(base)):
+            raise ValueError(f"the loss is not finite (probes {ls}); the loss function returned inf/nan")
         # All probes equal (a flat region, or a loss blind to these weights): no direction.
-        return [(x - l0) / sigma if sigma > 0 else 0.0 for x in ls], l0
+        return [(x - base) / sigma if sigma > 0 else 0.0 for x in ls], base
 
     def _normalized(self, g: float) -> float:
         """g / running RMS of this node's projected gradients (g_normalize = "rms").

@@ -191,11 +191,15 @@ class TrunkCache:
         self.h = dict(blob["h"])
         self.loaded = len(self.h)
 
-    def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": self.key, "h": self.h, "saved": time.time()}, tmp)
-        os.replace(tmp, self.path)
+    def save(self, path: str | Path | None = None, texts: Sequence[str] | None = None) -> None:
+        """Write the cache (to its own path by default); texts: only these examples' entries
+        (e.g. one node's shard of a pool cached once)."""
+        path = Path(path) if path is not None else self.path
+        h = self.h if texts is None else {e: self.h[e] for e in (self._encode(t)[0] for t in texts) if e in self.h}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": self.key, "h": h, "saved": time.time()}, tmp)
+        os.replace(tmp, path)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.h.values())

@@ -120,6 +120,11 @@ def is_ready(status: dict | None) -> bool:
     return bool(status) and status.get("phase", {}).get("name") == "ready"
 
 
+def is_prepared(status: dict | None) -> bool:
+    """A ready daemon whose worker is past its preparation (e.g. the frozen-trunk cache)."""
+    return is_ready(status) and status.get("worker_state") not in ("starting", "preparing")
+
+
 def request(path: str | Path, req: dict, timeout: float = 30.0) -> dict:
     """One request to a running daemon (blocking client used by the CLI)."""
     path = Path(path)

@@ -61,6 +61,20 @@ def train(swarm: LocalSwarm, view: LiveView, history: History, train_s: float, t
         evaluator.halt.set()
 
 
+def _preparing_note(sts: dict) -> str:
+    """"node1 120/656, node2 ready, ..." from the status `trunk_cache` progress."""
+    parts = []
+    for name, st in sts.items():
+        tc = (st or {}).get("trunk_cache") or {}
+        if (st or {}).get("worker_state") not in ("starting", "preparing"):
+            parts.append(f"{name} ready")
+        elif tc.get("total"):
+            parts.append(f"{name} {tc.get('done', 0)}/{tc['total']}")
+        else:
+            parts.append(f"{name} starting")
+    return "preparing: " + ", ".join(parts)
+
+
 def quiesce(swarm: LocalSwarm, view: LiveView, history: History, t_train: float) -> dict[str, dict]:
     """Wait until every node has applied the same update set; returns each node's
     {"digest", "updates", "vv"} from the `digest` command (digest and vv read together)."""
@@ -166,7 +180,15 @@ def _run(args, swarm: LocalSwarm, root: Path, train_s: float, eval_n: int, tty: 
         f"{', '.join(str(n.port) for n in swarm.nodes)} …")
     swarm.start()
     swarm.wait_ready()
-    say("all nodes up; training (live view below)")
+    say("all nodes up; each caches what its frozen layers compute for its examples …")
+    prep = LiveView(sys.stdout, 0, tty, title="preparing")
+    views.append(prep)
+    t_prep = time.monotonic()
+    swarm.wait_ready(prepared=True, on_poll=lambda sts: prep.update(sts, time.monotonic() - t_prep,
+                                                                    note=_preparing_note(sts)))
+    prepare_seconds = time.monotonic() - t_prep
+    say(f"every node is ready to train ({fmt_seconds(prepare_seconds)} of preparation); "
+        f"the {fmt_seconds(train_s)} of training start now (live view below)")
     view = LiveView(sys.stdout, train_s, tty, title="training")
     views.append(view)
     history = History()
@@ -216,6 +238,7 @@ def _run(args, swarm: LocalSwarm, root: Path, train_s: float, eval_n: int, tty: 
     summary = {
         "model": swarm.model, "data": swarm.data, "nodes": swarm.n, "swarm_id": swarm_id,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(t_end, 1),
+        "prepare_seconds": round(prepare_seconds, 1),
         "updates": updates, "own_steps": own_final,
         "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"], "eval_examples": before["n"],
         "eval_examples_after": after.get("n"),

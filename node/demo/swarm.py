@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DaemonUnreachable, UserError
-from ..status import is_ready, request
+from ..status import is_prepared, is_ready, request
 
 # Recommended settings per model spec: hyper-parameters for the genesis and node settings.
 # They come from the model-io measurements (docs/data.md); a swarm started by hand with
@@ -146,6 +146,7 @@ class LocalSwarm:
     threads: int
     train_rows_per_node: int = 0  # > 0: each node trains on its own disjoint slice of a built-in task
     scope: str = ""               # `onebyte init --scope` (model/scope.py), before the hyper overrides
+    init_args: list = field(default_factory=list)   # more `onebyte init` arguments (e.g. --template)
     nodes: list[Node] = field(default_factory=list)
     pgid: int | None = None
     _sock_dir: Path | None = None
@@ -180,7 +181,7 @@ class LocalSwarm:
             args += ["--scope", self.scope]
         for k, v in self.hyper.items():
             args += ["--hyper", f"{k}={v}"]
-        out = run_cli(args, self.root, "onebyte init")
+        out = run_cli(args + list(self.init_args), self.root, "onebyte init")
         swarm_id = next((ln.split()[-1] for ln in out.splitlines() if ln.startswith("swarm id ")), "")
         if self.train_rows_per_node and self.data.startswith("builtin:"):
             self.write_shards()
@@ -280,17 +281,22 @@ class LocalSwarm:
             if rc is not None:
                 raise DemoError(f"{node.name} exited with code {rc}: {node.log_tail()} (log: {node.log})")
 
-    def wait_ready(self) -> dict[str, dict]:
+    def wait_ready(self, prepared: bool = False, on_poll=None) -> dict[str, dict]:
+        """Until every daemon serves (prepared: and its worker finished preparing, e.g. the
+        frozen-trunk cache, so it can produce); on_poll(statuses) after each poll."""
+        done = is_prepared if prepared else is_ready
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             self.check_alive()
             sts = self.statuses()
-            if all(is_ready(st) for st in sts.values()):
+            if on_poll is not None:
+                on_poll(sts)
+            if all(done(st) for st in sts.values()):
                 return sts  # type: ignore[return-value]
             if time.monotonic() > deadline:
-                down = [k for k, v in sts.items() if not is_ready(v)]
-                raise DemoError(f"{', '.join(down)} did not become ready within "
-                                f"{READY_TIMEOUT_S:.0f}s (logs: {self.root}/node*/daemon.log)")
+                down = [k for k, v in sts.items() if not done(v)]
+                raise DemoError(f"{', '.join(down)} did not become {'ready to train' if prepared else 'ready'} "
+                                f"within {READY_TIMEOUT_S:.0f}s (logs: {self.root}/node*/daemon.log)")
             time.sleep(0.5)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:

@@ -209,3 +209,24 @@ def test_replay_rejects_bad_updates(bad):
     r = _tiny_replica()
     with pytest.raises(ValueError, match="update"):
         r.replay([bad])
+
+
+def test_lowrank_cuda_path_factors_equal_the_cpu_path():
+    """The CUDA path (torch int64/float64 on the device) builds the same A and V as the CPU
+    path (numba); checked here on CPU tensors."""
+    from onebyte.model.grid import noise_keys
+    from onebyte.model.lowrank import _group_sums, torch_factors
+    rnd = np.random.default_rng(4)
+    seeds = rnd.integers(0, 2 ** 63, 9, dtype=np.uint64)
+    vseeds = np.array([5, 7, 5, 9, 7, 7, 5, 9, 9], np.uint64)
+    uniq, group = np.unique(vseeds, return_inverse=True)
+    coef = rnd.integers(-1000, 1000, 9).astype(np.int64)
+    m, n, r, o = 37, 70, 2, 129
+    a = np.zeros((m * r, len(uniq)))
+    _group_sums(a, noise_keys(seeds), coef, group.astype(np.int64), o)
+    v = np.zeros((n * r, len(uniq)))
+    _group_sums(v, noise_keys(uniq), np.ones(len(uniq), np.int64), np.arange(len(uniq), dtype=np.int64), o)
+    ta, tv = torch_factors(noise_keys(seeds), noise_keys(uniq), coef, group.astype(np.int64), o, m, n, r, "cpu")
+    assert torch.equal(ta, torch.from_numpy(a).view(m, -1)) and torch.equal(tv, torch.from_numpy(v).view(n, -1))
+    want = sum(int(c) * oracle.lowrank_noise(int(s), int(vs), o, m, n, r) for s, vs, c in zip(seeds, vseeds, coef))
+    assert torch.equal((ta @ tv.T).long(), want)

@@ -199,3 +199,13 @@ def test_digest_is_blake2b_of_the_int64_state():
     r.replay([(7, 5, 1), (8, -3, 2)])
     want = hashlib.blake2b(r.state.numpy().astype("<i8").tobytes(), digest_size=32).hexdigest()
     assert r.digest() == want
+
+
+def test_fzoo_mean_baseline_skips_the_clean_pass_and_centres_g():
+    h = _hyper(probes=3, q_scale=1 / 32, probe_baseline="mean")
+    r = Replica(oracle.tiny_llama(), h)
+    losses = iter([2.5, 1.5, 2.0])   # three probes, no clean pass: mean 2.0, std 0.5
+    qs, loss = r.local_step(lambda m, b: next(losses), None, [(11, 1), (12, 2), (13, 3)])
+    assert qs == [32, -32, 0] and loss == 2.0 and sum(qs) == 0
+    with pytest.raises(HyperError, match="probe_baseline"):
+        Hyper(probe_baseline="median")

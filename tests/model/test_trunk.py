@@ -64,3 +64,12 @@ def test_no_cache_when_the_bottom_trains():
     assert first_trainable_layer(r.model, r.names) is None
     r, _ = model_with(trainable=r"model\.layers\.0\..*")
     assert first_trainable_layer(r.model, r.names) is None
+
+
+def test_a_subset_of_the_cache_is_written_for_one_shard(tmp_path):
+    r, tok = model_with(trainable=r"model\.layers\.3\..*")
+    pool = TrunkCache(r.model, tok, 3, base_hash="a", path=tmp_path / "pool.pt")
+    pool.fill(TEXTS)
+    pool.save(tmp_path / "shard.pt", texts=TEXTS[:2])
+    shard = TrunkCache(r.model, tok, 3, base_hash="a", path=tmp_path / "shard.pt")
+    assert shard.loaded == 2 and shard.fill(TEXTS[:2]) == 0 and len(shard.missing(TEXTS)) == 3

@@ -131,11 +131,13 @@ def test_demo_end_to_end_with_the_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     assert "== onebyte demo: summary ==" in out and "(identical)" in out
+    assert "every node is ready to train" in out   # the training clock starts after preparation
     assert "zero-shot" in out and "fine-tuned" in out
     s = json.loads((run_dir / "summary.json").read_text())
     digests = list(s["digests"].values())
     assert len(digests) == 3 and len(set(digests)) == 1 and len(digests[0]) == 64
     assert s["digests_identical"] is True
+    assert s["prepare_seconds"] >= 0 and s["train_seconds"] >= 0.25 * 60
     assert 0.0 <= s["accuracy_before"] <= 1.0 and 0.0 <= s["accuracy_after"] <= 1.0
     assert s["updates"] == sum(s["own_steps"].values()) and s["updates"] > 0
     assert s["bytes_sent"] > 0 and s["fp32_gradient_bytes"] == s["updates"] * 2 * s["params"] * 4
