@@ -30,7 +30,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time

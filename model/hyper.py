@@ -45,6 +45,9 @@ class Hyper:
     horizon_updates: int = 0         # > 0: swarm-wide updates the grid must absorb (wider bounds, docs/numerics.md)
     g_normalize: str = "none"        # "rms": divide g by a running RMS of this node's recent g (local, no wire change)
     g_normalize_beta: float = 0.99   # decay of that running mean of g**2; |g / rms| <= 1/sqrt(1-beta)
+    steering_window: int = 1024      # steering rule (docs/security.md): an origin's steps 1..W, W+1..2W, ... are
+                                     # checked as one run each; 0: no rule
+    steering_k2: int = 100           # a run breaches if some weight's sum q * noise exceeds sqrt(k2) = 10 sigma
     lora_rank: int = 0               # > 0: add LoRA adapters of this rank (model/scope.py); 0: none
     lora_alpha: float = 16.0         # LoRA scaling alpha / rank
     lora_targets: str = ""           # regex (re.fullmatch) on module names that get adapters
@@ -66,6 +69,8 @@ class Hyper:
                 or not 0.0 < self.sparse_fraction <= 1.0:
             raise HyperError(f"sparse_fraction must be a number in (0, 1], got {self.sparse_fraction!r}")
         _int_in("probes", self.probes, 1, 64)
+        _int_in("steering_window", self.steering_window, 0, 1 << 20)
+        _int_in("steering_k2", self.steering_k2, 1, 1 << 40)
         if self.probe_baseline not in ("clean", "mean"):
             raise HyperError(f"probe_baseline must be 'clean' or 'mean', got {self.probe_baseline!r}")
         if self.rng != RNG_ID:

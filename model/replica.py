@@ -75,10 +75,10 @@ class Replica:
             from .replay_cpu import make_items
             self._items = make_items(self.grid.offsets[pw], self.grid.sizes[pw])  # tensor ids index pw
             self._quantum_pw = np.ascontiguousarray(self.grid.quantum[pw])
-            self._np_state, self._np_flat = self.state.numpy(), self.flat.numpy()  # share memory
         self._show()  # the snapped base
         from .step import LocalStep
         self._step = LocalStep(self)
+        self._scratch = None   # (state, flat) for the steering statistic, made on first use
 
     @property
     def names(self) -> list:
@@ -89,13 +89,15 @@ class Replica:
         return self.grid.total
 
     # -- the one path that changes weights ---------------------------------------------------
-    def _apply(self, seeds: Sequence[int], vseeds: Sequence[int], coefs, commit: bool) -> None:
+    def _apply(self, seeds: Sequence[int], vseeds: Sequence[int], coefs, commit: bool, into=None) -> None:
         """Show state + sum_u coefs[u][t] * noise_u on the weights; with commit, into the state too.
 
         commit=False is a probe of the local step (one update): the weights show a
         perturbation the state does not hold, until the next call of either kind, which
         writes every weight again. No number of updates is too many: the state is int64
-        (docs/numerics.md)."""
+        (docs/numerics.md). into: (state, flat) buffers to use instead of the replica's own
+        (the steering statistic sums noise into a scratch pair)."""
+        state, flat = into if into is not None else (self.state, self.flat)
         coefs = np.asarray(coefs, dtype=np.int64).reshape(len(seeds), len(self.grid.names))
         pw = self.noise.per_weight
         fused = max(self.hyper.max_fused, LOWRANK_FUSED) if self.noise.lowrank else self.hyper.max_fused
@@ -107,14 +109,13 @@ class Replica:
                 part = np.ascontiguousarray(coef_t[pw])
                 if self.device.type == "cpu":
                     from .replay_cpu import replay_cpu
-                    replay_cpu(self._np_state, self._np_flat, keys, part, self._items, self._quantum_pw,
+                    replay_cpu(state.numpy(), flat.numpy(), keys, part, self._items, self._quantum_pw,
                                self.noise.mask_words, commit)
                 else:
-                    self._triton.launch(self.state, self.flat, keys, part, commit)
+                    self._triton.launch(state, flat, keys, part, commit)
             if self.noise.lowrank:
                 end = start + len(keys)
-                self._lowrank.apply(self.state, self.flat, seeds[start:end], vseeds[start:end],
-                                    coefs[start:end], commit)
+                self._lowrank.apply(state, flat, seeds[start:end], vseeds[start:end], coefs[start:end], commit)
 
     @torch.no_grad()
     def _show(self) -> None:
@@ -155,6 +156,40 @@ class Replica:
         Returns their q and the step's loss; the updates are in the state when it returns,
         exactly as a peer replays them."""
         return self._step(loss_fn, batch, probes)
+
+    def steering(self, updates: Sequence[tuple], k2: int) -> tuple[bool, float]:
+        """Does one origin's run of updates steer single weights? (breach, largest ratio)
+
+        S = sum_u q_u noise_u, per weight (integers, summed exactly into a scratch state), is
+        a random walk of variance Q = sum_u q_u^2 * r_t (r_t: the noise's variance per entry,
+        1 or the low-rank rank) when q ignores the noise at that weight, which an honest q
+        does up to the gradient's share there. An origin that picks q's sign to follow one
+        weight's noise makes S grow like sum |q| there. Breach: some weight with
+        S_i^2 > k2 * Q, compared in integers, so every node decides alike. The ratio
+        max S_i^2 / Q is for reports only. docs/security.md, "Steering"."""
+        checked = [_check_update(up) for up in updates]
+        if not checked:
+            return False, 0.0
+        seeds, qs, _, vseeds = zip(*checked)
+        q2 = sum(q * q for q in qs)
+        if q2 == 0:
+            return False, 0.0
+        if self._scratch is None:
+            self._scratch = (torch.empty_like(self.state), torch.empty_like(self.flat))
+        s, _ = self._scratch
+        s.zero_()
+        coefs = np.repeat(np.array(qs, dtype=np.int64)[:, None], len(self.grid.names), axis=1)
+        self._apply(seeds, vseeds, coefs, commit=True, into=self._scratch)
+        breach, ratio = False, 0.0
+        low = set(self.noise.lowrank)
+        for t, (o, n) in enumerate(zip(self.grid.offsets.tolist(), self.grid.sizes.tolist())):
+            if n == 0:
+                continue
+            top = int(s[o:o + n].abs().max())
+            r = self.hyper.lowrank_rank if t in low else 1
+            breach |= top * top > k2 * q2 * r
+            ratio = max(ratio, top * top / (q2 * r))
+        return breach, ratio
 
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:

@@ -40,6 +40,7 @@ from .status import StatusServer
 from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
 from .version import VERSION
+from .steering import Steered
 from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
 log = logging.getLogger("onebyte.node.daemon")
@@ -190,12 +191,15 @@ class Daemon:
                              bound_addr=self.udp.local_addr,   # vs observed: behind a NAT?
                              software=f"onebyte {VERSION}")
         self._republish_journal(now)
+        for origin, step in (self.restored.steered or {}).items():   # found while replaying the log
+            self.engine.exclude(origin, step, "steering")
 
         rate_cap = float(self.genesis.setting("max_updates_per_s_per_origin"))
         self.worker = Worker(WorkerSetup(
             replica=self.replica, node_id=self.node_id, swarm_id=self.genesis.swarm_id,
             update_log=self.update_log, applied_vv=self.restored.applied_vv, training=self.training,
             snapshot=self._snapshot_writer(), post=self._post_from_worker, seeder=self.genesis.seeder(),
+            steering=self.restored.steering,
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
             eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
             on_digest=self._post_from_worker))
@@ -313,6 +317,11 @@ class Daemon:
             case Digested(digest=digest, vv_hash=vv_hash):
                 if self.engine is not None:
                     self.engine.set_weights_digest(bytes.fromhex(digest), vv_hash)
+            case Steered(origin=origin, step=step):
+                if self.engine is not None:   # durable in the log, nothing more delivered or served
+                    self.engine.exclude(origin, step, "steering")
+                    self._to_replay = [u for u in self._to_replay if u[0] != origin or u[1] < step]
+                    self._pump()
             case Failed(error=error):
                 self.failure = error
                 self.exit_code = 1
@@ -401,6 +410,9 @@ class Daemon:
                 log.warning("equivocation by origin %s at steps %d..%d", origin.hex()[:16], first, last)
             case ev.OriginExcluded(origin=origin, step=step, reason="equivocation"):
                 self._take_back(origin, step)
+            case ev.OriginExcluded(origin=origin, step=step, reason="steering"):
+                log.warning("origin %s excluded from step %d on: it steers single weights (docs/security.md, "
+                            "steering); its updates from there are taken back", origin.hex()[:16], step)
             case ev.OriginExcluded(origin=origin, step=step, reason=reason):
                 log.warning("origin %s excluded from step %d on: influence budget (%s) broken; its later "
                             "updates are never applied (docs/security.md)", origin.hex()[:16], step, reason)

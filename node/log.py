@@ -494,9 +494,23 @@ class UpdateLog:
             except DiskFull:
                 pass
 
+    def add_exclusion(self, origin: bytes, step: int, reason: str) -> None:
+        """Called inside the engine when a rule the shell evaluates (the steering rule) excludes
+        origin from step on: kept as a PROOF entry whose first record is empty and whose
+        second holds the reason, so restart, compaction and the disk-full hold treat it as
+        they treat an equivocation proof."""
+        self.add_proof(origin, step, b"", reason.encode())
+
     def proofs(self) -> dict[bytes, tuple[bytes, bytes]]:
+        """Equivocation proofs: {origin: (record a, record b)}."""
         with self._lock:
-            return {o: v.proof[1:3] for o, v in self._origins.items() if v.proof}
+            return {o: v.proof[1:3] for o, v in self._origins.items() if v.proof and v.proof[1]}
+
+    def rule_exclusions(self) -> dict[bytes, tuple[int, str]]:
+        """Exclusions by a rule the shell evaluates (add_exclusion): {origin: (step, reason)}."""
+        with self._lock:
+            return {o: (v.proof[0], v.proof[2].decode(errors="replace"))
+                    for o, v in self._origins.items() if v.proof and not v.proof[1]}
 
     def taken_back(self, origin: bytes) -> tuple[int, list[int]] | None:
         """(k, q of steps k.. the log held when the origin was excluded), if it was."""

@@ -24,6 +24,7 @@ from .errors import ConfigError, DiskFull, StateError, UserError
 from .genesis import Genesis, load_genesis
 from .log import UpdateLog
 from .snapshot import atomic_write_bytes, is_no_space, read_snapshot
+from .steering import SteeringGuard
 
 log = logging.getLogger("onebyte.node.state")
 
@@ -176,6 +177,8 @@ class Restored:
     from_snapshot: int   # updates covered by the snapshot
     replayed: int        # updates replayed from the log at restore
     seconds: float
+    steering: object = None       # the SteeringGuard (node/steering.py), fed so far: the worker goes on
+    steered: dict = None          # {origin: step} the steering rule excluded while replaying the log
 
 
 def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
@@ -246,13 +249,21 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     seeder = genesis.seeder()
     _take_back_excluded(replica, seeder, ulog, base_vv)
     pending = _within_budget(ulog, ulog.updates_after(base_vv), influence)
+    guard = SteeringGuard(replica, seeder, replica.hyper.steering_window, replica.hyper.steering_k2, own_origin)
+    for o, n in base_vv.items():
+        guard.prime(o, n, lambda first, last, o=o: ulog.qs_of(o, first, last))
+    steered: dict[bytes, int] = {}
     last_log = time.monotonic()
     for i in range(0, len(pending), REPLAY_CHUNK):
         progress("replaying log", i, len(pending))
         if time.monotonic() - last_log >= 10:
             last_log = time.monotonic()
             log.info("replaying the update log: %d of %d updates", i, len(pending))
-        replica.replay([seeder.update(o, s, q) for o, s, q in pending[i:i + REPLAY_CHUNK]])
+        chunk = [u for u in pending[i:i + REPLAY_CHUNK] if u[1] < steered.get(u[0], u[1] + 1)]
+        replica.replay([seeder.update(o, s, q) for o, s, q in chunk])
+        for hit in guard.feed_all(chunk):   # a run that steers: out again, and the origin's later steps
+            replica.undo([seeder.update(hit.origin, s, q) for s, q in enumerate(hit.qs, hit.step)])
+            steered[hit.origin] = hit.step
     progress("replaying log", len(pending), len(pending))
     dt = time.perf_counter() - t0
     if snap is not None or pending:
@@ -263,7 +274,9 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
         applied[o] = min(applied[o], step - 1)
     for o, n in base_vv.items():
         applied[o] = max(n, applied.get(o, 0))
-    return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt)
+    for o, step in steered.items():
+        applied[o] = min(applied[o], step - 1)
+    return Restored(replica, tokenizer, applied, snap.updates if snap else 0, len(pending), dt, guard, steered)
 
 
 def _take_back_excluded(replica, seeder, ulog: UpdateLog, base_vv: dict) -> None:

@@ -172,6 +172,9 @@ def build_status(d) -> dict:
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,
         "equivocations": d.equivocations,
+        # the steering rule: runs checked, and per origin the largest sum q * noise at one weight in
+        # honest variances (a breach excludes at k2; docs/security.md)
+        "steering": d.worker.setup.steering.status() if d.worker and d.worker.setup.steering else None,
         # origins the influence budget cut off, the same on every node (docs/security.md)
         "excluded_origins": ({o.hex(): {"step": step, "reason": why}
                               for o, (step, why) in sorted(engine.excluded_origins().items())}

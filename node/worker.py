@@ -104,7 +104,7 @@ class WorkerSetup:
     applied_vv: dict                 # per origin: updates 1..n are in the weights
     training: Training               # sample/loss/eval/prepare; Training() replays only
     snapshot: Callable               # snapshot(replica, vv, digest), in this thread
-    post: Callable[[Any], None]      # thread-safe: OwnUpdate/Replayed/Failed to the loop
+    post: Callable[[Any], None]      # thread-safe: OwnUpdate/Replayed/Failed/Steered to the loop
     seeder: Any                      # model/rng.py Seeder: (origin, step, q) -> the update a replica applies
     max_steps: int
     min_step_interval_s: float
@@ -112,6 +112,7 @@ class WorkerSetup:
     snapshot_every: int
     max_backlog: int
     on_digest: Callable[[Any], None] | None = None   # thread-safe: each fresh Digested
+    steering: Any = None             # node/steering.py SteeringGuard, fed with every replayed update
 
 
 class Backlog:
@@ -301,7 +302,7 @@ class Worker(threading.Thread):
         items = self.backlog.take(self.setup.max_backlog)
         if not items:
             return False
-        batch, vv = [], self.applied_vv
+        batch, applied, vv = [], [], self.applied_vv
         for origin, step, q in items:
             have = vv.get(origin, 0)
             if step <= have or step >= self.excluded.get(origin, step + 1):
@@ -309,12 +310,16 @@ class Worker(threading.Thread):
             if step != have + 1:
                 raise RuntimeError(f"replay gap for {origin.hex()}: have {have}, got {step}")
             vv[origin] = step
+            applied.append((origin, step, q))
             batch.append(self.setup.seeder.update(origin, step, q))
         if not batch:
             return False
         self.stats.state = "replaying"
         t0 = time.perf_counter()
         self.replica.replay(batch)
+        if self.setup.steering is not None:
+            for hit in self.setup.steering.feed_all(applied):
+                self._take_back_steered(hit)
         dt = time.perf_counter() - t0
         s = self.stats
         s.replay_calls += 1
@@ -329,6 +334,14 @@ class Worker(threading.Thread):
             log.debug("trace applied %.6f %s", time.time(), " ".join(f"{o.hex()}:{s}" for o, s in tops.items()))
         self.post(Replayed(len(batch)))
         return True
+
+    def _take_back_steered(self, hit) -> None:
+        """The steering rule excluded hit.origin from hit.step on (node/steering.py): its
+        updates from there leave the weights, exactly, and the loop tells the engine."""
+        self.replica.undo([self.setup.seeder.update(hit.origin, s, q) for s, q in enumerate(hit.qs, hit.step)])
+        self.applied_vv[hit.origin] = hit.step - 1
+        self.excluded[hit.origin] = min(hit.step, self.excluded.get(hit.origin, hit.step))
+        self.post(hit)
 
     def _maybe_step(self) -> float | None:
         """Run one local step if allowed: None if it ran, else seconds to wait (0: no work)."""

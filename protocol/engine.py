@@ -327,9 +327,21 @@ class Engine:
         return self.sync.pending_updates()
 
     def excluded_origins(self) -> dict:
-        """Origins cut off by the influence budget or an equivocation proof: {origin: (first
-        step never delivered, reason)} (same on every node)."""
+        """Origins cut off by the influence budget, an equivocation proof or a rule the shell
+        evaluates (exclude): {origin: (first step never delivered, reason)} (same on every node)."""
         return self.sync.excluded_origins()
+
+    def exclude(self, origin: bytes, step: int, reason: str) -> bool:
+        """Exclude origin from step on by a rule over its own signed sequence that the shell
+        evaluates (the steering rule needs the model): nothing from there is delivered or
+        served again; the store keeps it (add_exclusion) so a restart holds it too.  True if
+        the exclusion moved (OriginExcluded follows)."""
+        if not isinstance(step, int) or step < 1:
+            raise ValueError(f"exclude: step must be an int >= 1, got {step!r}")
+        add = getattr(self.sync.store, "add_exclusion", None)
+        if add is not None:
+            add(origin, step, reason)
+        return self.sync.exclude(origin, step, reason)
 
     @property
     def book(self):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .events import EquivocationDetected, OriginExcluded
+from .events import EquivocationDetected
 from .records import HALF_BUNDLE, Record, decode_any, member_hash
 from .wire import NIL, MessageType, WireError, encode_proof, packb
 
@@ -195,18 +195,10 @@ class Equivocations:
             return False
         self.proofs[origin] = proof
         s.counters["equivocation_proofs"] = s.counters.get("equivocation_proofs", 0) + 1
-        moved = s.influence.exclude(origin, step, REASON)
-        st = s.book.state(origin)
-        if st.contiguous >= step:
-            s.digest.update(origin, st.contiguous, step - 1)
-            st.contiguous = step - 1
-        s.book.drop_pending(st)
         add = getattr(s.store, "add_proof", None)
-        if add is not None:
+        if add is not None:   # durable before OriginExcluded reaches the shell
             add(origin, step, proof.record_a, proof.record_b)
-        if moved:
-            s.counters["origins_excluded"] = s.counters.get("origins_excluded", 0) + 1
-            s.events.emit(OriginExcluded(origin, step, REASON))
+        s.exclude(origin, step, REASON)
         s.gossip_q.push(("proof", origin), encode_proof(proof.record_a, proof.record_b))
         s.news()
         return True

@@ -17,6 +17,9 @@ class RecordStore(Protocol):
     # Optional: stores that keep equivocation proofs (protocol/equivocation.py) across restarts.
     # def add_proof(self, origin, step, record_a, record_b) -> None: ...
     # def proofs(self) -> dict: {origin: (record_a, record_b)}
+    # Optional: stores that keep exclusions by rules the shell evaluates (Engine.exclude).
+    # def add_exclusion(self, origin, step, reason) -> None: ...
+    # def rule_exclusions(self) -> dict: {origin: (step, reason)}
 
 
 class MemoryRecordStore:
@@ -27,6 +30,7 @@ class MemoryRecordStore:
         self._records: dict[bytes, list[tuple[int, int, bytes]]] = {}
         self._vv: dict[bytes, int] = {}
         self._proofs: dict[bytes, tuple[int, bytes, bytes]] = {}
+        self._rules: dict[bytes, tuple[int, str]] = {}
 
     def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
         if last_step < first_step:
@@ -68,7 +72,8 @@ class MemoryRecordStore:
     def version_vector(self) -> dict:
         """Capped below an origin's proof step: steps from it on are kept as evidence only."""
         vv = dict(self._vv)
-        for origin, (step, _, _) in self._proofs.items():
+        cuts = [(o, step) for o, (step, _, _) in self._proofs.items()] + [(o, s) for o, (s, _) in self._rules.items()]
+        for origin, step in cuts:
             if origin in vv:
                 vv[origin] = min(vv[origin], step - 1)
         return vv
@@ -79,6 +84,13 @@ class MemoryRecordStore:
 
     def proofs(self) -> dict:
         return {o: (a, b) for o, (_, a, b) in self._proofs.items()}
+
+    def add_exclusion(self, origin: bytes, step: int, reason: str) -> None:
+        if origin not in self._rules or step < self._rules[origin][0]:
+            self._rules[origin] = (step, reason)
+
+    def rule_exclusions(self) -> dict:
+        return dict(self._rules)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._records.values())

@@ -67,6 +67,9 @@ class Sync:
         self.equiv = Equivocations(self)   # proofs of equivocation: one more exclusion reason
         self.serving = Serving(self)       # records out of the store for peers that lack them
         self.equiv.load()
+        rules = getattr(store, "rule_exclusions", None)
+        for origin, (step, reason) in (rules() if rules else {}).items():
+            self.influence.exclude(origin, step, reason)   # kept from before a restart
         for origin, step in store.version_vector().items():
             if step > 0 and origin != session.node_id:
                 step = self._prime_influence(origin, step)
@@ -366,6 +369,21 @@ class Sync:
             self.next_own_step = st.contiguous + 1
             self.counters["own_updates_learned"] = self.counters.get("own_updates_learned", 0) + len(qs)
             self._check_own(float("-inf"))
+
+    def exclude(self, origin: bytes, step: int, reason: str) -> bool:
+        """Exclude origin from step on (the lower step wins): nothing from there is delivered
+        or served again, and what was delivered is rolled back to step - 1 (the shell takes it
+        back out of the weights).  OriginExcluded is emitted when the exclusion moved."""
+        moved = self.influence.exclude(origin, step, reason)
+        st = self.book.state(origin)
+        if st.contiguous >= step:
+            self.digest.update(origin, st.contiguous, step - 1)
+            st.contiguous = step - 1
+        self.book.drop_pending(st)
+        if moved:
+            self.counters["origins_excluded"] = self.counters.get("origins_excluded", 0) + 1
+            self.events.emit(OriginExcluded(origin, step, reason))
+        return moved
 
     def _admit(self, origin: bytes, first: int, qs: tuple) -> tuple:
         """The prefix of qs (steps first..) within origin's influence budget; a breach

@@ -230,3 +230,33 @@ def test_lowrank_cuda_path_factors_equal_the_cpu_path():
     assert torch.equal(ta, torch.from_numpy(a).view(m, -1)) and torch.equal(tv, torch.from_numpy(v).view(n, -1))
     want = sum(int(c) * oracle.lowrank_noise(int(s), int(vs), o, m, n, r) for s, vs, c in zip(seeds, vseeds, coef))
     assert torch.equal((ta @ tv.T).long(), want)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.get("perturbation", "rademacher") + str(k.get("lowrank_rank", "")))
+def test_steering_statistic_finds_a_steered_weight_and_not_honest_noise(kind):
+    """An origin that picks the sign of q from the noise at one weight (it knows its seeds)
+    breaches within one run of 256 steps; q that ignores the noise does not."""
+    r = _tiny_replica(**kind)
+    seeder = Seeder.for_hyper(b"s" * 32, r.hyper)
+    origin, target = b"evil" * 8, 77  # a weight of a matrix (offset 77 lies in the first tensor)
+    rnd = random.Random(2)
+    honest, steered = [], []
+    for step in range(1, 257):
+        seed, vseed = seeder.seeds(origin, step)
+        q = rnd.randint(20, 60)
+        honest.append((seed, q * rnd.choice([-1, 1]), step, vseed))
+        t = next(i for i, o in enumerate(r.grid.offsets.tolist()) if o <= target < o + int(r.grid.sizes[i]))
+        o, shape = int(r.grid.offsets[t]), r.grid.shapes[t]
+        if r.noise.lowrank and t in r.noise.lowrank:
+            z = int(oracle.lowrank_noise(seed, vseed, o, shape[0], shape[1], r.hyper.lowrank_rank).reshape(-1)[target - o])
+        else:
+            z = int(oracle.signs(seed, torch.tensor([target]))[0])
+        steered.append((seed, q * (1 if z >= 0 else -1), step, vseed))
+    if kind.get("perturbation") == "sparse":
+        assert mask_of(r.noise.mask_words, r.grid.total)[target]   # the attacker picks a weight that moves
+    before = r.state.clone()
+    ok, ratio = r.steering(honest, 100)
+    assert not ok and ratio < 40
+    bad, ratio = r.steering(steered, 100)
+    assert bad and ratio > 100
+    assert torch.equal(r.state, before)   # the statistic never touches the replica

@@ -14,7 +14,7 @@ COMMON = dict(step_interval_s=0.05, snapshot_every=25, threads=1)
 HONEST_STEPS = 30
 
 
-def closed_genesis(root):
+def closed_genesis(root, extra=()):
     from onebyte.node.keys import read_key, write_key
     from onebyte.protocol import Identity
     keys = {}
@@ -29,7 +29,7 @@ def closed_genesis(root):
             "--max-rate", "200", "--admission", "closed"]
     for m in members:
         args += ["--member", m]
-    r = run_cli(*args)
+    r = run_cli(*args, *extra)
     assert r.returncode == 0, r.stderr
     return path, keys
 
