@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, for a short session on a CUDA machine:
 #
-#     bench/gpu_all.sh OUTDIR [EXPECT_JSON]
+#     bench/gpu_all.sh OUTDIR [EXPECT_DIR]
 #
-# EXPECT_JSON comes from `python bench/gpu_check.py --device cpu --expect-out EXPECT_JSON` on
-# another machine (its CPU digests after the same 1,000 updates). Writes gpu_check.json,
-# gpu_kernels.json, replay_cuda.json and a log into OUTDIR. Uses `python3` from PATH (torch
+# EXPECT_DIR holds expect_cpu_KIND.json for each perturbation kind, from
+# `python bench/gpu_check.py --device cpu --kind KIND --expect-out EXPECT_DIR/expect_cpu_KIND.json`
+# on another machine (its CPU digests after the same 1,000 updates; docs/gpu/ has them).
+# Writes gpu_check_KIND.json, gpu_kernels.json, replay_cuda.json and logs into OUTDIR. Uses `python3` from PATH (torch
 # with CUDA, triton, numba, transformers, pytest); onebyte itself is put on the path from
 # this checkout without installing anything, so it also runs where no package index is
 # reachable.
 set -uo pipefail
-out=${1:?usage: bench/gpu_all.sh OUTDIR [EXPECT_JSON]}
+out=${1:?usage: bench/gpu_all.sh OUTDIR [EXPECT_DIR]}
 expect=${2:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
@@ -39,7 +40,11 @@ run() {  # name, command...: runs, logs, remembers a failure, goes on
   [ "$rc" -eq 0 ] || status=1
 }
 
-run gpu_check python3 bench/gpu_check.py --json "$out/gpu_check.json" ${expect:+--expect "$expect"}
+for kind in rademacher lowrank sparse; do
+  exp=${expect:+$expect/expect_cpu_$kind.json}
+  skip=$([ "$kind" = rademacher ] || echo --skip-tests)   # the cuda tests run once
+  run gpu_check_$kind python3 bench/gpu_check.py --kind $kind $skip --json "$out/gpu_check_$kind.json" ${exp:+--expect "$exp"}
+done
 run gpu_kernels python3 bench/gpu_kernels.py --json "$out/gpu_kernels.json"
 run replay_cuda python3 bench/replay.py --device cuda --step-batches 16x64,32x128 --json "$out/replay_cuda.json"
 exit $status

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onebyte.model import Hyper, Replica
+from onebyte.model import Hyper, Replica, Seeder
 from onebyte.model.grid import uniforms
 from onebyte.model.rng import COEF_DOMAIN
 
@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda", help="device of the second replica (cuda; cpu for a smoke test)")
     ap.add_argument("--model", default="smollm2-shaped", choices=["smollm2-shaped", "tiny"])
     ap.add_argument("--updates", type=int, default=1000)
+    ap.add_argument("--kind", default="rademacher", choices=["rademacher", "lowrank", "sparse"],
+                    help="perturbation kind of both replicas (docs/rng.md)")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the cuda-marked tests")
     ap.add_argument("--expect", help="JSON from --expect-out on another machine: its CPU digests must match")
     ap.add_argument("--expect-out", help="only build and replay on the CPU, write its digests here, and exit")
@@ -80,7 +82,8 @@ def main(argv=None):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench/gpu_check.py: no CUDA device; use --device cpu for a smoke test")
 
-    out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "device": args.device, "model": args.model, "updates": args.updates,
+    out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "device": args.device, "model": args.model,
+           "updates": args.updates, "kind": args.kind,
            "torch_version": torch.__version__, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if args.device.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
@@ -89,14 +92,14 @@ def main(argv=None):
     if not args.skip_tests:
         out["cuda_tests"] = run_cuda_tests()
 
-    hyper = Hyper(lr=1e-6, max_fused=128)
+    hyper = kind_hyper(args.kind)
     cpu = Replica(build(args.model), hyper, "cpu")
     dev = Replica(build(args.model), hyper, args.device)
     out["param_count"] = cpu.n_trainable
     out["digest_after_snap_cpu"], out["digest_after_snap_dev"] = cpu.digest(), dev.digest()
 
     rnd = random.Random(2024)
-    ups = make_updates(rnd, args.updates)
+    ups = make_updates(rnd, args.updates, hyper)
     t = time.perf_counter()
     cpu.replay(ups)  # in order, fused batches of 128
     out["cpu_replay_s"] = time.perf_counter() - t
@@ -119,7 +122,7 @@ def main(argv=None):
     tests_ok = args.skip_tests or out["cuda_tests"]["returncode"] in (0, 5)  # 5: no cuda tests collected
     if args.expect:
         exp = json.loads(Path(args.expect).read_text())
-        same_setup = all(exp[k] == out[k] for k in ("model", "updates"))
+        same_setup = all(exp.get(k, "rademacher") == out[k] for k in ("model", "updates", "kind"))
         out["expected_from"] = {k: exp[k] for k in ("machine", "torch_version", "numba_version", "date_utc")}
         out["matches_other_machine"] = bool(same_setup and exp["digest_after_snap"] == out["digest_after_snap_dev"]
                                             and exp["digest"] == out["digest_dev"])
@@ -131,19 +134,26 @@ def main(argv=None):
     return 0 if out["ok"] else 1
 
 
-def make_updates(rnd, n):
-    return [(rnd.getrandbits(64), rnd.randint(-127, 127), rnd.randint(1, 10_000)) for _ in range(n)]
+def kind_hyper(kind: str) -> Hyper:
+    return Hyper(lr=1e-6, max_fused=128, perturbation=kind)
+
+
+def make_updates(rnd, n, hyper):
+    """n updates of 4 origins on consecutive steps (low-rank noise: consecutive steps share V)."""
+    seeder = Seeder.for_hyper(bytes(rnd.getrandbits(8) for _ in range(32)), hyper)
+    return [seeder.update(bytes([i % 4]) * 32, 1 + i // 4, rnd.randint(-127, 127)) for i in range(n)]
 
 
 def write_expectation(args):
     """The CPU side alone, for --expect on another machine."""
     import numba
     import platform
-    cpu = Replica(build(args.model), Hyper(lr=1e-6, max_fused=128), "cpu")
-    out = {"model": args.model, "updates": args.updates, "digest_after_snap": cpu.digest(),
+    hyper = kind_hyper(args.kind)
+    cpu = Replica(build(args.model), hyper, "cpu")
+    out = {"model": args.model, "updates": args.updates, "kind": args.kind, "digest_after_snap": cpu.digest(),
            "machine": f"{platform.machine()} {platform.processor()}".strip(), "torch_version": torch.__version__,
            "numba_version": numba.__version__, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    cpu.replay(make_updates(random.Random(2024), args.updates))
+    cpu.replay(make_updates(random.Random(2024), args.updates, hyper))
     out["digest"] = cpu.digest()
     Path(args.expect_out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -54,8 +54,8 @@ def parse_option(text: str) -> tuple[str, dict]:
 
 
 def words(example, spec: TaskSpec) -> int:
-    """Words of the row's sentence (the prompt's words around it do not count)."""
-    return len(example.text.split()) - len(spec.template.replace("{sentence}", " ").split())
+    """Words of the row's text (the prompt's words around it do not count)."""
+    return len(example.text.split()) - len(spec.template.replace("{sentence}", " ").replace("{text}", " ").split())
 
 
 def forwards_per_update(hyper: Hyper) -> float:
@@ -122,6 +122,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--task", default="", help="a built-in task (e.g. builtin:sentiment, the demo's) instead of "
+                    "SST-2; its own prompt, and its training split for both the pool and the held-out rows")
     ap.add_argument("--scope", default="top1")
     ap.add_argument("--option", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                     help="hyper fields of one option (repeatable); default: today's SPSA step")
@@ -144,8 +146,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     options = [parse_option(o) for o in a.option] or [("spsa", {"lr": 3e-4})]
-    spec = TaskSpec(template=a.template, verbalizer=tuple(a.verbalizer.split(",")))
-    task = load_task(os.path.join(a.data_dir, "train.tsv"), spec)
+    if a.task:
+        task = load_task(a.task, split="train")
+        spec = task.spec
+    else:
+        spec = TaskSpec(template=a.template, verbalizer=tuple(a.verbalizer.split(",")))
+        task = load_task(os.path.join(a.data_dir, "train.tsv"), spec)
     lo, hi = (int(x) for x in a.holdout.split(":"))
     long_enough = [e for e in task.examples[:lo] if words(e, spec) >= a.min_words]
     if len(long_enough) < a.train_n:
@@ -165,7 +171,7 @@ def main(argv=None):
     out = {"command": " ".join([Path(sys.executable).name] + sys.argv), "scope": a.scope, "forwards": a.forwards,
            "equal_time_s": shortest, "eval_set": f"train rows {lo}..{hi - 1} (held out) of {held_words}+ words: "
            f"{len(held)}", "train_pool": f"the first {a.train_n} rows of {a.min_words}+ words", "min_words": a.min_words,
-           "template": a.template, "verbalizer": a.verbalizer, "batch_size": a.batch_size, "table": table,
+           "task": a.task or "sst2", "template": spec.template, "verbalizer": list(spec.verbalizer), "batch_size": a.batch_size, "table": table,
            "runs": runs, "wall_s": round(time.time() - t0, 1),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))

@@ -140,14 +140,18 @@ def torch_signs(keys: torch.Tensor, start: int, n: int) -> torch.Tensor:
 
 
 def torch_factors(ku: np.ndarray, kv: np.ndarray, coef: np.ndarray, group: np.ndarray, o: int, m: int, n: int,
-                  r: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A [m, r G], V [n, r G]) as float64 on `device`, the same layout as the CPU path."""
+                  r: int, device, chunk_entries: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [m, r G], V [n, r G]) as float64 on `device`, the same layout as the CPU path.
+    Updates go in chunks of at most chunk_entries sign entries (the bits are expanded to int64)."""
     kut = torch.from_numpy(ku.view(np.int64)).to(device)
     kvt = torch.from_numpy(kv.view(np.int64)).to(device)
     c = torch.from_numpy(np.ascontiguousarray(coef)).to(device)
     g = torch.from_numpy(group).to(device)
-    u = torch_signs(kut, o, m * r) * c[:, None]                                          # [B, m r]
-    a = torch.zeros((kvt.shape[0], m * r), dtype=torch.int64, device=device).index_add_(0, g, u)
+    a = torch.zeros((kvt.shape[0], m * r), dtype=torch.int64, device=device)
+    step = max(1, chunk_entries // (m * r))
+    for b in range(0, kut.shape[0], step):
+        u = torch_signs(kut[b:b + step], o, m * r) * c[b:b + step, None]               # [b, m r]
+        a.index_add_(0, g[b:b + step], u)
     a = a.T.reshape(m, r * kvt.shape[0]).double()                                         # [m, r G]
     v = torch_signs(kvt, o, n * r).T.reshape(n, r * kvt.shape[0]).double()
     return a, v
