@@ -59,7 +59,6 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.started = time.time()
         self.exit_code = 0
-        self.failure: str | None = None
         self.phase = Phase()
         self.ready = False
         self._stopping = False
@@ -83,12 +82,10 @@ class Daemon:
         self.training = Training()
         self.peers = PeerBook(cfg.labels)
         self.rates = Rates()
-        self.published = 0
         self.events_seen: dict[str, int] = {}
         self.equivocations = 0
         self.weights_diverged = 0       # peers at our version vector with other weights
         self.last_divergence: dict | None = None
-        self.own_history_learned = None   # the OwnHistoryLearned event, once it came
         self._release_pending = False     # production waits for the learned steps' flush
         self.paused = False   # event intake paused by back-pressure (see _pump)
         self.pauses = 0
@@ -306,7 +303,6 @@ class Daemon:
                 if self.engine is not None and not self._stopping:
                     for s, q in enumerate(qs, step):
                         self.engine.publish(s, q, self.loop.time())
-                    self.published += len(qs)
                     self.rates.own.add(len(qs))
                     if self.metrics is not None:
                         self.metrics.observe_step(message)
@@ -323,7 +319,6 @@ class Daemon:
                     self._to_replay = [u for u in self._to_replay if u[0] != origin or u[1] < step]
                     self._pump()
             case Failed(error=error):
-                self.failure = error
                 self.exit_code = 1
                 log.error("worker failed: %s", error)
                 self.request_stop()
@@ -445,7 +440,6 @@ class Daemon:
     def _own_history_learned(self, event) -> None:
         """Production may start once the own steps learned are logged and in the worker's
         backlog (it replays before producing, so its next step is the first unused one)."""
-        self.own_history_learned = event
         if event.answers:
             log.info("own history learned from %d peer(s): producing from step %d", event.answers,
                      event.next_step)

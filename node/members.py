@@ -27,7 +27,6 @@ class Traffic:
     bytes_out: int = 0
     datagrams_in: int = 0
     datagrams_out: int = 0
-    first_heard: float | None = None   # wall-clock seconds
     last_heard: float | None = None
 
 
@@ -63,8 +62,6 @@ class PeerBook:
         t.bytes_in += size
         t.datagrams_in += 1
         t.last_heard = now
-        if t.first_heard is None:
-            t.first_heard = now
 
     def sent(self, addr, size: int) -> None:
         t = self.traffic.setdefault(_key(addr), Traffic())

@@ -172,6 +172,8 @@ def build_status(d) -> dict:
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,
         "equivocations": d.equivocations,
+        # our NAT kind and observed address as peers report them (protocol/nat.py)
+        "nat": _plain(engine.nat_status()) if engine is not None else None,
         # the steering rule: runs checked, and per origin the largest sum q * noise at one weight in
         # honest variances (a breach excludes at k2; docs/security.md)
         "steering": d.worker.setup.steering.status() if d.worker and d.worker.setup.steering else None,
@@ -209,3 +211,14 @@ def _joined(d) -> dict | None:
         return None
     return {"digest": j.digest, "updates": sum(j.vv.values()), "source": j.source,
             "attested_by": j.attested_by, "seconds": round(j.seconds, 3)}
+
+
+def _plain(obj):
+    """JSON-ready: tuples (addresses) become "host:port" strings or lists."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], int):
+        return f"{obj[0]}:{obj[1]}" if ":" not in obj[0] else f"[{obj[0]}]:{obj[1]}"
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
