@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=250, help="node1 evaluates every N own steps")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
-                    help="genesis hyper-parameter (repeatable); defaults: the top1 scope, lr 3e-4")
+                    help="genesis hyper-parameter (repeatable); defaults: the --scope preset (model/scope.py)")
     ap.add_argument("--scope", default="top1", help="named scope (model/scope.py): norm, topN, lora-topN")
     ap.add_argument("--template", default=TEMPLATE, help="prompt template (chosen on held-out training rows)")
     ap.add_argument("--verbalizer", default=VERBALIZER, help="label words, comma-separated")
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     from onebyte.model.load import num_layers
     from onebyte.model.scope import scope_preset
     scope = scope_preset(a.scope, num_layers(a.model))
-    hyper = {**scope, "lr": 3e-4}
+    hyper = dict(scope)
     for item in a.hyper:
         k, _, v = item.partition("=")
         hyper[k] = v

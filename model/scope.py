@@ -63,11 +63,17 @@ def portable_lora_init_(model: torch.nn.Module) -> None:
             p.copy_(torch.from_numpy(v).view(p.shape).to(p.device, p.dtype))
 
 
+# The step measured best for topN on SST-2 and the built-in task (bench/scope_probe.py on held-out
+# training rows, docs/results.md): four one-sided probes per step, mean baseline, lr 1e-3.
+TOP_STEP = {"probes": 4, "probe_baseline": "mean", "q_scale": 0.03125, "lr": 1e-3}
+
+
 def scope_preset(name: str, n_layers: int) -> dict:
     """Hyper fields of a named scope for a decoder of n_layers (what `onebyte init --scope` writes).
 
     norm:       the final RMSNorm gain only (576 weights on SmolLM2);
-    topN:       every weight of the top N decoder layers and the final norm (N=1: 3.54M on SmolLM2);
+    topN:       every weight of the top N decoder layers and the final norm (N=1: 3.54M on SmolLM2),
+                with the step measured best for it (TOP_STEP);
     lora-topN:  rank-16 LoRA adapters on every projection of the top N layers (N=4: 0.65M), with
                 grid_min_exp -3: B starts at 0, so its grid bound comes from that floor (2**-1).
     All of them lie above a frozen trunk, so a node caches it (model/trunk.py)."""
@@ -82,5 +88,5 @@ def scope_preset(name: str, n_layers: int) -> dict:
             if lora:
                 return {"trainable": LORA_PATTERN, "lora_rank": 16, "lora_alpha": 16.0, "grid_min_exp": -3,
                         "lora_targets": rf"model\.layers\.({layers})\.(self_attn|mlp)\.[a-z_]+_proj"}
-            return {"trainable": rf"model\.layers\.({layers})\..*|model\.norm\.weight"}
+            return {"trainable": rf"model\.layers\.({layers})\..*|model\.norm\.weight", **TOP_STEP}
     raise HyperError(f"unknown scope {name!r}: use norm, topN or lora-topN (N = number of top layers)")

@@ -28,9 +28,10 @@ from ..status import is_prepared, is_ready, request
 PRESETS: dict[str, dict] = {
     # Every weight of the top decoder layer and the final norm (3,540,672 weights; `onebyte init
     # --scope top1`): each node caches the frozen layers below for its own 400 training rows
-    # and runs only the top layer per loss (model/trunk.py). lr: bench/scope_probe.py on
-    # held-out rows of the built-in task's training split (docs/results.md).
-    "smollm2": {"scope": "top1", "hyper": {"lr": 1e-3}, "batch_size": 16, "minutes": 5.0, "eval_examples": 256,
+    # and runs only the top layer per loss (model/trunk.py). The scope's step (four probes per
+    # step, model/scope.py TOP_STEP) at lr 3e-3: bench/scope_probe.py on held-out rows of the
+    # built-in task's training split (docs/results.md).
+    "smollm2": {"scope": "top1", "hyper": {"lr": 3e-3}, "batch_size": 16, "minutes": 5.0, "eval_examples": 256,
                 "curve_examples": 128, "train_rows_per_node": 400},
     "tiny": {"hyper": {"lr": 1e-3}, "batch_size": 8, "minutes": 0.5, "eval_examples": 64, "curve_examples": 64},
 }
