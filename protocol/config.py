@@ -56,10 +56,15 @@ class ProtocolConfig:
     max_broadcasts: int = 2048            # queued records / gossip items per queue
     cert_verifies_per_s: float = 200.0    # budget for verifying unknown certificates (JOIN floods)
     pull_serve_bytes: int = 4 * 1100      # bytes of records served per PULL request
+    serve_amplification: float = 4.0      # records served to a member: at most this times the bytes
+                                          # received from it at its current address (PULLs are
+                                          # padded to pull_serve_bytes / this, so one earns an answer)
 
     def __post_init__(self) -> None:
         if not isinstance(self.swarm_id, bytes) or len(self.swarm_id) != 32:
             raise ConfigError("swarm_id must be 32 bytes")
+        if not (isinstance(self.serve_amplification, (int, float)) and 1.0 <= self.serve_amplification <= 64.0):
+            raise ConfigError("serve_amplification must be a number in 1..64")
         if not 0 < self.protocol_version < 256:
             raise ConfigError("protocol_version must be in 1..255")
         if self.admission not in ("open", "closed"):

@@ -372,6 +372,7 @@ class Engine:
         payload, gossip, records = unpack_body(h.body)
         # --- authenticated and parsed: from here on the datagram may change state.
         m = self._accept(h, auth, addr, now, via)
+        self.sync.serving.credit.earn(m.node_id, m.addr if via is not None else addr, len(data))
         self.nat.via = via.node_id if via is not None else None
         try:
             self._handlers[h.type](m, payload, now)

@@ -6,14 +6,50 @@ step] entries we hold beyond it), and the peer pulls on at once (Serving.answere
 far behind catches up at one request per round trip, while no single request makes us
 send more than the bound.  Batches go whole: a member record travels with the closer
 whose signature vouches for it.
+
+No member can make us an amplifier: what we serve a member is paid for by what it sent us
+(Credit), at most serve_amplification times its bytes, and only at the address they came
+from: credit earned at one address is not spent at another, so a member that spoofs a
+third party's address as its source reflects at most that factor onto it.  An honest puller
+pads its PULL to pull_serve_bytes / serve_amplification bytes, so one request still earns a
+whole answer (as a QUIC client pads its Initial).
 """
 from __future__ import annotations
 
+import math
+
 from .membership import Member
 from .records import REC_MEMBER, decode_any, encode_any
-from .wire import NIL, WireError, is_node_id, is_uint, packb
+from .identity import CERT_SIZE
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, NIL, WireError, is_node_id, is_uint, packb
 
 MAX_PULL_ENTRIES = 24
+
+
+class Credit:
+    """Per member: the address its credit was earned at, and the bytes we may still serve it."""
+
+    def __init__(self, factor: float, cap: float):
+        self.factor, self.cap = factor, cap
+        self.by_member: dict[bytes, tuple] = {}   # node id -> (addr, bytes)
+
+    def earn(self, node_id: bytes, addr, size: int) -> None:
+        """An authenticated datagram of `size` bytes from node_id at addr."""
+        at, have = self.by_member.get(node_id, (addr, 0.0))
+        if at != addr:
+            have = 0.0   # a new address starts from nothing (its first datagram still earns)
+        self.by_member[node_id] = (addr, min(self.cap, have + self.factor * size))
+
+    def left(self, node_id: bytes, addr) -> float:
+        at, have = self.by_member.get(node_id, (None, 0.0))
+        return have if at == addr else 0.0
+
+    def spend(self, node_id: bytes, size: int) -> None:
+        at, have = self.by_member.get(node_id, (None, 0.0))
+        self.by_member[node_id] = (at, max(0.0, have - size))
+
+    def forget(self, node_id: bytes) -> None:
+        self.by_member.pop(node_id, None)
 
 
 class Serving:
@@ -22,6 +58,9 @@ class Serving:
         self.config = sync.config
         self.more: dict | None = None   # {origin: step} of the RECORDS datagram being handled
         self.fresh_from: set = set()    # servers whose answers brought news since our last PULL
+        self.credit = Credit(self.config.serve_amplification, 2 * self.config.pull_serve_bytes)
+        # what a PULL is padded to: one earns a whole answer
+        self.pull_size = math.ceil(self.config.pull_serve_bytes / self.config.serve_amplification)
 
     # ================================================================ pulling on
     def on_served(self, m: Member, payload, now: float) -> None:
@@ -62,7 +101,16 @@ class Serving:
 
     # ================================================================ serving
 
+    def padded_pull(self, pulls: list) -> bytes:
+        """The packed PULL payload: [[origin, step], ..., padding] with the padding (bytes) such
+        that the datagram is about pull_size bytes (header, MAC and body around the payload)."""
+        bare = packb(pulls + [b""])
+        room = self.pull_size - (HEADER_SIZE + MAC_SIZE + 3 + len(bare))
+        return packb(pulls + [bytes(max(0, room - 2))]) if room > 2 else bare
+
     def on_pull(self, m: Member, payload, now: float) -> None:
+        if isinstance(payload, list) and payload and isinstance(payload[-1], bytes):
+            payload = payload[:-1]   # padding: it paid for the answer (Credit)
         if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
             raise WireError("malformed")
         wants = []
@@ -73,34 +121,58 @@ class Serving:
         self.serve(m, wants)
 
     def serve(self, m: Member, wants: list) -> None:
-        """Send records from the store covering each (origin, from_step), bounded in bytes;
-        the last datagram says what more we hold where the bound cut the answer short."""
-        packed, more = self.served(m, wants)
+        """Send records from the store covering each (origin, from_step), bounded in bytes by
+        pull_serve_bytes and by m's credit (whole datagrams counted); the last datagram says
+        what more we hold where the bound cut the answer short."""
+        credit = self.credit.left(m.node_id, m.addr)
+        frame = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + (0 if m.confirmed else CERT_SIZE)
+        room = self.sync.outbox.budget(m, 1)
+        # records that fit the credit once every datagram's framing is paid for
+        limit = min(self.config.pull_serve_bytes, (credit - frame) * room / (room + frame))
+        packed, more = self.served(m, wants, limit)
+        c, out = self.sync.counters, self.sync.outbox.datagrams
+        if limit < self.config.pull_serve_bytes and more:
+            c["serve_credit_cuts"] = c.get("serve_credit_cuts", 0) + 1
+        before = len(out)
         self.sync.outbox.send_records(m, packed, last_payload=packb(more) if more else NIL)
+        size = sum(len(d) for d, _ in out[before:])
+        self.credit.spend(m.node_id, size)
+        c["records_served_bytes"] = c.get("records_served_bytes", 0) + size
 
-    def served(self, m: Member, wants: list) -> tuple:
-        """(the packed records answering wants, in order, up to pull_serve_bytes counted per
-        origin (a batch goes whole, so an origin's records are never cut short); [origin,
-        step] for each wanted origin we hold further than they reach)."""
+    def served(self, m: Member, wants: list, limit: float | None = None) -> tuple:
+        """(the packed records answering wants, in order, up to `limit` bytes (default
+        pull_serve_bytes) counted per origin (a batch goes whole, so an origin's records are
+        never cut short); [origin, step] for each wanted origin we hold further than they reach)."""
         sync = self.sync
-        left, budget = self.config.pull_serve_bytes, sync.outbox.budget(m, 1)
+        left = self.config.pull_serve_bytes if limit is None else limit
+        budget = sync.outbox.budget(m, 1)
         out, more = [], []
         for origin, from_step in wants:
             cut = sync.influence.excluded_from(origin) or 1 << 62
             held = min(sync.book.contiguous(origin), cut - 1)
             upto = from_step - 1
             if left > 0:
+                batch, size = [], 0   # a batch (members and their closer) goes whole, or not at all
                 for canon in self._whole_batches(origin, from_step, left):
                     _, first, qs, sig, hashes = decode_any(canon)
                     if first >= cut:
                         break   # wholly excluded: never served
+                    member = canon[0] & REC_MEMBER
                     if origin == sync.node_id:
                         canon = encode_any(None, first, qs, sig, hashes)   # the sender is the origin
                     packed = packb(canon)
-                    if len(packed) <= budget:
-                        left -= len(packed)
-                        upto = max(upto, first + len(qs) - 1)
-                    out.append(packed)
+                    batch.append((packed, first + len(qs) - 1))
+                    size += len(packed) if len(packed) <= budget else 0
+                    if member:
+                        continue
+                    if size > left:
+                        break   # what is left of the credit or the bound: more in a later answer
+                    for p, last in batch:
+                        out.append(p)
+                        if len(p) <= budget:   # (a record larger than a datagram is never sent)
+                            upto = max(upto, last)
+                    left -= size
+                    batch, size = [], 0
             if held > upto and len(more) < MAX_PULL_ENTRIES:
                 more.append([origin, held])
         return out, more

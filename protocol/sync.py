@@ -616,5 +616,5 @@ class Sync:
             expiry = now + 2 * self.config.anti_entropy_interval_s
             for o, _ in pulls:
                 self.pulls[o] = expiry
-            self.outbox.send(MessageType.PULL, m, packb(pulls), piggyback=False)
+            self.outbox.send(MessageType.PULL, m, self.serving.padded_pull(pulls), piggyback=False)
         return wanted

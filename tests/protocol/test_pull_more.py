@@ -17,11 +17,13 @@ def sent(net, src, mtype, since: int = 0) -> list:
 
 
 def far_behind():
-    """a published STEPS updates that b never received."""
+    """a published STEPS updates that b never received; b has paid for a's next answer (its
+    padded PULL would have: protocol/serving.py Credit)."""
     net = Net(CFG)
     a, b = net.pair()
     net.publish_unseen(a, STEPS, b, seconds=2.0)
     assert a.book.contiguous(a.node_id) == STEPS and b.book.contiguous(a.node_id) == 0
+    a.sync.serving.credit.earn(b.node_id, net.addr_of[b.node_id], CFG.pull_serve_bytes)
     return net, a, b
 
 
