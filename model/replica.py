@@ -191,6 +191,11 @@ class Replica:
             ratio = max(ratio, top * top / (q2 * r))
         return breach, ratio
 
+    def directional(self, loss_fn: Callable, batch, seed: int, vseed: int = 0) -> float:
+        """The two-sided projected gradient of loss_fn on batch along update (seed, vseed)'s
+        noise, at the current weights; nothing is applied (model/step.py)."""
+        return self._step.directional(loss_fn, batch, seed, vseed)
+
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:
         """blake2b-256 hex of the state: little-endian int64 quanta in index order.

@@ -60,6 +60,16 @@ class LocalStep:
         rep._apply(seeds, vseeds, update_coefficients_many(rep.grid, self.hyper, seeds, qs, steps), commit=True)
         return qs, loss
 
+    @torch.no_grad()
+    def directional(self, loss_fn: Callable, batch, seed: int, vseed: int = 0) -> float:
+        """(L(w + eps n) - L(w - eps n)) / (2 eps) along the noise n of update (seed, vseed):
+        what this node's data says of a peer's update (node/audit.py). The state is untouched."""
+        try:
+            g, _ = self._spsa(loss_fn, batch, (int(seed), 1, int(vseed)))
+        finally:
+            self.replica._show()
+        return g[0]
+
     def _measure(self, loss_fn, batch, probe, sign: int) -> float:
         seed, _, vseed = probe
         self.replica._apply([seed], [vseed], [sign * self.replica.grid.eps_k], commit=False)

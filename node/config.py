@@ -37,6 +37,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "max_steps": (0, "stop producing own updates after this many own steps (0 = unlimited); the node keeps replaying"),
     "step_interval_s": (0.0, "minimum seconds between own steps (also capped by the genesis rate cap)"),
     "eval_every": (0, "evaluate every N own steps (0 = never)"),
+    "audit_interval_s": (2.0, "measure one peer's newest update on this node's own data this often and flag origins whose q disagrees with it (docs/security.md, Poisoning); 0 = never"),
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
     "eval_examples": (256, "examples of eval_data used per evaluation"),
     "snapshot_every": (2000, "write a snapshot after this many newly applied updates (0 = only at shutdown)"),
@@ -77,6 +78,7 @@ class NodeConfig:
     max_steps: int
     step_interval_s: float
     eval_every: int
+    audit_interval_s: float
     eval_data: str
     eval_examples: int
     snapshot_every: int
@@ -214,6 +216,7 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         max_steps=nonneg("max_steps"),
         step_interval_s=float(nonneg("step_interval_s", (int, float))),
         eval_every=nonneg("eval_every"),
+        audit_interval_s=float(nonneg("audit_interval_s", (int, float))),
         eval_data=_maybe_path(get("eval_data", str), base),
         eval_examples=max(1, nonneg("eval_examples")),
         snapshot_every=nonneg("snapshot_every"),

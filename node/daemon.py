@@ -40,6 +40,7 @@ from .status import StatusServer
 from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
 from .version import VERSION
+from .audit import Audit
 from .steering import Steered
 from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
@@ -197,6 +198,7 @@ class Daemon:
             update_log=self.update_log, applied_vv=self.restored.applied_vv, training=self.training,
             snapshot=self._snapshot_writer(), post=self._post_from_worker, seeder=self.genesis.seeder(),
             steering=self.restored.steering,
+            audit=Audit(cfg.audit_interval_s, skip=self.node_id) if self.training.loss_fn is not None else None,
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
             eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
             on_digest=self._post_from_worker))

@@ -127,6 +127,15 @@ def _families(st: dict):
                             value=st["update_rate"]["applied_per_s"])
     yield CounterMetricFamily("onebyte_equivocations", "Conflicting signed records seen",
                               value=st["equivocations"])
+    audit = st.get("audit") or {}
+    if audit.get("origins"):
+        z = GaugeMetricFamily("onebyte_audit_z", "Per origin: agreement of its q with this node's own measurement "
+                              "(binomial z; <= -4 flags it)", labels=["origin"])
+        for origin, a in audit["origins"].items():
+            z.add_metric([origin], a["z"])
+        yield z
+    yield GaugeMetricFamily("onebyte_audit_flagged_origins", "Origins whose q this node's data contradicts",
+                            value=len(audit.get("flagged", [])))
     yield GaugeMetricFamily("onebyte_disk_full", "1 while the update log's disk has no room (no local steps)",
                             value=int(bool(st.get("disk_full"))))
     if st.get("loss_mean") is not None:

@@ -172,6 +172,8 @@ def build_status(d) -> dict:
         "drops_total": sum(drops.values()),
         "send_errors": d.udp.send_errors if d.udp else 0,
         "equivocations": d.equivocations,
+        # peers' updates measured on our own data; flagged origins disagree with it (docs/security.md)
+        "audit": d.worker.setup.audit.status() if d.worker and d.worker.setup.audit else None,
         # our NAT kind and observed address as peers report them (protocol/nat.py)
         "nat": _plain(engine.nat_status()) if engine is not None else None,
         # the steering rule: runs checked, and per origin the largest sum q * noise at one weight in

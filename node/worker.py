@@ -113,6 +113,7 @@ class WorkerSetup:
     max_backlog: int
     on_digest: Callable[[Any], None] | None = None   # thread-safe: each fresh Digested
     steering: Any = None             # node/steering.py SteeringGuard, fed with every replayed update
+    audit: Any = None                # node/audit.py Audit: peers' updates measured on our own data
 
 
 class Backlog:
@@ -177,6 +178,7 @@ class WorkerStats:
 
 
 LOSS_WINDOW = 50
+AUDIT_BATCHES = 1 << 40   # the audit's batches: sampler steps far past any own step
 IDLE_DIGEST_S = 5.0  # status digest refreshed at most this often while idle
 DISK_FULL_WAIT_S = 1.0  # while the disk is full: no local step, look again this often
 
@@ -257,6 +259,7 @@ class Worker(threading.Thread):
                 self._write_snapshot()
             if self._halt.is_set():
                 break
+            did |= self._maybe_audit()
             wait = self._maybe_step() if not did else 0.0
             if wait is None:   # a step ran
                 continue
@@ -320,6 +323,9 @@ class Worker(threading.Thread):
         if self.setup.steering is not None:
             for hit in self.setup.steering.feed_all(applied):
                 self._take_back_steered(hit)
+        if self.setup.audit is not None:
+            for origin, step, q in applied:
+                self.setup.audit.offer(origin, step, q)
         dt = time.perf_counter() - t0
         s = self.stats
         s.replay_calls += 1
@@ -334,6 +340,18 @@ class Worker(threading.Thread):
             log.debug("trace applied %.6f %s", time.time(), " ".join(f"{o.hex()}:{s}" for o, s in tops.items()))
         self.post(Replayed(len(batch)))
         return True
+
+    def _maybe_audit(self) -> bool:
+        """Measure one peer's newest update on our own data when the audit is due (node/audit.py)."""
+        audit, training = self.setup.audit, self.training
+        if audit is None or training.loss_fn is None or not audit.due():
+            return False
+
+        def measure(origin: bytes, step: int, q: int) -> float:
+            seed, vseed = self.setup.seeder.seeds(origin, step)
+            batch = training.sample(AUDIT_BATCHES + audit.audits)   # batches no own step uses
+            return self.replica.directional(training.loss_fn, batch, seed, vseed)
+        return audit.run(measure)
 
     def _take_back_steered(self, hit) -> None:
         """The steering rule excluded hit.origin from hit.step on (node/steering.py): its

@@ -1,0 +1,101 @@
+"""Auditing peers' updates on this node's own data (docs/security.md, "Poisoning").
+
+A member can publish updates whose q has the wrong sign (or train on flipped labels): every q
+stays inside every budget and rule, yet the swarm's gain is erased. No rule over one origin's
+sequence can see that; a measurement on data can. Every `audit_interval_s` the worker takes the
+newest update it applied of one peer (peers in turn) and measures, on a batch of its own
+training data, the two-sided projected gradient g along that update's noise (two forward
+passes; nothing is applied: Replica.directional). For an honest origin q and g estimate the
+same directional derivative on different data: their signs agree more often than not. For a
+sign flipper they disagree. Per origin:
+
+    n = audited updates (q and g both non-zero),  a = agreements - disagreements
+    z = a / sqrt(n)          a binomial z-score: about N(0, 1) if q ignored the gradient
+
+An origin is *flagged* once n >= MIN_SAMPLES and z <= -flag_z (default 4: a disagreeing majority
+that chance gives about once in 30,000 origins). Flagging excludes nothing (it is one node's
+measurement on its own data, not a rule every node evaluates alike): status and metrics show it
+with the evidence an operator needs to revoke the key (the audited steps, their q and the g
+this node measured).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+MIN_SAMPLES = 16
+EVIDENCE = 8          # audited (step, q, g) kept per origin for status
+
+
+@dataclass
+class OriginAudit:
+    n: int = 0
+    agree: int = 0
+    evidence: deque = field(default_factory=lambda: deque(maxlen=EVIDENCE))
+
+    @property
+    def z(self) -> float:
+        return (2 * self.agree - self.n) / math.sqrt(self.n) if self.n else 0.0
+
+
+class Audit:
+    def __init__(self, interval_s: float, flag_z: float = 4.0, skip: bytes | None = None):
+        self.interval_s, self.flag_z, self.skip = interval_s, flag_z, skip
+        self.origins: dict[bytes, OriginAudit] = {}
+        self._latest: dict[bytes, tuple[int, int]] = {}   # origin -> (step, q) newest applied
+        self._order: deque = deque()                      # origins waiting their turn
+        self._next_at = 0.0
+        self.audits = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0
+
+    def offer(self, origin: bytes, step: int, q: int) -> None:
+        """An update the worker applied (called in step order; the newest per origin is kept)."""
+        if not self.enabled or origin == self.skip or q == 0:
+            return
+        if origin not in self._latest:
+            self._order.append(origin)
+        self._latest[origin] = (step, q)
+
+    def due(self, now: float | None = None) -> bool:
+        return self.enabled and bool(self._latest) and (now if now is not None else time.monotonic()) >= self._next_at
+
+    def run(self, measure, now: float | None = None) -> bool:
+        """Audit one peer's newest update: measure(origin, step, q) -> g on our data. True if one ran."""
+        if not self.due(now):
+            return False
+        while self._order:
+            origin = self._order.popleft()
+            got = self._latest.pop(origin, None)
+            if got is None:
+                continue
+            step, q = got
+            g = measure(origin, step, q)
+            self.record(origin, step, q, g)
+            self._next_at = (now if now is not None else time.monotonic()) + self.interval_s
+            return True
+        return False
+
+    def record(self, origin: bytes, step: int, q: int, g: float) -> None:
+        if g == 0 or q == 0 or not math.isfinite(g):
+            return
+        o = self.origins.setdefault(origin, OriginAudit())
+        o.n += 1
+        o.agree += (q > 0) == (g > 0)
+        o.evidence.append((step, q, round(g, 6)))
+        self.audits += 1
+
+    def flagged(self) -> list[bytes]:
+        return [o for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.z <= -self.flag_z]
+
+    def status(self) -> dict:
+        flagged = set(self.flagged())
+        return {"interval_s": self.interval_s, "flag_z": self.flag_z, "audits": self.audits,
+                "flagged": sorted(o.hex() for o in flagged),
+                "origins": {o.hex(): {"samples": a.n, "agree": a.agree, "z": round(a.z, 2), "flagged": o in flagged,
+                                      "evidence": [list(e) for e in a.evidence]}
+                            for o, a in sorted(self.origins.items())}}

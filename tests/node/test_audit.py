@@ -1,0 +1,71 @@
+"""Auditing peers' updates on this node's own data: a member that publishes q of the wrong sign
+(here: one that trains on flipped labels) is flagged; honest members are not."""
+import pytest
+import torch
+
+from onebyte.node.audit import MIN_SAMPLES, Audit
+
+
+def test_z_flagging_and_evidence():
+    a = Audit(interval_s=1.0, flag_z=4.0, skip=b"me")
+    for i in range(MIN_SAMPLES * 4):
+        a.record(b"good", i, 5, 0.3 if i % 4 else -0.1)    # agrees 3 times in 4
+        a.record(b"bad", i, 5, -0.3 if i % 4 else 0.1)     # disagrees 3 times in 4
+    assert a.flagged() == [b"bad"]
+    st = a.status()
+    assert st["origins"][b"bad".hex()]["z"] == pytest.approx(-2 * 16 / 8) and st["flagged"] == [b"bad".hex()]
+    assert len(st["origins"][b"bad".hex()]["evidence"]) == 8
+    a.record(b"x", 1, 0, 1.0)
+    a.record(b"x", 2, 3, 0.0)
+    assert b"x" not in a.origins   # q or g of 0 says nothing
+
+
+def test_one_audit_per_interval_in_turn_newest_update_of_each_origin():
+    a = Audit(interval_s=2.0, skip=b"me")
+    for step in range(1, 4):
+        a.offer(b"p1", step, 7)
+    a.offer(b"me", 1, 7)
+    a.offer(b"p2", 9, -3)
+    seen = []
+
+    def measure(origin, step, q):
+        seen.append((origin, step, q))
+        return 1.0
+    assert a.run(measure, now=0.0) and not a.run(measure, now=1.0) and a.run(measure, now=2.0)
+    assert seen == [(b"p1", 3, 7), (b"p2", 9, -3)] and not a.due(now=10.0)
+
+
+def test_a_label_flipping_origin_is_flagged_on_real_measurements():
+    """Three origins measure q on their own data (a regression toward y = X w*); one of them has
+    its labels flipped (y -> -y). A fourth node audits their updates with Replica.directional on
+    its own data: the flipper is flagged, the honest origins are not."""
+    from onebyte.model import Hyper, Replica, Seeder
+
+    torch.manual_seed(0)   # the data and the model's init only
+    w_true = torch.randn(24)
+
+    def data(n, flip=False):
+        x = torch.randn(n, 24)
+        return x, (x @ w_true) * (-1 if flip else 1)
+
+    def loss_fn(model, batch):
+        x, y = batch
+        return float(((model(x).squeeze(-1) - y) ** 2).mean())
+
+    auditor = Replica(torch.nn.Linear(24, 1), Hyper(lr=1e-3, q_scale=0.05))
+    origins = {b"honest1" * 4: data(512), b"honest2" * 4: data(512), b"flipper" * 4: data(512, flip=True)}
+    own = data(512)
+    seeder, audit = Seeder(b"s" * 32), Audit(interval_s=1.0)
+    for step in range(1, 97):
+        rows = slice((step * 32) % 512, (step * 32) % 512 + 32)
+        for origin, (x, y) in origins.items():
+            seed, _ = seeder.seeds(origin, step)
+            g = auditor.directional(loss_fn, (x[rows], y[rows]), seed)       # what the origin measured
+            q = max(-127, min(127, round(g / 0.05)))
+            audit.record(origin, step, q, auditor.directional(loss_fn, (own[0][rows], own[1][rows]), seed))
+    st = audit.status()
+    assert audit.flagged() == [b"flipper" * 4], st
+    assert all(st["origins"][o.hex()]["z"] > 1 for o in origins if o != b"flipper" * 4)   # they agree
+    before = auditor.state.clone()
+    auditor.directional(loss_fn, (own[0][:8], own[1][:8]), 123)
+    assert torch.equal(auditor.state, before)   # auditing never changes the weights
