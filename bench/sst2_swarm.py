@@ -98,7 +98,7 @@ class SnapshotEval:
         g = load_genesis(genesis_path)
         model, self.tok = load_model(model_spec)
         self.replica = Replica(model, g.make_hyper())
-        spec, _, _ = task_sources(g.task)
+        spec, _, _ = task_sources(g.task, genesis_dir=genesis_path.parent)
         self.task = load_task(dev, spec, split="eval")
         self.examples = self.task.examples[:n]
         k = first_trainable_layer(self.replica.model, self.replica.names)

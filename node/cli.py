@@ -116,7 +116,16 @@ def cmd_init(args) -> int:
         spec = TaskSpec(kind=args.kind, template=args.template or TaskSpec.template,
                         verbalizer=tuple(args.verbalizer.split(",")) if args.verbalizer else TaskSpec.verbalizer,
                         text_column=args.text_column, label_column=args.label_column).to_dict()
-    task = dict(spec, data=args.data, eval_data=args.eval_data or args.data)
+    for flag, name in (("--data", args.data), ("--eval-data", args.eval_data)):
+        if name and not is_builtin(name) and not Path(name).expanduser().is_file():
+            raise UserError(f"{flag} {name}: no such file (the genesis names the data every node reads by default; "
+                            "give an existing .tsv, .csv or .jsonl file or a built-in task)")
+    # A file's rows are training rows: without --eval-data nodes would score themselves on them.
+    eval_data = args.eval_data or (args.data if is_builtin(args.data) else "")
+    if not eval_data:
+        print("note: no --eval-data: nodes evaluate only with [node] eval_data (held-out rows, not the "
+              "training file)", file=sys.stderr)
+    task = dict(spec, data=args.data, eval_data=eval_data)
     swarm = dict(SWARM_DEFAULTS, name=args.name, admission=args.admission, members=list(args.member),
                  max_updates_per_s_per_origin=args.max_rate, updates_per_record=args.updates_per_record,
                  record_linger_s=args.record_linger, base_model=args.model, base_model_hash=model_hash(args.model))
@@ -299,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`onebyte status | head`): normal for a pipe, not an error.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if not isinstance(exc, (UserError,) + _model_errors()):
             raise

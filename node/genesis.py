@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ class Genesis:
 
     def to_toml(self) -> str:
         return dump_toml(self.parsed)
+
+    def base_model_spec(self) -> str:
+        """[swarm] base_model; a path (a .gguf file or a folder: it has a '/' or ends in .gguf)
+        is relative to the genesis file's folder, $VARS and ~ expanded (docs/config.md)."""
+        spec = self.swarm["base_model"]
+        if self.path is None or not ("/" in spec or spec.endswith(".gguf")):
+            return spec
+        p = Path(os.path.expandvars(spec)).expanduser()
+        return str(p if p.is_absolute() else Path(self.path).parent / p)
 
     def seeder(self):
         """onebyte.model.Seeder of this swarm: (origin, step, q) -> the update a replica applies."""
@@ -170,7 +180,12 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
     if not isinstance(hyper, dict) or not isinstance(task, dict):
         raise ConfigError(f"{where}: [hyper] and [task] must be tables")
     parsed = {"swarm": swarm, "hyper": hyper, "task": task}
-    return Genesis(swarm=swarm, hyper=hyper, task=task, swarm_id=compute_swarm_id(parsed))
+    g = Genesis(swarm=swarm, hyper=hyper, task=task, swarm_id=compute_swarm_id(parsed))
+    try:   # every swarm-wide protocol field in range, as the engine will need it
+        protocol_config(g, {})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [swarm] {str(exc).removeprefix('protocol settings: ')}") from None
+    return g
 
 
 def load_genesis(path: str | Path) -> Genesis:

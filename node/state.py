@@ -186,7 +186,7 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
     from onebyte.model import Replica
     from onebyte.model.load import ModelLoadError, load_model, model_hash
 
-    spec = model_spec or genesis.swarm["base_model"]
+    spec = model_spec or genesis.base_model_spec()
     try:
         h = model_hash(spec)
         if h != genesis.swarm["base_model_hash"]:

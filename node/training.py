@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +30,27 @@ class Training:
     trunk_info: dict | None = None                   # status `trunk_cache`, updated while building
 
 
-def task_sources(genesis_task: dict, data: str = "", eval_data: str = "") -> tuple[dict | None, str, str]:
+def task_sources(genesis_task: dict, data: str = "", eval_data: str = "",
+                 genesis_dir: Path | None = None) -> tuple[dict | None, str, str]:
     """(task spec, training data, eval data): the node's own data wins over the genesis
-    [task] data/eval_data; the rest of [task] is the spec (template, verbalizer...)."""
+    [task] data/eval_data, which are relative to the genesis file's folder (genesis_dir);
+    the rest of [task] is the spec (template, verbalizer...)."""
     spec = dict(genesis_task)
-    train_name = data or spec.get("data", "")
-    eval_name = eval_data or spec.get("eval_data", "")
+    train_name = data or genesis_relative(spec.get("data", ""), genesis_dir)
+    eval_name = eval_data or genesis_relative(spec.get("eval_data", ""), genesis_dir)
     spec.pop("data", None)
     spec.pop("eval_data", None)
     return spec or None, train_name, eval_name
+
+
+def genesis_relative(name: str, genesis_dir: Path | None) -> str:
+    """A data path named by the genesis: $VARS and ~ expanded, relative to the genesis file's
+    folder (docs/config.md); built-in task names and absolute paths as they are."""
+    from onebyte.model.tasks import is_builtin
+    if not name or is_builtin(name) or genesis_dir is None:
+        return name
+    p = Path(os.path.expandvars(name)).expanduser()
+    return str(p if p.is_absolute() else Path(genesis_dir) / p)
 
 
 def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: Path) -> Training:
@@ -45,7 +58,8 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
     from onebyte.model.data import BatchSampler, DataError, load_task, make_loss_fn
     from onebyte.model.evaluate import evaluate
 
-    spec, train_name, eval_name = task_sources(genesis.task, cfg.data, cfg.eval_data)
+    spec, train_name, eval_name = task_sources(genesis.task, cfg.data, cfg.eval_data,
+                                               genesis.path.parent if genesis.path else None)
     if not train_name:
         log.warning("no training data ([node] data or genesis [task] data): replaying only")
         return Training()

@@ -17,7 +17,7 @@ def genesis_task(genesis: Path) -> tuple[dict | None, str]:
     """(task spec, eval data) from the genesis [task] table, exactly as a node reads them."""
     import tomllib
 
-    spec, _train, eval_data = task_sources(tomllib.loads(genesis.read_text())["task"])
+    spec, _train, eval_data = task_sources(tomllib.loads(genesis.read_text())["task"], genesis_dir=genesis.parent)
     return spec, eval_data
 
 

@@ -135,3 +135,52 @@ def test_pubkey_and_stop_producing(tmp_path, genesis_path):
         assert n.terminate() == 0
     finally:
         n.cleanup()
+
+
+def test_output_piped_to_a_closed_reader_is_not_an_error(tmp_path):
+    """`onebyte status | head -5`: the reader may be gone before the output is written (`true`
+    exits at once, long before the CLI has imported what it needs): no traceback."""
+    import subprocess
+    import sys
+    cmd = f"{sys.executable} -m onebyte.node.cli init --model tiny --out {tmp_path / 'g.toml'} | true"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+def test_init_refuses_what_a_node_would_refuse(tmp_path):
+    """A genesis is immutable: init must not write one that names a missing data file or that
+    `onebyte run` would reject."""
+    for args, needle in ((["--data", str(tmp_path / "missing.tsv")], "no such file"),
+                         (["--eval-data", str(tmp_path / "nope.jsonl")], "no such file"),
+                         (["--updates-per-record", "0"], "updates_per_record must be in 1..256")):
+        r = run_cli("init", "--model", "tiny", "--out", tmp_path / "g.toml", *args)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / "g.toml").exists()
+    rows = tmp_path / "rows.tsv"
+    rows.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    r = run_cli("init", "--model", "tiny", "--data", rows, "--out", tmp_path / "g.toml")
+    assert r.returncode == 0 and "no --eval-data" in r.stderr   # nodes do not score on training rows
+    import tomllib
+    assert tomllib.loads((tmp_path / "g.toml").read_text())["task"]["eval_data"] == ""
+
+
+def test_genesis_paths_are_relative_to_the_genesis_file(tmp_path):
+    from onebyte.node.genesis import load_genesis
+    from onebyte.node.training import task_sources
+    folder = tmp_path / "swarm"
+    folder.mkdir()
+    (folder / "rows.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    r = run_cli("init", "--model", "tiny", "--data", folder / "rows.tsv", "--eval-data", folder / "rows.tsv",
+                "--out", folder / "genesis.toml")
+    assert r.returncode == 0, r.stderr
+    text = (folder / "genesis.toml").read_text().replace(str(folder / "rows.tsv"), "rows.tsv")
+    (folder / "genesis.toml").write_text(text)     # a genesis that names its data relatively
+    g = load_genesis(folder / "genesis.toml")
+    _, train, ev = task_sources(g.task, genesis_dir=g.path.parent)
+    assert train == ev == str(folder / "rows.tsv")
+    _, train, _ = task_sources(g.task, data="/elsewhere.tsv", genesis_dir=g.path.parent)
+    assert train == "/elsewhere.tsv"   # the node's own data wins, as it names it
+    assert g.base_model_spec() == "tiny"
+    g2 = load_genesis(folder / "genesis.toml")
+    object.__setattr__(g2, "swarm", dict(g2.swarm, base_model="models/m.gguf"))
+    assert g2.base_model_spec() == str(folder / "models" / "m.gguf")
