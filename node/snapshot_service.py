@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -101,8 +102,21 @@ class SnapshotServer:
         self.counters = {"requests": 0, "bytes_served": 0, "attests": 0, "refused": 0}
 
     async def start(self, host: str, port: int) -> bool:
+        """Listen on TCP host:port. An IPv6 host ("::") listens dual-stack, as the UDP socket
+        does: asyncio would set IPV6_V6ONLY and refuse IPv4 peers, so the socket is made here."""
         try:
-            self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
+            if ":" in host:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    sock.bind((host, port))
+                except OSError:
+                    sock.close()
+                    raise
+                self._server = await asyncio.start_server(self._handle, sock=sock, limit=MAX_LINE)
+            else:
+                self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
         except OSError as exc:
             log.warning("not serving snapshots: cannot listen on TCP %s: %s", format_addr((host, port)),
                         exc.strerror)
