@@ -65,6 +65,7 @@ class TrunkCache:
         self.path = Path(path) if path else None
         self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
         self._encoded: dict[str, tuple[str, list[int]]] = {}  # text -> (example id, token ids)
+        self._rope_cache: dict = {}   # (T, device) -> rotary cos, sin
         self.loaded = 0
         if self.path is not None:
             self._load()
@@ -130,28 +131,35 @@ class TrunkCache:
             h = out[0] if isinstance(out, tuple) else out
         return h
 
+    def _rope_tables(self, t: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, d] of positions 0..T-1: constant per length, so computed once per T."""
+        key = (t, str(device))
+        hit = self._rope_cache.get(key)
+        if hit is None:
+            probe = torch.zeros((1, t, 1), device=device, dtype=torch.float32)
+            _, (cos, sin) = self._rope(probe)
+            hit = self._rope_cache[key] = (cos[0], sin[0])
+        return hit
+
     def _top_layer_at_last(self, layer, h: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """Output of `layer` at each row's last real position only: [B, H]."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
         attn = layer.self_attn
         b, t, _ = h.shape
         rows = torch.arange(b, device=h.device)
         x = layer.input_layernorm(h)
         xl = x[rows, last]                                                  # [B, H]
         d = attn.head_dim
-        q = attn.q_proj(xl).view(b, -1, 1, d)                               # [B, nh, 1, d]
-        k = attn.k_proj(x).view(b, t, -1, d).transpose(1, 2)                # [B, nkv, T, d]
-        v = attn.v_proj(x).view(b, t, -1, d).transpose(1, 2)
-        _, (cos, sin) = self._rope(h)                                       # [1, T, d]
-        q, _ = apply_rotary_pos_emb(q, q, cos[0, last][:, None], sin[0, last][:, None])
-        _, k = apply_rotary_pos_emb(k, k, cos, sin)
-        groups = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * attn.scaling                   # [B, nh, 1, T]
+        kv = attn.k_proj.out_features // d                                  # key/value heads
+        q = attn.q_proj(xl).view(b, kv, -1, d)                              # [B, nkv, groups, d]
+        k = attn.k_proj(x).view(b, t, kv, d).transpose(1, 2)                # [B, nkv, T, d]
+        v = attn.v_proj(x).view(b, t, kv, d).transpose(1, 2)
+        cos, sin = self._rope_tables(t, h.device)                           # [T, d]
+        q = _rotate(q, cos[last][:, None, None], sin[last][:, None, None])  # at each row's last position
+        k = _rotate(k, cos, sin)
+        scores = (q @ k.transpose(-1, -2)) * attn.scaling                   # [B, nkv, groups, T]
         after = torch.arange(t, device=h.device)[None, :] > last[:, None]   # [B, T]: after the last token
         scores = scores.masked_fill(after[:, None, None, :], float("-inf"))
-        o = (scores.float().softmax(-1).to(v.dtype) @ v).reshape(b, -1)     # [B, nh * d]
+        o = (scores.float().softmax(-1).to(v.dtype) @ v).reshape(b, -1)     # [B, nh * d], heads in order
         hl = h[rows, last] + attn.o_proj(o)
         return hl + layer.mlp(layer.post_attention_layernorm(hl))
 
@@ -203,3 +211,11 @@ class TrunkCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.h.values())
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (Llama's rotate_half convention): one tensor, no copy of
+    the other argument that transformers' apply_rotary_pos_emb also rotates."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

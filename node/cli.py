@@ -174,6 +174,10 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config)
     _setup_logging(cfg.log_level)
     if cfg.threads:
+        # numba's kernels run a thread pool of their own (one thread per core by default, and
+        # idle workers spin): several daemons on one machine then fight over the cores. It is
+        # sized once, when numba is first imported, which has not happened yet.
+        os.environ.setdefault("NUMBA_NUM_THREADS", str(cfg.threads))
         import torch
         torch.set_num_threads(cfg.threads)
     return asyncio.run(run_daemon(cfg))
