@@ -1,17 +1,17 @@
-"""The DIGEST payload of anti-entropy (docs/protocol.md): `[hashes, flags, weights|nil]`.
+"""The digest forms of anti-entropy's DIGEST message (messages.Digest, docs/protocol.md).
 
 `hashes` is our version-vector digest (dissemination.VersionDigest, 64 bucket hashes) in
 one of three forms: all of it, SPARSE (a bitmap of the non-empty buckets and their hashes,
 shorter in a swarm of few origins), or ROOT (one short hash of the whole, what a quiet
 round sends). `weights` is (weights digest, vv hash), for the divergence check.
-Pure codec: Sync decides when to send which.
+Pure functions: Sync decides when to send which.
 """
 from __future__ import annotations
 
 import hashlib
 
 from .dissemination import BUCKET_HASH, DIGEST_SIZE
-from .wire import WireError, is_uint, packb
+from .wire import WireError
 
 ASK_OWN = 0x01           # flag: "list my own origin's step in your VECTOR, even if equal"
 SPARSE = 0x02            # flag: hashes are a bitmap of non-empty buckets + their hashes
@@ -51,41 +51,3 @@ def unsparse(data: bytes) -> bytes:
         else:
             out.append(bytes(BUCKET_HASH))
     return b"".join(out)
-
-
-def encode_digest(packed: bytes, ask_own: bool, weights: tuple | None, root: bool = False) -> bytes:
-    """Our digest as ROOT (only when asked and not asking for our own origin), else SPARSE
-    when that is shorter than all 64 buckets, else whole."""
-    flags = ASK_OWN if ask_own else 0
-    if root and not flags:
-        hashes, flags = root_of(packed), ROOT
-    else:
-        short = sparse(packed)
-        hashes, flags = (short, flags | SPARSE) if len(short) < len(packed) else (packed, flags)
-    return packb([hashes, flags, list(weights) if weights else None])
-
-
-def decode_digest(payload) -> tuple:
-    """(hashes, flags, (weights digest, vv hash) | None); hashes are ROOT_SIZE bytes with
-    ROOT, else the full 64-bucket form. Extra fields are ignored; anything else is malformed."""
-    if not isinstance(payload, list):
-        hashes, flags, weights = payload, 0, None
-    else:
-        if not (3 <= len(payload) <= 8 and is_uint(payload[1], 1 << 32)):
-            raise WireError("malformed")
-        hashes, flags, weights = payload[0], payload[1], payload[2]
-        if weights is not None and not (
-                isinstance(weights, list) and len(weights) == 2
-                and all(isinstance(w, bytes) and 0 < len(w) <= MAX_WEIGHTS_FIELD for w in weights)):
-            raise WireError("malformed")
-    if not isinstance(hashes, bytes):
-        raise WireError("malformed")
-    if flags & ROOT:
-        if len(hashes) != ROOT_SIZE:
-            raise WireError("malformed")
-    else:
-        if flags & SPARSE:
-            hashes = unsparse(hashes)
-        if len(hashes) != DIGEST_SIZE:
-            raise WireError("malformed")
-    return hashes, flags, tuple(weights) if weights is not None else None

@@ -18,10 +18,11 @@ The engine routes; each collaborator owns its state:
     EventQueue   events for the driver; drops counted
 
 A datagram, top to bottom: receive_datagram -> _receive (header, JOIN aside) ->
-Session.authenticate -> unpack_body -> _accept (membership, session, probes) -> the
-handler of its message type (self._handlers) -> its gossip items (_on_gossip) -> its
-records (Sync.on_records).  Every step that rejects it raises WireError, which ends as
-one counted drop.
+Session.authenticate -> unpack_body -> messages.decode (its payload as a typed message) ->
+_accept (membership, session, probes) -> the handler of its message type (self._handlers)
+-> its gossip items (_on_gossip) -> its records (Sync.on_records).  Every step that
+rejects it raises WireError, which ends as one counted drop; nothing changes state before
+the payload decoded.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ from .session import Authenticated, Session
 from .store import MemoryRecordStore
 from .peerex import CertExchange
 from .sync import Sync
-from .wire import (NIL, Alive, AliveTag, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
-                   MAX_VERSION, encode_alive, encode_leave, nat_of_flags, packb, parse_header, unpack_body)
+from . import messages as msg
+from .wire import (Alive, AliveTag, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
+                   MAX_VERSION, encode_alive, encode_leave, nat_of_flags, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
 WEIGHTS_BYTES = 8         # of the weights digest and vv hash in a DIGEST (set_weights_digest)
@@ -51,9 +53,9 @@ class ProtocolError(Exception):
     """The driver misused the engine (not raised for peer input)."""
 
 
-def _carries_only(m: Member, payload, now: float) -> None:
-    """The handler of PUSH and PEERS: a nil payload; their gossip and records are
-    the message, and every authenticated datagram's are handled after its handler."""
+def _carries_only(m: Member, message, now: float, via: Member | None) -> None:
+    """The handler of PUSH, PEERS and RECORDS: their gossip and records are the message, and
+    every authenticated datagram's are handled after its handler."""
 
 
 _KIND_NAMES = {int(t): t.name.lower() for t in MessageType}
@@ -128,10 +130,12 @@ class Engine:
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.counters, self.store, rng, self.gossip_q, now=now)
         self.certs.everyone_talks = self.sync.everyone_talks
-        # One handler per message type, each (member, payload, now), called once the datagram
-        # is authenticated.  JOIN is absent: it is the one unauthenticated message (_on_join).
-        # PUSH and PEERS carry nothing but gossip and records, which any message may; RECORDS
-        # may also say what more its sender holds (Serving.on_served).
+        # One handler per message type, each (member, message, now, via), called once the
+        # datagram is authenticated and its payload decoded (protocol/messages.py); via is the
+        # relay that carried it, if one did.  JOIN is absent: it is the one unauthenticated
+        # message (_on_join).  PUSH, PEERS and RECORDS carry nothing but gossip and records,
+        # which any message may (what more a RECORDS' sender holds is read with its records:
+        # Sync.on_records).
         self._handlers = {
             MessageType.HELLO: self._on_hello,
             MessageType.PING: self._on_ping,
@@ -141,7 +145,7 @@ class Engine:
             MessageType.DIGEST: self.sync.on_digest,
             MessageType.VECTOR: self.sync.on_vector,
             MessageType.PULL: self.sync.serving.on_pull,
-            MessageType.RECORDS: self.sync.serving.on_served,
+            MessageType.RECORDS: _carries_only,
             MessageType.PEERS_REQ: self.certs.on_peers_req,
             MessageType.PEERS: _carries_only,
             MessageType.RELAY: self._on_relay,
@@ -275,7 +279,7 @@ class Engine:
         item = encode_leave(self.node_id, s.generation, s.incarnation, s.sign_leave())
         for peer in self.members.random_live(self.rng, 2 * self.config.fanout):
             records = self.sync.record_q.take(self.outbox.budget(peer, 1) - len(item), 1 << 30, 2)
-            self.outbox.send(MessageType.PUSH, peer, NIL, [item], records)
+            self.outbox.send(msg.Push(), peer, [item], records)
         self._left = True
 
     def next_event(self):
@@ -353,10 +357,6 @@ class Engine:
         """The high-value event queue that back-pressure bounds (tests check its length)."""
         return self.events.high
 
-    def _send(self, *args, **kwargs) -> None:
-        """Queue a datagram to a member (tests send crafted records as a member would)."""
-        self.outbox.send(*args, **kwargs)
-
     # ================================================================ a datagram in
     def _receive(self, data: bytes, addr, now: float, via: Member | None = None) -> None:
         """via: the relay that carried this (inner) datagram; addr is then the sender's address
@@ -370,18 +370,15 @@ class Engine:
             return self._on_join(h, addr, now)
         auth = self.session.authenticate(h, self.members.get(h.sender), now)
         payload, gossip, records = unpack_body(h.body)
-        # --- authenticated and parsed: from here on the datagram may change state.
+        message = msg.decode(h.type, payload)
+        # --- authenticated and decoded: from here on the datagram may change state.
         m = self._accept(h, auth, addr, now, via)
         self.sync.serving.credit.earn(m.node_id, m.addr if via is not None else addr, len(data))
-        self.nat.via = via.node_id if via is not None else None
-        try:
-            self._handlers[h.type](m, payload, now)
-        finally:
-            self.nat.via = None
+        self._handlers[h.type](m, message, now, via)
         if gossip:
             self._on_gossip(m, gossip, addr, now, listed=h.type == MessageType.PEERS)
         if records:
-            self.sync.on_records(m, records, addr, now, answer=h.type == MessageType.RECORDS)
+            self.sync.on_records(m, records, addr, now, answer=message if isinstance(message, msg.Records) else None)
 
     def _accept(self, h: Header, auth: Authenticated, addr, now: float, via: Member | None = None) -> Member:
         """The sender as a member (learned from its certificate if it sent one), with its
@@ -421,32 +418,33 @@ class Engine:
         if m.mac_key is None:   # a new member, or a new session of a known one
             m.mac_key = key
         # The HELLO tells the joiner where its JOIN came from (its observed address).
-        self.outbox.send(MessageType.HELLO, m, packb(list(addr)), addr=addr, cert=True, piggyback=False)
+        self.outbox.send(msg.Hello(addr), m, addr=addr, cert=True, piggyback=False)
 
     # ================================================================ handlers
-    def _on_hello(self, m: Member, payload, now: float) -> None:
+    def _on_hello(self, m: Member, message: msg.Hello, now: float, via: Member | None) -> None:
         # The answer to our JOIN: ask this first contact for more peers.
-        if payload is not None:
-            self._observed(m, payload, now)
+        self._observed(m, message.observed, now, via)
         self.certs.ask_peers(m)
 
-    def _on_ping(self, m: Member, payload, now: float) -> None:
-        self.probing.on_ping(m, payload, now, self.nat.observed_for(m))
+    def _on_ping(self, m: Member, message: msg.Ping, now: float, via: Member | None) -> None:
+        # The ACK tells m where its PING came from, unless a relay carried it (we did not see).
+        self.probing.on_ping(m, message, now, m.addr if via is None else None)
 
-    def _on_ack(self, m: Member, payload, now: float) -> None:
-        """ACK: seq, or [seq, the address our PING came from]."""
-        if isinstance(payload, list) and len(payload) == 2:
-            payload, observed = payload
-            self._observed(m, observed, now)
-        self.probing.on_ack(m, payload, now)
+    def _on_ack(self, m: Member, message: msg.Ack, now: float, via: Member | None) -> None:
+        self._observed(m, message.observed, now, via)
+        self.probing.on_ack(m, message, now)
 
-    def _observed(self, m: Member, addr, now: float) -> None:
-        if self.nat.observed(m, addr, now):
+    def _observed(self, m: Member, addr, now: float, via: Member | None) -> None:
+        """m saw our datagram come from addr: what tells our NatKind (protocol/nat.py).  A
+        relayed report is not about a direct path, and is ignored."""
+        if addr is not None and via is None and self.nat.observed(m, addr, now):
             self.session.nat = self.nat.kind
             self._announce_self()   # our NatKind changed: tell peers how to reach us
 
-    def _on_relay(self, m: Member, payload, now: float) -> None:
-        carried = self.nat.on_relay(m, payload, now)
+    def _on_relay(self, m: Member, message: msg.Relay, now: float, via: Member | None) -> None:
+        if via is not None:
+            raise WireError("malformed")   # relays never nest
+        carried = self.nat.on_relay(m, message, now)
         if carried is not None:
             src, inner = carried
             self._receive(inner, src.addr, now, via=m)
@@ -584,7 +582,7 @@ class Engine:
                 self.events.emit(change.event)
                 self._membership_news()
                 self.probing.hold(target, change.gossip, now)
-                self.outbox.send(MessageType.PING, target, packb(0), [change.gossip])
+                self.outbox.send(msg.Ping(0), target, [change.gossip])
 
     def _rejoin_bootstrap(self) -> None:
         # Keep knocking on configured addresses that are not live members: a node whose

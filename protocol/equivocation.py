@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from .events import EquivocationDetected
 from .records import HALF_BUNDLE, Record, decode_any, member_hash
-from .wire import NIL, MessageType, WireError, encode_proof, packb
+from .messages import Push
+from .wire import WireError, encode_proof, packb
 
 REASON = "equivocation"
 DIVERGED_ORIGINS = 8     # origins whose recent records go to a diverged peer per DIGEST
@@ -209,7 +210,7 @@ class Equivocations:
         items = [encode_proof(p.record_a, p.record_b) for o, p in self.proofs.items()
                  if theirs.get(o, 0) >= p.step]
         if items:
-            self.sync.outbox.send(MessageType.PUSH, m, NIL, items[:4])
+            self.sync.outbox.send(Push(), m, items[:4])
 
     def on_diverged(self, m) -> None:
         """Same vv, other weights: send m our most recent records of a few origins, newest

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from .config import ProtocolConfig
 from .identity import CERT_SIZE
 from .membership import Member, Membership
-from .wire import (BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, MessageType, NatKind, WireError,
-                   decode_addr, is_node_id, is_uint, packb)
+from . import messages as msg
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, NatKind, WireError
 
 KEEPALIVE_S = 15.0     # a NAT'd node's PING to its anchors: well below a 30 s mapping timeout
 PATH_TTL_S = 25.0      # a NAT'd member that sent to us this recently is reachable at its address
@@ -52,7 +52,6 @@ QUORUM = 3             # reporters enough to tell our NatKind (a majority of the
 RELAY_OVERHEAD = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + 24
 _WILDCARD = ("", "0.0.0.0", "::")
 _SENDER = slice(11, 27)   # sender node id in the header (wire.HEADER)
-_TYPE = 9
 
 
 @dataclass
@@ -81,7 +80,6 @@ class Nat:
         self.punching: dict[bytes, Punch] = {}
         self.tried: dict[bytes, float] = {}
         self.relayed: set[bytes] = set()   # members we reach through a relay
-        self.via: bytes | None = None      # the relay of the datagram being handled, if any
         self.now = now
         self.due = now + TICK_S
         self._next_keepalive = now + KEEPALIVE_S * rng.random()
@@ -131,15 +129,8 @@ class Nat:
         return True
 
     # ================================================================ our observed address
-    def observed_for(self, m: Member):
-        """The address to report back to m (None for a relayed datagram: we did not see it)."""
-        return m.addr if self.via is None else None
-
-    def observed(self, reporter: Member, obj, now: float) -> bool:
-        """A peer reports where our datagram came from.  True if our NatKind changed."""
-        addr = decode_addr(obj)
-        if addr is None or self.via is not None:
-            return False
+    def observed(self, reporter: Member, addr: tuple, now: float) -> bool:
+        """A peer reports where our datagram came from (directly).  True if our NatKind changed."""
         self.observed_by.pop(reporter.node_id, None)
         self.observed_by[reporter.node_id] = addr
         while len(self.observed_by) > OBSERVERS:
@@ -205,7 +196,7 @@ class Nat:
                 self.anchors.append(m.node_id)
         targets = [self.members.get(a) for a in self.anchors] + self._nat_peers(direct_only=True)
         for m in targets:
-            self.outbox.send(MessageType.PING, m, packb(0), addr=m.addr)
+            self.outbox.send(msg.Ping(0), m, addr=m.addr)
 
     def _nat_peers(self, direct_only: bool = False) -> list:
         return [m for m in self.members.live_members()
@@ -225,7 +216,7 @@ class Nat:
             return
         target = self.rng.choice(cands)
         self.tried[target.node_id] = now
-        self.outbox.send(MessageType.PUNCH_REQ, self.rng.choice(anchors), packb(target.node_id))
+        self.outbox.send(msg.PunchReq(target.node_id), self.rng.choice(anchors))
 
     def _punch_rounds(self, now: float) -> None:
         for nid, p in list(self.punching.items()):
@@ -238,7 +229,7 @@ class Nat:
                 self._use_relay(m, p.introducer)
             elif now >= p.next_ping:
                 p.next_ping = now + PUNCH_PING_S
-                self.outbox.send(MessageType.PING, m, packb(0), addr=m.addr)
+                self.outbox.send(msg.Ping(0), m, addr=m.addr)
 
     def _use_relay(self, m: Member, relay_id: bytes) -> None:
         r = self.members.get(relay_id)
@@ -247,49 +238,35 @@ class Nat:
             self.relayed.add(m.node_id)
 
     # ================================================================ messages
-    def on_punch_req(self, m: Member, payload, now: float) -> None:
+    def on_punch_req(self, m: Member, req: msg.PunchReq, now: float, via: Member | None) -> None:
         """m asks us to introduce it to a member: only if we reach both directly."""
-        if not is_node_id(payload):
-            raise WireError("malformed")
-        peer = self.members.get(payload)
-        if (self.via is not None or peer is None or peer is m or not peer.live
+        peer = self.members.get(req.target)
+        if (via is not None or peer is None or peer is m or not peer.live
                 or peer.addr is None or m.addr is None or not self.direct(peer) or not self.direct(m)):
             return
         self.counters["introductions"] += 1
-        self.outbox.send(MessageType.PUNCH, m, packb([peer.node_id, list(peer.addr), int(peer.nat)]))
-        self.outbox.send(MessageType.PUNCH, peer, packb([m.node_id, list(m.addr), int(m.nat)]))
+        self.outbox.send(msg.Punch(peer.node_id, peer.addr, peer.nat), m)
+        self.outbox.send(msg.Punch(m.node_id, m.addr, m.nat), peer)
 
-    def on_punch(self, m: Member, payload, now: float) -> None:
+    def on_punch(self, m: Member, punch: msg.Punch, now: float, via: Member | None) -> None:
         """Introduced by m to a peer at its observed address: PING it until it answers."""
-        if not (isinstance(payload, list) and len(payload) == 3 and is_node_id(payload[0])
-                and is_uint(payload[2], len(NatKind))):
-            raise WireError("malformed")
-        addr = decode_addr(payload[1])
-        if addr is None:
-            raise WireError("malformed")
-        peer = self.members.get(payload[0])
-        if self.via is not None or peer is None or peer is m or not peer.live or self.direct(peer):
+        peer = self.members.get(punch.peer)
+        if via is not None or peer is None or peer is m or not peer.live or self.direct(peer):
             return
         self.tried[peer.node_id] = now
-        if NatKind.SYMMETRIC in (payload[2], self.kind):
+        if NatKind.SYMMETRIC in (punch.nat, self.kind):
             # A symmetric NAT maps us to another port for every peer: nothing to punch.
             self._use_relay(peer, m.node_id)
             return
-        peer.addr = addr
+        peer.addr = punch.addr
         self.punching[peer.node_id] = Punch(m.node_id, now + PUNCH_WAIT_S, now + PUNCH_PING_S)
-        self.outbox.send(MessageType.PING, peer, packb(0), addr=addr)
+        self.outbox.send(msg.Ping(0), peer, addr=punch.addr)
 
-    def on_relay(self, m: Member, payload, now: float):
-        """RELAY from m: [0, dest, inner] we forward; [1, src, inner] is for us, returned as
-        (src member, inner) for the engine to receive.  Relays never nest."""
-        if not (isinstance(payload, list) and len(payload) == 3 and payload[0] in (0, 1)
-                and is_node_id(payload[1]) and isinstance(payload[2], bytes)
-                and len(payload[2]) > HEADER_SIZE):
-            raise WireError("malformed")
-        flag, nid, inner = payload
-        if self.via is not None or inner[_TYPE] in (MessageType.JOIN, MessageType.RELAY):
-            raise WireError("malformed")
-        if flag == 1:
+    def on_relay(self, m: Member, relay: msg.Relay, now: float):
+        """RELAY from m (not itself relayed: the engine checks): one to_relay we forward; one
+        from its relay is for us, returned as (src member, inner) for the engine to receive."""
+        nid, inner = relay.node_id, relay.inner
+        if not relay.to_relay:
             src = self.members.get(nid)
             if src is None or inner[_SENDER] != nid:
                 raise WireError("unknown_sender")
@@ -305,7 +282,7 @@ class Nat:
         if len(inner) + RELAY_OVERHEAD + cert > self.config.max_datagram:
             raise WireError("oversize")
         self.counters["relay_forwarded_bytes"] += len(inner)
-        self.outbox.send(MessageType.RELAY, dest, packb([1, m.node_id, inner]), [], [], addr=dest.addr)
+        self.outbox.send(msg.Relay(False, m.node_id, inner), dest, [], [], addr=dest.addr)
         return None
 
     # ================================================================ outgoing
@@ -321,7 +298,7 @@ class Nat:
         if r is None or not r.live or r.addr is None or not self.direct(r):
             return False
         self.counters["relay_sent_bytes"] += len(data)
-        self.outbox.send(MessageType.RELAY, r, packb([0, m.node_id, data]), [], [], addr=r.addr)
+        self.outbox.send(msg.Relay(True, m.node_id, data), r, [], [], addr=r.addr)
         return True
 
     def status(self) -> dict:

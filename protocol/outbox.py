@@ -13,7 +13,8 @@ from .dissemination import TransmitLimitedQueue
 from .identity import CERT_SIZE
 from .membership import Member, Membership
 from .session import Session
-from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, NIL, MessageType, pack_body
+from .messages import Message, Records
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, pack_body
 
 
 class Outbox:
@@ -33,14 +34,16 @@ class Outbox:
         return (self.config.max_datagram - HEADER_SIZE - cert - MAC_SIZE - BODY_OVERHEAD - relay
                 - payload_len)
 
-    def send(self, mtype: MessageType, m: Member, payload: bytes, gossip: list | None = None,
+    def send(self, message: Message, m: Member, gossip: list | None = None,
              records: list | None = None, *, addr=None, cert: bool = False,
              piggyback: bool = True) -> None:
-        """Queue one datagram to member m (at addr if given).  payload, gossip and records are
-        packed already; gossip=None fills the room left with queued gossip if piggyback.
-        Our certificate goes along when asked (cert) and until m has shown it holds it."""
+        """Queue one datagram carrying message to member m (at addr if given).  gossip and
+        records are packed already; gossip=None fills the room left with queued gossip if
+        piggyback.  Our certificate goes along when asked (cert) and until m has shown it
+        holds it."""
         if not self.session.ensure_key(m):
             return
+        payload = message.encode()
         if gossip is None:
             gossip = []
             if piggyback and len(self.gossip_q):
@@ -48,17 +51,17 @@ class Outbox:
                 limit = self.config.transmit_limit(self.members.live_count() + 1)
                 gossip = self.gossip_q.take(budget, limit, 0, to=m)
         body = pack_body(payload, gossip, records or [])
-        data = self.session.seal(mtype, m.mac_key, body, with_cert=cert or not m.confirmed)
+        data = self.session.seal(message.TYPE, m.mac_key, body, with_cert=cert or not m.confirmed)
         if addr is None and m.relay is not None and self.nat is not None and self.nat.wrap(m, data):
             return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))
 
     def send_records(self, m: Member, packed: Iterable[bytes], limit: float = float("inf"),
-                     last_payload: bytes = NIL) -> None:
+                     last: Records = Records()) -> None:
         """RECORDS datagrams to m, each as full as its budget allows, until `limit` bytes of
         records went out; a record larger than a whole datagram's room is skipped.  The last
-        datagram carries last_payload (Serving.serve: what more the server holds)."""
-        batch, budget = [], self.budget(m, len(last_payload))
+        datagram is `last` (Serving.serve: it says what more the server holds)."""
+        batch, budget = [], self.budget(m, len(last.encode()))
         room = budget
         for rec in packed:
             if limit <= 0:
@@ -66,13 +69,13 @@ class Outbox:
             if len(rec) > budget:
                 continue
             if len(rec) > room:
-                self.send(MessageType.RECORDS, m, NIL, [], batch)
+                self.send(Records(), m, [], batch)
                 batch, room = [], budget
             batch.append(rec)
             room -= len(rec)
             limit -= len(rec)
         if batch:
-            self.send(MessageType.RECORDS, m, last_payload, [], batch)
+            self.send(last, m, [], batch)
 
     def send_join(self, addr) -> None:
         self.datagrams.append((self.session.join_datagram(), addr))

@@ -19,12 +19,12 @@ from .dissemination import note_held
 from .membership import Member, Membership
 from .outbox import Outbox
 from .identity import CERT_SIZE
-from .wire import (NIL, AliveTag, MessageType, WireError, alive_tag, encode_alive, encode_alive_tag,
-                   is_node_id, packb)
+from . import messages as msg
+from .messages import MAX_ASKED
+from .wire import AliveTag, alive_tag, encode_alive, encode_alive_tag
 
 PEERS_PER_ANSWER = 32    # TAG items in a periodic PEERS answer, as many as fit (~26): a
                          # newcomer to a small swarm learns every member from its first answer
-MAX_ASKED = 32           # node ids in one PEERS_REQ (an answer holds fewer: what fits)
 ASK_AGAIN_S = 1.0        # a certificate asked for and not come is asked for again, of the next
 ASK_TRIES = 4            # holder that told us of it (lossy links), up to this many times
 MAX_WANTS = 1024
@@ -91,7 +91,7 @@ class CertExchange:
         """Ask the sender of the datagram just handled for the certificates its TAGs told of."""
         if self.wants:
             wants, self.wants = self.wants, []
-            self.outbox.send(MessageType.PEERS_REQ, sender, packb(wants))
+            self.outbox.send(msg.PeersReq(asked=tuple(wants)), sender)
 
     def retry(self, now: float) -> None:
         """Certificates asked for that did not come: ask the next holder, or give up (a
@@ -112,42 +112,40 @@ class CertExchange:
         for holder, nids in by_holder.items():
             m = self.members.get(holder)
             if m is not None and m.live and nids:
-                self.outbox.send(MessageType.PEERS_REQ, m, packb(nids))
+                self.outbox.send(msg.PeersReq(asked=tuple(nids)), m)
 
     # ================================================================ asking
     def ask_peers(self, m: Member) -> None:
         """Peer exchange: a PEERS_REQ with our live-member counts per bucket."""
-        self.outbox.send(MessageType.PEERS_REQ, m, packb(self.members.bucket_counts(self.node_id)))
+        self.outbox.send(msg.PeersReq(self.members.bucket_counts(self.node_id)), m)
 
     # ================================================================ answering PEERS_REQ
-    def on_peers_req(self, m: Member, payload, now: float) -> None:
+    def on_peers_req(self, m: Member, req: msg.PeersReq, now: float, via: Member | None = None) -> None:
         """Counts (32-byte bin, or nil): TAG items of a sample of live members (the asker asks
         for the certificates it lacks), none if its counts equal ours; [node ids]: the ALIVE
         items of those it names (live members we hold; the rest is skipped).  One datagram,
         as many as fit."""
-        if isinstance(payload, list):
-            self._answer_asked(m, payload)
+        if req.asked is not None:
+            self._answer_asked(m, req.asked)
             return
-        if (payload is not None and self.members.reachable is None
-                and payload == self.members.bucket_counts(self.node_id)):
+        if (req.counts is not None and self.members.reachable is None
+                and req.counts == self.members.bucket_counts(self.node_id)):
             # As many live members as we hold in every bucket: our views agree.  (With NATs
             # about, views that count alike still differ in who reaches whom: answer.)
             return
         # Every live member, reachable by us or not: the asker may have (or make) a path.
-        pool = self.members.to_exchange(m, payload, self.node_id, self.rng, PEERS_PER_ANSWER)
+        pool = self.members.to_exchange(m, req.counts, self.node_id, self.rng, PEERS_PER_ANSWER)
         self._answer(m, [encode_alive_tag(p.node_id, p.generation, p.incarnation, p.nat, p.version)
                          for p in pool])
 
-    def _answer_asked(self, m: Member, payload: list) -> None:
-        if not (len(payload) <= MAX_ASKED and all(map(is_node_id, payload))):
-            raise WireError("malformed")
-        chosen = [p for p in map(self.members.get, dict.fromkeys(payload))
+    def _answer_asked(self, m: Member, asked: tuple) -> None:
+        chosen = [p for p in map(self.members.get, dict.fromkeys(asked))
                   if p is not None and p is not m and p.live]
         items = []
         for peer in chosen:
             items.append(encode_alive(peer.cert, peer.addr, peer.nat, peer.version))
             note_held(m, peer.node_id, alive_tag(peer.cert, peer.nat))
-        own = self.node_id in payload   # our own certificate rides in the header
+        own = self.node_id in asked   # our own certificate rides in the header
         if items or own:
             self._answer(m, items, cert=own)
 
@@ -159,4 +157,4 @@ class CertExchange:
                 break
             budget -= len(packed)
             out.append(packed)
-        self.outbox.send(MessageType.PEERS, m, NIL, out, cert=cert)
+        self.outbox.send(msg.Peers(), m, out, cert=cert)

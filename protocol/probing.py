@@ -14,7 +14,8 @@ from typing import Iterator
 from .config import ProtocolConfig
 from .membership import Member, Membership, MemberState
 from .outbox import Outbox
-from .wire import NIL, MessageType, WireError, encode_dead, encode_suspect, is_node_id, is_uint, packb
+from . import messages as msg
+from .wire import NIL, MessageType, encode_dead, encode_suspect
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Probing:
         if target is not None:
             self._seq += 1
             self.probes[self._seq] = Probe(target.node_id, now)
-            self.outbox.send(MessageType.PING, target, packb(self._seq))
+            self.outbox.send(msg.Ping(self._seq), target)
 
     def failed(self, now: float, end_of_period: bool = False) -> Iterator[Member]:
         """Yield each probed member that did not answer in time (for the engine to suspect),
@@ -89,12 +90,12 @@ class Probing:
                 # and new certificate for every member to learn follows; detection is
                 # probe_timeout_s later.
                 probe.retried, probe.sent_at = True, now
-                self.outbox.send(MessageType.PING, target, packb(seq))
+                self.outbox.send(msg.Ping(seq), target)
             elif not probe.indirect and now >= probe.sent_at + cfg.probe_timeout_s:
                 probe.indirect = True
                 for helper in self.members.random_live(self.rng, cfg.indirect_probes,
                                                        exclude=(probe.target,)):
-                    self.outbox.send(MessageType.PING_REQ, helper, packb([seq, probe.target]))
+                    self.outbox.send(msg.PingReq(seq, probe.target), helper)
 
     def delay(self, seconds: float) -> None:
         """Our own loop stalled this long (a busy CPU, a paused process): answers to our
@@ -133,9 +134,9 @@ class Probing:
         item = [encode_suspect(m.node_id, m.incarnation)]
         reach = self.members.reachable
         if m.addr is not None and (reach is None or reach(m)):
-            self.outbox.send(MessageType.PUSH, m, NIL, item, [])
+            self.outbox.send(msg.Push(), m, item, [])
         for peer in self.members.random_live(self.rng, self.config.indirect_probes, exclude=(m.node_id,)):
-            self.outbox.send(MessageType.PUSH, peer, NIL, item, [])
+            self.outbox.send(msg.Push(), peer, item, [])
 
     def answer(self, m: Member, items: list) -> None:
         """m accused us, or members at incarnations older than ours (it holds a suspicion that
@@ -146,7 +147,7 @@ class Probing:
             if len(item) <= budget:
                 budget -= len(item)
                 out.append(item)
-        self.outbox.send(MessageType.PUSH, m, NIL, out, [])
+        self.outbox.send(msg.Push(), m, out, [])
 
     def ping_dead(self, now: float) -> None:
         """PING a few dead members with the verdict: one that is in fact alive (lossy links, a
@@ -162,7 +163,7 @@ class Probing:
 
     def _tell_dead(self, m: Member, now: float) -> None:
         m.told_dead = now
-        self.outbox.send(MessageType.PING, m, packb(0), [encode_dead(m.node_id, m.incarnation)])
+        self.outbox.send(msg.Ping(0), m, [encode_dead(m.node_id, m.incarnation)])
 
     # ================================================================ messages
     def heard_from(self, m: Member, mtype: MessageType, now: float | None = None) -> None:
@@ -175,36 +176,28 @@ class Probing:
             for seq in [s for s, p in self.probes.items() if p.target == m.node_id]:
                 del self.probes[seq]
 
-    def on_ping(self, m: Member, payload, now: float, observed=None) -> None:
+    def on_ping(self, m: Member, ping: msg.Ping, now: float, observed=None) -> None:
         """observed: the address the PING came from, told back in the ACK (protocol/nat.py)."""
-        if not is_uint(payload):
-            raise WireError("malformed")
-        ack = [payload, list(observed)] if observed is not None else payload
-        self.outbox.send(MessageType.ACK, m, packb(ack))
+        self.outbox.send(msg.Ack(ping.seq, observed), m)
 
-    def on_ack(self, m: Member, payload, now: float) -> None:
-        if not is_uint(payload):
-            raise WireError("malformed")
-        probe = self.probes.pop(payload, None)
+    def on_ack(self, m: Member, ack: msg.Ack, now: float) -> None:
+        probe = self.probes.pop(ack.seq, None)
         if probe is not None:
             if probe.target == m.node_id:
                 rtt = now - probe.sent_at
                 m.rtt = rtt if m.rtt is None else 0.8 * m.rtt + 0.2 * rtt
             return
-        relay = self.relays.pop(payload, None)
+        relay = self.relays.pop(ack.seq, None)
         if relay is not None:
             requester = self.members.get(relay.requester)
             if requester is not None and requester.addr is not None:
-                self.outbox.send(MessageType.ACK, requester, packb(relay.their_seq))
+                self.outbox.send(msg.Ack(relay.their_seq), requester)
 
-    def on_ping_req(self, m: Member, payload, now: float) -> None:
-        if not (isinstance(payload, list) and len(payload) == 2 and is_uint(payload[0])
-                and is_node_id(payload[1])):
-            raise WireError("malformed")
-        target = self.members.get(payload[1])
+    def on_ping_req(self, m: Member, req: msg.PingReq, now: float, via: Member | None = None) -> None:
+        target = self.members.get(req.target)
         reach = self.members.reachable   # behind a NAT, only a helper with a path pings it
         if target is not None and target.live and target.addr is not None \
                 and (reach is None or reach(target)):
             self._seq += 1
-            self.relays[self._seq] = Relay(m.node_id, payload[0], now + self.config.probe_interval_s)
-            self.outbox.send(MessageType.PING, target, packb(self._seq))
+            self.relays[self._seq] = Relay(m.node_id, req.seq, now + self.config.probe_interval_s)
+            self.outbox.send(msg.Ping(self._seq), target)

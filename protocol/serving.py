@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 
+from . import messages as msg
 from .membership import Member
+from .messages import MAX_PULL_ENTRIES
 from .records import REC_MEMBER, decode_any, encode_any
 from .identity import CERT_SIZE
-from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, NIL, WireError, is_node_id, is_uint, packb
-
-MAX_PULL_ENTRIES = 24
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, packb
 
 
 class Credit:
@@ -56,32 +56,17 @@ class Serving:
     def __init__(self, sync):
         self.sync = sync          # the store, book, influence budget and outbox it serves from
         self.config = sync.config
-        self.more: dict | None = None   # {origin: step} of the RECORDS datagram being handled
         self.fresh_from: set = set()    # servers whose answers brought news since our last PULL
         self.credit = Credit(self.config.serve_amplification, 2 * self.config.pull_serve_bytes)
         # what a PULL is padded to: one earns a whole answer
         self.pull_size = math.ceil(self.config.pull_serve_bytes / self.config.serve_amplification)
 
     # ================================================================ pulling on
-    def on_served(self, m: Member, payload, now: float) -> None:
-        """The handler of RECORDS: its payload is nil, or (on the last datagram of an answer
-        that stopped at pull_serve_bytes) the [origin, step] entries the server holds beyond
-        it.  Kept for answered, which runs once the datagram's records are in."""
-        self.more = None
-        if payload is None:
-            return
-        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
-            raise WireError("malformed")
-        more = {}
-        for e in payload:
-            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
-                raise WireError("malformed")
-            more[e[0]] = e[1]
-        self.more = more
-
-    def answered(self, m: Member, delivered: bool, took_new: bool, now: float) -> None:
-        """A RECORDS datagram's records are in.  delivered: updates we lacked were delivered;
-        took_new: records new to us came (delivered, or held beyond a gap).
+    def answered(self, m: Member, more: tuple | None, delivered: bool, took_new: bool, now: float) -> None:
+        """A RECORDS datagram's records are in.  more: what its server holds beyond them (on
+        the last datagram of an answer that stopped at pull_serve_bytes); delivered: updates
+        we lacked were delivered; took_new: records new to us came (delivered, or held beyond
+        a gap).
 
         A repair that delivered is news: we were behind and may still be, so anti-entropy
         compares again soon instead of backing off.  The rest of a cut-short answer is pulled
@@ -95,30 +80,14 @@ class Serving:
             self.sync.news()
         if took_new and len(self.fresh_from) < 4 * MAX_PULL_ENTRIES:
             self.fresh_from.add(m.node_id)
-        more, self.more = self.more, None
         if more is not None and m.node_id in self.fresh_from:
-            self.sync.pull(m, more, now)
+            self.sync.pull(m, dict(more), now)
 
     # ================================================================ serving
 
-    def padded_pull(self, pulls: list) -> bytes:
-        """The packed PULL payload: [[origin, step], ..., padding] with the padding (bytes) such
-        that the datagram is about pull_size bytes (header, MAC and body around the payload)."""
-        bare = packb(pulls + [b""])
-        room = self.pull_size - (HEADER_SIZE + MAC_SIZE + 3 + len(bare))
-        return packb(pulls + [bytes(max(0, room - 2))]) if room > 2 else bare
-
-    def on_pull(self, m: Member, payload, now: float) -> None:
-        if isinstance(payload, list) and payload and isinstance(payload[-1], bytes):
-            payload = payload[:-1]   # padding: it paid for the answer (Credit)
-        if not isinstance(payload, list) or len(payload) > MAX_PULL_ENTRIES:
-            raise WireError("malformed")
-        wants = []
-        for e in payload:
-            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
-                raise WireError("malformed")
-            wants.append((e[0], max(1, e[1])))
-        self.serve(m, wants)
+    def on_pull(self, m: Member, pull: msg.Pull, now: float, via: Member | None = None) -> None:
+        # (its padding paid for the answer: Credit)
+        self.serve(m, [(origin, max(1, step)) for origin, step in pull.wants])
 
     def serve(self, m: Member, wants: list) -> None:
         """Send records from the store covering each (origin, from_step), bounded in bytes by
@@ -134,7 +103,7 @@ class Serving:
         if limit < self.config.pull_serve_bytes and more:
             c["serve_credit_cuts"] = c.get("serve_credit_cuts", 0) + 1
         before = len(out)
-        self.sync.outbox.send_records(m, packed, last_payload=packb(more) if more else NIL)
+        self.sync.outbox.send_records(m, packed, last=msg.Records(tuple((o, s) for o, s in more) or None))
         size = sum(len(d) for d, _ in out[before:])
         self.credit.spend(m.node_id, size)
         c["records_served_bytes"] = c.get("records_served_bytes", 0) + size

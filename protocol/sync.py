@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import deque
 
 from .config import ProtocolConfig
-from .digests import ASK_OWN, ROOT, decode_digest, encode_digest, root_of
+from . import messages as msg
+from .digests import ASK_OWN, ROOT, root_of
 from .dissemination import TransmitLimitedQueue, VersionDigest
 from .equivocation import Equivocations
 from .events import EventQueue, OriginExcluded, OwnHistoryLearned, UpdatesReceived, WeightsDiverged
@@ -25,12 +26,12 @@ from .membership import Member, Membership
 from .outbox import Outbox
 from .records import (CANDIDATES_PER_ORIGIN_MULT, REC_MEMBER, Classified, OriginState, Record, RecordBook,
                       TokenBucket, bytes_to_qs, decode_any, encode_any)
-from .serving import MAX_PULL_ENTRIES, Serving
+from .messages import MAX_PULL_ENTRIES, VECTOR_ENTRIES
+from .serving import Serving
 from .session import Session
-from .wire import NIL, MessageType, WireError, is_node_id, is_uint, packb
+from .wire import WireError, packb
 
 MAX_RECORDS_PER_DATAGRAM = 64
-VECTOR_ENTRIES = 40
 FAR_BEHIND_S = 0.25      # next anti-entropy round after a VECTOR that showed more to pull than one PULL asks
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
@@ -198,9 +199,10 @@ class Sync:
             self.record_q.push((self.node_id, first), packed)
 
     # ================================================================ records in
-    def on_records(self, m: Member, records: list, addr, now: float, answer: bool = False) -> None:
+    def on_records(self, m: Member, records: list, addr, now: float, answer: msg.Records | None = None) -> None:
         """Records carried by an authenticated datagram from m; each bad one is a counted drop.
-        answer: a RECORDS datagram (served for our PULL or VECTOR): see Serving.answered."""
+        answer: the message of a RECORDS datagram (served for our PULL or VECTOR), which may
+        say what more its server holds: see Serving.answered."""
         if answer:
             c = self.counters
             delivered, taken = c["updates_delivered"], self._records_taken()
@@ -216,7 +218,8 @@ class Sync:
                 if e.reason in ("rate_limited", "buffer_full"):
                     self.news()   # a record we refused for now: anti-entropy pulls it soon
         if answer:
-            self.serving.answered(m, c["updates_delivered"] > delivered, self._records_taken() > taken, now)
+            self.serving.answered(m, answer.more, c["updates_delivered"] > delivered,
+                                  self._records_taken() > taken, now)
 
     def _records_taken(self) -> int:
         """Records new to us so far: accepted, or batch members held for their closer."""
@@ -443,11 +446,11 @@ class Sync:
             batch, room = [], budget
             for packed in own:
                 if len(packed) > room and batch:
-                    self.outbox.send(MessageType.PUSH, peer, NIL, None, batch)
+                    self.outbox.send(msg.Push(), peer, None, batch)
                     batch, room = [], budget
                 batch.append(packed)
                 room -= len(packed)
-            self.outbox.send(MessageType.PUSH, peer, NIL, None, batch)
+            self.outbox.send(msg.Push(), peer, None, batch)
 
     def push_round(self) -> None:
         cfg = self.config
@@ -472,7 +475,7 @@ class Sync:
             gossip = self.gossip_q.take_into(rooms, limit, peer) if with_gossip else [[]] * len(rooms)
             for g, r in zip(gossip, records):
                 if g or r:
-                    self.outbox.send(MessageType.PUSH, peer, NIL, g, r)
+                    self.outbox.send(msg.Push(), peer, g, r)
 
     # ================================================================ anti-entropy
     def news(self) -> None:
@@ -501,7 +504,7 @@ class Sync:
         self.ae_last, self.ae_due = now, now + self.ae_interval
         peer = self.members.random_live(self.rng, 1)
         if peer:
-            self.outbox.send(MessageType.DIGEST, peer[0], self._digest_payload(root=quiet))
+            self.outbox.send(self._digest(root=quiet), peer[0])
 
     def _stuck_gap(self, now: float) -> None:
         """Records held beyond a gap, and nothing delivered since the last round: we lack
@@ -518,8 +521,8 @@ class Sync:
             self._stuck_since = None
         self._delivered_at_round = delivered
 
-    def _digest_payload(self, root: bool = False) -> bytes:
-        return encode_digest(self.digest.packed(), not self.own_settled, self.weights, root)
+    def _digest(self, root: bool = False) -> msg.Digest:
+        return msg.Digest.of(self.digest.packed(), not self.own_settled, self.weights, root)
 
     def _compare_weights(self, m: Member, theirs: tuple) -> None:
         """Same vv hash, other weights digest: the replicas diverged (invariant 7)."""
@@ -532,7 +535,7 @@ class Sync:
         self.events.emit(WeightsDiverged(m.node_id, self.weights[0], theirs[0]))
         self.equiv.on_diverged(m)   # maybe two versions of the same steps: let them meet
 
-    def on_digest(self, m: Member, payload, now: float) -> None:
+    def on_digest(self, m: Member, digest: msg.Digest, now: float, via: Member | None = None) -> None:
         """Answer with our entries for origins in differing buckets.
 
         Under steady publishing nearly every bucket differs (records in flight), so the answer
@@ -540,16 +543,16 @@ class Sync:
         failed to deliver), then fills up with whole random differing buckets (what a node that
         was away lacks).  Only whole buckets are listed as complete.
         """
-        payload, flags, weights = decode_digest(payload)
-        if weights is not None:
-            self._compare_weights(m, weights)
+        if digest.weights is not None:
+            self._compare_weights(m, digest.weights)
+        flags = digest.flags
         if flags & ROOT:
-            if payload != root_of(self.digest.packed()):
+            if digest.hashes != root_of(self.digest.packed()):
                 # We differ: answer with our digest in full, which it answers with a VECTOR.
                 # Not news by itself (records in flight differ too): the VECTOR's pulls are.
-                self.outbox.send(MessageType.DIGEST, m, self._digest_payload())
+                self.outbox.send(self._digest(), m)
             return
-        differing = self.digest.differing(payload)
+        differing = self.digest.differing(digest.hashes)
         if not differing and not flags & ASK_OWN:
             return
         listed = self.digest.recently_changed(set(differing), VECTOR_ENTRIES // 2)
@@ -565,21 +568,13 @@ class Sync:
             entries.extend([o, self.book.contiguous(o)] for o in origins)
         if flags & ASK_OWN and all(e[0] != m.node_id for e in entries):
             entries.append([m.node_id, self.book.contiguous(m.node_id)])   # one over the cap
-        self.outbox.send(MessageType.VECTOR, m, packb([buckets, entries]), piggyback=False)
+        self.outbox.send(msg.Vector(tuple(buckets), tuple((o, s) for o, s in entries)), m, piggyback=False)
 
-    def on_vector(self, m: Member, payload, now: float) -> None:
+    def on_vector(self, m: Member, vector: msg.Vector, now: float, via: Member | None = None) -> None:
         """Pull what they have and we lack; serve what we have and they lack where they listed
         whole buckets."""
-        if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], list)
-                and isinstance(payload[1], list) and len(payload[0]) <= 64
-                and len(payload[1]) <= 2 * VECTOR_ENTRIES):
-            raise WireError("malformed")
-        theirs = {}
-        for e in payload[1]:
-            if not (isinstance(e, list) and len(e) == 2 and is_node_id(e[0]) and is_uint(e[1])):
-                raise WireError("malformed")
-            theirs[e[0]] = e[1]
-        buckets = [b for b in payload[0] if is_uint(b, 64)]
+        theirs = dict(vector.entries)
+        buckets = vector.buckets
         if self.node_id in theirs and not self.own_settled:
             self._own_answers.add(m.node_id)
             self._own_target = max(self._own_target, theirs[self.node_id])
@@ -616,5 +611,5 @@ class Sync:
             expiry = now + 2 * self.config.anti_entropy_interval_s
             for o, _ in pulls:
                 self.pulls[o] = expiry
-            self.outbox.send(MessageType.PULL, m, self.serving.padded_pull(pulls), piggyback=False)
+            self.outbox.send(msg.Pull.padded([(o, s) for o, s in pulls], self.serving.pull_size), m, piggyback=False)
         return wanted

@@ -4,6 +4,7 @@ Kept in the package (not tests/) so that other rooms' tests and the docs'
 examples can drive engines the same way.
 """
 import random
+from dataclasses import dataclass
 
 from .engine import Engine
 from .identity import Identity
@@ -12,6 +13,17 @@ from .config import ProtocolConfig
 from .wire import parse_header, unpack_body
 
 SWARM = bytes(range(32))
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A message with a payload packed by hand (Outbox.send takes it as any message): what a
+    hostile or older peer might send, e.g. a malformed payload or an unpadded PULL."""
+    TYPE: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return self.payload
 
 class Net:
     """Engines addressed by (host, port); datagrams move only when deliver() is called."""

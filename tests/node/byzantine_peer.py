@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from onebyte.protocol import messages as msg
 from onebyte.node.genesis import load_genesis, protocol_config
 from onebyte.node.keys import read_key
 from onebyte.protocol import Engine, Identity
@@ -94,7 +95,7 @@ class EquivocatingPeer(ByzantinePeer):
             raw = qs_to_bytes(qs)
             sig = self.identity.sign(record_message(self.config.swarm_id, self.node_id, first, raw))
             rec = encode_record(self.identity.public_bytes(), first, raw, sig)
-            eng._send(MessageType.PUSH, by_addr[addr], packb(None), [], [packb(rec)])
+            eng.outbox.send(msg.Push(), by_addr[addr], [], [packb(rec)])
         self.sent = True
 
 

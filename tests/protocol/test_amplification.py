@@ -1,6 +1,8 @@
 """No member can make a node an amplifier (fake network, fake clock): records served to a member
 are paid for by its own bytes, at most serve_amplification (4) times, at the address they came
 from; an honest puller pads its PULL so one request still earns a whole answer."""
+from onebyte.protocol import messages as msg
+from onebyte.protocol.testing import Raw
 from onebyte.protocol import ProtocolConfig
 from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import MessageType, packb, parse_header
@@ -31,7 +33,7 @@ def test_a_pull_flood_earns_at_most_four_times_its_bytes():
     ma = b.members.get(a.node_id)
     mark, counted = len(net.log), a.counters.get("records_served_bytes", 0)
     for i in range(1000):                       # 10 s at 100 PULLs/s, answers never pulled on
-        b._send(MessageType.PULL, ma, packb([[a.node_id, 1]]))
+        b.outbox.send(Raw(MessageType.PULL, packb([[a.node_id, 1]])), ma)
         net.collect(b_addr)
         net.now += 0.01
         net.deliver(drop=lambda d, s, t: t == b_addr and kind(d) == MessageType.RECORDS)
@@ -69,7 +71,7 @@ def test_credit_does_not_follow_a_member_to_another_address():
     a.sync.serving.credit.earn(b.node_id, b_addr, 10 * CFG.pull_serve_bytes)   # b paid a lot, at b_addr
     victim = ("10.9.9.9", 7000)
     ma = b.members.get(a.node_id)
-    b._send(MessageType.PULL, ma, packb([[a.node_id, 1]]))
+    b.outbox.send(Raw(MessageType.PULL, packb([[a.node_id, 1]])), ma)
     (data, _) = b.datagrams_to_send(net.now)[-1]
     a.datagrams_to_send(net.now)                # (drain)
     a.receive_datagram(data, victim, net.now)   # spoofed source address

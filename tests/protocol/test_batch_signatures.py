@@ -3,6 +3,7 @@
 their closer signs, in any order and from any relay; equivocation still provable."""
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import ProtocolConfig, UpdatesReceived
 from onebyte.protocol.equivocation import decode_half, parse_proof
 from onebyte.protocol.events import OriginExcluded
@@ -44,7 +45,7 @@ def batch(eng, first, qs_list):
 
 
 def send(net, src, dst, records):
-    src._send(MessageType.PUSH, src.members.members[dst.node_id], packb(None), [],
+    src.outbox.send(msg.Push(), src.members.members[dst.node_id], [],
               [packb(r) for r in records])
     net.collect(net.addr_of[src.node_id])
     net.deliver()

@@ -5,6 +5,7 @@ PEERS answer lists only certificates the asker lacks.  Fake clock and fake netwo
 import msgpack
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import ProtocolConfig
 from onebyte.protocol.dissemination import TransmitLimitedQueue
 from onebyte.protocol.identity import CERT_SIZE
@@ -176,7 +177,7 @@ def test_peers_req_naming_members_is_answered_with_those_only_and_a_bad_list_is_
     a, b = engines[0], engines[1]
     m_b = a.members.get(b.node_id)
     want = [engines[3].node_id, b"?" * 16]   # one member, one stranger
-    a.certs.on_peers_req(m_b, want, net.now)
+    a.certs.on_peers_req(m_b, msg.PeersReq.decode(want), net.now)
     data, _ = a.outbox.datagrams[-1]
     h = parse_header(data, CFG.protocol_version, CFG.swarm_tag, CFG.max_datagram + 200)
     items = [decode_gossip(it) for it in unpack_body(h.body)[1]]
@@ -184,7 +185,7 @@ def test_peers_req_naming_members_is_answered_with_those_only_and_a_bad_list_is_
     assert [it.cert for it in items] == [engines[3].session.cert]
     for bad in ([b"short"], [engines[3].node_id] * 33, "x"):
         with pytest.raises(WireError):
-            a.certs.on_peers_req(m_b, bad, net.now)
+            a.certs.on_peers_req(m_b, msg.PeersReq.decode(bad), net.now)
 
 
 def test_peer_exchange_between_agreeing_views_sends_nothing_back():
@@ -195,9 +196,9 @@ def test_peer_exchange_between_agreeing_views_sends_nothing_back():
     counts = b.members.bucket_counts(b.node_id)
     assert counts == a.members.bucket_counts(a.node_id)
     before = len(a.outbox.datagrams)
-    a.certs.on_peers_req(m_b, counts, net.now)
+    a.certs.on_peers_req(m_b, msg.PeersReq.decode(counts), net.now)
     assert len(a.outbox.datagrams) == before        # same counts everywhere: no answer
     fewer = bytearray(counts)
     fewer[next(i for i, c in enumerate(counts) if c)] -= 1
-    a.certs.on_peers_req(m_b, bytes(fewer), net.now)
+    a.certs.on_peers_req(m_b, msg.PeersReq.decode(bytes(fewer)), net.now)
     assert len(a.outbox.datagrams) == before + 1    # it lacks one: TAGs go

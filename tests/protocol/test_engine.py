@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import (DatagramDropped, Engine, EquivocationDetected, Identity,
                               MemoryRecordStore, PeerDead, PeerJoined, PeerLeft, PeerSuspected,
                               ProtocolConfig, ProtocolError, UpdatesReceived)
@@ -114,7 +115,7 @@ def test_forged_record_dropped(net):
     a, b, c = join(net, n=3)
     # c (a member) relays a record claiming to be a's, with a bad signature.
     forged = encode_record(a.identity.public_bytes(), 1, qs_to_bytes([9, 9]), bytes(64))
-    c._send(MessageType.PUSH, c.members.members[b.node_id], packb(None), [], [packb(forged)])
+    c.outbox.send(msg.Push(), c.members.members[b.node_id], [], [packb(forged)])
     net.collect(net.addr_of[c.node_id])
     net.deliver()
     assert b.counters["drops"].get("bad_signature") == 1
@@ -161,7 +162,7 @@ def test_closed_swarm_admits_only_listed_keys():
     # A member relaying the intruder's (validly signed) record does not get it admitted.
     sig = intruder.identity.sign(record_message(SWARM, intruder.node_id, 1, b"\x01"))
     rec = encode_record(intruder.identity.public_bytes(), 1, b"\x01", sig)
-    b._send(MessageType.PUSH, b.members.members[a.node_id], packb(None), [], [packb(rec)])
+    b.outbox.send(msg.Push(), b.members.members[a.node_id], [], [packb(rec)])
     net.collect(net.addr_of[b.node_id])
     net.deliver()
     assert intruder.node_id not in a.version_vector()
@@ -176,7 +177,7 @@ def test_equivocation_detected(net):
     other_qs = qs_to_bytes([2, 2, 2, 2])
     sig = a.identity.sign(record_message(SWARM, a.node_id, 1, other_qs))
     rec = encode_record(a.identity.public_bytes(), 1, other_qs, sig)
-    c._send(MessageType.PUSH, c.members.members[b.node_id], packb(None), [], [packb(rec)])
+    c.outbox.send(msg.Push(), c.members.members[b.node_id], [], [packb(rec)])
     net.collect(net.addr_of[c.node_id])
     net.deliver()
     eq = net.of_type(net.addr_of[b.node_id], EquivocationDetected)

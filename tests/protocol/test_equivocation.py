@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import UpdatesReceived
 from onebyte.protocol.events import OriginExcluded
 from onebyte.protocol.equivocation import first_conflict, parse_proof
@@ -30,7 +31,7 @@ def signed(eng, first, qs):
 
 
 def send(net, src, dst, records=(), gossip=()):
-    src._send(MessageType.PUSH, src.members.members[dst.node_id], packb(None), list(gossip),
+    src.outbox.send(msg.Push(), src.members.members[dst.node_id], list(gossip),
               [packb(r) for r in records])
     net.collect(net.addr_of[src.node_id])
     net.deliver()

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import MemoryRecordStore, ProtocolConfig, UpdatesReceived
 from onebyte.protocol.events import OriginExcluded
 from onebyte.protocol.influence import ABS_SUM, SIGNED_SUM, InfluenceBudget, first_breach
@@ -96,7 +97,7 @@ def byzantine_swarm(qs):
     crafting = True
     member_c = x.members.members[c.node_id]
     for i in range(0, len(shuffled), 8):
-        x._send(MessageType.PUSH, member_c, packb(None), [], shuffled[i:i + 8])
+        x.outbox.send(msg.Push(), member_c, [], shuffled[i:i + 8])
     net.collect(ax)
     net.deliver(drop)
     crafting = False

@@ -2,6 +2,7 @@
 deaths behind NAT, hole punching through an introducer, relay fallback, keep-alive."""
 import pytest
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import PeerDead, ProtocolConfig
 from onebyte.protocol.nat import KEEPALIVE_S
 from onebyte.protocol.sim import NetConfig, SimNat, Swarm
@@ -86,11 +87,11 @@ def test_symmetric_nat_falls_back_to_a_relay_that_cannot_alter_datagrams():
     # The relay re-seals a datagram of the symmetric node with one bit flipped: the cone node
     # holds the pair key it was sealed under, the relay does not, so it is dropped.
     inner = bytearray()
-    sym.engine.outbox.send(MessageType.PING, member(sw, 5, 3), packb(7), [], [], addr=("x", 1))
+    sym.engine.outbox.send(msg.Ping(7), member(sw, 5, 3), [], [], addr=("x", 1))
     inner += sym.engine.outbox.drain()[-1][0]
     inner[-20] ^= 1
     dest = relay.engine.members.get(cone.engine.node_id)
-    relay.engine.outbox.send(MessageType.RELAY, dest, packb([1, sym.engine.node_id, bytes(inner)]), [], [])
+    relay.engine.outbox.send(msg.Relay(False, sym.engine.node_id, bytes(inner)), dest, [], [])
     data, _ = relay.engine.outbox.drain()[-1]
     before = dict(cone.engine.counters["drops"])
     cone.engine.receive_datagram(data, relay.addr, sw.now)
@@ -102,9 +103,9 @@ def test_a_relay_carries_only_its_senders_own_datagrams():
     sw.run_for(20)
     pub, cone, sym = sw.nodes[0], sw.nodes[3], sw.nodes[5]
     # cone asks pub to forward a datagram that sym sealed: refused (and counted).
-    sym.engine.outbox.send(MessageType.PING, member(sw, 5, 0), packb(9), [], [], addr=("x", 1))
+    sym.engine.outbox.send(msg.Ping(9), member(sw, 5, 0), [], [], addr=("x", 1))
     foreign = sym.engine.outbox.drain()[-1][0]
-    cone.engine.outbox.send(MessageType.RELAY, member(sw, 3, 0), packb([0, pub.engine.node_id, foreign]),
+    cone.engine.outbox.send(msg.Relay(True, pub.engine.node_id, foreign), member(sw, 3, 0),
                             [], [], addr=pub.engine.members.get(cone.engine.node_id).addr)
     data, _ = cone.engine.outbox.drain()[-1]
     out_before = len(pub.engine.outbox.datagrams)

@@ -2,6 +2,7 @@
 with the same version vector compare weights digests (fake network, fake clock)."""
 import random
 
+from onebyte.protocol import messages as msg
 from onebyte.protocol import Engine, EquivocationDetected, Identity, MemoryRecordStore, UpdatesReceived
 from onebyte.protocol.events import OwnHistoryLearned, WeightsDiverged
 from onebyte.protocol.wire import MessageType
@@ -92,7 +93,7 @@ def test_a_relayed_copy_of_our_record_stays_a_duplicate(net):
     # b relays a's own record back to a: nothing delivered, a counted duplicate
     rec = b.store.get(a.node_id, 1, 2000)[0]
     from onebyte.protocol.wire import NIL, packb
-    b._send(MessageType.RECORDS, b.members.get(a.node_id), NIL, [], [packb(rec)])
+    b.outbox.send(msg.Records(), b.members.get(a.node_id), [], [packb(rec)])
     net.collect(net.addr_of[b.node_id])
     net.deliver()
     assert a.counters["duplicate_records"] > before

@@ -1,6 +1,7 @@
 """A node whose own loop stalled (a busy CPU) does not suspect the peers whose answers waited
 unread in its socket meanwhile: its timer's lateness pushes its probes' deadlines back
 (Engine.handle_timer, Probing.delay).  Fake clock and fake network."""
+from onebyte.protocol import messages as msg
 import onebyte.protocol.engine as engine_mod
 from onebyte.protocol import PeerSuspected, ProtocolConfig
 from onebyte.protocol.membership import MemberState
@@ -85,7 +86,7 @@ def test_a_suspicion_does_not_ripen_into_a_death_during_our_own_stall():
             return True
         return False
 
-    a._send(MessageType.PUSH, a.members.get(b.node_id), NIL, [encode_suspect(c.node_id, 0)], [])
+    a.outbox.send(msg.Push(), a.members.get(b.node_id), [encode_suspect(c.node_id, 0)], [])
     net.collect(first)
     net.deliver()
     assert b.members.get(c.node_id).state == MemberState.SUSPECT

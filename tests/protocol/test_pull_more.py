@@ -1,5 +1,7 @@
 """A cut-short answer is pulled on at once (fake network, fake clock): a node far behind (a
 healed partition) catches up one request per round trip, not one per anti-entropy round."""
+from onebyte.protocol import messages as msg
+from onebyte.protocol.testing import Raw
 from onebyte.protocol import ProtocolConfig
 from onebyte.protocol.testing import SWARM, Net
 from onebyte.protocol.wire import NIL, MessageType, packb, parse_header, unpack_body
@@ -57,7 +59,7 @@ def test_an_answer_that_delivers_nothing_new_is_not_pulled_on():
     b.sync.pull(b.members.get(a.node_id), {}, net.now)   # b's last request to a (nothing to ask)
     mark = len(net.log)
     # Records b holds, from a server that claims more than b holds (a lie, or news to come).
-    a._send(MessageType.RECORDS, m, packb([[a.node_id, STEPS + 50]]), [], packed[:8])
+    a.outbox.send(msg.Records(((a.node_id, STEPS + 50),)), m, [], packed[:8])
     net.collect(a_addr)
     net.deliver()
     assert sent(net, a_addr, MessageType.RECORDS, mark)
@@ -71,12 +73,12 @@ def test_a_records_payload_that_is_not_a_list_of_entries_is_a_counted_drop():
     packed, _ = a.sync.serving.served(m, [(a.node_id, 1)])
     for junk in (packb("more"), packb([[b"short", 3]]), packb([[a.node_id, -1]])):
         before = b.counters["drops"].get("malformed", 0)
-        a._send(MessageType.RECORDS, m, junk, [], packed[:8])
+        a.outbox.send(Raw(MessageType.RECORDS, junk), m, [], packed[:8])
         net.collect(a_addr)
         net.deliver()
         assert b.counters["drops"].get("malformed", 0) == before + 1
         assert b.book.contiguous(a.node_id) == 0   # the datagram was dropped whole
-    a._send(MessageType.RECORDS, m, NIL, [], packed[:8])
+    a.outbox.send(msg.Records(), m, [], packed[:8])
     net.collect(a_addr)
     net.deliver()
     assert b.book.contiguous(a.node_id) > 0
@@ -102,8 +104,8 @@ def test_a_vector_with_more_to_pull_than_one_pull_asks_brings_the_next_round_for
     ma = b.members.get(a.node_id)
     origins = [bytes([i + 1]) * 16 for i in range(30)]
     b.sync.ae_interval, b.sync.ae_due = CFG.anti_entropy_interval_s, net.now + 16.0
-    b.sync.on_vector(ma, [[], [[o, 5] for o in origins]], net.now)   # 30 origins we lack
+    b.sync.on_vector(ma, msg.Vector((), tuple((o, 5) for o in origins)), net.now)   # 30 origins we lack
     assert b.sync.ae_due <= net.now + FAR_BEHIND_S
     b.sync.ae_due = net.now + 16.0
-    b.sync.on_vector(ma, [[], [[o, 9] for o in origins[:3]]], net.now)   # one PULL covers it
+    b.sync.on_vector(ma, msg.Vector((), tuple((o, 9) for o in origins[:3])), net.now)   # one PULL covers it
     assert b.sync.ae_due == net.now + 16.0

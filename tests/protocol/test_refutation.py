@@ -1,6 +1,7 @@
 """A refuted suspicion must not ripen into a death at a node that missed the refutation
 (fake network, fake clock).  Refutations are gossip: loss, or a NAT that lets only a few
 peers reach a node, can keep one from an observer that already holds the SUSPECT."""
+from onebyte.protocol import messages as msg
 from onebyte.protocol import PeerAlive, PeerDead, PeerSuspected, ProtocolConfig
 from onebyte.protocol.sim import NetConfig, Swarm
 from onebyte.protocol.testing import SWARM, Net
@@ -30,7 +31,7 @@ def accuse(net, accuser, about, inc, *to, dead=False):
     """accuser (an engine) sends a SUSPECT (or DEAD) item about `about` to each of `to`."""
     item = (encode_dead if dead else encode_suspect)(about.node_id, inc)
     for eng in to:
-        accuser._send(MessageType.PUSH, accuser.members.get(eng.node_id), NIL, [item], [])
+        accuser.outbox.send(msg.Push(), accuser.members.get(eng.node_id), [item], [])
     net.collect(net.addr_of[accuser.node_id])
 
 
