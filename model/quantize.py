@@ -3,7 +3,7 @@
     q = clamp(floor(g / q_scale) + [u < frac(g / q_scale)], -127, 127),  u = uniform(seed, QUANT_DOMAIN, 0)
 
 For |g| <= 127 * q_scale, E_u[q * q_scale] = g exactly (the rounding is unbiased); beyond that
-range q saturates at +-127 (biased towards 0, reported by `clipped`). -128 is never used so the
+range q saturates at +-127 (biased towards 0: benches report the clipped fraction). -128 is never used so the
 byte is symmetric. See docs/numerics.md.
 """
 import math
@@ -25,7 +25,3 @@ def quantize(g: float, seed: int, q_scale: float) -> int:
     f = math.floor(x)
     return int(f) + (1 if uniform(seed, QUANT_DOMAIN, 0) < x - f else 0)
 
-
-def clipped(g: float, q_scale: float) -> bool:
-    """True when g lies outside the quantizer's dynamic range (q saturated, the update is biased)."""
-    return abs(g) > Q_MAX * q_scale

@@ -543,11 +543,6 @@ class UpdateLog:
         with self._lock:
             return {o: v.top for o, v in self._origins.items() if v.top}
 
-    def records_vv(self, origin: bytes) -> int:
-        with self._lock:
-            o = self._origins.get(origin)
-            return o.records_contiguous() if o else 0
-
     def updates_after(self, vv: dict[bytes, int]) -> list[tuple[bytes, int, int]]:
         """Every logged update not covered by `vv`, as [(origin, step, q)]."""
         with self._lock:

@@ -26,7 +26,6 @@ class Traffic:
     bytes_in: int = 0
     bytes_out: int = 0
     datagrams_in: int = 0
-    datagrams_out: int = 0
     last_heard: float | None = None
 
 
@@ -66,7 +65,6 @@ class PeerBook:
     def sent(self, addr, size: int) -> None:
         t = self.traffic.setdefault(_key(addr), Traffic())
         t.bytes_out += size
-        t.datagrams_out += 1
 
     def state_changed(self, node_id: bytes, state: str, addr=None) -> None:
         prev = self.seen.get(node_id)

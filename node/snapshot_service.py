@@ -71,7 +71,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class TokenBucket:
+class ByteRate:
+    """Bytes per second served to joiners, shared by every connection (sleeps to pay)."""
     def __init__(self, rate: float):
         self.rate = float(rate)
         self.tokens = self.rate
@@ -93,7 +94,7 @@ class SnapshotServer:
 
     def __init__(self, daemon, rate: int, attest_max_updates: int):
         self.d = daemon
-        self.bucket = TokenBucket(rate)
+        self.bucket = ByteRate(rate)
         self.attest_max = attest_max_updates
         self._attest_lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None

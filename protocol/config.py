@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 
-class ConfigError(ValueError):
+class ProtocolConfigError(ValueError):
     """A ProtocolConfig value is out of range (our own misuse, so it raises)."""
 
 
@@ -62,45 +62,45 @@ class ProtocolConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.swarm_id, bytes) or len(self.swarm_id) != 32:
-            raise ConfigError("swarm_id must be 32 bytes")
+            raise ProtocolConfigError("swarm_id must be 32 bytes")
         if not (isinstance(self.serve_amplification, (int, float)) and 1.0 <= self.serve_amplification <= 64.0):
-            raise ConfigError("serve_amplification must be a number in 1..64")
+            raise ProtocolConfigError("serve_amplification must be a number in 1..64")
         if not 0 < self.protocol_version < 256:
-            raise ConfigError("protocol_version must be in 1..255")
+            raise ProtocolConfigError("protocol_version must be in 1..255")
         if self.admission not in ("open", "closed"):
-            raise ConfigError(f"admission must be 'open' or 'closed', not {self.admission!r}")
+            raise ProtocolConfigError(f"admission must be 'open' or 'closed', not {self.admission!r}")
         for key in self.members:
             if not isinstance(key, bytes) or len(key) != 32:
-                raise ConfigError("members must be raw 32-byte Ed25519 public keys")
+                raise ProtocolConfigError("members must be raw 32-byte Ed25519 public keys")
         if self.admission == "closed" and not self.members:
-            raise ConfigError("a closed swarm needs at least one member key")
+            raise ProtocolConfigError("a closed swarm needs at least one member key")
         if not 1 <= self.updates_per_record <= min(256, self.max_record_updates):
-            raise ConfigError("updates_per_record must be in 1..256")
+            raise ProtocolConfigError("updates_per_record must be in 1..256")
         if isinstance(self.records_per_signature, bool) or not isinstance(self.records_per_signature, int) \
                 or not 1 <= self.records_per_signature <= 16:
             # 16: a closer's hashes (15 x 16 bytes) and a 256-update record fit one datagram
-            raise ConfigError("records_per_signature must be an integer in 1..16")
+            raise ProtocolConfigError("records_per_signature must be an integer in 1..16")
         if self.max_datagram < 600 or self.max_datagram > 1400:
-            raise ConfigError("max_datagram must be in 600..1400")
+            raise ProtocolConfigError("max_datagram must be in 600..1400")
         for name in ("gossip_interval_s", "probe_interval_s", "probe_timeout_s",
                      "anti_entropy_interval_s", "record_linger_s", "max_updates_per_s_per_origin"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0")
+                raise ProtocolConfigError(f"{name} must be > 0")
         if not (self.anti_entropy_max_interval_s >= self.anti_entropy_interval_s
                 and self.peer_exchange_max_interval_s >= self.peer_exchange_interval_s > 0):
-            raise ConfigError("anti-entropy and peer-exchange max intervals must be >= their base")
+            raise ProtocolConfigError("anti-entropy and peer-exchange max intervals must be >= their base")
         if not 0 <= self.probe_quiet_s <= 60:
-            raise ConfigError("probe_quiet_s must be in 0..60")
+            raise ProtocolConfigError("probe_quiet_s must be in 0..60")
         if self.probe_timeout_s >= self.probe_interval_s:
-            raise ConfigError("probe_timeout_s must be shorter than probe_interval_s")
+            raise ProtocolConfigError("probe_timeout_s must be shorter than probe_interval_s")
         for name in ("influence_window", "influence_max_abs", "influence_max_sum"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 40:
-                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+                raise ProtocolConfigError(f"{name} must be an integer >= 0, got {v!r}")
         if not self.pull_rate_mult >= 1:
-            raise ConfigError("pull_rate_mult must be >= 1")
+            raise ProtocolConfigError("pull_rate_mult must be >= 1")
         if self.fanout < 1 or self.retransmit_mult < 1:
-            raise ConfigError("fanout and retransmit_mult must be >= 1")
+            raise ProtocolConfigError("fanout and retransmit_mult must be >= 1")
 
     @property
     def swarm_tag(self) -> bytes:

@@ -352,11 +352,6 @@ class Engine:
         """Per-origin delivery state (the simulator and bench/sim.py read contiguous steps)."""
         return self.sync.book
 
-    @property
-    def _events_high(self):
-        """The high-value event queue that back-pressure bounds (tests check its length)."""
-        return self.events.high
-
     # ================================================================ a datagram in
     def _receive(self, data: bytes, addr, now: float, via: Member | None = None) -> None:
         """via: the relay that carried this (inner) datagram; addr is then the sender's address

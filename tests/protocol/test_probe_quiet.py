@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from onebyte.protocol import ProtocolConfig
-from onebyte.protocol.config import ConfigError
+from onebyte.protocol.config import ProtocolConfigError
 from onebyte.protocol.membership import MemberState
 from onebyte.protocol.sim import NetConfig, Swarm
 from onebyte.protocol.testing import SWARM
@@ -64,7 +64,7 @@ def test_a_crashed_member_is_declared_dead_within_the_bound_while_records_flow()
 
 
 def test_probe_quiet_s_is_checked():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ProtocolConfigError):
         ProtocolConfig(swarm_id=SWARM, probe_quiet_s=-1.0)
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onebyte.protocol import ConfigError, Identity, MemoryRecordStore, ProtocolConfig, node_id_of
+from onebyte.protocol import ProtocolConfigError, Identity, MemoryRecordStore, ProtocolConfig, node_id_of
 from onebyte.protocol.dissemination import TransmitLimitedQueue, VersionDigest
 from onebyte.protocol.identity import CryptoCache, make_cert, parse_cert
 from onebyte.protocol.records import bytes_to_qs, qs_to_bytes
@@ -142,11 +142,11 @@ def test_certificates_and_crypto_cache():
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ProtocolConfigError):
         ProtocolConfig(swarm_id=b"short")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ProtocolConfigError):
         ProtocolConfig(swarm_id=SWARM, admission="closed")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ProtocolConfigError):
         ProtocolConfig(swarm_id=SWARM, updates_per_record=0)
     cfg = ProtocolConfig(swarm_id=SWARM)
     assert cfg.transmit_limit(1000) == 16 and cfg.transmit_limit(9) == 4
