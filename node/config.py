@@ -4,6 +4,11 @@ Every field, its default and its meaning is in docs/config.md; this module is th
 validator. Errors name the file, the field and the fix, in one line. Relative paths
 resolve against the config file's directory; `$VARS` in paths are expanded (so a
 systemd unit can point `key` at `$CREDENTIALS_DIRECTORY/node.key`).
+
+Outside the unit (an operator's root shell running `onebyte status --config
+/etc/onebyte/NAME.toml`), systemd's directory variables are unset: they resolve to where
+the unit `onebyte@NAME` puts them (UNIT_DIRS), and a path that still names an unset
+variable is a one-line error saying what to set.
 """
 
 from __future__ import annotations
@@ -18,6 +23,32 @@ from typing import Any
 from .errors import ConfigError
 
 Addr = tuple[str, int]
+
+# Where systemd/onebyte@.service puts its directories for instance NAME (the config file
+# /etc/onebyte/NAME.toml): StateDirectory, RuntimeDirectory, and the key LoadCredential
+# reads (node.key:/etc/onebyte/NAME.key, i.e. beside the config).
+UNIT_DIRS = {"STATE_DIRECTORY": "/var/lib/onebyte-{name}", "RUNTIME_DIRECTORY": "/run/onebyte-{name}",
+             "CREDENTIALS_DIRECTORY": None}
+
+
+def _expand(v: str, where: str, config: Path | None) -> str:
+    """`$VARS` and `~` expanded; systemd's directory variables, when unset, as the unit sets them."""
+    for var, unit_dir in UNIT_DIRS.items():
+        if f"${var}" not in v and f"${{{var}}}" not in v or os.environ.get(var):
+            continue
+        if config is None:
+            raise ConfigError(f"{where}: {v!r} names ${var}, which is set only when systemd runs the "
+                              f"node; set it in the environment (or use --config with the unit's file)")
+        name = config.stem
+        if unit_dir is None:   # $CREDENTIALS_DIRECTORY/node.key is /etc/onebyte/NAME.key
+            v = v.replace(f"${{{var}}}/node.key", str(config.with_suffix(".key")))
+            v = v.replace(f"${var}/node.key", str(config.with_suffix(".key")))
+            if var in v:
+                raise ConfigError(f"{where}: {v!r} names ${var}, which is set only when systemd runs the "
+                                  "node; set it in the environment")
+        else:
+            v = v.replace(f"${{{var}}}", unit_dir.format(name=name)).replace(f"${var}", unit_dir.format(name=name))
+    return os.path.expanduser(os.path.expandvars(v))
 
 DEFAULT_PORT = 7470
 
@@ -108,6 +139,10 @@ class NodeConfig:
         rt = os.environ.get("RUNTIME_DIRECTORY")
         if rt:
             return Path(rt.split(":")[0]) / "status.sock"
+        if self.path is not None:   # outside the unit: where `onebyte@NAME` has its socket, if there
+            unit = Path(UNIT_DIRS["RUNTIME_DIRECTORY"].format(name=self.path.stem)) / "status.sock"
+            if unit.exists():
+                return unit
         return self.state_dir / "status.sock"
 
 
@@ -143,10 +178,10 @@ def format_addr(addr: Addr) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _path(v: Any, where: str, base: Path) -> Path:
+def _path(v: Any, where: str, base: Path, config: Path | None = None) -> Path:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{where}: expected a non-empty path string, got {v!r}")
-    p = Path(os.path.expanduser(os.path.expandvars(v)))
+    p = Path(_expand(v, where, config))
     return p if p.is_absolute() else base / p
 
 
@@ -201,14 +236,14 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
     labels = _labels(data.get("labels", {}), where)
     metrics = get("metrics_listen", str)
     return NodeConfig(
-        genesis=_path(node["genesis"], f"{where}: [node] genesis", base),
-        key=_path(node["key"], f"{where}: [node] key", base),
-        state_dir=_path(node["state_dir"], f"{where}: [node] state_dir", base),
+        genesis=_path(node["genesis"], f"{where}: [node] genesis", base, path),
+        key=_path(node["key"], f"{where}: [node] key", base, path),
+        state_dir=_path(node["state_dir"], f"{where}: [node] state_dir", base, path),
         listen=listen,
         peers=peers,
-        status_socket=_path(sock, f"{where}: [node] status_socket", base) if sock else None,
+        status_socket=_path(sock, f"{where}: [node] status_socket", base, path) if sock else None,
         model=get("model", str),
-        initial_snapshot=(_path(get("initial_snapshot", str), f"{where}: [node] initial_snapshot", base)
+        initial_snapshot=(_path(get("initial_snapshot", str), f"{where}: [node] initial_snapshot", base, path)
                           if get("initial_snapshot", str) else None),
         device=device,
         data=_maybe_path(get("data", str), base),

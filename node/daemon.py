@@ -19,6 +19,7 @@ engine's events and outgoing datagrams. Status commands are routed by node/contr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
@@ -26,7 +27,7 @@ import time
 
 from onebyte.protocol import events as ev
 
-from .config import NodeConfig, format_addr
+from .config import NodeConfig, format_addr, load_config
 from .control import Control
 from .errors import DiskFull, ResolveError, UserError
 from .genesis import load_genesis, protocol_config
@@ -46,6 +47,7 @@ from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
 log = logging.getLogger("onebyte.node.daemon")
 
+RELOADABLE = frozenset({"peers", "labels", "log_level"})   # node config fields SIGHUP applies
 RESOLVE_RETRY_S = (5.0, 300.0)   # back-off of an unresolvable bootstrap name: first, longest
 DISK_RETRY_S = 1.0               # while the disk is full: retry the log's held entries this often
 # A node with peers configured produces only once it knows its own earlier steps (a key
@@ -108,6 +110,7 @@ class Daemon:
         # From here on SIGTERM is a graceful stop, also while the model loads.
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         genesis = self.genesis = load_genesis(cfg.genesis)
         private = read_key(cfg.key)
         if loose_permissions(cfg.key):
@@ -239,6 +242,60 @@ class Daemon:
                 log.warning("bootstrap peer %s: %s; retrying in the background", b.spec, exc)
                 self._spawn(self._retry_resolve(spec, b))
         return resolved
+
+    def reload(self) -> None:
+        """SIGHUP: read the node config again and apply what can change while the node runs
+        (RELOADABLE: peers, labels, log level) without leaving the swarm; any other field that
+        changed takes effect at the next start, as the log says. A config that no longer parses
+        changes nothing."""
+        if self.cfg.path is None:
+            log.error("reload: this node was started without a config file; nothing to read")
+            return
+        try:
+            new = load_config(self.cfg.path)
+        except UserError as exc:
+            log.error("reload: %s; the running config stays", exc)
+            return
+        changed = [f.name for f in dataclasses.fields(new) if getattr(new, f.name) != getattr(self.cfg, f.name)]
+        now = [name for name in changed if name in RELOADABLE]
+        later = [name for name in changed if name not in RELOADABLE]
+        if "log_level" in now:
+            logging.getLogger().setLevel(new.log_level.upper())
+        if "labels" in now:
+            self.peers.labels = dict(new.labels)
+        if "peers" in now:
+            self._reload_peers(new.peers)
+        self.cfg = dataclasses.replace(self.cfg, **{name: getattr(new, name) for name in now})
+        log.info("reloaded %s: %s%s", self.cfg.path, ", ".join(now) or "nothing changed",
+                 f"; changed but applied only at the next start: {', '.join(later)}" if later else "")
+
+    def _reload_peers(self, peers: list) -> None:
+        """New bootstrap peers are joined now; removed ones are no longer re-joined (a live
+        member stays a member: the swarm, not this list, says who is in it)."""
+        for spec in self.cfg.peers:
+            if spec not in peers:
+                gone = [b for b in self.peers.bootstrap if b.spec == format_addr(spec)]
+                for b in gone:
+                    self.peers.bootstrap.remove(b)
+                    if b.addr is not None and self.engine is not None:
+                        self.engine.remove_bootstrap(b.addr)
+        for spec in peers:
+            if spec not in self.cfg.peers:
+                b = Bootstrap(format_addr(spec))
+                self.peers.bootstrap.append(b)
+                self._spawn(self._join_peer(spec, b))
+
+    async def _join_peer(self, spec, b: Bootstrap) -> None:
+        try:
+            b.addr = await resolve_peer(spec, self.udp.family)
+        except ResolveError as exc:
+            b.error = str(exc)
+            log.warning("bootstrap peer %s: %s; retrying in the background", b.spec, exc)
+            await self._retry_resolve(spec, b)
+            return
+        if self.engine is not None and not self._stopping:
+            self.engine.add_bootstrap(b.addr, self.loop.time())
+            self._pump()
 
     async def _retry_resolve(self, spec, b: Bootstrap) -> None:
         delay, longest = RESOLVE_RETRY_S
@@ -538,7 +595,7 @@ class Daemon:
             self.update_log.close()
         if self.sd is not None:
             self.sd.unlock()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             try:
                 self.loop.remove_signal_handler(sig)
             except (RuntimeError, ValueError):

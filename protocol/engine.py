@@ -293,6 +293,12 @@ class Engine:
             self.bootstrap.append(addr)
             self.outbox.send_join(addr)
 
+    def remove_bootstrap(self, addr) -> None:
+        """A bootstrap address the operator took out of the config: no longer re-joined."""
+        addr = tuple(addr)
+        if addr in self.bootstrap:
+            self.bootstrap.remove(addr)
+
     @property
     def next_own_step(self) -> int:
         return self.sync.next_own_step

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from onebyte.node import config as node_config
 from onebyte.node.config import load_config
+from onebyte.node.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "onebyte@.service"
@@ -23,12 +25,41 @@ def test_example_config_parses(monkeypatch):
     assert cfg.listen == ("::", 7470)
 
 
+def test_outside_the_unit_its_directories_resolve_as_the_unit_sets_them(monkeypatch, tmp_path):
+    """`onebyte status --config /etc/onebyte/NAME.toml` from a root shell: no systemd variables."""
+    for var in node_config.UNIT_DIRS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(node_config.UNIT_DIRS, "STATE_DIRECTORY", str(tmp_path / "lib" / "onebyte-{name}"))
+    monkeypatch.setitem(node_config.UNIT_DIRS, "RUNTIME_DIRECTORY", str(tmp_path / "run" / "onebyte-{name}"))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "main.toml"
+    conf.write_text((ROOT / "systemd" / "node.example.toml").read_text())
+    cfg = load_config(conf)
+    assert cfg.key == etc / "main.key"                       # LoadCredential's source
+    assert cfg.state_dir == tmp_path / "lib" / "onebyte-main"
+    assert cfg.socket_path == tmp_path / "run" / "onebyte-main" / "status.sock"
+    # without the file's name to go by: one line that says what to set
+    with pytest.raises(ConfigError, match=r"\$STATE_DIRECTORY.*set it"):
+        node_config.parse_config({"node": {"genesis": "g.toml", "key": "k", "state_dir": "$STATE_DIRECTORY"}})
+
+
 def test_unit_has_the_required_settings():
     text = UNIT.read_text()
     for needle in ("Type=notify", "WatchdogSec=", "StateDirectory=", "RuntimeDirectory=", "DynamicUser=yes",
                    "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "KillSignal=SIGTERM"):
         assert needle in text, needle
+
+
+def test_the_cuda_drop_in_names_devices_as_systemd_takes_them():
+    """DeviceAllow= takes a /dev path or char-/block- plus a /proc/devices group, never a glob."""
+    lines = [ln.split("=", 1)[1].split() for ln in (ROOT / "systemd" / "cuda.conf").read_text().splitlines()
+             if ln.startswith("DeviceAllow=")]
+    assert lines
+    for spec, access in lines:
+        assert "*" not in spec and "?" not in spec and access in ("r", "rw", "rwm")
+        assert spec.startswith(("/dev/", "char-", "block-"))
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

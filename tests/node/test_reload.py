@@ -1,0 +1,43 @@
+"""SIGHUP reloads the node config: a new peer is joined, labels and log level apply, the node
+stays in the swarm; fields that need a restart are named in the log; a broken config changes
+nothing."""
+
+from __future__ import annotations
+
+import signal
+
+from node_harness import Node, wait_for
+
+from onebyte.node.status import request
+
+
+def members(n: Node) -> dict:
+    return {m["node_id"]: m for m in request(n.socket, {"cmd": "members"})["members"]}
+
+
+def test_sighup_joins_a_new_peer_and_applies_labels_without_a_restart(tmp_path, genesis_path):
+    a = Node(tmp_path, "a", genesis_path, [], max_steps=0, threads=1).start()
+    b = Node(tmp_path, "b", genesis_path, [], max_steps=0, threads=1).start()
+    try:
+        a.wait_ready()
+        b_id = b.wait_ready()["node_id"]
+        pid = a.proc.pid
+        assert b_id not in members(a)
+        a.fields.update(peers=[b.addr], log_level="debug", batch_size=7)
+        a.tables["labels"] = {b_id[:8]: "bee"}
+        a.write_config()
+        a.proc.send_signal(signal.SIGHUP)
+        row = wait_for(lambda: (m := members(a).get(b_id)) and m["state"] == "alive" and m, 60, "b joined")
+        assert row["label"] == "bee"
+        assert a.proc.poll() is None and a.proc.pid == pid   # the same process, still running
+        wait_for(lambda: "applied only at the next start: batch_size" in a.stderr(), 10, "the log line")
+        assert "reloaded" in a.stderr() and "log_level" in a.stderr()
+        # a config that no longer parses: logged, nothing changes, the node keeps running
+        a.config.write_text("[node]\nlisten = 5\n")
+        a.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "the running config stays" in a.stderr(), 10, "the refusal")
+        assert a.proc.poll() is None and members(a)[b_id]["label"] == "bee"
+        assert a.terminate() == 0
+    finally:
+        a.cleanup()
+        b.cleanup()
