@@ -143,6 +143,9 @@ def cmd_top(args) -> int:
             view.update(statuses, time.monotonic() - t0)
             rounds += 1
             if args.count and rounds >= args.count:
+                if not any(statuses.values()):   # a scripted check: nobody answered is a failure
+                    print(f"onebyte: error: no daemon answers on {', '.join(map(str, sockets))}", file=sys.stderr)
+                    return DaemonUnreachable.exit_code
                 return 0
             time.sleep(args.interval)
     except KeyboardInterrupt:

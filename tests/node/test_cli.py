@@ -83,6 +83,11 @@ def test_status_without_daemon(tmp_path, genesis_path):
     one_error_line(run_cli("status", "--config", n.config), r"no daemon", 4)
 
 
+def test_top_with_a_count_fails_when_no_daemon_answers(tmp_path):
+    r = run_cli("top", "--socket", str(tmp_path / "missing.sock"), "--count", "1", "--interval", "0.1")
+    assert r.returncode == 4 and "no daemon answers" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_init_and_keygen(tmp_path):
     g = tmp_path / "g.toml"
     r = run_cli("init", "--out", g, "--model", "tiny")
