@@ -166,6 +166,51 @@ def cmd_keygen(args) -> int:
 
 # --- run ---------------------------------------------------------------------------------
 
+def cmd_check_config(args) -> int:
+    """Validate a node config and everything it names, as `run` would, without starting: the
+    genesis and its protocol fields, the key (and, in a closed swarm, its membership), the
+    data files, the base model's file, the state dir's swarm. One line per check; the first
+    failure is the usual one-line error (exit 2, or 3 for the state dir)."""
+    from onebyte.protocol import Identity
+    from .genesis import load_genesis, protocol_config
+    from .keys import loose_permissions, read_key
+    from .state import StateDir
+    from .training import task_sources
+
+    cfg = load_config(args.config)
+    print(f"ok    config {cfg.path}")
+    genesis = load_genesis(cfg.genesis)
+    protocol_config(genesis, cfg.protocol)
+    print(f"ok    genesis {cfg.genesis}: swarm {genesis.swarm_id.hex()[:16]}, "
+          f"admission {genesis.setting('admission')}")
+    identity = Identity.from_private_bytes(read_key(cfg.key))
+    pub = identity.public_bytes()
+    if genesis.setting("admission") == "closed" and pub not in genesis.member_keys():
+        raise UserError(f"key {cfg.key} is not a member of this closed swarm (its public key {pub.hex()} "
+                        "is not in the genesis [swarm] members)")
+    print(f"ok    key {cfg.key}: node {identity.node_id.hex()}"
+          + ("  (warning: readable by others; chmod 600 it)" if loose_permissions(cfg.key) else ""))
+    spec, train, evals = task_sources(genesis.task, cfg.data, cfg.eval_data,
+                                      genesis.path.parent if genesis.path else None)
+    for what, name in (("data", train), ("eval_data", evals)):
+        if name and not name.startswith("builtin:") and not Path(name).exists():
+            raise UserError(f"{what} {name} does not exist")
+        print(f"ok    {what} {name or '(none: ' + ('replay only' if what == 'data' else 'no evaluation') + ')'}")
+    model = cfg.model or genesis.base_model_spec()
+    if ("/" in model or model.endswith(".gguf")) and not Path(model).exists():
+        raise UserError(f"base model {model} does not exist")
+    print(f"ok    model {model}")
+    sd = StateDir(cfg.state_dir)
+    if sd.path.exists():
+        sd.check_genesis(genesis, write=False)
+        print(f"ok    state_dir {sd.path}: this swarm's" if sd.genesis_copy.exists() else
+              f"ok    state_dir {sd.path}: empty, a new node")
+    else:
+        print(f"ok    state_dir {sd.path}: will be created")
+    print("config is valid")
+    return 0
+
+
 def cmd_run(args) -> int:
     import asyncio
 
@@ -282,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(graceful leave, exit 0). Config reference: docs/config.md.")
     s.add_argument("--config", default=env_cfg, help=f"node config TOML (default $ONEBYTE_CONFIG or {DEFAULT_CONFIG})")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check-config", help="validate a node config and what it names, without starting",
+                       description="Check the node config, its genesis, key, data, model and state dir "
+                       "as `run` would, without starting (exit 0: valid).")
+    s.add_argument("--config", default=env_cfg, help=f"node config TOML (default $ONEBYTE_CONFIG or {DEFAULT_CONFIG})")
+    s.set_defaults(func=cmd_check_config)
 
     add_client_parsers(sub, env_cfg)
     for name, func, helptext in (("digest", cmd_digest, "print the state digest (daemon or state dir)"),

@@ -88,6 +88,21 @@ def test_top_with_a_count_fails_when_no_daemon_answers(tmp_path):
     assert r.returncode == 4 and "no daemon answers" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_check_config_validates_without_starting(tmp_path, genesis_path):
+    n = Node(tmp_path, "c", genesis_path, [])
+    r = run_cli("check-config", "--config", n.config)
+    assert r.returncode == 0, r.stderr
+    assert "config is valid" in r.stdout and "will be created" in r.stdout
+    assert not n.state_dir.exists()                       # nothing started, nothing written
+    n.fields["data"] = str(tmp_path / "missing.tsv")
+    n.write_config()
+    one_error_line(run_cli("check-config", "--config", n.config), r"data .*missing.tsv does not exist", 2)
+    n.fields["data"] = ""
+    n.fields["key"] = str(tmp_path / "nokey")
+    n.write_config()
+    one_error_line(run_cli("check-config", "--config", n.config), r"key", 2)
+
+
 def test_init_and_keygen(tmp_path):
     g = tmp_path / "g.toml"
     r = run_cli("init", "--out", g, "--model", "tiny")
