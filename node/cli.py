@@ -27,12 +27,27 @@ log = logging.getLogger("onebyte.node.cli")
 DEFAULT_CONFIG = "node.toml"
 
 
-def _setup_logging(level: str = "info") -> None:
-    # Under systemd, journald timestamps each line; elsewhere we add the time ourselves.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+class JsonLines(logging.Formatter):
+    """log_format = "json": one JSON object per line (time, level, logger, message, and the
+    traceback if any), the same events as the text format, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def _setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        # Under systemd, journald timestamps each line; elsewhere we add the time ourselves.
+        line = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(logging.Formatter(line if os.environ.get("JOURNAL_STREAM") else "%(asctime)s " + line))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def _model_errors() -> tuple:
@@ -217,7 +232,7 @@ def cmd_run(args) -> int:
     from .daemon import run_daemon
 
     cfg = load_config(args.config)
-    _setup_logging(cfg.log_level)
+    _setup_logging(cfg.log_level, cfg.log_format)
     if cfg.threads:
         # numba's kernels run a thread pool of their own (one thread per core by default, and
         # idle workers spin): several daemons on one machine then fight over the cores. It is

@@ -86,6 +86,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "threads": (0, "torch intra-op threads for the worker (0 = torch default)"),
     "max_backlog": (1_000_000, "replay backlog bound: above it the loop stops taking updates from the engine (back-pressure); also the most updates one fused replay call applies"),
     "log_level": ("info", "debug, info, warning or error"),
+    "log_format": ("text", 'text (one line per event) or json (one JSON object per line, for log shippers)'),
     "metrics_listen": ("", 'serve Prometheus metrics over HTTP at "host:port" (e.g. "127.0.0.1:9470"); empty = off'),
 }
 REQUIRED = ("genesis", "key", "state_dir")
@@ -127,6 +128,7 @@ class NodeConfig:
     threads: int
     max_backlog: int
     log_level: str
+    log_format: str
     metrics_listen: Addr | None
     protocol: dict = field(default_factory=dict)  # [protocol] overrides of ProtocolConfig tuning
     labels: dict = field(default_factory=dict)    # [labels] node id (hex prefix) -> name, for members
@@ -229,6 +231,9 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
     level = get("log_level", str).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{where}: [node] log_level must be debug, info, warning or error, got {level!r}")
+    log_format = get("log_format", str).lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError(f'{where}: [node] log_format must be "text" or "json", got {log_format!r}')
     sock = get("status_socket", str)
     protocol = data.get("protocol", {})
     if not isinstance(protocol, dict):
@@ -269,6 +274,7 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         threads=nonneg("threads"),
         max_backlog=max(1, nonneg("max_backlog")),
         log_level=level,
+        log_format=log_format,
         metrics_listen=parse_addr(metrics, f"{where}: [node] metrics_listen", allow_port0=True) if metrics else None,
         protocol=dict(protocol),
         labels=labels,

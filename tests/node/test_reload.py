@@ -1,9 +1,10 @@
 """SIGHUP reloads the node config: a new peer is joined, labels and log level apply, the node
 stays in the swarm; fields that need a restart are named in the log; a broken config changes
-nothing."""
+nothing. (The node logs as JSON lines meanwhile: log_format = "json".)"""
 
 from __future__ import annotations
 
+import json
 import signal
 
 from node_harness import Node, wait_for
@@ -16,7 +17,7 @@ def members(n: Node) -> dict:
 
 
 def test_sighup_joins_a_new_peer_and_applies_labels_without_a_restart(tmp_path, genesis_path):
-    a = Node(tmp_path, "a", genesis_path, [], max_steps=0, threads=1).start()
+    a = Node(tmp_path, "a", genesis_path, [], max_steps=0, threads=1, log_format="json").start()
     b = Node(tmp_path, "b", genesis_path, [], max_steps=0, threads=1).start()
     try:
         a.wait_ready()
@@ -38,6 +39,10 @@ def test_sighup_joins_a_new_peer_and_applies_labels_without_a_restart(tmp_path, 
         wait_for(lambda: "the running config stays" in a.stderr(), 10, "the refusal")
         assert a.proc.poll() is None and members(a)[b_id]["label"] == "bee"
         assert a.terminate() == 0
+        # log_format = "json": every line a log shipper reads is one JSON object
+        lines = [json.loads(ln) for ln in a.stderr().splitlines() if ln.strip()]
+        assert lines and all({"ts", "level", "logger", "msg"} <= set(ln) for ln in lines)
+        assert any("reloaded" in ln["msg"] for ln in lines)
     finally:
         a.cleanup()
         b.cleanup()
