@@ -268,6 +268,47 @@ def cmd_digest(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Score this node's model offline on a labelled data file: the state dir (snapshot + log,
+    read-only: safe while the daemon runs) or a snapshot file (--snapshot), with the genesis'
+    task (template, verbalizer). Prints accuracy, loss and the rows scored."""
+    from onebyte.model import evaluate, load_task
+    from onebyte.model.data import DataError
+    from .export import offline_state
+    from .genesis import load_genesis
+    from .state import build_replica
+    from .training import task_sources
+
+    cfg = load_config(args.config)
+    _setup_logging("info")   # a model load and a replay take a while: progress on stderr
+    genesis = load_genesis(cfg.genesis)
+    spec, _, genesis_eval = task_sources(genesis.task, cfg.data, cfg.eval_data,
+                                         genesis.path.parent if genesis.path else None)
+    data = args.data or genesis_eval
+    if not data:
+        raise UserError("give --data FILE (no eval data in the config or the genesis)")
+    try:
+        task = load_task(data, spec, split="eval")
+    except DataError as exc:
+        raise UserError(f"data: {exc}") from None
+    if args.snapshot:
+        if not Path(args.snapshot).exists():
+            raise UserError(f"snapshot {args.snapshot} does not exist")
+        replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
+        replica.load(Path(args.snapshot))
+        source = args.snapshot
+    else:
+        replica, tokenizer, _vv, _ = offline_state(cfg, genesis)
+        source = str(cfg.state_dir)
+    examples = task.examples[:args.n] if args.n else task.examples
+    r = evaluate(replica.model, tokenizer, task, examples)
+    out = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"], "data": data, "source": source,
+           "digest": replica.digest()}
+    print(json.dumps(out) if args.json else
+          f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['n']} rows of {data} ({source})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import check_out_dir, export_offline, export_snapshot
     from .status import request
@@ -364,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--out", required=True, help="output folder (new or empty)")
             s.add_argument("--force", action="store_true", help="replace a non-empty --out")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("eval", help="score the model offline on a labelled data file",
+                       description="Score this node's model (its state dir, or --snapshot) on a labelled "
+                       "data file with the genesis' task, offline (read-only: safe while the daemon runs).")
+    s.add_argument("--config", default=env_cfg, help="node config (genesis, state dir)")
+    s.add_argument("--data", default="", help="labelled .tsv/.csv/.jsonl (default: the eval data of config or genesis)")
+    s.add_argument("--snapshot", default="", help="score this snapshot (weights file) instead of the state dir")
+    s.add_argument("--n", type=int, default=0, help="score only the first N rows")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_eval)
 
     # `onebyte demo` (node/demo/): its heavy imports (torch, matplotlib) happen when it runs.
     from .demo import add_parser as add_demo_parser

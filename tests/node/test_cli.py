@@ -6,7 +6,7 @@ import re
 import socket
 
 
-from node_harness import Node, run_cli
+from node_harness import Node, run_cli, wait_for
 
 
 def one_error_line(r, pattern: str, code: int | None = None):
@@ -101,6 +101,28 @@ def test_check_config_validates_without_starting(tmp_path, genesis_path):
     n.fields["key"] = str(tmp_path / "nokey")
     n.write_config()
     one_error_line(run_cli("check-config", "--config", n.config), r"key", 2)
+
+
+def test_eval_scores_the_state_dir_and_a_snapshot_offline(tmp_path, genesis_path):
+    import json
+    n = Node(tmp_path, "e", genesis_path, [], max_steps=8, threads=1).start()
+    try:
+        n.wait_ready()
+        wait_for(lambda: n.status()["worker_state"] == "done", 120, "8 own steps")
+        assert n.terminate() == 0
+    finally:
+        n.cleanup()
+    r = run_cli("eval", "--config", n.config, "--data", "builtin:sentiment", "--n", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    digest = json.loads(run_cli("digest", "--config", n.config, "--offline", "--json").stdout)["digest"]
+    assert got["n"] == 64 and 0.0 <= got["accuracy"] <= 1.0 and got["digest"] == digest
+    snap = sorted((n.state_dir / "snapshots").glob("*.safetensors"))[-1]
+    r = run_cli("eval", "--config", n.config, "--data", "builtin:sentiment", "--n", "64", "--json",
+                "--snapshot", snap)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["digest"] == digest          # the final snapshot holds every update
+    one_error_line(run_cli("eval", "--config", n.config, "--data", str(tmp_path / "none.tsv")), r"data", 2)
 
 
 def test_init_and_keygen(tmp_path):
