@@ -103,32 +103,32 @@ class Engine:
         self.bootstrap = [tuple(a) for a in bootstrap]
         # Our software version, announced in our ALIVE items (unsigned: for operators only).
         self.software = software[:MAX_VERSION]
-        self.counters: dict = {"bytes_in": 0, "bytes_out": 0, "datagrams_in": 0, "datagrams_out": 0,
-                               "drops": {}, "records_accepted": 0, "updates_delivered": 0,
-                               "duplicate_records": 0, "records_published": 0,
-                               "equivocations": 0, "events_dropped": 0, "internal_errors": 0,
-                               # docs/protocol.md, Membership: asking and answering
-                               "suspicions_asked": 0, "accusations_answered": 0,
-                               # bytes per message type, to see what the fixed cost is made of
-                               "bytes_by_kind": {"in": {}, "out": {}}}
+        # The engine's own counters; each collaborator keeps (and alone writes) its own, and
+        # `counters` shows them all (docs/status.md).
+        self._counters: dict = {"bytes_in": 0, "bytes_out": 0, "datagrams_in": 0, "datagrams_out": 0,
+                                "internal_errors": 0, "timer_lag_s": 0.0,
+                                # docs/protocol.md, Membership: asking and answering
+                                "suspicions_asked": 0, "accusations_answered": 0,
+                                # bytes per message type, to see what the fixed cost is made of
+                                "bytes_by_kind": {"in": {}, "out": {}}}
         self._version = config.protocol_version
         self._tag = config.swarm_tag
         self._left = False
 
         self.session = Session(identity, config, generation=int(generation),
                                crypto=crypto if crypto is not None else CryptoCache(), now=now)
-        self.events = EventQueue(config.max_events, config.max_drop_events, self.counters)
+        self.events = EventQueue(config.max_events, config.max_drop_events)
         self.members = Membership(config)
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)   # membership gossip
         self.outbox = Outbox(config, self.session, self.members, self.gossip_q)
         self.probing = Probing(config, self.members, self.outbox, rng)
-        self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, self.counters, rng,
+        self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, rng,
                                          self.node_id, bound_addr, now)
         self.probing.observed_enough = self.nat.observed_enough
         self.session.nat = self.nat.kind
         self.certs = CertExchange(self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
-                         self.counters, self.store, rng, self.gossip_q, now=now)
+                         self.store, rng, self.gossip_q, now=now)
         self.certs.everyone_talks = self.sync.everyone_talks
         # One handler per message type, each (member, message, now, via), called once the
         # datagram is authenticated and its payload decoded (protocol/messages.py); via is the
@@ -180,7 +180,7 @@ class Engine:
     # ================================================================ driver API
     def receive_datagram(self, data: bytes, addr, now: float) -> None:
         self.nat.now = now
-        c = self.counters
+        c = self._counters
         c["bytes_in"] += len(data)
         c["datagrams_in"] += 1
         _count_kind(c["bytes_by_kind"]["in"], data)
@@ -194,7 +194,7 @@ class Engine:
 
     def datagrams_to_send(self, now: float) -> list:
         out = self.outbox.drain()
-        c = self.counters
+        c = self._counters
         c["datagrams_out"] += len(out)
         c["bytes_out"] += sum(len(d) for d, _ in out)
         kinds = c["bytes_by_kind"]["out"]
@@ -216,7 +216,7 @@ class Engine:
         cfg = self.config
         lag = now - self.get_timer()
         if lag > LAG_SLACK_S:   # our loop stalled: it does not count against the probed
-            self.counters["timer_lag_s"] = self.counters.get("timer_lag_s", 0.0) + lag
+            self._counters["timer_lag_s"] += lag
             self.probing.delay(lag)
         self.nat.now = now
         for node_id, item in self.probing.released(now):
@@ -231,7 +231,7 @@ class Engine:
             for change in self.members.expire(now):
                 self._apply(change)
             for m in self.members.ripe_suspects(now):
-                self.counters["suspicions_asked"] += 1
+                self._counters["suspicions_asked"] += 1
                 self.probing.ask(m, now)
             self.probing.probe_next(now)
             self.certs.retry(now)
@@ -354,6 +354,13 @@ class Engine:
         return self.sync.exclude(origin, step, reason)
 
     @property
+    def counters(self) -> dict:
+        """Every counter of the engine and its collaborators, in one dict (a new one: read it,
+        never write it).  Keys are disjoint (tests/protocol/test_units.py)."""
+        return {**self._counters, **self.events.counters, **self.nat.counters, **self.sync.counters,
+                **self.sync.serving.counters, **self.sync.equiv.counters}
+
+    @property
     def book(self):
         """Per-origin delivery state (the simulator and bench/sim.py read contiguous steps)."""
         return self.sync.book
@@ -464,7 +471,7 @@ class Engine:
                 if fix is not None:
                     corrections.append(fix)
         if corrections:
-            self.counters["accusations_answered"] += 1
+            self._counters["accusations_answered"] += 1
             self.probing.answer(sender, corrections)
         self.certs.ask(sender, now)   # the certificates its TAG items told of that we lack
 

@@ -99,6 +99,8 @@ class Equivocations:
     def __init__(self, sync):
         self.sync = sync
         self.proofs: dict[bytes, Proof] = {}
+        # conflicting records seen; proofs taken in (new, and already held)
+        self.counters: dict = {"equivocations": 0, "equivocation_proofs": 0, "duplicate_proofs": 0}
         self._cursor = 0   # next origin whose recent records go to a diverged peer
 
     def load(self) -> None:
@@ -142,7 +144,7 @@ class Equivocations:
             return True   # a member whose closer is no longer held: not provable here, not taken
         self.sync.book.state(rec.origin).equivocating = True
         if self.apply(Proof(rec.origin, step, *sorted(halves))):
-            self.sync.counters["equivocations"] += 1
+            self.counters["equivocations"] += 1
             self.sync.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step,
                                                        *halves))
         return True
@@ -175,7 +177,7 @@ class Equivocations:
         origin = s.session.origin_id(pub)
         have = self.step_of(origin)
         if have is not None and have <= step:
-            s.counters["duplicate_proofs"] = s.counters.get("duplicate_proofs", 0) + 1
+            self.counters["duplicate_proofs"] += 1
             return
         if not s.session.admitted(pub):
             raise WireError("not_admitted")
@@ -195,7 +197,7 @@ class Equivocations:
         if have is not None and have <= step:
             return False
         self.proofs[origin] = proof
-        s.counters["equivocation_proofs"] = s.counters.get("equivocation_proofs", 0) + 1
+        self.counters["equivocation_proofs"] += 1
         add = getattr(s.store, "add_proof", None)
         if add is not None:   # durable before OriginExcluded reaches the shell
             add(origin, step, proof.record_a, proof.record_b)

@@ -125,12 +125,13 @@ class EventQueue:
     count every drop.
     """
 
-    def __init__(self, max_events: int, max_drop_events: int, counters: dict):
+    def __init__(self, max_events: int, max_drop_events: int):
         self.high: deque = deque()   # (seq, event)
         self.low: deque = deque()    # (seq, DatagramDropped)
         self.max_events = max_events
         self.max_drop_events = max_drop_events
-        self.counters = counters     # the engine's: "drops" and "events_dropped" are kept here
+        # drops by reason, and drop events discarded unread (the newest max_drop_events stay)
+        self.counters: dict = {"drops": {}, "events_dropped": 0}
         self._seq = 0
 
     @property

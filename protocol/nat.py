@@ -62,14 +62,15 @@ class Punch:
 
 
 class Nat:
-    def __init__(self, config: ProtocolConfig, members: Membership, outbox, counters: dict, rng,
+    def __init__(self, config: ProtocolConfig, members: Membership, outbox, rng,
                  node_id: bytes, bound_addr, now: float):
         """bound_addr: the address our socket is bound to ((host, port); host may be a
         wildcard).  None: we cannot tell whether we are behind a NAT, and announce OPEN."""
         self.config = config
         self.members = members
         self.outbox = outbox
-        self.counters = counters
+        self.counters = dict.fromkeys(("relay_sent_bytes", "relay_forwarded_bytes", "relay_received_bytes",
+                                        "punches_ok", "punches_failed", "introductions"), 0)
         self.rng = rng
         self.node_id = node_id
         self.bound = tuple(bound_addr) if bound_addr is not None else None
@@ -83,9 +84,6 @@ class Nat:
         self.now = now
         self.due = now + TICK_S
         self._next_keepalive = now + KEEPALIVE_S * rng.random()
-        for key in ("relay_sent_bytes", "relay_forwarded_bytes", "relay_received_bytes",
-                    "punches_ok", "punches_failed", "introductions"):
-            counters.setdefault(key, 0)
         if self.kind != NatKind.OPEN:
             self.activate()
 

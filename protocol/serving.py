@@ -57,6 +57,8 @@ class Serving:
         self.sync = sync          # the store, book, influence budget and outbox it serves from
         self.config = sync.config
         self.fresh_from: set = set()    # servers whose answers brought news since our last PULL
+        # answers cut short by a member's credit; bytes of records served (datagrams whole)
+        self.counters: dict = {"serve_credit_cuts": 0, "records_served_bytes": 0}
         self.credit = Credit(self.config.serve_amplification, 2 * self.config.pull_serve_bytes)
         # what a PULL is padded to: one earns a whole answer
         self.pull_size = math.ceil(self.config.pull_serve_bytes / self.config.serve_amplification)
@@ -99,14 +101,14 @@ class Serving:
         # records that fit the credit once every datagram's framing is paid for
         limit = min(self.config.pull_serve_bytes, (credit - frame) * room / (room + frame))
         packed, more = self.served(m, wants, limit)
-        c, out = self.sync.counters, self.sync.outbox.datagrams
+        c, out = self.counters, self.sync.outbox.datagrams
         if limit < self.config.pull_serve_bytes and more:
-            c["serve_credit_cuts"] = c.get("serve_credit_cuts", 0) + 1
+            c["serve_credit_cuts"] += 1
         before = len(out)
         self.sync.outbox.send_records(m, packed, last=msg.Records(tuple((o, s) for o, s in more) or None))
         size = sum(len(d) for d, _ in out[before:])
         self.credit.spend(m.node_id, size)
-        c["records_served_bytes"] = c.get("records_served_bytes", 0) + size
+        c["records_served_bytes"] += size
 
     def served(self, m: Member, wants: list, limit: float | None = None) -> tuple:
         """(the packed records answering wants, in order, up to `limit` bytes (default

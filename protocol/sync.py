@@ -37,7 +37,7 @@ SEEN_SIGS = 65536        # signatures of recently accepted records, for the chea
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
 class Sync:
     def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
-                 outbox: Outbox, events: EventQueue, counters: dict, store, rng,
+                 outbox: Outbox, events: EventQueue, store, rng,
                  gossip_q: TransmitLimitedQueue, now: float = 0.0):
         self.config = config
         self.session = session
@@ -45,7 +45,12 @@ class Sync:
         self.members = members
         self.outbox = outbox
         self.events = events
-        self.counters = counters
+        self.counters: dict = dict.fromkeys((
+            "records_accepted", "updates_delivered", "duplicate_records", "records_published",
+            "batch_members_waiting",   # batch members held until the closer that vouches for them
+            "own_updates_learned",     # our own earlier steps, learned back from peers
+            "own_history_incomplete",  # 1: we produced before every peer told our earlier steps
+            "origins_excluded", "weights_agreed", "weights_diverged"), 0)
         self.store = store
         self.rng = rng
         self.gossip_q = gossip_q    # membership gossip, sent in the room records leave
@@ -223,7 +228,7 @@ class Sync:
 
     def _records_taken(self) -> int:
         """Records new to us so far: accepted, or batch members held for their closer."""
-        return self.counters["records_accepted"] + self.counters.get("batch_members_waiting", 0)
+        return self.counters["records_accepted"] + self.counters["batch_members_waiting"]
 
     def _on_record(self, m: Member, raw, now: float) -> None:
         pub, first, qs, sig, hashes = decode_any(raw)
@@ -251,7 +256,7 @@ class Sync:
                 limit = CANDIDATES_PER_ORIGIN_MULT * self.config.records_per_signature
                 if not self.book.hold_candidate(st, h, rec, limit):
                     raise WireError("buffer_full")
-                self.counters["batch_members_waiting"] = self.counters.get("batch_members_waiting", 0) + 1
+                self.counters["batch_members_waiting"] += 1
                 return
         self._consider(rec, now)
 
@@ -370,7 +375,7 @@ class Sync:
         self.events.emit(UpdatesReceived(rec.origin, first, qs))
         if rec.origin == self.node_id:   # our own lost steps, learned back: never reused
             self.next_own_step = st.contiguous + 1
-            self.counters["own_updates_learned"] = self.counters.get("own_updates_learned", 0) + len(qs)
+            self.counters["own_updates_learned"] += len(qs)
             self._check_own(float("-inf"))
 
     def exclude(self, origin: bytes, step: int, reason: str) -> bool:
@@ -384,7 +389,7 @@ class Sync:
             st.contiguous = step - 1
         self.book.drop_pending(st)
         if moved:
-            self.counters["origins_excluded"] = self.counters.get("origins_excluded", 0) + 1
+            self.counters["origins_excluded"] += 1
             self.events.emit(OriginExcluded(origin, step, reason))
         return moved
 
@@ -395,7 +400,7 @@ class Sync:
         n = self.influence.admit(origin, first, qs)
         if self.influence.excluded.get(origin) is not before:
             breach = self.influence.excluded[origin]
-            self.counters["origins_excluded"] = self.counters.get("origins_excluded", 0) + 1
+            self.counters["origins_excluded"] += 1
             self.events.emit(OriginExcluded(origin, breach.step, breach.reason))
         return qs[:n]
 
@@ -529,9 +534,9 @@ class Sync:
         if self.weights is None or theirs[1] != self.weights[1]:
             return   # no digest yet, or other states: nothing to compare
         if theirs[0] == self.weights[0]:
-            self.counters["weights_agreed"] = self.counters.get("weights_agreed", 0) + 1
+            self.counters["weights_agreed"] += 1
             return
-        self.counters["weights_diverged"] = self.counters.get("weights_diverged", 0) + 1
+        self.counters["weights_diverged"] += 1
         self.events.emit(WeightsDiverged(m.node_id, self.weights[0], theirs[0]))
         self.equiv.on_diverged(m)   # maybe two versions of the same steps: let them meet
 

@@ -346,7 +346,7 @@ def test_backpressure_when_events_not_drained():
         a.publish(s, 1, net.now)
         net.advance(0.2)
     assert b.counters["drops"].get("backpressure", 0) > 0
-    assert len(b._events_high) <= 5 + 2  # membership events may still queue
+    assert len(b.events.high) <= 5 + 2  # membership events may still queue
     net.nodrain.discard(b_addr)
     for _ in range(40):
         net.collect(b_addr)

@@ -181,3 +181,21 @@ def test_protocol_room_is_pure():
                    "random.sample(", "random.uniform(", "random.getrandbits("):
             assert fn not in src, (path.name, fn)
     assert random  # the tests themselves may use random.Random instances
+
+
+def test_each_collaborator_owns_its_counters_and_the_engine_shows_them_all():
+    """One writer per counter: the engine, its event queue, NAT, sync, serving and
+    equivocations each declare theirs up front; `Engine.counters` merges them, no key twice."""
+    from onebyte.protocol.testing import SWARM, Net
+    net = Net(ProtocolConfig(SWARM))
+    e = net.add(1)
+    parts = [e._counters, e.events.counters, e.nat.counters, e.sync.counters, e.sync.serving.counters,
+             e.sync.equiv.counters]
+    keys = [k for part in parts for k in part]
+    assert len(keys) == len(set(keys))
+    assert set(e.counters) == set(keys)
+    before = set(e.counters)
+    net.add(2, bootstrap=[net.addr_of[e.node_id]])
+    net.advance(5.0)
+    assert set(e.counters) == before          # nothing created on the fly
+    assert e.counters["datagrams_in"] > 0 and e.counters["bytes_out"] > 0
