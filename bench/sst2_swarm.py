@@ -252,6 +252,9 @@ def main(argv=None) -> int:
     ap.add_argument("--converge-timeout", type=float, default=600.0)
     ap.add_argument("--trunk-file", default="", help="keep the prebuilt trunk cache here (reused by a later run "
                     "with the same model and first trained layer)")
+    ap.add_argument("--swarm-from", default="", metavar="JSON",
+                    help="take the swarm run from this earlier --json output of the same settings and run "
+                         "only the single daemon (its curve, steps and digests are kept, and the command named)")
     ap.add_argument("--json", default="")
     ap.add_argument("--results", default="", help="merge the keys into this results JSON (docs/results.json)")
     a = ap.parse_args(argv)
@@ -280,7 +283,17 @@ def main(argv=None) -> int:
     texts = [e.text for e in load_task(pool, spec).examples]
     texts += [e.text for e in load_task(dev, spec, split="eval").examples[:a.eval_n]]
     trunk = prebuild_trunk(a.model, scope, texts, Path(a.trunk_file) if a.trunk_file else root / "trunk.pt")
-    swarm = run("swarm", root, shards, pool, dev, hyper, a, trunk)
+    earlier = None
+    if a.swarm_from:
+        earlier = json.loads(Path(a.swarm_from).read_text())
+        same = {"hyper": hyper, "train_pool": a.train_n, "min_words": a.min_words, "batch_size": a.batch_size,
+                "steps_per_node": float(a.steps), "nodes": a.nodes, "eval_set": f"dev.tsv, first {a.eval_n} rows"}
+        differ = [k for k, v in same.items() if earlier.get(k) != v]
+        if differ or earlier.get("runs", {}).get("swarm") is None:
+            raise SystemExit(f"--swarm-from {a.swarm_from}: not a swarm run of these settings ({', '.join(differ) or 'no swarm run'})")
+        swarm = earlier["runs"]["swarm"]
+    else:
+        swarm = run("swarm", root, shards, pool, dev, hyper, a, trunk)
     solo = None if a.no_solo else run("solo", root, [pool], pool, dev, hyper, a, trunk)
     match = steps_to_reach(swarm["curve"], solo["final_accuracy"]) if solo else None
     out = {
@@ -298,6 +311,8 @@ def main(argv=None) -> int:
         "wall_seconds": round(time.time() - t0, 1), "device": "cpu", "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "exported_model": Path(swarm["export"]).name if swarm["export"] else None,
         "runs": {"swarm": swarm, "solo": solo}, "quick": a.quick,
+        "swarm_from": {"json": a.swarm_from, "command": earlier["command"], "date_utc": earlier["date_utc"],
+                       "wall_seconds": earlier["wall_seconds"]} if earlier else None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     text = json.dumps(out, indent=1)
