@@ -89,7 +89,7 @@ def _save_adapter(replica, base, where: Path, meta: dict):
 
     from onebyte.model.scope import lora_config
     cfg = lora_config(replica.hyper)
-    cfg.base_model_name_or_path = meta.get("base_model", "")
+    cfg.base_model_name_or_path = hub_model_id(meta.get("base_model", "")) or meta.get("base_model", "")
     # the replica's adapters live in the model itself (peft.inject_adapter_in_model); a PeftModel
     # wraps the same modules under "base_model.model."
     adapters = {"base_model.model." + k: v.detach().to("cpu", copy=True)
@@ -155,10 +155,48 @@ def _meta(genesis: Genesis, digest: str, vv: dict, source: str) -> dict:
             "task": task, "hyper": dict(genesis.hyper)}
 
 
-def model_card(meta: dict, replica) -> str:
-    """README.md of an exported folder: what it is and how to use it, from the genesis."""
+# Model specs onebyte knows by name -> (model id on the Hugging Face Hub, license).
+HUB_IDS = {"smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+
+
+def hub_model_id(spec: str) -> str | None:
+    """The Hub id of a base model spec: a known name, or a folder whose config names one
+    (`_name_or_path` of the form owner/name); None for a GGUF file or the tiny test model."""
+    if spec in HUB_IDS:
+        return HUB_IDS[spec][0]
+    config = Path(spec) / "config.json"
+    if config.is_file():
+        try:
+            name = json.loads(config.read_text()).get("_name_or_path", "")
+        except (OSError, ValueError):
+            return None
+        if isinstance(name, str) and name.count("/") == 1 and not Path(name).exists():
+            return name
+    return None
+
+
+def front_matter(meta: dict, replica) -> list[str]:
+    """The model card's YAML metadata, as the Hub reads it: base model, library, tags, license."""
+    base = hub_model_id(meta.get("base_model", ""))
+    lines = ["---"]
+    if base:
+        lines.append(f"base_model: {base}")
+    lines.append(f"library_name: {'peft' if replica.hyper.lora_rank else 'transformers'}")
     task = meta.get("task") or {}
-    lines = [f"# onebyte fine-tune of {meta.get('base_model')}", "",
+    lines.append("pipeline_tag: " + ("text-classification" if task.get("kind", "classification") == "classification"
+                                     and "template" in task else "text-generation"))
+    lines += ["tags:", "- onebyte", "- zeroth-order", "- mezo", "- decentralized-training"]
+    license_ = HUB_IDS.get(meta.get("base_model", ""), (None, None))[1]
+    if license_:
+        lines.append(f"license: {license_}")
+    return lines + ["---", ""]
+
+
+def model_card(meta: dict, replica) -> str:
+    """README.md of an exported folder: what it is and how to use it, from the genesis; its
+    YAML front matter is the metadata the Hugging Face Hub reads (front_matter)."""
+    task = meta.get("task") or {}
+    lines = front_matter(meta, replica) + [f"# onebyte fine-tune of {meta.get('base_model')}", "",
              f"Fine-tuned by a onebyte swarm ({meta.get('swarm_id', '')[:16]}…) with zeroth-order updates of "
              f"one byte each: {meta.get('updates')} updates from {meta.get('origins')} node(s); "
              f"{replica.n_trainable:,} weights trained; weights digest {meta.get('digest')}.", ""]
