@@ -97,7 +97,7 @@ def bench_kinds(device, now, reps: int, origins: int, updates: int) -> dict:
     from onebyte.model.scope import scope_preset
     out = {}
     for scope in ("top1", "all"):
-        kw = scope_preset("top1", 30) if scope == "top1" else {}
+        kw = {"trainable": scope_preset("top1", 30)["trainable"]} if scope == "top1" else {}
         reps_ = {"rademacher": Replica(smollm2_shaped(), Hyper(lr=1e-6, **kw), device),
                  "lowrank": Replica(smollm2_shaped(), Hyper(lr=1e-6, perturbation="lowrank", **kw), device)}
         n = {"rademacher": min(updates, 512 if scope == "all" else updates), "lowrank": updates}
