@@ -106,9 +106,13 @@ def bytes_sent(nodes):
 def run_size(n, args, log):
     # The swarm-wide update rate is fixed, so per-node rates fall as the swarm grows (a real
     # swarm's aggregate rate is bounded by what every node can replay, not by its size).
-    rate, k = args.swarm_rate / n, 64
-    cfg = ProtocolConfig(swarm_id=SWARM_ID, updates_per_record=k, record_linger_s=2 * k / rate,
-                         gossip_interval_s=0.2)
+    # The genesis defaults (records of up to updates_per_record updates, sealed after
+    # record_linger_s, signed in batches of records_per_signature): what a swarm runs. (A
+    # linger of 2 * 64 / rate, the earlier setting, closed no batch inside the tracking window
+    # at 1,000 nodes.)
+    rate = args.swarm_rate / n
+    cfg = ProtocolConfig(swarm_id=SWARM_ID)
+    k = cfg.updates_per_record
     tracker = Tracker(rate)
     swarm = Swarm(n, cfg, seed=args.seed + n, net=NetConfig(delay_s=0.01, jitter_s=0.005),
                   on_event=tracker.on_event, on_record=tracker.on_record)
@@ -119,8 +123,11 @@ def run_size(n, args, log):
         # A random backlog of 0..k-1 updates, then the steady rate: each node's record
         # boundaries fall at a random phase, so the swarm emits records steadily from the
         # start instead of all at once after k / rate seconds.
+        # Its q are an honest node's (as Swarm._publish_tick draws them): uniform q in
+        # -127..127 breach the influence budget, and the origin is (rightly) excluded.
         for _ in range(swarm.rng.randrange(k)):
-            node.engine.publish(node.engine.next_own_step, swarm.rng.randint(-127, 127), swarm.now)
+            q = max(-127, min(127, round(swarm.rng.gauss(0.0, 12.0))))
+            node.engine.publish(node.engine.next_own_step, q, swarm.now)
         swarm._after(node)
         swarm.set_publishing(node, rate)
 
@@ -164,6 +171,8 @@ def run_size(n, args, log):
         log("crash80 " + json.dumps(crash))
     cache = swarm.shared_crypto
     meta = {"nodes": n, "sim_s": swarm.now, "wall_s": round(time.perf_counter() - t_wall, 1),
+            # honest origins only: an exclusion here means the bench fed q the budget refuses
+            "origins_excluded": max(x.engine.counters["origins_excluded"] for x in swarm.nodes if x.alive),
             "datagrams": swarm.stats["sent"], "ed25519_verifications": cache.verifications,
             "x25519_exchanges": cache.exchanges}
     return results, crash, meta
@@ -331,6 +340,9 @@ def main(argv=None):
         scenarios += res
         runs.append(meta)
         crash = c or crash
+    empty = [f"{s['nodes']} nodes at {s['loss']:.0%} loss" for s in scenarios + [crash]
+             if not s["records_tracked"]]
+    excluded = sum(r["origins_excluded"] for r in runs)
     big = max(args.sizes)
     loss5 = [s for s in scenarios if s["nodes"] == big and s["loss"] == 0.05]
     out = {
@@ -346,10 +358,8 @@ def main(argv=None):
         "runs": runs,
         "settings": {"swarm_updates_per_s": args.swarm_rate,
                      "updates_per_s_per_node": {n: args.swarm_rate / n for n in args.sizes},
-                     "updates_per_record": 64, "record_linger_s": "2 * 64 / per-node rate",
-                     "gossip_interval_s": 0.2, "fanout": 3, "retransmit_mult": 4,
-                     "record_retransmit_mult": 2, "anti_entropy_interval_s": 1.0,
-                     "probe_interval_s": 1.0, "net_delay_s": 0.01, "net_jitter_s": 0.005,
+                     "protocol": "ProtocolConfig defaults (the genesis defaults)",
+                     "net_delay_s": 0.01, "net_jitter_s": 0.005,
                      "warmup_s": args.warmup, "window_s": args.window, "drain_s": args.drain,
                      "seed": args.seed},
         "crypto": "real Ed25519/X25519/blake2b; one CryptoCache shared by all simulated engines "
@@ -373,7 +383,16 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
+    if excluded:
+        print(f"bench/sim.py: {excluded} origin(s) excluded by the influence budget: the stream was not "
+              "an honest one", file=sys.stderr)
+        return 1
+    if empty:   # a phase that tracked nothing measured nothing: never a silent null
+        print(f"bench/sim.py: no record was emitted inside the tracking window in: {', '.join(empty)}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -173,3 +173,28 @@ def test_equivocation_inside_a_batch_is_proven_and_spreads():
     for eng in (b, c, d):
         ex = net.of_type(net.addr_of[eng.node_id], OriginExcluded)
         assert [(e.origin, e.step) for e in ex] == [(a.node_id, 7)]
+
+
+def test_batches_reach_every_node_of_a_lossy_swarm_within_a_bound():
+    """Under the genesis defaults (records of 64 updates, signed 4 to a batch) and 10% loss,
+    every update of every batch, members and closers, reaches every node: the last batch
+    within record_linger_s + 20 s of the last publish, by push or by anti-entropy repair."""
+    from onebyte.protocol.sim import NetConfig, Swarm
+    cfg = ProtocolConfig(SWARM)
+    net = NetConfig()
+    net.loss = 0.10
+    sw = Swarm(12, cfg, seed=7, net=net)
+    sw.start_all(stagger_s=1.0)
+    sw.run_for(8.0)
+    publishers = sw.nodes[:4]
+    for node in publishers:
+        sw.set_publishing(node, 25.0)    # honest q (Swarm._publish_tick), ~8 records each
+    sw.run_for(24.0)
+    for node in publishers:
+        sw.set_publishing(node, 0)
+    sw.run_for(cfg.record_linger_s + 20.0)
+    want = {n.engine.node_id: n.engine.next_own_step - 1 for n in publishers}
+    assert all(w > 4 * cfg.updates_per_record for w in want.values())   # whole batches went out
+    for node in sw.nodes:
+        for origin, last in want.items():
+            assert node.engine.book.contiguous(origin) == last, (node.index, last)
