@@ -206,7 +206,7 @@ class Daemon:
             eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
             on_digest=self._post_from_worker))
         if not self.engine.own_history_settled:
-            self.worker.history_known.clear()
+            self.worker.hold_production()
             log.info("asking peers for this key's earlier steps before producing (up to %.0fs if none answer)",
                      wait)
         self.worker.start()
@@ -494,7 +494,7 @@ class Daemon:
             log.error("this node's own key signed two versions of step %d (its state dir was lost or "
                       "copied?): peers exclude it from there on; not producing any more", step)
             if self.worker is not None:
-                self.worker.producing = False
+                self.worker.end_production()
 
     def _own_history_learned(self, event) -> None:
         """Production may start once the own steps learned are logged and in the worker's
@@ -516,11 +516,10 @@ class Daemon:
             return   # not durable yet: kept in _to_replay, flushed again by _disk_tick
         items, self._to_replay = self._to_replay, []
         if self.worker is not None:
-            self.worker.backlog.extend(items)
+            self.worker.enqueue(items)
             if self._release_pending and not self.update_log.held:
                 self._release_pending = False
-                self.worker.history_known.set()
-                self.worker.backlog.wake()
+                self.worker.release_production()
 
     # --- disk full (node/log.py): a state the node leaves on its own -----------------------
 

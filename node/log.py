@@ -66,14 +66,26 @@ from .logfile import (FRAME, HEADER, KIND_BASE, KIND_PROOF, KIND_RECORD, KIND_UP
                       MAX_PAYLOAD, NO_SPACE, PREFIX, VERSION, encode_entry, is_tail, parse_proof_body,  # format
                       proof_body, read_all, write_log)                                         # is named here too)
 from .loghold import Hold
-from .logproof import index_proof
-from .snapshot import fsync_path
+from .durable import fsync_path
 
 log = logging.getLogger("onebyte.node.log")
 
 # Free bytes needed to leave the disk-full state once nothing is held: some room for
 # snapshots and the next appends, so a node at the edge does not flap in and out.
 RESUME_FREE_BYTES = 1 << 20
+
+
+def index_proof(o, step: int, a: bytes, b: bytes, taken: bytes) -> bool:
+    """Origin o (log._Origin) is excluded from step on: its updates from there leave the index
+    (their q are kept in the proof, to take them out of a snapshot that holds them), and so
+    do its records that start there.  A lower step replaces a higher one."""
+    if o.proof is not None and o.proof[0] <= step:
+        return False
+    del o.qs[max(0, step - o.base - 1):]
+    o.records = [r for r in o.records if r[0] < step]
+    o.record_keys = {(f, last) for f, last, _ in o.records}
+    o.proof = (step, a, b, bytes(taken))
+    return True
 
 
 @dataclass

@@ -9,7 +9,7 @@ import struct
 import zlib
 
 from .errors import DiskFull
-from .snapshot import fsync_path
+from .durable import fsync_path, write_all
 
 MAGIC = b"onebyte-log\0"
 VERSION = 1
@@ -94,9 +94,7 @@ def write_log(path, origins: dict) -> tuple[int, int, int]:
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         for e in entries:
-            view = memoryview(e)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, e)
         os.fsync(fd)
         os.replace(tmp, path)
         fsync_path(path.parent)

@@ -20,7 +20,6 @@ previous snapshot stays in force.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import atomic_write_bytes, fsync_path, removing_tmp
 from .errors import DiskFull, StateError
 
 log = logging.getLogger("onebyte.node.snapshot")
@@ -44,55 +44,6 @@ class SnapshotInfo:
     updates: int
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file, or a directory (which makes a rename or a new entry in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_no_space(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT, also when a library reports it in words (safetensors: "os error 28")."""
-    if isinstance(exc, OSError):
-        return exc.errno in NO_SPACE_ERRNOS
-    text = str(exc)
-    return any(f"os error {n})" in text for n in NO_SPACE_ERRNOS) or "No space left on device" in text
-
-
-def _removing_tmp(tmp: Path, what: str, write) -> None:
-    """Run write(); on failure remove the temp file, and name a full disk as such."""
-    try:
-        write()
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_no_space(exc):
-            raise DiskFull(f"no space left on the device of {tmp.parent} to write {what}; free some "
-                           "space and try again") from None
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-    def write():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    _removing_tmp(tmp, path.name, write)
-    fsync_path(path.parent)
-
-
 def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str | None = None) -> SnapshotInfo:
     """Write the replica's weights and `vv` atomically; the caller (the worker thread,
     the replica's only writer) guarantees the weights hold exactly `vv`."""
@@ -107,7 +58,7 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
         replica.save(tmp)
         fsync_path(tmp)
         os.replace(tmp, final)
-    _removing_tmp(tmp, "a snapshot", write)
+    removing_tmp(tmp, "a snapshot", write)
     fsync_path(directory)
     pointer = {
         "format": FORMAT,
@@ -165,7 +116,7 @@ def write_standalone(path: Path, replica, vv: dict[bytes, int], digest: str) -> 
         replica.save(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
-    _removing_tmp(tmp, str(path), write)
+    removing_tmp(tmp, str(path), write)
     fsync_path(path.parent)
     meta = {"format": FORMAT, "weights": path.name, "digest": digest,
             "vv": {o.hex(): n for o, n in sorted(vv.items())}, "updates": sum(vv.values())}

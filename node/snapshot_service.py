@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .config import format_addr
 from .snapshot import read_snapshot
-from .worker import Snapshot
+from .worker import Attest
 
 log = logging.getLogger("onebyte.node.snapshot_service")
 
@@ -223,19 +223,18 @@ class SnapshotServer:
 
             def reply(result):   # worker thread
                 loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(result))
-            if not worker.submit(Snapshot(self._digest_at(vv), reply)):
+            if not worker.submit(Attest(vv, self._undo_for(vv), reply)):
                 return {"ok": False, "error": "busy"}
             result = await fut
             return result if "ok" in result else {"ok": False, **result}
 
-    def _digest_at(self, vv: dict[bytes, int]):
-        """A worker-thread callable: the weights digest at `vv`, from the live weights."""
+    def _undo_for(self, vv: dict[bytes, int]):
+        """For the worker (Attest): the updates between `vv` and what it applied, from the
+        log, at most attest_max of them; or the answer saying why not."""
         d, limit = self.d, self.attest_max
         seeder = d.genesis.seeder()
 
-        def at(replica, applied: dict, digest: str) -> dict:
-            if any(n > applied.get(o, 0) for o, n in vv.items()):
-                return {"ok": False, "error": "that version vector is ahead of this node"}
+        def undo_for(applied: dict):
             diff = []
             for o, top in applied.items():
                 lo = vv.get(o, 0)
@@ -245,14 +244,5 @@ class SnapshotServer:
                 if len(qs) != top - lo:
                     return {"ok": False, "error": "compacted past that version vector"}
                 diff.extend(seeder.update(o, s, q) for s, q in zip(range(lo + 1, top + 1), qs))
-            if not diff:
-                return {"ok": True, "digest": digest, "from": "weights"}
-            replica.undo(diff)       # exact on the grid: the weights at vv
-            try:
-                at_vv = replica.digest()
-            finally:
-                replica.replay(diff)
-            if replica.digest() != digest:   # cannot happen on the grid; never serve a wrong state silently
-                raise RuntimeError("attest: weights not restored bit for bit")
-            return {"ok": True, "digest": at_vv, "from": "undo"}
-        return at
+            return diff
+        return undo_for

@@ -23,7 +23,8 @@ from pathlib import Path
 from .errors import ConfigError, DiskFull, StateError, UserError
 from .genesis import Genesis, load_genesis
 from .log import UpdateLog
-from .snapshot import atomic_write_bytes, is_no_space, read_snapshot
+from .durable import atomic_write_bytes, fsync_path, is_no_space
+from .snapshot import read_snapshot
 from .steering import SteeringGuard
 
 log = logging.getLogger("onebyte.node.state")
@@ -101,7 +102,7 @@ class StateDir:
         import json
         import shutil
 
-        from .snapshot import POINTER, fsync_path
+        from .snapshot import POINTER
         if (self.snapshots / POINTER).exists() or (self.log_path.exists() and self.log_path.stat().st_size > 16):
             return  # not a fresh node: its own state wins
         meta_path = Path(str(weights) + ".json")
@@ -138,7 +139,7 @@ class StateDir:
         the two leaves a snapshot ahead of the log, which restore accepts."""
         import json
 
-        from .snapshot import POINTER, fsync_path
+        from .snapshot import POINTER
         name = f"weights-joined-{digest[:16]}-{sum(vv.values())}.safetensors"
         os.replace(weights, self.snapshots / name)
         fsync_path(self.snapshots)

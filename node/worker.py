@@ -47,6 +47,16 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Attest:
+    """The weights digest at an earlier version vector `vv` (a joiner's snapshot to vouch
+    for): `undo_for(applied_vv)` gives the updates to take back from the live weights (from
+    the log), or an error answer; the worker takes them back, digests and replays them."""
+    vv: dict
+    undo_for: Callable[[dict], list | dict]
+    reply: Callable[[dict], None]
+
+
+@dataclass(frozen=True)
 class Evaluate:
     examples: int | None           # None: the configured eval_examples
     reply: Callable[[dict], None]
@@ -226,6 +236,24 @@ class Worker(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self.backlog.wake()
+
+    def enqueue(self, updates: list) -> None:
+        """Peers' updates, logged durably, for the next replay."""
+        self.backlog.extend(updates)
+
+    def hold_production(self) -> None:
+        """No own step until release_production: this key's earlier steps may still be
+        coming back from peers (a step number must never be used twice)."""
+        self.history_known.clear()
+
+    def release_production(self) -> None:
+        self.history_known.set()
+        self.backlog.wake()
+
+    def end_production(self) -> None:
+        """Never produce again in this run (this key equivocated); replay and serve go on."""
+        self.producing = False
         self.backlog.wake()
 
     def exclude(self, origin: bytes, step: int, qs: list) -> None:
@@ -473,6 +501,8 @@ class Worker(threading.Thread):
             case Snapshot(write=write):
                 digest = self._fresh_digest()
                 return write(self.replica, dict(self.applied_vv), digest)
+            case Attest(vv=vv, undo_for=undo_for):
+                return self._attest(vv, undo_for)
             case Evaluate(examples=n):
                 if self.training.evaluator is None:
                     return {"error": "no eval data configured"}
@@ -484,6 +514,24 @@ class Worker(threading.Thread):
                 self.producing = False
                 return {"own_steps": self.stats.own_steps}
         return {"error": f"unknown worker command {command!r}"}
+
+    def _attest(self, vv: dict, undo_for) -> dict:
+        digest = self._fresh_digest()
+        if any(n > self.applied_vv.get(o, 0) for o, n in vv.items()):
+            return {"ok": False, "error": "that version vector is ahead of this node"}
+        diff = undo_for(dict(self.applied_vv))
+        if isinstance(diff, dict):
+            return diff   # an error answer: too far behind, or compacted past vv
+        if not diff:
+            return {"ok": True, "digest": digest, "from": "weights"}
+        self.replica.undo(diff)       # exact on the grid: the weights at vv
+        try:
+            at_vv = self.replica.digest()
+        finally:
+            self.replica.replay(diff)
+        if self.replica.digest() != digest:   # cannot happen on the grid; never serve a wrong state
+            raise RuntimeError("attest: weights not restored bit for bit")
+        return {"ok": True, "digest": at_vv, "from": "undo"}
 
     def _fresh_digest(self) -> str:
         return self._refresh_digest() if self._dirty_digest else self.stats.digest
