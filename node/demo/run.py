@@ -269,7 +269,7 @@ def add_parser(sub) -> None:
         "producers, check that all replicas hold identical weights, and report held-out accuracy "
         "before and after, bytes on the wire and a plot. Everything goes in a run dir.")
     s.add_argument("--minutes", type=float, default=None,
-                   help="training time in minutes (default: per model, 6 for smollm2)")
+                   help="training time in minutes, counted from when every node is ready (default: per model, 5 for smollm2)")
     s.add_argument("--nodes", type=int, default=3, help="number of daemons (default 3)")
     s.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL}; tiny for a quick run)")
     s.add_argument("--data", default=DEFAULT_DATA, help=f"training data: built-in task or file (default {DEFAULT_DATA})")
