@@ -17,7 +17,8 @@ import pytest
 from node_harness import ONEBYTE, Node, union_digest, wait_for
 from onebyte.node.errors import DiskFull
 from onebyte.node.log import UpdateLog
-from onebyte.node.snapshot import POINTER, atomic_write_bytes, read_snapshot, write_snapshot
+from onebyte.node.durable import atomic_write_bytes
+from onebyte.node.snapshot import POINTER, read_snapshot, write_snapshot
 
 A = bytes(range(16))
 
