@@ -112,7 +112,7 @@ class OriginExcluded(Event):
 DROP_REASONS = (
     "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",
-    "from_self", "stale_generation", "buffer_full", "backpressure", "excluded",
+    "from_self", "stale_generation", "buffer_full", "backpressure", "excluded", "no_path",
 )
 
 
