@@ -59,32 +59,30 @@ def traced(swarm: Swarm, trace: Trace) -> Swarm:
     return swarm
 
 
+def publish_and_drain(s: Swarm, stagger_s: float, settle_s: float, publishers: list, rate: float,
+                      publish_s: float, drain_s: float) -> dict:
+    """Start every node, let membership settle, publish from `publishers`, then stop and drain."""
+    s.start_all(stagger_s=stagger_s)
+    s.run_for(settle_s)
+    for node in publishers:
+        s.set_publishing(node, rate)
+    s.run_for(publish_s)
+    for node in s.nodes:
+        s.set_publishing(node, 0)
+    s.run_for(drain_s)
+    return {"converged": s.converged(), "stats": s.stats}
+
+
 def lossy(seed: int, trace: Trace) -> dict:
     net = NetConfig()
     net.loss, net.duplicate, net.reorder = 0.1, 0.05, 0.1
     s = traced(Swarm(12, ProtocolConfig(SWARM_ID), seed=seed, net=net), trace)
-    s.start_all(stagger_s=2.0)
-    s.run_for(10.0)
-    for node in s.nodes[:6]:
-        s.set_publishing(node, 20.0)
-    s.run_for(20.0)
-    for node in s.nodes:
-        s.set_publishing(node, 0)
-    s.run_for(30.0)
-    return {"converged": s.converged(), "stats": s.stats}
+    return publish_and_drain(s, 2.0, 10.0, s.nodes[:6], 20.0, 20.0, 30.0)
 
 
 def nat(seed: int, trace: Trace) -> dict:
     s = traced(Swarm(8, ProtocolConfig(SWARM_ID), seed=seed, nat={5: "cone", 6: "symmetric", 7: "symmetric"}), trace)
-    s.start_all(stagger_s=1.0)
-    s.run_for(20.0)
-    for node in s.nodes[5:]:
-        s.set_publishing(node, 10.0)
-    s.run_for(20.0)
-    for node in s.nodes:
-        s.set_publishing(node, 0)
-    s.run_for(40.0)
-    return {"converged": s.converged(), "stats": s.stats}
+    return publish_and_drain(s, 1.0, 20.0, s.nodes[5:], 10.0, 20.0, 40.0)
 
 
 def churn(seed: int, trace: Trace) -> dict:
