@@ -79,7 +79,7 @@ def build_status(d) -> dict:
     w = d.worker
     s = w.stats
     engine = d.engine
-    counters = dict(engine.counters) if engine is not None else {}
+    counters = engine.counters if engine is not None else {}   # a fresh dict each call
     drops = counters.pop("drops", {})
     peers = []
     if engine is not None:
