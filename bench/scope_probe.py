@@ -75,7 +75,10 @@ def train(name: str, fields: dict, a, model_loader, task, pool, held, trunk_path
     k = first_trainable_layer(rep.model, rep.names)
     trunk = TrunkCache(rep.model, tok, k, base_hash=model_hash(a.model), path=trunk_path) if k is not None else None
     if trunk is not None:
-        trunk.fill([e.text for e in pool + held])
+        texts = [e.text for e in pool + held]
+        if a.trunk_from and trunk.missing(texts):  # one layer from a deeper scope's file, not k from the embeddings
+            print(f"trunk cache: {trunk.fill_from(a.trunk_from, texts)} entries derived from {a.trunk_from}", flush=True)
+        trunk.fill(texts)
     loss_fn = make_loss_fn(task, tok, trunk=trunk)
     sampler = BatchSampler(len(pool), a.batch_size, 0)
     seeder = Seeder.for_hyper(b"probe" * 6 + b"00", hyper)
@@ -142,6 +145,8 @@ def main(argv=None):
     ap.add_argument("--verbalizer", default=VERBALIZER)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trunk-file", default=None, help="keep the trunk cache in this file between runs")
+    ap.add_argument("--trunk-from", default=None, help="derive missing cache entries from this trunk file of a "
+                    "deeper scope (e.g. top2's for top1): the layers in between run on its entries")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -35,6 +35,12 @@ FORMAT = "onebyte-trunk-v1"
 _LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)\.")
 
 
+def _key(base_hash: str, k: int, max_tokens: int) -> str:
+    """Which cache a file holds: the entries depend on the base, the layer and the truncation."""
+    return hashlib.blake2b(f"{FORMAT}|{base_hash}|k={k}|max_tokens={max_tokens}".encode(),
+                           digest_size=16).hexdigest()
+
+
 def first_trainable_layer(model, names: Sequence[str]) -> int | None:
     """k such that every trainable tensor is in layers >= k or above the stack; None if no
     cache can help (not a Llama-shaped model, or embeddings/layer 0 trainable)."""
@@ -60,8 +66,8 @@ class TrunkCache:
         self.model, self.tok, self.k = model, tokenizer, k
         self.inner = model.model
         self.max_tokens = max_tokens
-        self.key = hashlib.blake2b(f"{FORMAT}|{base_hash}|k={k}|max_tokens={max_tokens}".encode(),
-                                   digest_size=16).hexdigest()
+        self._base_hash = base_hash
+        self.key = _key(base_hash, k, max_tokens)
         self.path = Path(path) if path else None
         self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
         self._encoded: dict[str, tuple[str, list[int]]] = {}  # text -> (example id, token ids)
@@ -104,6 +110,29 @@ class TrunkCache:
         if todo and save and self.path is not None:
             self.save()
         return len(todo)
+
+    @torch.inference_mode()
+    def fill_from(self, path: str | Path, texts: Sequence[str]) -> int:
+        """Derive the missing entries of texts from the cache file of a lower layer j < k of the
+        same base model: layers j..k-1 run on its entries, at each example's own length (no
+        padding), instead of layers 0..k-1 from the embeddings. Returns how many were added;
+        0 when the file is of no lower layer of this base (it is then left alone)."""
+        todo = self.missing(texts)
+        if not todo:
+            return 0
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        keys = {_key(self._base_hash, j, self.max_tokens): j for j in range(1, self.k)}
+        j = keys.get(blob.get("key")) if isinstance(blob, dict) else None
+        if j is None:
+            return 0
+        device = next(self.model.parameters()).device
+        added = 0
+        for eid in todo:
+            lower = blob["h"].get(eid)
+            if lower is not None:
+                self.h[eid] = self._run(lower[None].to(device), j, self.k)[0].float().cpu().clone()
+                added += 1
+        return added
 
     def missing(self, texts: Sequence[str]) -> dict[str, list[int]]:
         """{example id: token ids} of the texts not cached yet."""

@@ -73,3 +73,21 @@ def test_a_subset_of_the_cache_is_written_for_one_shard(tmp_path):
     pool.save(tmp_path / "shard.pt", texts=TEXTS[:2])
     shard = TrunkCache(r.model, tok, 3, base_hash="a", path=tmp_path / "shard.pt")
     assert shard.loaded == 2 and shard.fill(TEXTS[:2]) == 0 and len(shard.missing(TEXTS)) == 3
+
+
+def test_a_higher_layer_is_derived_from_a_lower_layers_file(tmp_path):
+    r, tok = model_with(trainable=r"model\.layers\.3\..*")
+    lower = TrunkCache(r.model, tok, 1, base_hash="a", path=tmp_path / "k1.pt")
+    lower.fill(TEXTS[:4])
+    direct = TrunkCache(r.model, tok, 3, base_hash="a")
+    direct.fill(TEXTS)
+    derived = TrunkCache(r.model, tok, 3, base_hash="a")
+    assert derived.fill_from(tmp_path / "k1.pt", TEXTS) == 4   # the fifth text is not in the file
+    assert len(derived.missing(TEXTS)) == 1
+    for t in TEXTS[:4]:
+        eid = derived._encode(t)[0]
+        torch.testing.assert_close(derived.h[eid], direct.h[eid], rtol=1e-5, atol=1e-5)
+    assert TrunkCache(r.model, tok, 3, base_hash="b").fill_from(tmp_path / "k1.pt", TEXTS) == 0  # another base
+    higher = TrunkCache(r.model, tok, 1, base_hash="a")
+    TrunkCache(r.model, tok, 3, base_hash="a", path=tmp_path / "k3.pt").fill(TEXTS)
+    assert higher.fill_from(tmp_path / "k3.pt", TEXTS) == 0   # a higher layer cannot go down
