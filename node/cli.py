@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from .amend import add_parsers as add_amend_parsers
 from .client import add_client_parsers, cmd_pubkey, socket_of
 from .config import load_config
 from .errors import DaemonUnreachable, UserError
@@ -142,6 +143,7 @@ def cmd_init(args) -> int:
               "training file)", file=sys.stderr)
     task = dict(spec, data=args.data, eval_data=eval_data)
     swarm = dict(SWARM_DEFAULTS, name=args.name, admission=args.admission, members=list(args.member),
+                 authority=list(args.authority), authority_threshold=args.authority_threshold,
                  max_updates_per_s_per_origin=args.max_rate, updates_per_record=args.updates_per_record,
                  record_linger_s=args.record_linger, base_model=args.model, base_model_hash=model_hash(args.model))
     parsed = {"swarm": swarm, "hyper": hyper, "task": task}
@@ -201,8 +203,12 @@ def cmd_check_config(args) -> int:
     identity = Identity.from_private_bytes(read_key(cfg.key))
     pub = identity.public_bytes()
     if genesis.setting("admission") == "closed" and pub not in genesis.member_keys():
-        raise UserError(f"key {cfg.key} is not a member of this closed swarm (its public key {pub.hex()} "
-                        "is not in the genesis [swarm] members)")
+        if genesis.authority_keys():
+            print(f"note  key {cfg.key} is not in the genesis members: peers refuse it until an amendment "
+                  "admits it (`onebyte admit`)")
+        else:
+            raise UserError(f"key {cfg.key} is not a member of this closed swarm (its public key {pub.hex()} "
+                            "is not in the genesis [swarm] members)")
     print(f"ok    key {cfg.key}: node {identity.node_id.hex()}"
           + ("  (warning: readable by others; chmod 600 it)" if loose_permissions(cfg.key) else ""))
     spec, train, evals = task_sources(genesis.task, cfg.data, cfg.eval_data,
@@ -364,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label")
     s.add_argument("--admission", default="open", choices=["open", "closed"])
     s.add_argument("--member", action="append", default=[], metavar="PUBKEY", help="member public key (closed)")
+    s.add_argument("--authority", action="append", default=[], metavar="PUBKEY",
+                   help="authority public key (repeatable): its signed amendments admit, revoke and rotate members")
+    s.add_argument("--authority-threshold", type=int, default=SWARM_DEFAULTS["authority_threshold"],
+                   help="authority signatures an amendment needs (k of the n --authority keys; default %(default)s)")
     s.add_argument("--max-rate", type=float, default=SWARM_DEFAULTS["max_updates_per_s_per_origin"],
                    help="max updates/s per origin (default %(default)s)")
     s.add_argument("--updates-per-record", type=int, default=SWARM_DEFAULTS["updates_per_record"],
@@ -391,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_check_config)
 
     add_client_parsers(sub, env_cfg)
+    add_amend_parsers(sub, env_cfg)
     for name, func, helptext in (("digest", cmd_digest, "print the state digest (daemon or state dir)"),
                                  ("export", cmd_export, "export the fine-tuned model as a transformers folder")):
         s = sub.add_parser(name, help=helptext, description=helptext + "; see docs/status.md.")

@@ -92,7 +92,20 @@ def cmd_members(args) -> int:
         print(json.dumps(ans["members"], indent=1))
     else:
         print(render_members(ans["members"], time.time()))
+        if ans.get("amendments"):
+            print("\n" + render_amendments(ans["amendments"]))
     return 0
+
+
+def render_amendments(amendments: list[dict]) -> str:
+    lines = ["membership amendments (signed by the genesis authority):"]
+    for a in amendments:
+        what = {"admit": f"admit  {a['node_id'][:16]}",
+                "revoke": f"revoke {a['node_id'][:16]} from step {a['step']}",
+                "rotate": f"rotate {a['node_id'][:16]} -> key {(a['new_key'] or '')[:16]} from step {a['step']}"}
+        state = "in effect" if a["in_effect"] else "waiting for a lower number"
+        lines.append(f"  #{a['number']:<4} {what.get(a['kind'], a['kind']):<56} {state}")
+    return "\n".join(lines)
 
 
 def render_members(members: list[dict], now: float) -> str:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from .errors import UserError
-from .members import build_members
+from .members import build_amendments, build_members
 from .snapshot import write_standalone
 from .stats import build_status
 from .worker import Digest, Evaluate, Snapshot, StopProducing
 
-COMMANDS = ("status", "members", "digest", "snapshot", "eval", "stop_producing", "leave")
+COMMANDS = ("status", "members", "digest", "snapshot", "eval", "stop_producing", "leave", "amend")
 
 
 class Control:
@@ -27,7 +27,7 @@ class Control:
         self._table: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "status": self.status, "members": self.members, "digest": self.digest,
             "snapshot": self.snapshot, "eval": self.eval, "stop_producing": self.stop_producing,
-            "leave": self.leave,
+            "leave": self.leave, "amend": self.amend,
         }
 
     async def handle(self, req: dict) -> dict:
@@ -44,7 +44,28 @@ class Control:
         return {"ok": True, **build_status(self.d)}
 
     async def members(self, req: dict) -> dict:
-        return {"ok": True, "members": build_members(self.d)}
+        return {"ok": True, "members": build_members(self.d), "amendments": build_amendments(self.d)}
+
+    async def amend(self, req: dict) -> dict:
+        """A signed membership amendment (hex of its packed form, as `onebyte admit` writes it):
+        checked by the engine as a peer's would be, then kept, logged and gossiped."""
+        from onebyte.protocol import ProtocolError
+        from onebyte.protocol.amendments import describe
+        from onebyte.protocol.wire import WireError, decode_amend
+        raw = req.get("amendment")
+        try:
+            a = decode_amend(bytes.fromhex(raw)) if isinstance(raw, str) else None
+        except (ValueError, WireError):
+            a = None
+        if a is None:
+            raise UserError("amendment must be the hex of a packed amendment (`onebyte admit --save` writes one)")
+        try:
+            took = self.d.engine.amend(a, self.d.loop.time())
+        except ProtocolError as exc:
+            raise UserError(f"amendment {a.number} refused: {exc}") from None
+        self.d.after_engine_call()
+        return {"ok": True, "number": a.number, "took_effect": [describe(x) for x in took],
+                "in_effect": self.d.engine.amendments.applied}
 
     async def digest(self, req: dict) -> dict:
         return await self._ask_worker(lambda reply: Digest(reply))

@@ -26,6 +26,7 @@ import signal
 import time
 
 from onebyte.protocol import events as ev
+from onebyte.protocol.amendments import describe as describe_amendment
 
 from .config import NodeConfig, format_addr, load_config
 from .control import Control
@@ -139,6 +140,11 @@ class Daemon:
     def _check_membership(self) -> None:
         members = self.genesis.member_keys()
         if self.genesis.setting("admission") == "closed" and self.identity.public_bytes() not in members:
+            if self.genesis.authority_keys():   # an amendment may admit it (protocol/amendments.py)
+                log.warning("key %s is not in the genesis members: peers refuse this node until a signed "
+                            "amendment admits its public key %s (`onebyte admit`)", self.cfg.key,
+                            self.identity.public_bytes().hex())
+                return
             raise UserError(f"key {self.cfg.key} is not a member of this closed swarm (its public key "
                             f"{self.identity.public_bytes().hex()} is not in the genesis [swarm] members); "
                             "peers would ignore every datagram it sends")
@@ -343,6 +349,10 @@ class Daemon:
     async def serve(self) -> None:
         await self._stop_event.wait()
 
+    def after_engine_call(self) -> None:
+        """A status-socket command fed the engine (an amendment): as after a datagram."""
+        self._pump()
+
     def request_stop(self) -> None:
         if not self._stopping:
             log.info("stop requested: leaving the swarm")
@@ -462,8 +472,10 @@ class Daemon:
             case ev.EquivocationDetected(origin=origin, first_step=first, last_step=last):
                 self.equivocations += 1
                 log.warning("equivocation by origin %s at steps %d..%d", origin.hex()[:16], first, last)
-            case ev.OriginExcluded(origin=origin, step=step, reason="equivocation"):
-                self._take_back(origin, step)
+            case ev.OriginExcluded(origin=origin, step=step, reason="equivocation" | "revoked" | "rotated"):
+                self._take_back(origin, step, event.reason)
+            case ev.AmendmentApplied():
+                log.warning("membership amendment in effect: %s", describe_amendment(event))
             case ev.OriginExcluded(origin=origin, step=step, reason="steering"):
                 log.warning("origin %s excluded from step %d on: it steers single weights (docs/security.md, "
                             "steering); its updates from there are taken back", origin.hex()[:16], step)
@@ -480,19 +492,25 @@ class Daemon:
                             nid.hex()[:16], theirs.hex()[:16], ours.hex()[:16])
         return False
 
-    def _take_back(self, origin: bytes, step: int) -> None:
-        """An equivocation proof excludes origin from step on (the log already records it,
-        with the q of the steps it held): nothing of it from there is handed to the worker,
-        and the worker undoes what it applied (docs/security.md, equivocation)."""
-        log.warning("origin %s equivocated (two signed versions of step %d): excluded from that step "
-                    "on, its updates from there taken back (docs/security.md)", origin.hex()[:16], step)
+    def _take_back(self, origin: bytes, step: int, reason: str) -> None:
+        """An equivocation proof or a revoking amendment excludes origin from step on (the log
+        already records it, with the q of the steps it held): nothing of it from there is
+        handed to the worker, and the worker undoes what it applied (docs/security.md)."""
+        why = {"equivocation": f"equivocated (two signed versions of step {step})",
+               "revoked": "was revoked by a membership amendment",
+               "rotated": "was rotated to a new key by a membership amendment"}[reason]
+        log.warning("origin %s %s: excluded from step %d on, its updates from there taken back "
+                    "(docs/security.md)", origin.hex()[:16], why, step)
         self._to_replay = [u for u in self._to_replay if u[0] != origin or u[1] < step]
         taken = self.update_log.taken_back(origin)
         if self.worker is not None and taken is not None:
             self.worker.exclude(origin, *taken)
         if origin == self.node_id:
-            log.error("this node's own key signed two versions of step %d (its state dir was lost or "
-                      "copied?): peers exclude it from there on; not producing any more", step)
+            if reason == "equivocation":
+                log.error("this node's own key signed two versions of step %d (its state dir was lost or "
+                          "copied?): peers exclude it from there on; not producing any more", step)
+            else:
+                log.error("this node's own key %s from step %d: not producing any more", reason, step)
             if self.worker is not None:
                 self.worker.end_production()
 

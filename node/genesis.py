@@ -36,10 +36,12 @@ GENESIS_TABLES = ("swarm", "hyper", "task")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProtocolConfig)}
 GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
                            "updates_per_record", "record_linger_s", "influence_window",
-                           "influence_max_abs", "influence_max_sum", "records_per_signature")
+                           "influence_max_abs", "influence_max_sum", "records_per_signature",
+                           "authority_threshold")
 SWARM_DEFAULTS: dict[str, Any] = {
     "name": "onebyte",
     "members": [],                 # hex Ed25519 public keys (closed admission)
+    "authority": [],               # hex keys whose signed amendments admit, revoke, rotate members
     **{k: _PROTOCOL_DEFAULTS[k] for k in GENESIS_PROTOCOL_FIELDS},
     "base_model": "tiny",          # model spec (see docs/config.md)
     "base_model_hash": "",         # blake2b-256 of the base weights, hex
@@ -110,11 +112,14 @@ class Genesis:
     def member_keys(self) -> frozenset[bytes]:
         return frozenset(bytes.fromhex(m) for m in self.swarm.get("members", []))
 
+    def authority_keys(self) -> frozenset[bytes]:
+        return frozenset(bytes.fromhex(m) for m in self.swarm.get("authority", []))
+
 
 def protocol_config(genesis: Genesis, overrides: dict):
     """The engine's ProtocolConfig: the swarm-wide fields from the genesis, node tuning from
     the node config's [protocol] table (which may not touch swarm-wide fields)."""
-    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members"}
+    known = {f.name for f in dataclasses.fields(ProtocolConfig)} - {"swarm_id", "members", "authority"}
     for k, v in overrides.items():
         if k in GENESIS_PROTOCOL_FIELDS:
             raise ConfigError(f"[protocol] {k} is fixed by the genesis ([swarm] {k}); remove it from the node config")
@@ -128,7 +133,8 @@ def protocol_config(genesis: Genesis, overrides: dict):
     # which is ProtocolConfig's own; a test pins both against docs/config.md).
     fields = {k: genesis.setting(k) for k in GENESIS_PROTOCOL_FIELDS}
     try:
-        return ProtocolConfig(swarm_id=genesis.swarm_id, members=genesis.member_keys(), **fields, **overrides)
+        return ProtocolConfig(swarm_id=genesis.swarm_id, members=genesis.member_keys(),
+                              authority=genesis.authority_keys(), **fields, **overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"protocol settings: {exc}") from None
 
@@ -171,6 +177,12 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
     if swarm.get("admission") == "closed" and not members:
         raise ConfigError(f'{where}: [swarm] admission = "closed" needs at least one member key')
     _check_member_keys(where, members)
+    authority = swarm.get("authority", [])
+    if not isinstance(authority, list) or not all(_is_hex_key(m) for m in authority):
+        raise ConfigError(f"{where}: [swarm] authority must be a list of hex Ed25519 public keys "
+                          "(64 hex digits each; `onebyte keygen` prints one)")
+    _check_member_keys(where, authority, "authority")
+    _check_type(where, "swarm", swarm, "authority_threshold", int)
     h = swarm["base_model_hash"]
     if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
         raise ConfigError(f"{where}: [swarm] base_model_hash must be 64 lowercase hex digits "
@@ -195,7 +207,7 @@ def load_genesis(path: str | Path) -> Genesis:
     return dataclasses.replace(g, path=path)
 
 
-def _check_member_keys(where: str, members: list) -> None:
+def _check_member_keys(where: str, members: list, field: str = "members") -> None:
     """The signature rule (docs/security.md) refuses small-order, mixed-order and
     non-canonical keys: a genesis listing one would admit a member that can never sign
     (or, under a laxer library, one that "signs" every message)."""
@@ -203,7 +215,7 @@ def _check_member_keys(where: str, members: list) -> None:
     for i, m in enumerate(members):
         problem = public_key_problem(bytes.fromhex(m))
         if problem is not None:
-            raise ConfigError(f"{where}: [swarm] members[{i}] = {m} is not an acceptable Ed25519 public "
+            raise ConfigError(f"{where}: [swarm] {field}[{i}] = {m} is not an acceptable Ed25519 public "
                               f"key ({problem.replace('_', ' ')}); use the key `onebyte keygen` printed")
 
 

@@ -12,6 +12,9 @@ File layout (`<state_dir>/updates.log`):
             kind 4 PROOF:   first = k: the origin equivocated (protocol/equivocation.py) and
                             is excluded from step k on; body = u16 len | record a | u16 len |
                             record b | the q of steps k.. that were logged (taken back)
+            kind 5 AMEND:   origin = 16 zero bytes, first = last = n: membership amendment n
+                            as it travels (protocol/amendments.py), the one kept for n;
+                            a later entry for n replaces an earlier one
 
 UPDATES entries are the node's state: the weights are a pure function of the base
 model and the set of updates in UPDATES entries (docs/operations.md, "Durability").
@@ -62,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DiskFull, StateError
-from .logfile import (FRAME, HEADER, KIND_BASE, KIND_PROOF, KIND_RECORD, KIND_UPDATES, MAGIC,  # noqa: F401 (the
+from .logfile import (FRAME, HEADER, KIND_AMEND, KIND_BASE, KIND_PROOF, NO_ORIGIN, KIND_RECORD, KIND_UPDATES, MAGIC,  # noqa: F401 (the
                       MAX_PAYLOAD, NO_SPACE, PREFIX, VERSION, encode_entry, is_tail, parse_proof_body,  # format
                       proof_body, read_all, write_log)                                         # is named here too)
 from .loghold import Hold
@@ -130,6 +133,7 @@ class UpdateLog:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._origins: dict[bytes, _Origin] = {}
+        self._amendments: dict[int, bytes] = {}   # membership amendments kept, by number
         self._dirty = False
         self.entries = 0
         self.truncated_bytes = 0   # discarded torn tail, reported in status
@@ -244,6 +248,8 @@ class UpdateLog:
             self._origins.setdefault(origin, _Origin()).rebase(first)
         elif kind == KIND_PROOF:
             index_proof(self._origins.setdefault(origin, _Origin()), first, *parse_proof_body(body))
+        elif kind == KIND_AMEND:
+            self._amendments[first] = bytes(body)
         else:
             raise StateError(f"update log {self.path}: unknown entry kind {kind} "
                              "(written by a newer onebyte?)")
@@ -344,6 +350,8 @@ class UpdateLog:
             self._index_updates(origin, first, body)
         elif kind == KIND_PROOF:
             index_proof(self._origins.setdefault(origin, _Origin()), first, *parse_proof_body(body))
+        elif kind == KIND_AMEND:
+            self._amendments[first] = bytes(body)
         else:
             self._index_record(origin, first, last, body)
         self.entries += 1
@@ -513,6 +521,22 @@ class UpdateLog:
         they treat an equivocation proof."""
         self.add_proof(origin, step, b"", reason.encode())
 
+    def add_amendment(self, number: int, packed: bytes) -> None:
+        """Called inside the engine when it keeps a membership amendment (the engine checked
+        it); a full disk holds the entry, and peers announce it again after a restart."""
+        with self._lock:
+            if self._amendments.get(number) == packed:
+                return
+            try:
+                self._append_or_hold((KIND_AMEND, NO_ORIGIN, number, number, bytes(packed)))
+            except DiskFull:
+                pass
+
+    def amendments(self) -> list[bytes]:
+        """The kept membership amendments, in number order (the engine checks them again)."""
+        with self._lock:
+            return [self._amendments[n] for n in sorted(self._amendments)]
+
     def proofs(self) -> dict[bytes, tuple[bytes, bytes]]:
         """Equivocation proofs: {origin: (record a, record b)}."""
         with self._lock:
@@ -610,7 +634,7 @@ class UpdateLog:
                 origins.setdefault(o, _Origin()).rebase(n)
             before = self._size
             try:
-                fd, size, n = write_log(self.path, origins)
+                fd, size, n = write_log(self.path, origins, dict(self._amendments))
             except DiskFull:
                 return None   # the old log stays, whole; compaction is retried later
             os.close(self._fd)

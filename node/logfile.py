@@ -20,7 +20,9 @@ KIND_UPDATES = 1
 KIND_RECORD = 2
 KIND_BASE = 3
 KIND_PROOF = 4
-ENTRY_KINDS = (KIND_UPDATES, KIND_RECORD, KIND_BASE, KIND_PROOF)
+KIND_AMEND = 5
+ENTRY_KINDS = (KIND_UPDATES, KIND_RECORD, KIND_BASE, KIND_PROOF, KIND_AMEND)
+NO_ORIGIN = bytes(16)                  # the origin field of entries that belong to no origin
 MAX_PAYLOAD = 1 << 24                  # no sane entry is larger; a larger length is corruption
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -69,12 +71,15 @@ def read_all(fd: int) -> bytes:
         chunks.append(b)
 
 
-def write_log(path, origins: dict) -> tuple[int, int, int]:
-    """Write a whole log for the index `origins` ({origin: _Origin}) to a temp file beside
+def write_log(path, origins: dict, amendments: dict | None = None) -> tuple[int, int, int]:
+    """Write a whole log for the index `origins` ({origin: _Origin}) and the membership
+    `amendments` ({number: packed amendment}, kept whole) to a temp file beside
     `path`, fsync it and rename it over `path`: a crash leaves the old or the new log, whole.
     Returns (an O_APPEND fd of the new file, its size, its entry count); DiskFull if it
     does not fit (the temp file is removed and the old log stays)."""
     entries = [HEADER]
+    for number, packed in sorted((amendments or {}).items()):
+        entries.append(encode_entry(KIND_AMEND, NO_ORIGIN, number, number, packed))
     for origin in sorted(origins):
         o = origins[origin]
         if o.base:

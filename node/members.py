@@ -117,12 +117,31 @@ def build_members(d) -> list[dict]:
         if nid not in rows and nid != d.node_id:
             rows[nid] = _row(book, nid, seen.state if seen.state != "alive" else "forgotten", seen.addr,
                              seen.since, None, vv, now)
-    for pub in d.genesis.member_keys():
+    am = d.engine.amendments if d.engine is not None else None
+    for pub in d.genesis.member_keys() | (am.admitted if am is not None else set()):
         nid = d.node_id_of(pub)
         if nid not in rows and nid != d.node_id:
             rows[nid] = _row(book, nid, "never seen", None, None, None, vv, now)
-    order = {"alive": 0, "suspect": 1, "dead": 2, "left": 3, "forgotten": 4, "never seen": 5}
+    for pub, step in (am.revoked.items() if am is not None else ()):
+        nid = d.node_id_of(pub)
+        if nid != d.node_id:   # its row says so, whatever the table held last
+            rows[nid] = dict(rows.get(nid) or _row(book, nid, "revoked", None, None, None, vv, now),
+                             state="revoked", revoked_from_step=step)
+    order = {"alive": 0, "suspect": 1, "dead": 2, "left": 3, "forgotten": 4, "never seen": 5, "revoked": 6}
     return sorted(rows.values(), key=lambda r: (order.get(r["state"], 9), r["node_id"]))
+
+
+def build_amendments(d) -> list[dict]:
+    """The membership amendments daemon `d` holds (protocol/amendments.py), in number order;
+    in_effect: inside the contiguous prefix that applies (a later one waits for a gap)."""
+    from onebyte.protocol.amendments import AmendKind
+    am = d.engine.amendments if d.engine is not None else None
+    if am is None:
+        return []
+    return [{"number": n, "kind": AmendKind(a.kind).name.lower(), "key": a.key.hex(),
+             "node_id": d.node_id_of(a.key).hex(), "step": a.step or None,
+             "new_key": a.new_key.hex() or None, "signatures": len(a.sigs), "in_effect": n <= am.applied}
+            for n, a in sorted(am.held.items())]
 
 
 def _row(book: PeerBook, nid: bytes, state: str, addr, since, rtt, vv, now: float, version=None,

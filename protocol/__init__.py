@@ -1,7 +1,7 @@
 """onebyte.protocol: the sans-IO gossip engine and its wire format (spec: docs/protocol.md)."""
 from .config import ProtocolConfig, ProtocolConfigError
 from .engine import Engine, PeerInfo, ProtocolError
-from .events import (DROP_REASONS, DatagramDropped, EquivocationDetected, Event, OriginExcluded,
+from .events import (DROP_REASONS, AmendmentApplied, DatagramDropped, EquivocationDetected, Event, OriginExcluded,
                      OwnHistoryLearned, PeerAlive, PeerDead, PeerJoined, PeerLeft, PeerSuspected,
                      UpdatesReceived, WeightsDiverged)
 from .identity import CryptoCache, Identity, node_id_of
@@ -10,7 +10,7 @@ from .wire import MessageType
 
 __all__ = [
     "ProtocolConfig", "ProtocolConfigError", "Engine", "PeerInfo", "ProtocolError", "DROP_REASONS",
-    "DatagramDropped", "EquivocationDetected", "Event", "OriginExcluded", "OwnHistoryLearned",
+    "AmendmentApplied", "DatagramDropped", "EquivocationDetected", "Event", "OriginExcluded", "OwnHistoryLearned",
     "PeerAlive", "PeerDead", "PeerJoined", "PeerLeft", "PeerSuspected", "UpdatesReceived",
     "WeightsDiverged", "CryptoCache", "Identity", "node_id_of",
     "MemoryRecordStore", "RecordStore", "MessageType",

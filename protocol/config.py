@@ -15,6 +15,8 @@ class ProtocolConfig:
     protocol_version: int = 1             # first byte of every datagram
     admission: str = "open"               # "open": any key (rate limited); "closed": members only
     members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
+    authority: frozenset = frozenset()    # keys whose signed amendments change the members
+    authority_threshold: int = 1          # (protocol/amendments.py): k of the n authority keys
     max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin
     rate_burst_s: float = 30.0            # token bucket depth, in seconds of the cap
     pull_rate_mult: float = 4.0           # pulled updates per origin: their own bucket, mult x the cap
@@ -72,6 +74,10 @@ class ProtocolConfig:
         for key in self.members:
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ProtocolConfigError("members must be raw 32-byte Ed25519 public keys")
+        if not (isinstance(self.authority_threshold, int) and
+                1 <= self.authority_threshold <= max(1, len(self.authority))):
+            raise ProtocolConfigError(f"authority_threshold must be 1..{max(1, len(self.authority))} "
+                                      f"(the number of authority keys), not {self.authority_threshold!r}")
         if self.admission == "closed" and not self.members:
             raise ProtocolConfigError("a closed swarm needs at least one member key")
         if not 1 <= self.updates_per_record <= min(256, self.max_record_updates):

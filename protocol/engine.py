@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .amendments import ANNOUNCE_S, MAX_AHEAD, AmendKind, Amendments
 from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue, note_held
-from .events import EventQueue
+from .events import AmendmentApplied, EventQueue
 from .identity import CryptoCache, Identity, parse_cert
 from .membership import Change, Member, Membership, MemberState
 from .nat import Nat
@@ -41,7 +42,7 @@ from .store import MemoryRecordStore
 from .peerex import CertExchange
 from .sync import Sync
 from . import messages as msg
-from .wire import (Alive, AliveTag, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
+from .wire import (Alive, AliveTag, Amend, decode_amend, encode_amend, alive_tag, Dead, Header, Leave, MessageType, ProofItem, Suspect, WireError, decode_gossip,
                    MAX_VERSION, encode_alive, encode_leave, nat_of_flags, parse_header, unpack_body)
 
 MAX_GOSSIP_ITEMS = 64     # per datagram
@@ -115,8 +116,10 @@ class Engine:
         self._tag = config.swarm_tag
         self._left = False
 
-        self.session = Session(identity, config, generation=int(generation),
-                               crypto=crypto if crypto is not None else CryptoCache(), now=now)
+        crypto = crypto if crypto is not None else CryptoCache()
+        self.amendments = Amendments(config, crypto)   # who the signed amendments admit
+        self.session = Session(identity, config, generation=int(generation), crypto=crypto, now=now,
+                               amendments=self.amendments)
         self.events = EventQueue(config.max_events, config.max_drop_events)
         self.members = Membership(config)
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)   # membership gossip
@@ -159,6 +162,12 @@ class Engine:
         if own_last_step is not None and own_last_step < stored_own:
             raise ProtocolError(f"own_last_step {own_last_step} is behind the store ({stored_own})")
         self.own_steps_to_republish = range(stored_own + 1, (own_last_step or stored_own) + 1)
+        for raw in getattr(self.store, "amendments", lambda: [])():   # kept from before a restart
+            try:
+                self._take_amendment(decode_amend(raw), now)
+            except WireError:
+                pass   # another swarm's or a damaged entry: peers hold the valid ones
+        self._next_amend_announce = now + ANNOUNCE_S
         if own_history_wait_s is not None:
             self.sync.learn_own_history(now, own_history_wait_s)
 
@@ -242,6 +251,8 @@ class Engine:
             self.sync.push_round()
         if now >= self.sync.ae_due:
             self.sync.anti_entropy_round(now)   # it sets the next ae_due (back-off)
+        if now >= self._next_amend_announce:
+            self._announce_amendments(now)
         if now >= self._next_pex:
             quiet, self._pex_news = not self._pex_news, False
             self._pex_interval = (min(2 * self._pex_interval, cfg.peer_exchange_max_interval_s)
@@ -353,12 +364,45 @@ class Engine:
             add(origin, step, reason)
         return self.sync.exclude(origin, step, reason)
 
+    # ================================================================ amendments
+    def amend(self, a: Amend, now: float) -> list[Amend]:
+        """An amendment the operator submits through this node: checked as a peer's would be
+        (ProtocolError says why not), then held, stored and gossiped. Returns the amendments
+        that took effect (none while a lower number is missing)."""
+        why = self.amendments.problem(a)
+        if why is None and a.number > self.amendments.applied + MAX_AHEAD:
+            why = f"amendment {a.number} is too far ahead of the {self.amendments.applied} in effect here"
+        if why is not None:
+            raise ProtocolError(why)
+        return self._take_amendment(a, now)
+
+    def _take_amendment(self, a: Amend, now: float) -> list[Amend]:
+        fresh = self.amendments.take(a)   # WireError: a counted drop
+        if self.amendments.held.get(a.number) is a:   # news, and kept: stored, then spread
+            add = getattr(self.store, "add_amendment", None)
+            if add is not None:
+                add(a.number, encode_amend(a))
+            self.gossip_q.push(("amend", a.number), encode_amend(a))
+        for done in fresh:
+            if done.kind in (AmendKind.REVOKE, AmendKind.ROTATE):
+                origin = self.session.origin_id(done.key)
+                self.exclude(origin, done.step, "revoked" if done.kind == AmendKind.REVOKE else "rotated")
+                self._apply(self.members.remove(origin, now))
+            self.events.emit(AmendmentApplied(done.number, done.kind, done.key, done.step, done.new_key))
+        return fresh
+
+    def _announce_amendments(self, now: float) -> None:
+        """Held amendments, a few per round in turn: a node that missed one learns it."""
+        self._next_amend_announce = now + ANNOUNCE_S
+        for a in self.amendments.to_announce():
+            self.gossip_q.push(("amend", a.number), encode_amend(a))
+
     @property
     def counters(self) -> dict:
         """Every counter of the engine and its collaborators, in one dict (a new one: read it,
         never write it).  Keys are disjoint (tests/protocol/test_units.py)."""
         return {**self._counters, **self.events.counters, **self.nat.counters, **self.sync.counters,
-                **self.sync.serving.counters, **self.sync.equiv.counters}
+                **self.sync.serving.counters, **self.sync.equiv.counters, **self.amendments.counters}
 
     @property
     def book(self):
@@ -499,6 +543,8 @@ class Engine:
                 self._on_leave(item, now)
             case ProofItem():   # an equivocation proof (protocol/equivocation.py)
                 self.sync.equiv.on_proof(item.record_a, item.record_b)
+            case Amend():       # a membership amendment (protocol/amendments.py)
+                self._take_amendment(item, now)
 
     def _on_alive(self, sender: Member, item: Alive, addr, now: float) -> None:
         """A certificate, the sender's own or relayed: verified and taken only if it is news."""

@@ -109,6 +109,18 @@ class OriginExcluded(Event):
     reason: str   # "abs_sum", "signed_sum" or "equivocation"
 
 
+@dataclass(frozen=True)
+class AmendmentApplied(Event):
+    """A signed membership amendment took effect (protocol/amendments.py), in number order:
+    kind 0 admit key, 1 revoke key from step, 2 rotate key to new_key from step. A revoke or
+    rotate is also an OriginExcluded (reason "revoked" or "rotated")."""
+    number: int
+    kind: int
+    key: bytes
+    step: int
+    new_key: bytes
+
+
 DROP_REASONS = (
     "truncated", "oversize", "wrong_version", "wrong_swarm", "unknown_type", "malformed",
     "bad_signature", "bad_mac", "unknown_sender", "replayed", "rate_limited", "not_admitted",

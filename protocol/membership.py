@@ -268,6 +268,18 @@ class Membership:
         # restarted since we last saw it signs a newer generation than the one we hold.
         return Change(m.node_id, PeerLeft(m.node_id), encode_leave(m.node_id, gen, inc, sig))
 
+    def remove(self, node_id: bytes, now: float) -> Change | None:
+        """A member whose key was revoked (protocol/amendments.py): dead, then forgotten at
+        once, so its next datagram needs a certificate, which is refused."""
+        m = self.members.get(node_id)
+        if m is None:
+            return None
+        change = self._dead(m, now) if m.live else None
+        del self.members[node_id]
+        self._not_alive.pop(node_id, None)
+        self._live = None
+        return change
+
     def _alive(self, m: Member, event: Event | None, back: bool = False) -> Change:
         return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version), back)
 

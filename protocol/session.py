@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
+from .amendments import Amendments
 from .config import ProtocolConfig
 from .identity import (SIG_SIZE, CryptoCache, Identity, cert_message, mac, make_cert, node_id_of,
                        pair_mac_key, parse_cert)
@@ -46,7 +47,7 @@ class Authenticated:
 
 class Session:
     def __init__(self, identity: Identity, config: ProtocolConfig, *, generation: int,
-                 crypto: CryptoCache, now: float):
+                 crypto: CryptoCache, now: float, amendments: Amendments | None = None):
         self.identity = identity
         self.node_id = identity.node_id
         self.pub = identity.public_bytes()
@@ -56,6 +57,7 @@ class Session:
         self.nat = 0                   # our NatKind, in every header (protocol/nat.py sets it)
         self.crypto = crypto
         self._config = config
+        self._amendments = amendments if amendments is not None else Amendments(config, crypto)
         self._swarm = config.swarm_id
         self._tag = config.swarm_tag
         self._version = config.protocol_version
@@ -80,7 +82,9 @@ class Session:
         return nid
 
     def admitted(self, pub: bytes) -> bool:
-        return self._config.admission == "open" or pub in self._config.members
+        """A key whose records are taken: open admission, a genesis member, or admitted by an
+        amendment (a revoked key's records stay taken below its step: Sync's exclusion cuts)."""
+        return self._config.admission == "open" or pub in self._config.members or self._amendments.admits(pub)
 
     def check_cert(self, raw: bytes, expect_id: bytes, now: float) -> Cert:
         """Admission, then the signature (cached, within the verification budget)."""
@@ -88,7 +92,7 @@ class Session:
         nid = self.origin_id(pub)
         if nid != expect_id:
             raise WireError("bad_signature")
-        if not self.admitted(pub):
+        if not self.admitted(pub) or self._amendments.refuses(pub):
             raise WireError("not_admitted")
         self._verify_within_budget(pub, sig, cert_message(self._swarm, pub, xpub, gen, inc), now)
         return Cert(nid, pub, xpub, gen, inc, raw)

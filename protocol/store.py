@@ -20,6 +20,9 @@ class RecordStore(Protocol):
     # Optional: stores that keep exclusions by rules the shell evaluates (Engine.exclude).
     # def add_exclusion(self, origin, step, reason) -> None: ...
     # def rule_exclusions(self) -> dict: {origin: (step, reason)}
+    # Optional: stores that keep membership amendments (protocol/amendments.py) across restarts.
+    # def add_amendment(self, number, packed) -> None: ...
+    # def amendments(self) -> list: [packed AMEND item, ...]
 
 
 class MemoryRecordStore:
@@ -31,6 +34,7 @@ class MemoryRecordStore:
         self._vv: dict[bytes, int] = {}
         self._proofs: dict[bytes, tuple[int, bytes, bytes]] = {}
         self._rules: dict[bytes, tuple[int, str]] = {}
+        self._amendments: dict[int, bytes] = {}
 
     def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
         if last_step < first_step:
@@ -91,6 +95,12 @@ class MemoryRecordStore:
 
     def rule_exclusions(self) -> dict:
         return dict(self._rules)
+
+    def add_amendment(self, number: int, packed: bytes) -> None:
+        self._amendments[number] = packed   # the engine stores the one it keeps for a number
+
+    def amendments(self) -> list:
+        return [self._amendments[n] for n in sorted(self._amendments)]
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._records.values())

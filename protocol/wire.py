@@ -58,6 +58,8 @@ class GossipKind(IntEnum):
     PROOF = 4    # [4, record_a, record_b]: two signed records of one origin, one step, other q
     TAG = 5      # [5, node_id, generation, incarnation, NatKind(, version)]: an ALIVE announced
                  # without its certificate; a receiver that lacks it asks the sender (PEERS_REQ)
+    AMEND = 6    # [6, number, kind, key, step, new_key, [link sigs], [[authority key, sig], ...]]:
+                 # a membership amendment signed by the genesis authority (protocol/amendments.py)
 
 
 HEADER = struct.Struct("<B8sBB16sQ")
@@ -246,6 +248,21 @@ class ProofItem:
     record_b: bytes
 
 
+@dataclass(frozen=True)
+class Amend:
+    """A membership amendment as it travels; what it means: protocol/amendments.py."""
+    number: int                 # 1, 2, ...: applied in this order, a gap waits
+    kind: int                   # AmendKind
+    key: bytes                  # the key admitted, revoked, or rotated away from
+    step: int = 0               # REVOKE/ROTATE: the key's first step never delivered
+    new_key: bytes = b""        # ROTATE: the key that takes over
+    links: tuple = ()           # ROTATE: signatures of key and new_key over the link
+    sigs: tuple = ()            # ((authority key, signature over the body), ...), keys ascending
+
+
+MAX_AMEND_SIGS = 8    # authority signatures an amendment may carry (8 fit one datagram)
+
+
 MAX_VERSION = 32   # characters of a software version in an ALIVE item
 
 
@@ -311,7 +328,41 @@ def encode_proof(record_a: bytes, record_b: bytes) -> bytes:
     return packb([GossipKind.PROOF, record_a, record_b])
 
 
-def decode_gossip(item) -> Alive | AliveTag | Suspect | Dead | Leave | ProofItem:
+def encode_amend(a: Amend) -> bytes:
+    return packb([GossipKind.AMEND, a.number, a.kind, a.key, a.step, a.new_key, list(a.links),
+                  [list(s) for s in a.sigs]])
+
+
+def _decode_amend(item: list) -> Amend:
+    if len(item) != 8:
+        raise WireError("malformed")
+    _, number, kind, key, step, new_key, links, sigs = item
+    if (not is_uint(number) or number < 1 or not is_uint(kind, 256) or not _is_key(key) or not is_uint(step)
+            or not (new_key == b"" or _is_key(new_key)) or not isinstance(links, list) or len(links) > 2
+            or not all(isinstance(x, bytes) and len(x) == SIG_SIZE for x in links)
+            or not isinstance(sigs, list) or len(sigs) > MAX_AMEND_SIGS
+            or not all(isinstance(x, list) and len(x) == 2 and _is_key(x[0]) and isinstance(x[1], bytes)
+                       and len(x[1]) == SIG_SIZE for x in sigs)):
+        raise WireError("malformed")
+    return Amend(number, kind, key, step, new_key, tuple(links), tuple((k, s) for k, s in sigs))
+
+
+def decode_amend(raw: bytes) -> Amend:
+    """A packed AMEND item (as stored or written by `onebyte admit`); raises WireError."""
+    try:
+        item = msgpack.unpackb(raw, raw=False, max_bin_len=2048, max_array_len=64, max_map_len=0, max_ext_len=0)
+    except Exception:  # msgpack raises many types on garbage
+        raise WireError("malformed") from None
+    if not isinstance(item, list) or not item or item[0] != GossipKind.AMEND:
+        raise WireError("malformed")
+    return _decode_amend(item)
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, bytes) and len(x) == 32
+
+
+def decode_gossip(item) -> Alive | AliveTag | Suspect | Dead | Leave | ProofItem | Amend:
     """One unpacked gossip item; raises WireError('malformed' or 'unknown_type')."""
     if not isinstance(item, list) or not item or not is_uint(item[0]):
         raise WireError("malformed")
@@ -345,6 +396,8 @@ def decode_gossip(item) -> Alive | AliveTag | Suspect | Dead | Leave | ProofItem
         if len(item) != 3 or not all(isinstance(r, bytes) for r in item[1:]):
             raise WireError("malformed")
         return ProofItem(item[1], item[2])
+    if kind == GossipKind.AMEND:
+        return _decode_amend(item)
     raise WireError("unknown_type")
 
 

@@ -33,3 +33,24 @@ def test_proof_cuts_the_index_and_survives_reopen_and_compaction(tmp_path):
     lg = UpdateLog(p, fsync=False)
     assert lg.taken_back(A) == (3, [3, 4, 5]) and lg.version_vector().get(A, 0) <= 2
     lg.close()
+
+
+def test_membership_amendments_survive_reopen_and_compaction(tmp_path):
+    """KIND_AMEND: the kept amendment per number, in number order, whole through a compaction."""
+    p = tmp_path / "updates.log"
+    lg = UpdateLog(p, fsync=False)
+    lg.append_updates(A, 1, [1, 2, 3])
+    lg.add_amendment(2, b"second")
+    lg.add_amendment(1, b"first")
+    lg.add_amendment(1, b"first")          # the same again: no second entry
+    entries = lg.entries
+    lg.add_amendment(1, b"first-won")      # another kept for 1 (a conflict resolved): replaces
+    assert lg.entries == entries + 1 and lg.amendments() == [b"first-won", b"second"]
+    lg.close()
+    lg = UpdateLog(p, fsync=False)
+    assert lg.amendments() == [b"first-won", b"second"]
+    assert lg.compact({A: 3}) is not None
+    lg.close()
+    lg = UpdateLog(p, fsync=False)
+    assert lg.amendments() == [b"first-won", b"second"] and lg.floor_vv() == {A: 3}
+    lg.close()

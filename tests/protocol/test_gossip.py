@@ -26,7 +26,7 @@ def cert_of(seed: int, generation: int = 0, incarnation: int = 0) -> Cert:
 
 def test_gossip_kinds_are_wire_format():
     assert {k.name: int(k) for k in GossipKind} == {"ALIVE": 0, "SUSPECT": 1, "DEAD": 2, "LEAVE": 3,
-                                                "PROOF": 4, "TAG": 5}
+                                                "PROOF": 4, "TAG": 5, "AMEND": 6}
 
 
 @given(st.binary(min_size=16, max_size=16), st.integers(0, 2 ** 32 - 1))
@@ -55,7 +55,7 @@ def test_alive_and_leave_roundtrip():
     ([0, b"short", None], "malformed"), ([0, bytes(140)], "malformed"),
     ([1, b"n" * 15, 0], "malformed"), ([2, b"n" * 16, 2 ** 32], "malformed"),
     ([3, b"n" * 16, 1, 1, b"s" * 63], "malformed"), ([3, b"n" * 16, -1, 1, b"s" * 64], "malformed"),
-    ([4, b"n" * 16, 0], "malformed"), ([4, b"a"], "malformed"), ([6, b"n" * 16, 0], "unknown_type"), ([5, b"n" * 16, 0], "malformed"),
+    ([4, b"n" * 16, 0], "malformed"), ([4, b"a"], "malformed"), ([7, b"n" * 16, 0], "unknown_type"), ([6, b"n" * 16, 0], "malformed"), ([5, b"n" * 16, 0], "malformed"),
     ([0, bytes(140), None, 0, 7], "malformed"), ([0, bytes(140), None, 0, ""], "malformed"),
     ([0, bytes(140), None, 0, "v" * 33], "malformed"), ([0, bytes(140), None, 0, "a\nb"], "malformed"),
 ])

@@ -184,13 +184,13 @@ def test_protocol_room_is_pure():
 
 
 def test_each_collaborator_owns_its_counters_and_the_engine_shows_them_all():
-    """One writer per counter: the engine, its event queue, NAT, sync, serving and
-    equivocations each declare theirs up front; `Engine.counters` merges them, no key twice."""
+    """One writer per counter: the engine, its event queue, NAT, sync, serving, equivocations
+    and amendments each declare theirs up front; `Engine.counters` merges them, no key twice."""
     from onebyte.protocol.testing import SWARM, Net
     net = Net(ProtocolConfig(SWARM))
     e = net.add(1)
     parts = [e._counters, e.events.counters, e.nat.counters, e.sync.counters, e.sync.serving.counters,
-             e.sync.equiv.counters]
+             e.sync.equiv.counters, e.amendments.counters]
     keys = [k for part in parts for k in part]
     assert len(keys) == len(set(keys))
     assert set(e.counters) == set(keys)
