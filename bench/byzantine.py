@@ -13,6 +13,10 @@ Attacks (ATTACKS, a table: add a row per attack):
   equivocation  8 steps to everyone, then steps 9..16 signed twice (they differ first at step
               12): one version sent to b only, the other to c only; the proof excludes it from
               step 12 on everywhere and b and c take back what they had applied.
+  steering    |q| = 60 with the sign of the noise at one weight (coordinate steering), 40 steps/s,
+              2,048 steps, under the default steering_window (1,024): the steering rule excludes it
+              from step 1 (its first run) everywhere and every node takes its applied steps back.
+  steering_2  two colluding members (keys x and y) steering the same weight: each excluded alike.
 The Byzantine member is tests/node/byzantine_peer.py: a real protocol Engine on UDP.
 """
 from __future__ import annotations
@@ -36,14 +40,26 @@ ATTACKS = {
     "max_q": dict(q_of=lambda s: 5 if s <= 10 else 127, rate=20.0, steps=120, max_rate=200.0),
     "rate_flood": dict(q_of=lambda s: (-1) ** s * (3 + s % 5), rate=100.0, steps=2000, max_rate=5.0),
     "equivocation": dict(versions=([3] * 8, [3, 3, 3, -3, 3, 3, 3, 3]), rate=20.0, steps=8, max_rate=200.0),
+    "steering": dict(steer=1000, colluders=1, rate=40.0, steps=2048, max_rate=200.0),
+    "steering_2": dict(steer=1000, colluders=2, rate=40.0, steps=2048, max_rate=200.0),
 }
+ATTACKER_KEYS = ("x", "y")
+
+
+def steering_q(genesis: Path, node_id: bytes, target: int):
+    """q_of(step): |q| = 60, the sign of this origin's noise at weight `target` of the trainable
+    vector (what the origin knows before it publishes: its seeds)."""
+    from onebyte.model import noise_signs
+    from onebyte.node.genesis import load_genesis
+    seeder = load_genesis(genesis).seeder()
+    return lambda step: 60 * noise_signs(seeder.seeds(node_id, step)[0], [target])[0]
 
 
 def make_genesis(root: Path, max_rate: float):
     from onebyte.node.keys import read_key, write_key
     from onebyte.protocol import Identity
     keys = {}
-    for name in ("a", "b", "c", "x"):
+    for name in ("a", "b", "c") + ATTACKER_KEYS:
         (root / name).mkdir(parents=True, exist_ok=True)
         keys[name] = root / name / "node.key"
         write_key(keys[name])
@@ -72,7 +88,7 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"byz-{name}-") as tmp:
         root = Path(tmp)
         genesis, keys = make_genesis(root, spec["max_rate"])
-        nodes, peer = [], None
+        nodes, peers = [], []
         try:
             a = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
             nodes.append(a)
@@ -83,36 +99,45 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
                 n.wait_ready()
             if "versions" in spec:   # one version to b, the other to c
                 targets = [(n.addr, qs) for n, qs in zip(nodes[1:], spec["versions"])]
-                peer = EquivocatingPeer(genesis, keys["x"], [n.addr for n in nodes], targets, spec["steps"])
+                peers = [EquivocatingPeer(genesis, keys["x"], [n.addr for n in nodes], targets, spec["steps"])]
+            elif "steer" in spec:
+                from onebyte.node.keys import read_key
+                from onebyte.protocol import Identity
+                for k in ATTACKER_KEYS[:spec["colluders"]]:
+                    nid = Identity.from_private_bytes(read_key(keys[k])).node_id
+                    peers.append(ByzantinePeer(genesis, keys[k], [a.addr], steering_q(genesis, nid, spec["steer"]),
+                                               spec["steps"], spec["rate"]))
             else:
-                peer = ByzantinePeer(genesis, keys["x"], [a.addr], spec["q_of"], spec["steps"], spec["rate"])
+                peers = [ByzantinePeer(genesis, keys["x"], [a.addr], spec["q_of"], spec["steps"], spec["rate"])]
             t0 = time.monotonic()
-            peer.start()
+            for peer in peers:
+                peer.start()
             time.sleep(max(0.0, t0 + 21.0 - time.monotonic()))   # 1 s to join + 20 s of attack
-            xid = peer.node_id.hex()
-            accepted_20s = max(n.status()["version_vector"]["by_origin"].get(xid, 0) for n in nodes)
+            ids = [p.node_id.hex() for p in peers]
+            accepted_20s = max(n.status()["version_vector"]["by_origin"].get(xid, 0) for n in nodes for xid in ids)
             try:
                 digest = wait_for(lambda: settled(nodes), timeout, "honest digests to agree", 0.5)
             except AssertionError:
                 digest = None
             sts = [n.status() for n in nodes]
-            cfg = peer.config
+            cfg = peers[0].config
             return {
                 "attack": name,
                 "honest_nodes_alive": all(n.proc.poll() is None and s["worker_state"] != "failed"
                                           for n, s in zip(nodes, sts)),
                 "honest_digests_identical": digest is not None,
-                "byzantine_excluded": all(xid in s["excluded_origins"] for s in sts),
-                "excluded_at": [s["excluded_origins"].get(xid) for s in sts],
-                "byzantine_published": peer.published,
+                "byzantine_excluded": all(xid in s["excluded_origins"] for s in sts for xid in ids),
+                "excluded_at": [s["excluded_origins"].get(xid) for xid in ids for s in sts],
+                "byzantine_published": sum(p.published for p in peers),
+                "byzantine_applied_now": max(s["version_vector"]["by_origin"].get(xid, 0) for s in sts for xid in ids),
                 "accepted_max_at_20s": accepted_20s,
                 "accept_bound_at_20s": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
                                              * (20.0 + cfg.rate_burst_s)),
-                "grid_overflow": [s["grid_overflow"] for s in sts],
+                "worker_states": [s["worker_state"] for s in sts],
                 "rate_limited_drops": [s["drops"].get("rate_limited", 0) for s in sts],
             }
         finally:
-            if peer is not None:
+            for peer in peers:
                 peer.stop()
             for n in nodes:
                 n.cleanup()

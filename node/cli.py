@@ -144,6 +144,7 @@ def cmd_init(args) -> int:
     task = dict(spec, data=args.data, eval_data=eval_data)
     swarm = dict(SWARM_DEFAULTS, name=args.name, admission=args.admission, members=list(args.member),
                  authority=list(args.authority), authority_threshold=args.authority_threshold,
+                 admission_work_bits=args.admission_work_bits,
                  max_updates_per_s_per_origin=args.max_rate, updates_per_record=args.updates_per_record,
                  record_linger_s=args.record_linger, base_model=args.model, base_model_hash=model_hash(args.model))
     parsed = {"swarm": swarm, "hyper": hyper, "task": task}
@@ -176,7 +177,23 @@ def _field_comments(cls) -> dict[str, str]:
 def cmd_keygen(args) -> int:
     from .keys import write_key
 
-    write_key(args.out, force=args.force)
+    private = None
+    if args.genesis:   # an open swarm that asks for admission work: a key that carries it
+        import time
+
+        from onebyte.protocol.identity import mine_identity
+        from .genesis import load_genesis
+        genesis = load_genesis(args.genesis)
+        bits = genesis.setting("admission_work_bits")
+        if bits and genesis.setting("admission") == "open":
+            print(f"finding a key with {bits} bits of admission work for swarm {genesis.swarm_id.hex()[:16]} "
+                  f"(about {2 ** bits:,} tries)...", flush=True)
+            t0 = time.monotonic()
+            ident, tries = mine_identity(genesis.swarm_id, bits, progress=lambda n: print(
+                f"  {n:,} tries, {time.monotonic() - t0:.0f} s", flush=True))
+            private = ident.private_bytes()
+            print(f"found after {tries:,} tries in {time.monotonic() - t0:.1f} s")
+    write_key(args.out, force=args.force, private=private)
     print(f"wrote {args.out} (mode 0600)")
     return cmd_pubkey(argparse.Namespace(key=args.out))
 
@@ -189,7 +206,7 @@ def cmd_check_config(args) -> int:
     data files, the base model's file, the state dir's swarm. One line per check; the first
     failure is the usual one-line error (exit 2, or 3 for the state dir)."""
     from onebyte.protocol import Identity
-    from .genesis import load_genesis, protocol_config
+    from .genesis import load_genesis, own_key_work_problem, protocol_config
     from .keys import loose_permissions, read_key
     from .state import StateDir
     from .training import task_sources
@@ -202,6 +219,9 @@ def cmd_check_config(args) -> int:
           f"admission {genesis.setting('admission')}")
     identity = Identity.from_private_bytes(read_key(cfg.key))
     pub = identity.public_bytes()
+    work_problem = own_key_work_problem(genesis, pub, cfg.key)
+    if work_problem:
+        raise UserError(work_problem)
     if genesis.setting("admission") == "closed" and pub not in genesis.member_keys():
         if genesis.authority_keys():
             print(f"note  key {cfg.key} is not in the genesis members: peers refuse it until an amendment "
@@ -370,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-column", default="label")
     s.add_argument("--admission", default="open", choices=["open", "closed"])
     s.add_argument("--member", action="append", default=[], metavar="PUBKEY", help="member public key (closed)")
+    s.add_argument("--admission-work-bits", type=int, default=SWARM_DEFAULTS["admission_work_bits"],
+                   help="open swarm: each key must carry this many bits of work (`onebyte keygen --genesis`: "
+                   "about 2^bits key generations; 0 = none; default %(default)s)")
     s.add_argument("--authority", action="append", default=[], metavar="PUBKEY",
                    help="authority public key (repeatable): its signed amendments admit, revoke and rotate members")
     s.add_argument("--authority-threshold", type=int, default=SWARM_DEFAULTS["authority_threshold"],
@@ -387,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a new node key; prints its public key and node id.")
     s.add_argument("--out", default="node.key", help="key file (default node.key)")
     s.add_argument("--force", action="store_true", help="replace an existing key (a new node id)")
+    s.add_argument("--genesis", default="", help="the swarm's genesis: for an open swarm with admission_work_bits, "
+                   "find a key that carries that work (about 2^bits tries)")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("run", help="run the daemon", description="Run a node until SIGTERM "

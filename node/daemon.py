@@ -31,7 +31,7 @@ from onebyte.protocol.amendments import describe as describe_amendment
 from .config import NodeConfig, format_addr, load_config
 from .control import Control
 from .errors import DiskFull, ResolveError, UserError
-from .genesis import load_genesis, protocol_config
+from .genesis import load_genesis, own_key_work_problem, protocol_config
 from .keys import loose_permissions, read_key
 from .members import Bootstrap, PeerBook
 from .notify import Notifier
@@ -138,6 +138,9 @@ class Daemon:
         await self._start_swarm()
 
     def _check_membership(self) -> None:
+        work_problem = own_key_work_problem(self.genesis, self.identity.public_bytes(), self.cfg.key)
+        if work_problem:
+            raise UserError(work_problem)
         members = self.genesis.member_keys()
         if self.genesis.setting("admission") == "closed" and self.identity.public_bytes() not in members:
             if self.genesis.authority_keys():   # an amendment may admit it (protocol/amendments.py)

@@ -37,7 +37,7 @@ _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ProtocolConf
 GENESIS_PROTOCOL_FIELDS = ("protocol_version", "admission", "max_updates_per_s_per_origin",
                            "updates_per_record", "record_linger_s", "influence_window",
                            "influence_max_abs", "influence_max_sum", "records_per_signature",
-                           "authority_threshold")
+                           "authority_threshold", "admission_work_bits")
 SWARM_DEFAULTS: dict[str, Any] = {
     "name": "onebyte",
     "members": [],                 # hex Ed25519 public keys (closed admission)
@@ -116,6 +116,17 @@ class Genesis:
         return frozenset(bytes.fromhex(m) for m in self.swarm.get("authority", []))
 
 
+def own_key_work_problem(genesis: Genesis, pub: bytes, key_path) -> str | None:
+    """Why this node's key would be refused by an open swarm that asks for admission work."""
+    from onebyte.protocol.identity import key_work
+    bits = genesis.setting("admission_work_bits")
+    if genesis.setting("admission") != "open" or not bits or key_work(genesis.swarm_id, pub) >= bits:
+        return None
+    return (f"key {key_path} carries {key_work(genesis.swarm_id, pub)} of the {bits} bits of admission work this "
+            f"open swarm asks for: peers would ignore it; make a key with `onebyte keygen --genesis GENESIS "
+            f"--out {key_path} --force` (about 2^{bits} tries)")
+
+
 def protocol_config(genesis: Genesis, overrides: dict):
     """The engine's ProtocolConfig: the swarm-wide fields from the genesis, node tuning from
     the node config's [protocol] table (which may not touch swarm-wide fields)."""
@@ -183,6 +194,7 @@ def parse_genesis(data: dict, where: str = "genesis") -> Genesis:
                           "(64 hex digits each; `onebyte keygen` prints one)")
     _check_member_keys(where, authority, "authority")
     _check_type(where, "swarm", swarm, "authority_threshold", int)
+    _check_type(where, "swarm", swarm, "admission_work_bits", int)
     h = swarm["base_model_hash"]
     if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
         raise ConfigError(f"{where}: [swarm] base_model_hash must be 64 lowercase hex digits "

@@ -28,11 +28,13 @@ def public_of(private: bytes) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def write_key(path: str | Path, force: bool = False) -> bytes:
-    """Create a fresh key at `path` (mode 0600, created that way: never world-readable)."""
+def write_key(path: str | Path, force: bool = False, private: bytes | None = None) -> bytes:
+    """Create a key at `path` (mode 0600, created that way: never world-readable): a fresh one,
+    or `private` (e.g. one that carries an open swarm's admission work)."""
     path = Path(path)
-    private = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    if private is None:
+        private = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(path, flags, 0o600)

@@ -15,6 +15,7 @@ class ProtocolConfig:
     protocol_version: int = 1             # first byte of every datagram
     admission: str = "open"               # "open": any key (rate limited); "closed": members only
     members: frozenset = frozenset()      # closed swarm: raw Ed25519 public keys (32 bytes)
+    admission_work_bits: int = 0          # open swarm: a key must carry this much work (identity.key_work)
     authority: frozenset = frozenset()    # keys whose signed amendments change the members
     authority_threshold: int = 1          # (protocol/amendments.py): k of the n authority keys
     max_updates_per_s_per_origin: float = 50.0  # cap on pushed updates per origin
@@ -74,6 +75,9 @@ class ProtocolConfig:
         for key in self.members:
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ProtocolConfigError("members must be raw 32-byte Ed25519 public keys")
+        if isinstance(self.admission_work_bits, bool) or not isinstance(self.admission_work_bits, int) \
+                or not 0 <= self.admission_work_bits <= 40:
+            raise ProtocolConfigError(f"admission_work_bits must be an integer in 0..40, not {self.admission_work_bits!r}")
         if not (isinstance(self.authority_threshold, int) and
                 1 <= self.authority_threshold <= max(1, len(self.authority))):
             raise ProtocolConfigError(f"authority_threshold must be 1..{max(1, len(self.authority))} "

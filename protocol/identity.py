@@ -161,6 +161,28 @@ def node_id_of(public_key: bytes) -> bytes:
     return hashlib.blake2b(public_key, digest_size=NODE_ID_SIZE).digest()
 
 
+def key_work(swarm_id: bytes, public_key: bytes) -> int:
+    """The work a key carries for one swarm: leading zero bits of
+    blake2b-256("onebyte-key-work-v1" | swarm id | key). An open swarm with admission_work_bits
+    = d admits only keys with work >= d: each costs about 2^d key generations to find (keygen
+    --genesis), bound to this swarm (no key made in advance), and every node checks it alike
+    with one hash (S/Kademlia's static puzzle; docs/security.md, "Sybils")."""
+    h = int.from_bytes(hashlib.blake2b(b"onebyte-key-work-v1" + swarm_id + public_key, digest_size=32).digest(), "big")
+    return 256 - h.bit_length()
+
+
+def mine_identity(swarm_id: bytes, bits: int, progress=None) -> tuple["Identity", int]:
+    """A new identity with key_work >= bits (about 2^bits tries), and the tries it took."""
+    tries = 0
+    while True:
+        tries += 1
+        ident = Identity.generate()
+        if key_work(swarm_id, ident.public_bytes()) >= bits:
+            return ident, tries
+        if progress is not None and tries % 65536 == 0:
+            progress(tries)
+
+
 class Identity:
     """An Ed25519 key pair; node_id derived from the raw public key."""
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .amendments import Amendments
 from .config import ProtocolConfig
-from .identity import (SIG_SIZE, CryptoCache, Identity, cert_message, mac, make_cert, node_id_of,
+from .identity import (SIG_SIZE, CryptoCache, Identity, cert_message, key_work, mac, make_cert, node_id_of,
                        pair_mac_key, parse_cert)
 from .records import Record, TokenBucket, batch_message, member_hash
 from .replay_window import ReplayWindow
@@ -58,6 +58,7 @@ class Session:
         self.crypto = crypto
         self._config = config
         self._amendments = amendments if amendments is not None else Amendments(config, crypto)
+        self._worked: set[bytes] = set()   # keys whose work was checked (open swarms with work bits)
         self._swarm = config.swarm_id
         self._tag = config.swarm_tag
         self._version = config.protocol_version
@@ -82,9 +83,22 @@ class Session:
         return nid
 
     def admitted(self, pub: bytes) -> bool:
-        """A key whose records are taken: open admission, a genesis member, or admitted by an
-        amendment (a revoked key's records stay taken below its step: Sync's exclusion cuts)."""
-        return self._config.admission == "open" or pub in self._config.members or self._amendments.admits(pub)
+        """A key whose records are taken: open admission (with the key's work, if the genesis
+        asks for some), a genesis member, or admitted by an amendment (a revoked key's records
+        stay taken below its step: Sync's exclusion cuts)."""
+        cfg = self._config
+        if cfg.admission == "open" and (cfg.admission_work_bits == 0 or pub in self._worked
+                                        or self._has_work(pub)):
+            return True
+        return pub in cfg.members or self._amendments.admits(pub)
+
+    def _has_work(self, pub: bytes) -> bool:
+        if key_work(self._swarm, pub) < self._config.admission_work_bits:
+            return False
+        if len(self._worked) > 4 * self._config.max_peers + 1024:
+            self._worked.clear()
+        self._worked.add(pub)
+        return True
 
     def check_cert(self, raw: bytes, expect_id: bytes, now: float) -> Cert:
         """Admission, then the signature (cached, within the verification budget)."""

@@ -39,3 +39,30 @@ def test_run_with_such_a_genesis_is_one_clear_line(tmp_path):
     r = run_cli("run", "--config", n.config)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "small order" in r.stderr and "members[1]" in r.stderr, r.stderr
+
+
+def test_an_open_swarm_asking_for_admission_work(tmp_path):
+    """init --admission-work-bits; keygen --genesis finds a key with the work; a plain key is a
+    clear one-line refusal in check-config (exit 2; run checks the same way), never a silent
+    lonely node."""
+    from onebyte.node.genesis import load_genesis
+    from onebyte.node.keys import read_key
+    from onebyte.protocol.identity import key_work
+    genesis = tmp_path / "genesis.toml"
+    r = run_cli("init", "--model", "tiny", "--out", genesis, "--admission-work-bits", "10")
+    assert r.returncode == 0, r.stderr
+    sid = load_genesis(genesis).swarm_id
+    r = run_cli("keygen", "--genesis", genesis, "--out", tmp_path / "worked.key")
+    assert r.returncode == 0 and "bits of admission work" in r.stdout, r.stdout + r.stderr
+    assert key_work(sid, Identity.from_private_bytes(read_key(tmp_path / "worked.key")).public_bytes()) >= 10
+    node = Node(tmp_path, "plain", genesis, [])
+    while key_work(sid, Identity.from_private_bytes(read_key(node.key)).public_bytes()) >= 10:
+        node.key.unlink()   # one in 1,024 plain keys carries the work by chance: make another
+        from onebyte.node.keys import write_key
+        write_key(node.key)
+    r = run_cli("check-config", "--config", node.config)
+    assert r.returncode == 2 and "of the 10 bits of admission work" in r.stderr, r.stdout + r.stderr
+    node.fields["key"] = str(tmp_path / "worked.key")
+    node.write_config()
+    r = run_cli("check-config", "--config", node.config)
+    assert r.returncode == 0, r.stdout + r.stderr
