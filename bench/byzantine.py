@@ -8,14 +8,15 @@ attacker excluded?
 Attacks (ATTACKS, a table: add a row per attack):
   max_q       q = 127 from step 11 on, 20 steps/s: the influence budget excludes it.
   rate_flood  honest-looking q at 100 steps/s against a cap of 5/s: not excluded (its q are
-              within budget); accepted_max_at_20s shows the cap holding for pulled records too,
+              within budget); accepted_max_at_end_of_attack shows the cap holding for pulled records too,
               against the bound (1 + pull_rate_mult) * cap * (20 s + rate_burst_s).
   equivocation  8 steps to everyone, then steps 9..16 signed twice (they differ first at step
               12): one version sent to b only, the other to c only; the proof excludes it from
               step 12 on everywhere and b and c take back what they had applied.
-  steering    |q| = 60 with the sign of the noise at one weight (coordinate steering), 40 steps/s,
-              2,048 steps, under the default steering_window (1,024): the steering rule excludes it
-              from step 1 (its first run) everywhere and every node takes its applied steps back.
+  steering    |q| = 30 with the sign of the noise at one weight (coordinate steering: inside the
+              influence budget, whose |sum q| bound a random sign never reaches), 40 steps/s, 2,048
+              steps, under the default steering_window (1,024): the steering rule excludes it from
+              step 1 (its first run) everywhere and every node takes its applied steps back.
   steering_2  two colluding members (keys x and y) steering the same weight: each excluded alike.
 The Byzantine member is tests/node/byzantine_peer.py: a real protocol Engine on UDP.
 """
@@ -40,19 +41,19 @@ ATTACKS = {
     "max_q": dict(q_of=lambda s: 5 if s <= 10 else 127, rate=20.0, steps=120, max_rate=200.0),
     "rate_flood": dict(q_of=lambda s: (-1) ** s * (3 + s % 5), rate=100.0, steps=2000, max_rate=5.0),
     "equivocation": dict(versions=([3] * 8, [3, 3, 3, -3, 3, 3, 3, 3]), rate=20.0, steps=8, max_rate=200.0),
-    "steering": dict(steer=1000, colluders=1, rate=40.0, steps=2048, max_rate=200.0),
-    "steering_2": dict(steer=1000, colluders=2, rate=40.0, steps=2048, max_rate=200.0),
+    "steering": dict(steer=1000, colluders=1, rate=40.0, steps=2048, max_rate=200.0, attack_s=52.0),
+    "steering_2": dict(steer=1000, colluders=2, rate=40.0, steps=2048, max_rate=200.0, attack_s=52.0),
 }
 ATTACKER_KEYS = ("x", "y")
 
 
 def steering_q(genesis: Path, node_id: bytes, target: int):
-    """q_of(step): |q| = 60, the sign of this origin's noise at weight `target` of the trainable
+    """q_of(step): |q| = 30, the sign of this origin's noise at weight `target` of the trainable
     vector (what the origin knows before it publishes: its seeds)."""
     from onebyte.model import noise_signs
     from onebyte.node.genesis import load_genesis
     seeder = load_genesis(genesis).seeder()
-    return lambda step: 60 * noise_signs(seeder.seeds(node_id, step)[0], [target])[0]
+    return lambda step: 30 * noise_signs(seeder.seeds(node_id, step)[0], [target])[0]
 
 
 def make_genesis(root: Path, max_rate: float):
@@ -112,9 +113,10 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
             t0 = time.monotonic()
             for peer in peers:
                 peer.start()
-            time.sleep(max(0.0, t0 + 21.0 - time.monotonic()))   # 1 s to join + 20 s of attack
+            attack_s = spec.get("attack_s", 20.0)
+            time.sleep(max(0.0, t0 + 1.0 + attack_s - time.monotonic()))   # 1 s to join, then the attack
             ids = [p.node_id.hex() for p in peers]
-            accepted_20s = max(n.status()["version_vector"]["by_origin"].get(xid, 0) for n in nodes for xid in ids)
+            accepted = max(n.status()["version_vector"]["by_origin"].get(xid, 0) for n in nodes for xid in ids)
             try:
                 digest = wait_for(lambda: settled(nodes), timeout, "honest digests to agree", 0.5)
             except AssertionError:
@@ -130,9 +132,10 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
                 "excluded_at": [s["excluded_origins"].get(xid) for xid in ids for s in sts],
                 "byzantine_published": sum(p.published for p in peers),
                 "byzantine_applied_now": max(s["version_vector"]["by_origin"].get(xid, 0) for s in sts for xid in ids),
-                "accepted_max_at_20s": accepted_20s,
-                "accept_bound_at_20s": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
-                                             * (20.0 + cfg.rate_burst_s)),
+                "attack_s": attack_s,
+                "accepted_max_at_end_of_attack": accepted,
+                "accept_bound_at_end_of_attack": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
+                                                       * (attack_s + cfg.rate_burst_s)),
                 "worker_states": [s["worker_state"] for s in sts],
                 "rate_limited_drops": [s["drops"].get("rate_limited", 0) for s in sts],
             }
