@@ -354,10 +354,10 @@ def cmd_export(args) -> int:
         if ans is not None:
             if not ans.get("ok"):
                 raise UserError(f"daemon: {ans.get('error')}")
-            meta = export_snapshot(cfg, ans, out, args.force)
+            meta = export_snapshot(cfg, ans, out, args.force, args.adapter_only)
             print(f"exported {meta['updates']} updates (digest {meta['digest'][:16]}…) to {out}")
             return 0
-    meta = export_offline(cfg, out, args.force)
+    meta = export_offline(cfg, out, args.force, args.adapter_only)
     print(f"exported {meta['updates']} updates (digest {meta['digest'][:16]}…) to {out} (offline)")
     return 0
 
@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             s.add_argument("--out", required=True, help="output folder (new or empty)")
             s.add_argument("--force", action="store_true", help="replace a non-empty --out")
+            s.add_argument("--adapter-only", action="store_true", help="a LoRA swarm: write the adapter alone "
+                           "(PEFT format, loads with peft's AutoPeftModelForCausalLM), no merged model")
         s.set_defaults(func=func)
 
     s = sub.add_parser("eval", help="score the model offline on a labelled data file",

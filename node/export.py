@@ -57,23 +57,32 @@ def plain_copy(model):
     return fresh.eval()
 
 
-def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False) -> Path:
+def save_folder(replica, tokenizer, out: Path, meta: dict, force: bool = False, adapter_only: bool = False) -> Path:
+    """The transformers folder (and, for a LoRA swarm, the adapter in DIR/adapter); with
+    adapter_only, the adapter alone at DIR itself (what `PeftModel.from_pretrained` and the Hub
+    take for an adapter repository), with the tokenizer, model card and onebyte.json."""
     out = Path(out)
     check_out_dir(out, force)
+    if adapter_only and not replica.hyper.lora_rank:
+        raise UserError("--adapter-only: this swarm trains no LoRA adapters (genesis lora_rank = 0); "
+                        "export the whole model instead")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("writing the transformers folder %s", out)
     model = plain_copy(replica.model)
     try:
-        if replica.hyper.lora_rank:
+        if adapter_only:
+            _save_adapter(replica, model, tmp, meta)
+        elif replica.hyper.lora_rank:
             model = _save_adapter(replica, model, tmp / "adapter", meta)
-        model.save_pretrained(tmp, safe_serialization=True)
+        if not adapter_only:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     (tmp / "onebyte.json").write_text(json.dumps(meta, indent=1) + "\n")
-    (tmp / "README.md").write_text(model_card(meta, replica))
+    (tmp / "README.md").write_text(model_card(meta, replica, adapter_only))
     for p in tmp.rglob("*"):  # readable by whoever the folder is handed to (safetensors writes 0600)
         p.chmod(0o755 if p.is_dir() else 0o644)
     tmp.chmod(0o755)
@@ -118,16 +127,16 @@ def offline_state(cfg: NodeConfig, genesis: Genesis | None = None):
     return r.replica, r.tokenizer, r.applied_vv, genesis
 
 
-def export_offline(cfg: NodeConfig, out: Path, force: bool = False) -> dict:
+def export_offline(cfg: NodeConfig, out: Path, force: bool = False, adapter_only: bool = False) -> dict:
     check_out_dir(out, force)
     replica, tokenizer, vv, genesis = offline_state(cfg)
     digest = replica.digest()
     meta = _meta(genesis, digest, vv, source="state_dir")
-    save_folder(replica, tokenizer, out, meta, force)
+    save_folder(replica, tokenizer, out, meta, force, adapter_only)
     return meta
 
 
-def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = False) -> dict:
+def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = False, adapter_only: bool = False) -> dict:
     """Build the folder from a snapshot the daemon wrote (weights + .json beside them)."""
     genesis = load_genesis(cfg.genesis)
     log.info("loading the base model %s to apply the snapshot %s", cfg.model or genesis.swarm["base_model"],
@@ -140,7 +149,7 @@ def export_snapshot(cfg: NodeConfig, snapshot: dict, out: Path, force: bool = Fa
     meta_path = Path(snapshot["meta"])
     vv = {bytes.fromhex(o): n for o, n in json.loads(meta_path.read_text())["vv"].items()}
     meta = _meta(genesis, digest, vv, source="daemon")
-    save_folder(replica, tokenizer, out, meta, force)
+    save_folder(replica, tokenizer, out, meta, force, adapter_only)
     for p in (Path(snapshot["path"]), meta_path):
         p.unlink(missing_ok=True)
     return meta
@@ -192,7 +201,7 @@ def front_matter(meta: dict, replica) -> list[str]:
     return lines + ["---", ""]
 
 
-def model_card(meta: dict, replica) -> str:
+def model_card(meta: dict, replica, adapter_only: bool = False) -> str:
     """README.md of an exported folder: what it is and how to use it, from the genesis; its
     YAML front matter is the metadata the Hugging Face Hub reads (front_matter)."""
     task = meta.get("task") or {}
@@ -210,15 +219,20 @@ def model_card(meta: dict, replica) -> str:
                   f"(label i = word i).", "",
                   "```python",
                   "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  *(["from peft import AutoPeftModelForCausalLM  # the base model named in adapter_config.json"]
+                    if adapter_only else []),
                   'tok = AutoTokenizer.from_pretrained("THIS_FOLDER")',
-                  'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER").eval()',
+                  (f'model = {"AutoPeftModelForCausalLM" if adapter_only else "AutoModelForCausalLM"}'
+                   '.from_pretrained("THIS_FOLDER").eval()'),
                   f"words = {list(words)!r}",
                   "ids = [tok(w)['input_ids'][0] for w in words]",
                   f"prompt = {task['template']!r}.format({field}='a fine film')",
                   "logits = model(**tok(prompt, return_tensors='pt')).logits[0, -1, ids]",
                   "print(words[int(logits.argmax())])",
                   "```", ""]
-    if replica.hyper.lora_rank:
+    if adapter_only:
+        lines += ["This folder is the LoRA adapter alone, in PEFT's format (no merged model).", ""]
+    elif replica.hyper.lora_rank:
         lines += ["The LoRA adapter alone, in PEFT's format, is in `adapter/`.", ""]
     lines += ["`onebyte.json` holds the swarm id, digest, update count, task spec and hyper-parameters.", ""]
     return "\n".join(lines)

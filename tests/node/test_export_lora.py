@@ -32,3 +32,29 @@ def test_lora_export_loads_merged_and_as_a_peft_adapter(tmp_path):
         base, _ = load_model("tiny")
         adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
         torch.testing.assert_close(adapted(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_only_export_is_a_peft_adapter_folder(tmp_path):
+    import pytest
+    from peft import PeftModel
+
+    from onebyte.node.errors import UserError
+
+    model, tok = load_model("tiny")
+    hyper = Hyper(lr=1e-4, grid_min_exp=-3, trainable=LORA_PATTERN, lora_rank=4, lora_alpha=8.0,
+                  lora_targets=r"model\.layers\.1\.(self_attn|mlp)\.[a-z_]+_proj")
+    r = Replica(model, hyper)
+    r.replay([(s, 90 - 30 * (s % 7), 1) for s in range(40)])
+    out = save_folder(r, tok, tmp_path / "adapter", {"base_model": "tiny", "digest": r.digest()}, adapter_only=True)
+    names = {p.name for p in out.iterdir()}
+    assert "adapter_config.json" in names and "model.safetensors" not in names and "adapter" not in names
+    assert "the LoRA adapter alone" in (out / "README.md").read_text()
+    ids = torch.tensor([[3, 17, 5, 9, 11, 2]])
+    with torch.no_grad():
+        want = r.model(input_ids=ids).logits
+        base, _ = load_model("tiny")
+        adapted = PeftModel.from_pretrained(base, out).eval()
+        torch.testing.assert_close(adapted(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+    plain = Replica(load_model("tiny")[0], Hyper(lr=1e-4))
+    with pytest.raises(UserError, match="trains no LoRA adapters"):
+        save_folder(plain, tok, tmp_path / "x", {"base_model": "tiny"}, adapter_only=True)
