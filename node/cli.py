@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .amend import add_parsers as add_amend_parsers
 from .backup import add_parser as add_backup_parser
+from .doctor import add_parser as add_doctor_parser
 from .client import add_client_parsers, cmd_pubkey, socket_of
 from .config import load_config
 from .errors import DaemonUnreachable, UserError
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_parsers(sub, env_cfg)
     add_amend_parsers(sub, env_cfg)
     add_backup_parser(sub, env_cfg)
+    add_doctor_parser(sub, env_cfg)
     for name, func, helptext in (("digest", cmd_digest, "print the state digest (daemon or state dir)"),
                                  ("export", cmd_export, "export the fine-tuned model as a transformers folder")):
         s = sub.add_parser(name, help=helptext, description=helptext + "; see docs/status.md.")
