@@ -29,6 +29,7 @@ How proofs are found and spread (docs/protocol.md, "Equivocation proofs"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .events import EquivocationDetected
 from .records import HALF_BUNDLE, Record, decode_any, member_hash
@@ -96,8 +97,15 @@ def parse_proof(record_a: bytes, record_b: bytes, max_updates: int) -> tuple:
 class Equivocations:
     """The proofs a node holds and what they do to its Sync (protocol/sync.py)."""
 
-    def __init__(self, sync):
-        self.sync = sync
+    def __init__(self, config, session, store, book, influence, outbox, gossip_q, events, *,
+                 exclude: Callable[[bytes, int, str], bool], news: Callable[[], None]):
+        """What it reads: the store and Sync's book (whose `equivocating` flag it sets) and
+        influence budget, the session that checks signatures; what it does through Sync:
+        exclude() an origin (taking back its steps), news() for anti-entropy."""
+        self._config, self._session, self._store = config, session, store
+        self._book, self._influence = book, influence
+        self._outbox, self._gossip_q, self._events = outbox, gossip_q, events
+        self._exclude, self._news = exclude, news
         self.proofs: dict[bytes, Proof] = {}
         # conflicting records seen; proofs taken in (new, and already held)
         self.counters: dict = {"equivocations": 0, "equivocation_proofs": 0, "duplicate_proofs": 0}
@@ -105,11 +113,11 @@ class Equivocations:
 
     def load(self) -> None:
         """At start: the proofs the store kept (their signatures were checked when they came)."""
-        stored = getattr(self.sync.store, "proofs", None)
+        stored = getattr(self._store, "proofs", None)
         for origin, (a, b) in (stored() if stored else {}).items():
             _, step, _, _ = parse_proof(a, b, 1 << 30)
             self.proofs[origin] = Proof(origin, step, *sorted((a, b)))
-            self.sync.influence.exclude(origin, step, REASON)
+            self._influence.exclude(origin, step, REASON)
 
     def step_of(self, origin: bytes) -> int | None:
         p = self.proofs.get(origin)
@@ -118,7 +126,7 @@ class Equivocations:
     # ------------------------------------------------------------ finding proofs
     def held_conflict(self, rec: Record) -> bytes | None:
         """A stored record of rec's origin that gives a step rec covers another q (no crypto)."""
-        for canon in self.sync.store.get(rec.origin, rec.first_step, 1 << 20):
+        for canon in self._store.get(rec.origin, rec.first_step, 1 << 20):
             _, first, qs, _, _ = decode_any(canon)
             if first > rec.last_step:
                 break
@@ -137,15 +145,15 @@ class Equivocations:
         if have is not None and have <= step:
             return True   # proven already (no crypto): a diverged peer's records come again
         # A member reaches here only vouched for by a verified closer (sync._commit).
-        if rec.sig is not None and not self.sync.session.verify_record(rec):
+        if rec.sig is not None and not self._session.verify_record(rec):
             raise WireError("bad_signature")
         halves = self.signed_half(rec.origin, held), self.signed_half(rec.origin, rec.canonical())
         if None in halves:
             return True   # a member whose closer is no longer held: not provable here, not taken
-        self.sync.book.state(rec.origin).equivocating = True
+        self._book.state(rec.origin).equivocating = True
         if self.apply(Proof(rec.origin, step, *sorted(halves))):
             self.counters["equivocations"] += 1
-            self.sync.events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step,
+            self._events.emit(EquivocationDetected(rec.origin, rec.first_step, rec.last_step,
                                                        *halves))
         return True
 
@@ -155,14 +163,14 @@ class Equivocations:
         pub, first, qs, sig, _ = decode_any(canon)
         if sig is not None:
             return canon
-        h = member_hash(self.sync.config.swarm_id, origin, first, qs)
-        st = self.sync.book.state(origin)
+        h = member_hash(self._config.swarm_id, origin, first, qs)
+        st = self._book.state(origin)
         if h in st.commits:
             return bundle(canon, st.commits[h].canonical())
         after = first + len(qs)
         found = [r.canonical() for r in st.pending.values() if r.hashes]
         found += [held[2] for f, held in st.recent.items() if f >= after]
-        found += self.sync.store.get(origin, after, 1 << 16)
+        found += self._store.get(origin, after, 1 << 16)
         for c in found:
             closer = decode_any(c)
             if closer[3] is not None and h in closer[4]:
@@ -172,19 +180,18 @@ class Equivocations:
     def on_proof(self, record_a: bytes, record_b: bytes) -> None:
         """A PROOF gossip item: checked (both signatures, same admitted key) unless we
         already hold one for that origin at or below its step."""
-        s = self.sync
-        pub, step, a, b = parse_proof(record_a, record_b, s.config.max_record_updates)
-        origin = s.session.origin_id(pub)
+        pub, step, a, b = parse_proof(record_a, record_b, self._config.max_record_updates)
+        origin = self._session.origin_id(pub)
         have = self.step_of(origin)
         if have is not None and have <= step:
             self.counters["duplicate_proofs"] += 1
             return
-        if not s.session.admitted(pub):
+        if not self._session.admitted(pub):
             raise WireError("not_admitted")
         for _, first, qs, ((_, cfirst, cqs, csig, chashes), is_member) in (a, b):
-            if not s.session.verify_record(Record(pub, origin, cfirst, cqs, csig, chashes)):
+            if not self._session.verify_record(Record(pub, origin, cfirst, cqs, csig, chashes)):
                 raise WireError("bad_signature")
-            if is_member and member_hash(s.config.swarm_id, origin, first, qs) not in chashes:
+            if is_member and member_hash(self._config.swarm_id, origin, first, qs) not in chashes:
                 raise WireError("bad_signature")
         self.apply(Proof(origin, step, *sorted((record_a, record_b))))
 
@@ -192,18 +199,18 @@ class Equivocations:
     def apply(self, proof: Proof) -> bool:
         """Hold proof if it is the origin's lowest; exclude the origin from its step on
         (taking back delivered steps), store and spread it.  True if it was news."""
-        s, origin, step = self.sync, proof.origin, proof.step
+        origin, step = proof.origin, proof.step
         have = self.step_of(origin)
         if have is not None and have <= step:
             return False
         self.proofs[origin] = proof
         self.counters["equivocation_proofs"] += 1
-        add = getattr(s.store, "add_proof", None)
+        add = getattr(self._store, "add_proof", None)
         if add is not None:   # durable before OriginExcluded reaches the shell
             add(origin, step, proof.record_a, proof.record_b)
-        s.exclude(origin, step, REASON)
-        s.gossip_q.push(("proof", origin), encode_proof(proof.record_a, proof.record_b))
-        s.news()
+        self._exclude(origin, step, REASON)
+        self._gossip_q.push(("proof", origin), encode_proof(proof.record_a, proof.record_b))
+        self._news()
         return True
 
     # ------------------------------------------------------------ spreading
@@ -212,7 +219,7 @@ class Equivocations:
         items = [encode_proof(p.record_a, p.record_b) for o, p in self.proofs.items()
                  if theirs.get(o, 0) >= p.step]
         if items:
-            self.sync.outbox.send(Push(), m, items[:4])
+            self._outbox.send(Push(), m, items[:4])
 
     def on_diverged(self, m) -> None:
         """Same vv, other weights: send m our most recent records of a few origins, newest
@@ -220,13 +227,12 @@ class Equivocations:
         moves past the origins that went (not a fixed stride: with fewer origins than the
         stride, or an answer full before the last one, a fixed stride came back to the same
         origins every time and the conflicting one was never sent)."""
-        s = self.sync
-        origins = sorted(o for o, st in s.book.origins.items() if st.recent)
+        origins = sorted(o for o, st in self._book.origins.items() if st.recent)
         if not origins:
             return
-        out, left, went = [], s.config.pull_serve_bytes, 0
+        out, left, went = [], self._config.pull_serve_bytes, 0
         for i in range(min(DIVERGED_ORIGINS, len(origins))):
-            st = s.book.origins[origins[(self._cursor + i) % len(origins)]]
+            st = self._book.origins[origins[(self._cursor + i) % len(origins)]]
             recs = [packb(st.recent[first][2]) for first in reversed(st.recent_order)]
             size = sum(map(len, recs))
             if out and size > left:
@@ -235,5 +241,5 @@ class Equivocations:
             left -= size
             went += 1
         self._cursor = (self._cursor + went) % len(origins)
-        s.outbox.send_records(m, out, s.config.pull_serve_bytes)
+        self._outbox.send_records(m, out, self._config.pull_serve_bytes)
 

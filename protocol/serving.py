@@ -17,6 +17,7 @@ whole answer (as a QUIC client pads its Initial).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from . import messages as msg
 from .membership import Member
@@ -53,9 +54,15 @@ class Credit:
 
 
 class Serving:
-    def __init__(self, sync):
-        self.sync = sync          # the store, book, influence budget and outbox it serves from
-        self.config = sync.config
+    def __init__(self, config, node_id: bytes, outbox, store, book, influence, *,
+                 news: Callable[[], None], pull: Callable[[Member, dict, float], None]):
+        """What it reads: the store, book and influence budget it serves from (Sync owns them),
+        the outbox it answers through; what it asks of Sync: news() after a repair delivered,
+        pull() for the rest of a cut-short answer."""
+        self.config = config
+        self._node_id, self._outbox, self._store = node_id, outbox, store
+        self._book, self._influence = book, influence
+        self._news, self._pull = news, pull
         self.fresh_from: set = set()    # servers whose answers brought news since our last PULL
         # answers cut short by a member's credit; bytes of records served (datagrams whole)
         self.counters: dict = {"serve_credit_cuts": 0, "records_served_bytes": 0}
@@ -79,11 +86,11 @@ class Serving:
         per answer, not per datagram: its datagrams arrive in any order, and one that fills a
         gap may leave the last one nothing new."""
         if delivered:
-            self.sync.news()
+            self._news()
         if took_new and len(self.fresh_from) < 4 * MAX_PULL_ENTRIES:
             self.fresh_from.add(m.node_id)
         if more is not None and m.node_id in self.fresh_from:
-            self.sync.pull(m, dict(more), now)
+            self._pull(m, dict(more), now)
 
     # ================================================================ serving
 
@@ -97,15 +104,15 @@ class Serving:
         what more we hold where the bound cut the answer short."""
         credit = self.credit.left(m.node_id, m.addr)
         frame = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + (0 if m.confirmed else CERT_SIZE)
-        room = self.sync.outbox.budget(m, 1)
+        room = self._outbox.budget(m, 1)
         # records that fit the credit once every datagram's framing is paid for
         limit = min(self.config.pull_serve_bytes, (credit - frame) * room / (room + frame))
         packed, more = self.served(m, wants, limit)
-        c, out = self.counters, self.sync.outbox.datagrams
+        c, out = self.counters, self._outbox.datagrams
         if limit < self.config.pull_serve_bytes and more:
             c["serve_credit_cuts"] += 1
         before = len(out)
-        self.sync.outbox.send_records(m, packed, last=msg.Records(tuple((o, s) for o, s in more) or None))
+        self._outbox.send_records(m, packed, last=msg.Records(tuple((o, s) for o, s in more) or None))
         size = sum(len(d) for d, _ in out[before:])
         self.credit.spend(m.node_id, size)
         c["records_served_bytes"] += size
@@ -114,13 +121,12 @@ class Serving:
         """(the packed records answering wants, in order, up to `limit` bytes (default
         pull_serve_bytes) counted per origin (a batch goes whole, so an origin's records are
         never cut short); [origin, step] for each wanted origin we hold further than they reach)."""
-        sync = self.sync
         left = self.config.pull_serve_bytes if limit is None else limit
-        budget = sync.outbox.budget(m, 1)
+        budget = self._outbox.budget(m, 1)
         out, more = [], []
         for origin, from_step in wants:
-            cut = sync.influence.excluded_from(origin) or 1 << 62
-            held = min(sync.book.contiguous(origin), cut - 1)
+            cut = self._influence.excluded_from(origin) or 1 << 62
+            held = min(self._book.contiguous(origin), cut - 1)
             upto = from_step - 1
             if left > 0:
                 batch, size = [], 0   # a batch (members and their closer) goes whole, or not at all
@@ -129,7 +135,7 @@ class Serving:
                     if first >= cut:
                         break   # wholly excluded: never served
                     member = canon[0] & REC_MEMBER
-                    if origin == sync.node_id:
+                    if origin == self._node_id:
                         canon = encode_any(None, first, qs, sig, hashes)   # the sender is the origin
                     packed = packb(canon)
                     batch.append((packed, first + len(qs) - 1))
@@ -151,7 +157,7 @@ class Serving:
     def _whole_batches(self, origin: bytes, from_step: int, limit: int) -> list:
         """Stored records from from_step on, up to limit bytes, then on to the next signed
         record: a member is served with the closer that vouches for it (a batch goes whole)."""
-        store = self.sync.store
+        store = self._store
         recs = store.get(origin, from_step, limit)
         while recs and recs[-1][0] & REC_MEMBER:
             _, first, qs, _, _ = decode_any(recs[-1])

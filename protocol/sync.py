@@ -70,8 +70,12 @@ class Sync:
         self._batch: list = []                 # [(first_step, qs)], unsigned members to be
         self.flush_at: float | None = None     # when the open batch is signed anyway
         self.influence = InfluenceBudget.from_config(config)
-        self.equiv = Equivocations(self)   # proofs of equivocation: one more exclusion reason
-        self.serving = Serving(self)       # records out of the store for peers that lack them
+        # proofs of equivocation: one more exclusion reason
+        self.equiv = Equivocations(config, session, store, self.book, self.influence, outbox, gossip_q, events,
+                                   exclude=self.exclude, news=self.news)
+        # records out of the store for peers that lack them
+        self.serving = Serving(config, self.node_id, outbox, store, self.book, self.influence,
+                               news=self.news, pull=self.pull)
         self.equiv.load()
         rules = getattr(store, "rule_exclusions", None)
         for origin, (step, reason) in (rules() if rules else {}).items():

@@ -173,9 +173,9 @@ def test_a_diverged_peer_is_sent_every_origin_in_turn_even_when_one_answer_holds
     for i in range(4):
         recent = {first: (first + 7, b"f", [i, first, b"q" * 8, b"s" * 64]) for first in range(1, 200, 8)}
         origins[bytes([i]) * 16] = SimpleNamespace(recent=recent, recent_order=deque(recent))
-    sync = SimpleNamespace(book=SimpleNamespace(origins=origins), config=ProtocolConfig(swarm_id=SWARM),
-                           outbox=SimpleNamespace(send_records=lambda m, recs, limit: sent.append(recs)))
-    eq = Equivocations(sync)
+    outbox = SimpleNamespace(send_records=lambda m, recs, limit: sent.append(recs))
+    eq = Equivocations(ProtocolConfig(swarm_id=SWARM), None, None, SimpleNamespace(origins=origins), None, outbox,
+                       None, None, exclude=None, news=None)
     for _ in range(4):
         eq.on_diverged(None)
     got = {msgpack_first(r) for recs in sent for r in recs}
