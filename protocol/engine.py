@@ -333,7 +333,7 @@ class Engine:
 
     # ================================================================ views
     def peers(self) -> list:
-        return [PeerInfo(m.node_id, m.addr, m.state.name.lower(), m.incarnation, m.generation, m.rtt,
+        return [PeerInfo(m.node_id, m.addr, m.state.name.lower(), m.incarnation, m.generation, m.probe.rtt,
                          m.version)
                 for m in self.members.members.values()]
 
@@ -467,8 +467,7 @@ class Engine:
             raise WireError("rate_limited")
         self._apply(change)
         self.nat.set_kind(m, kind)
-        if m.mac_key is None:   # a new member, or a new session of a known one
-            m.mac_key = key
+        self.session.joined(m, key)
         # The HELLO tells the joiner where its JOIN came from (its observed address).
         self.outbox.send(msg.Hello(addr), m, addr=addr, cert=True, piggyback=False)
 
@@ -559,8 +558,7 @@ class Engine:
         if known is not None and known.cert == item.cert:
             if direct:
                 self.nat.set_kind(known, item.nat)   # its own word on its reachability
-            if item.version is not None and (direct or known.version is None):
-                known.version = item.version
+            self.members.note_version(known, item.version, direct)
             return   # the certificate we hold (the common case): nothing new, nothing to parse
         _, _, gen, inc, _ = parse_cert(item.cert)
         if known is not None and (gen, inc) <= (known.generation, known.incarnation):
@@ -589,7 +587,7 @@ class Engine:
         # Attach the new certificate to the next datagram to every peer: a peer that holds us
         # dead revives us on sight, and gossips it on (this is what heals partitions quickly).
         for m in self.members.members.values():
-            m.confirmed = False
+            self.session.unconfirm(m)
 
     def _announce_self(self, whole: bool = False) -> None:
         self.gossip_q.push(self.node_id, self._own_alive(), whole, own=True)

@@ -37,10 +37,43 @@ class MemberState(IntEnum):
     LEFT = 3
 
 
+class PeerChannel:
+    """Our authenticated channel with a peer (protocol/session.py writes it); a new
+    certificate generation of the peer starts a new one."""
+    __slots__ = ("mac_key", "window", "confirmed")
+
+    def __init__(self):
+        self.mac_key: bytes | None = None
+        self.window = ReplayWindow()
+        self.confirmed = False   # the peer proved it holds our cert (sent us a MAC'd datagram)
+
+
+class PeerPath:
+    """How we reach a peer behind a NAT (protocol/nat.py writes it)."""
+    __slots__ = ("until", "relay")
+
+    def __init__(self):
+        self.until = float("-inf")        # until when we hold a direct path through its NAT
+        self.relay: bytes | None = None   # the member relaying for us, if no path
+
+
+class PeerProbe:
+    """What probing learns of a peer (protocol/probing.py writes it)."""
+    __slots__ = ("rtt", "told_dead", "heard_at")
+
+    def __init__(self):
+        self.rtt: float | None = None
+        self.told_dead = 0.0            # last time we told this (dead-to-us) peer so it can refute
+        self.heard_at = float("-inf")   # its last authenticated datagram
+
+
 class Member:
+    """One peer as this node knows it. Each part has one writer: the identity and membership
+    state here (Membership), `channel` (Session), `probe` (Probing), `path` (Nat), `known`
+    (dissemination.note_held)."""
     __slots__ = ("node_id", "pub", "xpub", "generation", "incarnation", "cert", "addr", "state",
-                 "state_since", "mac_key", "window", "confirmed", "rtt", "told_dead",
-                 "nat", "path_until", "relay", "known", "heard_at", "version", "asked")
+                 "state_since", "channel", "probe",
+                 "nat", "path", "known", "version", "asked")
 
     def __init__(self, cert: Cert, addr, now: float):
         self.node_id = cert.node_id
@@ -52,22 +85,16 @@ class Member:
         self.addr = addr
         self.state = MemberState.ALIVE
         self.state_since = now
-        # Our session with it (protocol/session.py reads and advances these three).
-        self.mac_key: bytes | None = None
-        self.window = ReplayWindow()
-        self.confirmed = False   # peer proved it holds our cert (sent us a MAC'd datagram)
-        self.rtt: float | None = None
-        self.told_dead = 0.0     # last time we told this (dead-to-us) peer so it can refute
+        self.channel = PeerChannel()
+        self.probe = PeerProbe()
         # Reachability (protocol/nat.py): what it announces, until when we hold a direct path
         # through its NAT (it sent to us lately), and the member relaying for us if no path.
         self.nat = NatKind.OPEN
         self.version: str | None = None   # its software version, as its ALIVE items say (a hint)
-        self.path_until = float("-inf")
-        self.relay: bytes | None = None
+        self.path = PeerPath()
         # Certificates it is known to hold: node id -> alive_tag (protocol/wire.py), from ALIVE
         # items it sent us or we sent it; ALIVE gossip skips these (dissemination.py).
         self.known: dict = {}
-        self.heard_at = float("-inf")   # its last authenticated datagram (protocol/probing.py)
         self.asked = False   # while SUSPECT: we asked whether it was refuted (ripe_suspects)
 
     @property
@@ -217,7 +244,7 @@ class Membership:
         if gen != m.generation:
             # A restart: new session key, new counter space, and nothing known of what it
             # holds (a restarted node may have lost every certificate it had: send them again).
-            m.xpub, m.mac_key, m.window, m.confirmed = cert.xpub, None, ReplayWindow(), False
+            m.xpub, m.channel = cert.xpub, PeerChannel()
             m.known.clear()
             if not direct and addr is not None:
                 m.addr = addr
@@ -279,6 +306,23 @@ class Membership:
         self._not_alive.pop(node_id, None)
         self._live = None
         return change
+
+    def note_version(self, m: Member, version: str | None, direct: bool) -> None:
+        """m's software version as an ALIVE item says it: its own word (direct) replaces what
+        we hold, a relayed one only fills a blank (a hint for operators, unsigned)."""
+        if version is not None and (direct or m.version is None):
+            m.version = version
+
+    def redirect(self, m: Member, addr) -> None:
+        """A punch introduced m at another address (its NAT's mapping for us): send there."""
+        m.addr = addr
+
+    def set_nat(self, m: Member, kind: int) -> bool:
+        """m's own word on its reachability (its datagrams' flags); True if it changed."""
+        if m.nat == kind:
+            return False
+        m.nat = NatKind(kind)
+        return True
 
     def _alive(self, m: Member, event: Event | None, back: bool = False) -> Change:
         return Change(m.node_id, event, encode_alive(m.cert, m.addr, m.nat, m.version), back)

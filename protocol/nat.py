@@ -93,26 +93,24 @@ class Nat:
         self.members.reachable = self.reachable
 
     def direct(self, m: Member) -> bool:
-        return m.nat == NatKind.OPEN or m.path_until >= self.now
+        return m.nat == NatKind.OPEN or m.path.until >= self.now
 
     def reachable(self, m: Member) -> bool:
-        if m.nat == NatKind.OPEN or m.path_until >= self.now:
+        if m.nat == NatKind.OPEN or m.path.until >= self.now:
             return True
-        r = self.members.get(m.relay) if m.relay is not None else None
+        r = self.members.get(m.path.relay) if m.path.relay is not None else None
         return r is not None and r.live and r.addr is not None and self.direct(r)
 
     def set_kind(self, m: Member, kind: int) -> None:
         """What m announces about itself."""
-        if m.nat != kind:
-            m.nat = NatKind(kind)
-            if kind != NatKind.OPEN:
-                self.activate()
+        if self.members.set_nat(m, kind) and kind != NatKind.OPEN:
+            self.activate()
 
     def heard_direct(self, m: Member, now: float) -> None:
         """An authenticated datagram from m arrived straight from its address: a path."""
-        m.path_until = now + PATH_TTL_S
-        if m.relay is not None:
-            m.relay = None
+        m.path.until = now + PATH_TTL_S
+        if m.path.relay is not None:
+            m.path.relay = None
             self.relayed.discard(m.node_id)
         if self.punching.pop(m.node_id, None) is not None:
             self.counters["punches_ok"] += 1
@@ -120,9 +118,9 @@ class Nat:
     def spare(self, m: Member) -> bool:
         """A probe of m failed: True if it went through a relay (the relay may be what failed:
         m is not suspected, the relay is dropped and a new introduction may follow)."""
-        if m.relay is None or self.direct(m):
+        if m.path.relay is None or self.direct(m):
             return False
-        m.relay = None
+        m.path.relay = None
         self.relayed.discard(m.node_id)
         return True
 
@@ -173,9 +171,9 @@ class Nat:
         self._punch_rounds(now)
         for nid in list(self.relayed):
             m = self.members.get(nid)
-            if m is None or not m.live or m.relay is None or not self.reachable(m):
+            if m is None or not m.live or m.path.relay is None or not self.reachable(m):
                 if m is not None:
-                    m.relay = None
+                    m.path.relay = None
                 self.relayed.discard(nid)
         if self.kind == NatKind.OPEN:
             return
@@ -198,8 +196,8 @@ class Nat:
 
     def _nat_peers(self, direct_only: bool = False) -> list:
         return [m for m in self.members.live_members()
-                if m.nat != NatKind.OPEN and (m.path_until >= self.now
-                                              or not direct_only and m.relay is not None)]
+                if m.nat != NatKind.OPEN and (m.path.until >= self.now
+                                              or not direct_only and m.path.relay is not None)]
 
     def _maybe_punch(self, now: float) -> None:
         """At most one new introduction per tick, while we hold fewer than NAT_PEERS paths."""
@@ -232,7 +230,7 @@ class Nat:
     def _use_relay(self, m: Member, relay_id: bytes) -> None:
         r = self.members.get(relay_id)
         if r is not None and r.live and self.direct(r) and not self.direct(m):
-            m.relay = relay_id
+            m.path.relay = relay_id
             self.relayed.add(m.node_id)
 
     # ================================================================ messages
@@ -256,7 +254,7 @@ class Nat:
             # A symmetric NAT maps us to another port for every peer: nothing to punch.
             self._use_relay(peer, m.node_id)
             return
-        peer.addr = punch.addr
+        self.members.redirect(peer, punch.addr)
         self.punching[peer.node_id] = Punch(m.node_id, now + PUNCH_WAIT_S, now + PUNCH_PING_S)
         self.outbox.send(msg.Ping(0), peer, addr=punch.addr)
 
@@ -276,7 +274,7 @@ class Nat:
             raise WireError("malformed")
         if not dest.live or dest.addr is None or not self.direct(dest):
             raise WireError("no_path")
-        cert = 0 if dest.confirmed else CERT_SIZE
+        cert = 0 if dest.channel.confirmed else CERT_SIZE
         if len(inner) + RELAY_OVERHEAD + cert > self.config.max_datagram:
             raise WireError("oversize")
         self.counters["relay_forwarded_bytes"] += len(inner)
@@ -286,13 +284,13 @@ class Nat:
     # ================================================================ outgoing
     def wrap_overhead(self, m: Member) -> int:
         """Bytes a datagram to m must leave for a RELAY around it (either hop may carry a cert)."""
-        return RELAY_OVERHEAD + CERT_SIZE if m.relay is not None and not self.direct(m) else 0
+        return RELAY_OVERHEAD + CERT_SIZE if m.path.relay is not None and not self.direct(m) else 0
 
     def wrap(self, m: Member, data: bytes) -> bool:
         """Send data (sealed for m) through m's relay.  False: no relay in use, send it direct."""
-        if m.relay is None or self.direct(m):
+        if m.path.relay is None or self.direct(m):
             return False
-        r = self.members.get(m.relay)
+        r = self.members.get(m.path.relay)
         if r is None or not r.live or r.addr is None or not self.direct(r):
             return False
         self.counters["relay_sent_bytes"] += len(data)

@@ -29,7 +29,7 @@ class Outbox:
 
     def budget(self, m: Member, payload_len: int) -> int:
         """Bytes left for gossip and records in a datagram to m with this payload."""
-        cert = 0 if m.confirmed else CERT_SIZE
+        cert = 0 if m.channel.confirmed else CERT_SIZE
         relay = self.nat.wrap_overhead(m) if self.nat is not None else 0
         return (self.config.max_datagram - HEADER_SIZE - cert - MAC_SIZE - BODY_OVERHEAD - relay
                 - payload_len)
@@ -51,8 +51,8 @@ class Outbox:
                 limit = self.config.transmit_limit(self.members.live_count() + 1)
                 gossip = self.gossip_q.take(budget, limit, 0, to=m)
         body = pack_body(payload, gossip, records or [])
-        data = self.session.seal(message.TYPE, m.mac_key, body, with_cert=cert or not m.confirmed)
-        if addr is None and m.relay is not None and self.nat is not None and self.nat.wrap(m, data):
+        data = self.session.seal(message.TYPE, m.channel.mac_key, body, with_cert=cert or not m.channel.confirmed)
+        if addr is None and m.path.relay is not None and self.nat is not None and self.nat.wrap(m, data):
             return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))
 

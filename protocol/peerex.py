@@ -65,8 +65,7 @@ class CertExchange:
         if m is not None and theirs <= (m.generation, m.incarnation):
             if theirs == (m.generation, m.incarnation):
                 note_held(sender, nid, alive_tag(m.cert, item.nat))
-                if item.version is not None and m.version is None:
-                    m.version = item.version
+                self.members.note_version(m, item.version, direct=False)
             return
         want = self.wanted.get(nid)
         if want is None or theirs > want.version:
@@ -151,7 +150,7 @@ class CertExchange:
 
     def _answer(self, m: Member, items: list, cert: bool = False) -> None:
         """One PEERS datagram with as many of the items as fit."""
-        out, budget = [], self.outbox.budget(m, 1) - (CERT_SIZE if cert and m.confirmed else 0)
+        out, budget = [], self.outbox.budget(m, 1) - (CERT_SIZE if cert and m.channel.confirmed else 0)
         for packed in items:
             if len(packed) > budget:
                 break

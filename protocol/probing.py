@@ -55,8 +55,8 @@ class Probing:
         for seq in [s for s, r in self.relays.items() if r.expires < now]:
             del self.relays[seq]
         target = self.members.next_probe_target(self.rng)
-        if (target is not None and now - target.heard_at < self.config.probe_quiet_s
-                and (target.rtt is not None or self.observed_enough())
+        if (target is not None and now - target.probe.heard_at < self.config.probe_quiet_s
+                and (target.probe.rtt is not None or self.observed_enough())
                 and self.members.reachable is None):
             # Its own traffic (records, digests, pings) proved it alive lately: skip its turn.
             # A member that dies falls silent, and probe_quiet_s later it is pinged again.
@@ -158,11 +158,11 @@ class Probing:
 
     def tell_dead(self, m: Member, now: float) -> None:
         """A member we hold dead talks to us: tell it (at most once per reconnect interval)."""
-        if m.state != MemberState.LEFT and now - m.told_dead >= self.config.reconnect_interval_s:
+        if m.state != MemberState.LEFT and now - m.probe.told_dead >= self.config.reconnect_interval_s:
             self._tell_dead(m, now)
 
     def _tell_dead(self, m: Member, now: float) -> None:
-        m.told_dead = now
+        m.probe.told_dead = now
         self.outbox.send(msg.Ping(0), m, [encode_dead(m.node_id, m.incarnation)])
 
     # ================================================================ messages
@@ -171,7 +171,7 @@ class Probing:
         suspicions under load and loss than waiting for the one ACK).  An ACK settles its own
         probe in on_ack, where it also measures the round trip.  now: when (see probe_next)."""
         if now is not None:
-            m.heard_at = now
+            m.probe.heard_at = now
         if self.probes and mtype != MessageType.ACK:
             for seq in [s for s, p in self.probes.items() if p.target == m.node_id]:
                 del self.probes[seq]
@@ -185,7 +185,7 @@ class Probing:
         if probe is not None:
             if probe.target == m.node_id:
                 rtt = now - probe.sent_at
-                m.rtt = rtt if m.rtt is None else 0.8 * m.rtt + 0.2 * rtt
+                m.probe.rtt = rtt if m.probe.rtt is None else 0.8 * m.probe.rtt + 0.2 * rtt
             return
         relay = self.relays.pop(ack.seq, None)
         if relay is not None:

@@ -103,7 +103,7 @@ class Serving:
         pull_serve_bytes and by m's credit (whole datagrams counted); the last datagram says
         what more we hold where the bound cut the answer short."""
         credit = self.credit.left(m.node_id, m.addr)
-        frame = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + (0 if m.confirmed else CERT_SIZE)
+        frame = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + (0 if m.channel.confirmed else CERT_SIZE)
         room = self._outbox.budget(m, 1)
         # records that fit the credit once every datagram's framing is paid for
         limit = min(self.config.pull_serve_bytes, (credit - frame) * room / (room + frame))

@@ -126,9 +126,9 @@ class Session:
 
     def ensure_key(self, m) -> bool:
         """Give member m its pair key if it has none yet; False if its session key is unusable."""
-        if m.mac_key is None:
+        if m.channel.mac_key is None:
             try:
-                m.mac_key = self.pair_key(m.xpub)
+                m.channel.mac_key = self.pair_key(m.xpub)
             except WireError:
                 return False
         return True
@@ -143,18 +143,18 @@ class Session:
             if m is not None and (cert.generation < m.generation
                                   or cert.generation == m.generation and cert.xpub != m.xpub):
                 raise WireError("stale_generation")
-            if m is not None and cert.generation == m.generation and m.mac_key:
-                key = m.mac_key
+            if m is not None and cert.generation == m.generation and m.channel.mac_key:
+                key = m.channel.mac_key
             else:
                 key = self.pair_key(cert.xpub)
         else:
-            if m is None or m.mac_key is None and not self.ensure_key(m):
+            if m is None or m.channel.mac_key is None and not self.ensure_key(m):
                 raise WireError("unknown_sender")
-            key = m.mac_key
+            key = m.channel.mac_key
         if not hmac.compare_digest(mac(key, h.signed), h.mac):
             raise WireError("bad_mac")
         new_session = m is None or (cert is not None and cert.generation != m.generation)
-        window = ReplayWindow() if new_session else m.window
+        window = ReplayWindow() if new_session else m.channel.window
         if not window.check(h.counter):
             raise WireError("replayed")
         return Authenticated(cert, key, window, new_session)
@@ -162,10 +162,20 @@ class Session:
     def accept(self, m, auth: Authenticated, counter: int) -> None:
         """The datagram parsed: its counter is used up, and member m's session is the one it proved."""
         if auth.new_session:
-            m.window = auth.window
-        m.mac_key = auth.key
-        m.window.accept(counter)
-        m.confirmed = True       # a valid MAC proves it holds our certificate
+            m.channel.window = auth.window
+        m.channel.mac_key = auth.key
+        m.channel.window.accept(counter)
+        m.channel.confirmed = True       # a valid MAC proves it holds our certificate
+
+    def joined(self, m, key: bytes) -> None:
+        """m's JOIN verified under key: its channel's key, if it has none (a new member, or a
+        new session of a known one)."""
+        if m.channel.mac_key is None:
+            m.channel.mac_key = key
+
+    def unconfirm(self, m) -> None:
+        """Our certificate changed (a refutation): m must be sent it again."""
+        m.channel.confirmed = False
 
     def verify_join(self, h: Header, now: float) -> Cert:
         """A JOIN has no MAC (the joiner lacks our key): its certificate's key signs it whole."""

@@ -122,8 +122,8 @@ class Net:
 
 def state_of(eng: Engine) -> tuple:
     """Everything a dropped datagram must leave unchanged (counters, caches, limiters excluded)."""
-    members = tuple(sorted((m.node_id, m.state, m.incarnation, m.generation, m.addr, m.window.top,
-                            m.window.bits, m.confirmed, m.mac_key) for m in eng.members.members.values()))
+    members = tuple(sorted((m.node_id, m.state, m.incarnation, m.generation, m.addr, m.channel.window.top,
+                            m.channel.window.bits, m.channel.confirmed, m.channel.mac_key) for m in eng.members.members.values()))
     book = tuple(sorted((o, st.contiguous, tuple(sorted(st.pending)), st.equivocating)
                         for o, st in eng.sync.book.origins.items()))
     return (members, book, tuple(sorted(eng.store.version_vector().items())), len(eng.gossip_q),

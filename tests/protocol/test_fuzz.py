@@ -124,7 +124,7 @@ def test_authenticated_garbage_never_raises(mtype, body):
     except Exception:
         return
     data = pack_header(1, net.config.swarm_tag, mtype, b.node_id, 10_000, None) + packed
-    data += mac(m.mac_key, data)
+    data += mac(m.channel.mac_key, data)
     a.receive_datagram(data[:1200], net.addr_of[b.node_id], 1.0)
     assert a.counters["internal_errors"] == 0
 

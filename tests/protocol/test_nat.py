@@ -67,8 +67,8 @@ def test_cone_nodes_punch_a_direct_path_through_an_introducer():
     sw = swarm()
     sw.run_for(20)
     a, b = member(sw, 3, 4), member(sw, 4, 3)
-    assert a.relay is None and b.relay is None
-    assert a.path_until > sw.now and b.path_until > sw.now
+    assert a.path.relay is None and b.path.relay is None
+    assert a.path.until > sw.now and b.path.until > sw.now
     assert a.addr == (sw.nodes[4].nat.ip, sw.nodes[4].nat.by_remote[None])
     assert sum(n.engine.counters["introductions"] for n in sw.nodes[:3]) >= 1
     assert sw.nodes[3].engine.counters["punches_ok"] + sw.nodes[4].engine.counters["punches_ok"] >= 1
@@ -78,8 +78,8 @@ def test_symmetric_nat_falls_back_to_a_relay_that_cannot_alter_datagrams():
     sw = swarm()
     sw.run_for(20)
     sym, cone = sw.nodes[5], sw.nodes[3]
-    via = member(sw, 5, 3).relay
-    assert via is not None and member(sw, 3, 5).relay is not None
+    via = member(sw, 5, 3).path.relay
+    assert via is not None and member(sw, 3, 5).path.relay is not None
     assert via in {n.engine.node_id for n in sw.nodes[:3]}
     assert sym.engine.counters["relay_sent_bytes"] > 0 and cone.engine.counters["relay_received_bytes"] > 0
     relay = next(n for n in sw.nodes if n.engine.node_id == via)
@@ -122,7 +122,7 @@ def test_keepalive_holds_the_mapping_open_through_quiet_minutes():
     assert anchors and KEEPALIVE_S < 30.0
     for nid in anchors:
         holder = next(n for n in sw.nodes if n.engine.node_id == nid)
-        assert holder.engine.members.get(cone.engine.node_id).path_until > sw.now
+        assert holder.engine.members.get(cone.engine.node_id).path.until > sw.now
     assert sw.deaths == []
 
 

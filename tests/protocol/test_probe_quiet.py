@@ -93,5 +93,5 @@ def test_a_quiet_member_is_not_pinged_only_to_hear_our_address_once_a_few_peers_
     sw = flowing_swarm(CFG, n=12)
     sw.run_for(20.0)
     assert all(node.engine.nat.observed_enough() for node in sw.nodes)
-    never_pinged = sum(1 for node in sw.nodes for m in node.engine.members.live_members() if m.rtt is None)
+    never_pinged = sum(1 for node in sw.nodes for m in node.engine.members.live_members() if m.probe.rtt is None)
     assert never_pinged > len(sw.nodes)   # more than one per node, of 11 each
