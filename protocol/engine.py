@@ -124,15 +124,17 @@ class Engine:
         self.members = Membership(config)
         self.gossip_q = TransmitLimitedQueue(config.max_broadcasts)   # membership gossip
         self.outbox = Outbox(config, self.session, self.members, self.gossip_q)
-        self.probing = Probing(config, self.members, self.outbox, rng)
+        # The one cycle: the outbox wraps datagrams for members behind a relay through Nat,
+        # which sends through the outbox. Nat draws from rng when built; Probing, Sync and
+        # CertExchange do not, so their order here changes no draw.
         self.nat = self.outbox.nat = Nat(config, self.members, self.outbox, rng,
                                          self.node_id, bound_addr, now)
-        self.probing.observed_enough = self.nat.observed_enough
+        self.probing = Probing(config, self.members, self.outbox, rng, observed_enough=self.nat.observed_enough)
         self.session.nat = self.nat.kind
-        self.certs = CertExchange(self.members, self.outbox, rng, self.node_id)
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.store, rng, self.gossip_q, now=now)
-        self.certs.everyone_talks = self.sync.everyone_talks
+        self.certs = CertExchange(self.members, self.outbox, rng, self.node_id,
+                                  everyone_talks=self.sync.everyone_talks)
         # One handler per message type, each (member, message, now, via), called once the
         # datagram is authenticated and its payload decoded (protocol/messages.py); via is the
         # relay that carried it, if one did.  JOIN is absent: it is the one unauthenticated

@@ -14,6 +14,7 @@ members it may have missed (docs/protocol.md, "Membership").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .dissemination import note_held
 from .membership import Member, Membership
@@ -43,14 +44,15 @@ class Want:
 
 
 class CertExchange:
-    def __init__(self, members: Membership, outbox: Outbox, rng, node_id: bytes):
+    def __init__(self, members: Membership, outbox: Outbox, rng, node_id: bytes, *,
+                 everyone_talks: Callable[[], bool] = lambda: False):
         self.members = members
         self.outbox = outbox
         self.rng = rng
         self.node_id = node_id
         self.wanted: dict[bytes, Want] = {}    # node id -> the certificate of it we lack
         self.wants: list[bytes] = []           # to ask the sender of the datagram being handled
-        self.everyone_talks = lambda: False    # Engine: a small swarm without NATs (direct push)
+        self.everyone_talks = everyone_talks   # Sync: a small swarm without NATs (direct push)
 
     # ================================================================ receiving TAG items
     def on_tag(self, sender: Member, item: AliveTag, now: float, listed: bool = False) -> None:

@@ -9,7 +9,7 @@ itself lives in Membership; this object owns only the probes in flight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .config import ProtocolConfig
 from .membership import Member, Membership, MemberState
@@ -36,7 +36,8 @@ class Relay:
 
 
 class Probing:
-    def __init__(self, config: ProtocolConfig, members: Membership, outbox: Outbox, rng):
+    def __init__(self, config: ProtocolConfig, members: Membership, outbox: Outbox, rng, *,
+                 observed_enough: Callable[[], bool] = lambda: False):
         self.config = config
         self.members = members
         self.outbox = outbox
@@ -47,7 +48,7 @@ class Probing:
         # to gossip it unless refuted by then).  See hold().
         self.held: dict[bytes, tuple] = {}
         self._seq = 0                         # shared by probes and relays: one ACK, one meaning
-        self.observed_enough = lambda: False  # Nat.observed_enough: peers told us our address
+        self.observed_enough = observed_enough   # Nat.observed_enough: peers told us our address
 
     # ================================================================ rounds
     def probe_next(self, now: float) -> None:
