@@ -19,14 +19,12 @@ transport is not authenticated; every check is by content (docs/protocol.md).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import format_addr, parse_addr
-from .snapshot_service import vv_from_json
+from .snapwire import file_sha256, request, vv_from_json
 
 log = logging.getLogger("onebyte.node.snapshot_join")
 
@@ -59,17 +57,6 @@ class JoinPlan:
     candidates: list                    # best first
     infos: dict                         # addr -> info
     behind_floor: bool                  # peers compacted steps our log lacks
-
-
-async def request(addr, swarm_hex: str, req: dict, timeout: float = TIMEOUT_S) -> tuple[dict, asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(addr[0], addr[1], limit=1 << 20), timeout)
-    writer.write(json.dumps({**req, "swarm": swarm_hex}).encode() + b"\n")
-    await writer.drain()
-    line = await asyncio.wait_for(reader.readline(), timeout)
-    ans = json.loads(line) if line else {"ok": False, "error": "connection closed"}
-    if not isinstance(ans, dict):
-        raise ValueError("malformed answer")
-    return ans, reader, writer
 
 
 async def ask(addr, swarm_hex: str, req: dict, timeout: float = TIMEOUT_S) -> dict | None:
@@ -171,7 +158,7 @@ async def fetch(c: Candidate, directory: Path, swarm_hex: str, progress=None) ->
         except (OSError, asyncio.TimeoutError, ValueError, JoinRefused) as exc:
             last_error = f"{format_addr(addr)}: {exc}"
             continue
-        sha = await asyncio.to_thread(_sha256, part)
+        sha = await asyncio.to_thread(file_sha256, part)
         if sha == c.sha256:
             return part
         part.unlink(missing_ok=True)
@@ -183,7 +170,7 @@ async def _fetch_from(addr, c: Candidate, part: Path, swarm_hex: str, progress) 
     with open(part, "ab") as f:
         while (have := f.tell()) < c.size:
             ans, reader, writer = await request(addr, swarm_hex, {"op": "get", "sha256": c.sha256,
-                                                                   "offset": have, "length": GET_BYTES})
+                                                                   "offset": have, "length": GET_BYTES}, TIMEOUT_S)
             try:
                 if not ans.get("ok"):
                     raise JoinRefused(str(ans.get("error")))
@@ -203,14 +190,6 @@ async def _fetch_from(addr, c: Candidate, part: Path, swarm_hex: str, progress) 
                 progress("fetching snapshot", f.tell(), c.size)
     if part.stat().st_size != c.size:
         raise JoinRefused("size mismatch")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

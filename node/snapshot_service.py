@@ -25,50 +25,21 @@ is the applied one, or by undoing at most `snapshot_attest_max_updates` applied 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import socket
 import time
-from pathlib import Path
 
 from .config import format_addr
 from .snapshot import read_snapshot
+from .snapwire import CHUNK, MAX_LINE, file_sha256, parse_line, vv_from_json, vv_to_json
+from .snapwire import line as wire_line
 from .worker import Attest
 
 log = logging.getLogger("onebyte.node.snapshot_service")
 
-MAX_LINE = 1 << 20
-CHUNK = 1 << 20          # bytes per read of the file while serving
 MAX_GET = 64 << 20       # bytes per `get` request
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT_S = 30.0
-
-
-def vv_to_json(vv: dict[bytes, int]) -> dict[str, int]:
-    return {o.hex(): int(n) for o, n in sorted(vv.items()) if n}
-
-
-def vv_from_json(obj) -> dict[bytes, int]:
-    """A peer's version vector; ValueError on anything malformed."""
-    if not isinstance(obj, dict) or len(obj) > 100_000:
-        raise ValueError("vv must be an object")
-    out = {}
-    for k, v in obj.items():
-        o = bytes.fromhex(k)
-        if len(o) != 16 or isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 62:
-            raise ValueError("bad vv entry")
-        if v:
-            out[o] = v
-    return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ByteRate:
@@ -138,8 +109,8 @@ class SnapshotServer:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
             self.counters["requests"] += 1
             try:
-                req = json.loads(line)
-                if not isinstance(req, dict) or req.get("swarm") != self.d.genesis.swarm_id.hex():
+                req = parse_line(line)
+                if req.get("swarm") != self.d.genesis.swarm_id.hex():
                     raise ValueError("wrong swarm")
                 op = req.get("op")
                 if op == "info":
@@ -161,7 +132,7 @@ class SnapshotServer:
             writer.close()
 
     async def _reply(self, writer, obj: dict) -> None:
-        writer.write(json.dumps(obj).encode() + b"\n")
+        writer.write(wire_line(obj))
         await writer.drain()
 
     async def _current(self):
