@@ -52,6 +52,12 @@ def write_rows(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def flipped(rows: list[dict]) -> list[dict]:
+    """A poisoner's shard (--flip-node): every label the other way, so its q follow the
+    gradient of the wrong task while it obeys the protocol in every other respect."""
+    return [dict(r, label=str(1 - int(r["label"]))) for r in rows]
+
+
 def read_rows(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return [{"sentence": r["sentence"], "label": r["label"]} for r in csv.DictReader(f, delimiter="\t")]
@@ -150,6 +156,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         print(f"[{name}] {n} daemons up after {time.monotonic() - t0:.0f} s "
               f"(trunk cache: {sts[node1.name].get('trunk_cache')})", flush=True)
         next_eval, t_train, stopped = 0, None, False
+        flags: dict = {}   # (auditor, origin) -> the origin's own steps when first flagged (audit)
         while True:
             swarm.check_alive()
             sts = {node.name: swarm.status(node, timeout=60) for node in swarm.nodes}
@@ -157,6 +164,10 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
                 time.sleep(1.0)  # a node too busy to answer (a long step or eval): ask again
                 continue
             own = [int(st["own_steps"]) for st in sts.values()]
+            for auditor, st in sts.items():
+                for origin in (st.get("audit") or {}).get("flagged", []):
+                    vv = st["version_vector"]["by_origin"]
+                    flags.setdefault((auditor, origin), vv.get(origin, 0))
             if t_train is None and all(st.get("worker_state") not in ("starting", "preparing")
                                        for st in sts.values()):
                 t_train = time.monotonic()  # every trunk cache is built: the training clock starts
@@ -190,7 +201,13 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
             run_cli(["export", "--config", str(node1.config), "--out", export, "--force"], swarm.root,
                     "onebyte export", timeout=1800)
         own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
-        return {"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
+        flipper = swarm.nodes[a.flip_node - 1].node_id if a.flip_node and n > 1 else None
+        audit = {"flip_node": a.flip_node or None, "flipper": flipper,
+                 "flagged": [{"by": b, "origin": o, "origin_steps_when_flagged": s} for (b, o), s in sorted(flags.items())],
+                 "flipper_flagged_by": sorted(b for (b, o) in flags if o == flipper),
+                 "honest_flagged": sorted({o for (_, o) in flags if o != flipper}),
+                 "final": {node.name: (st.get("audit") or {}) for node, st in zip(swarm.nodes, swarm.statuses().values())}}
+        return {"audit": audit,"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
                 "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
                 "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
                 "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
@@ -255,6 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--swarm-from", default="", metavar="JSON",
                     help="take the swarm run from this earlier --json output of the same settings and run "
                          "only the single daemon (its curve, steps and digests are kept, and the command named)")
+    ap.add_argument("--flip-node", type=int, default=0, metavar="K",
+                    help="node K (1-based) trains on its shard with every label flipped: a poisoner inside every "
+                    "budget; the run records which nodes' audits flag whom (docs/security.md, Poisoning)")
     ap.add_argument("--json", default="")
     ap.add_argument("--results", default="", help="merge the keys into this results JSON (docs/results.json)")
     a = ap.parse_args(argv)
@@ -267,7 +287,8 @@ def main(argv=None) -> int:
     rows = rows[:a.train_n]
     dev = os.path.join(a.data_dir, "dev.tsv")
     pool = write_rows(root / "pool.tsv", rows)
-    shards = [write_rows(root / f"shard{k}.tsv", rows[k::a.nodes]) for k in range(a.nodes)]
+    shards = [write_rows(root / f"shard{k}.tsv", flipped(rows[k::a.nodes]) if k + 1 == a.flip_node else rows[k::a.nodes])
+              for k in range(a.nodes)]
 
     from onebyte.model.load import num_layers
     from onebyte.model.scope import scope_preset
