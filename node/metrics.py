@@ -25,6 +25,11 @@ log = logging.getLogger("onebyte.node.metrics")
 SCRAPE_TIMEOUT_S = 5.0
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PEER_STATES = ("alive", "suspect", "dead", "left")
+# docs/status.md, worker_state: every value is exported (1 for the current one), so an alert
+# can say `onebyte_worker_state{state="failed"} == 1`
+WORKER_STATES = ("starting", "preparing", "producing", "replaying", "done", "idle", "disk_full",
+                 "learning_history", "failed", "stopped")
+NAT_KINDS = ("open", "nat", "symmetric")
 
 
 class MetricsServer:
@@ -138,12 +143,44 @@ def _families(st: dict):
                             value=len(audit.get("flagged", [])))
     yield GaugeMetricFamily("onebyte_disk_full", "1 while the update log's disk has no room (no local steps)",
                             value=int(bool(st.get("disk_full"))))
+    yield from _alarms(st)
     if st.get("loss_mean") is not None:
         yield GaugeMetricFamily("onebyte_loss", "Running mean of the local training loss", value=st["loss_mean"])
     ev = st.get("last_eval") or {}
     if ev.get("accuracy") is not None:
         yield GaugeMetricFamily("onebyte_eval_accuracy", "Held-out accuracy at the last evaluation",
                                 value=ev["accuracy"])
+
+
+def _alarms(st: dict):
+    """What monitoring/onebyte-alerts.yml alerts on: divergence, exclusions, the worker's state,
+    send errors, configured peers that never answered, and how this node is reached."""
+    yield CounterMetricFamily("onebyte_weights_diverged", "Peers that held our version vector with other weights "
+                              "(invariant: never silent)", value=st.get("weights_diverged", 0))
+    excluded = GaugeMetricFamily("onebyte_origins_excluded", "Origins excluded, by reason (influence budget, "
+                                 "equivocation, steering, revoked, rotated)", labels=["reason"])
+    reasons: dict = {}
+    for v in (st.get("excluded_origins") or {}).values():
+        reasons[v["reason"]] = reasons.get(v["reason"], 0) + 1
+    for reason, n in sorted(reasons.items()):
+        excluded.add_metric([reason], n)
+    yield excluded
+    state = GaugeMetricFamily("onebyte_worker_state", "1 for the worker's current state (docs/status.md)",
+                              labels=["state"])
+    for s in WORKER_STATES:
+        state.add_metric([s], int(st.get("worker_state") == s))
+    yield state
+    yield CounterMetricFamily("onebyte_send_errors", "UDP sends that failed (an unroutable peer address)",
+                              value=st.get("send_errors", 0))
+    yield GaugeMetricFamily("onebyte_bootstrap_silent_peers", "Configured peers never heard from",
+                            value=len(st.get("bootstrap_silent") or []))
+    nat = st.get("nat") or {}
+    kind = GaugeMetricFamily("onebyte_nat_kind", "1 for how peers see this node (open, nat, symmetric)",
+                             labels=["kind"])
+    for k in NAT_KINDS:
+        kind.add_metric([k], int(nat.get("kind", "open") == k))
+    yield kind
+    yield GaugeMetricFamily("onebyte_relayed_peers", "Peers reached through a relay", value=nat.get("relayed", 0))
 
 
 def _by_direction(name: str, doc: str, n_in: int, n_out: int) -> CounterMetricFamily:
