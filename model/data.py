@@ -342,7 +342,9 @@ def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.T
 
 def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype | None = None, trunk=None
                  ) -> Callable[[torch.nn.Module, Sequence[Example]], float]:
-    """loss_fn(model, batch) -> mean loss as a Python float, computed under inference_mode.
+    """loss_fn(model, batch) -> mean loss as a Python float, computed under inference_mode;
+    loss_fn.per_example(model, batch) -> each example's loss (a float64 CPU tensor), what a
+    private step clips one by one (model/privacy.py).
 
     autocast_dtype (e.g. torch.bfloat16 on GPU) runs the forward in that precision while the
     weights stay exact fp32 on their fixed-point grid; the loss is reduced in fp32. A
@@ -350,18 +352,31 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
     """
     spec = task.spec if isinstance(task, Task) else task
     if spec.kind == "lm":
-        def lm_loss(model, batch):
+        def lm_loss(model, batch):   # the mean over every token of the batch
             with torch.inference_mode():
                 ce, _ = lm_token_loss(model, tokenizer, [e.text for e in batch], autocast_dtype)
                 return float(ce.mean())
+
+        def lm_losses(model, batch):   # [B]: each text's mean token loss
+            texts = [e.text for e in batch]
+            with torch.inference_mode():
+                ce, _ = lm_token_loss(model, tokenizer, texts, autocast_dtype)
+                _, mask = encode_batch(tokenizer, texts, ce.device)
+                rows = torch.split(ce.double().cpu(), mask[:, 1:].sum(dim=1).tolist())
+                return torch.stack([r.mean() for r in rows])
+        lm_loss.per_example = lm_losses
         return lm_loss
+    else:
+        label_ids = label_token_ids(spec, tokenizer)
 
-    label_ids = label_token_ids(spec, tokenizer)
+        def losses(model, batch):   # [B]: each example's cross-entropy over the label words
+            with torch.inference_mode():
+                logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids,
+                                               autocast_dtype, trunk)
+                labels = torch.tensor([e.label for e in batch], device=logits.device)
+                return torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu()
 
-    def cls_loss(model, batch):
-        with torch.inference_mode():
-            logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids, autocast_dtype,
-                                           trunk)
-            labels = torch.tensor([e.label for e in batch], device=logits.device)
-            return float(torch.nn.functional.cross_entropy(logits, labels))
-    return cls_loss
+    def loss_fn(model, batch):
+        return float(losses(model, batch).mean())
+    loss_fn.per_example = losses
+    return loss_fn

@@ -150,12 +150,13 @@ class Replica:
             seeds, vseeds, coefs = batch
             self._apply(seeds, vseeds, -coefs, commit=True)
 
-    def local_step(self, loss_fn: Callable, batch, probes: Sequence[tuple]) -> tuple[list[int], float]:
+    def local_step(self, loss_fn: Callable, batch, probes: Sequence[tuple],
+                   privatize: Callable | None = None) -> tuple[list[int], float]:
         """One zeroth-order step on `batch` (model/step.py): probes are the own updates it
         measures, [(seed, step[, vseed])] on consecutive own steps, hyper.probes of them.
         Returns their q and the step's loss; the updates are in the state when it returns,
-        exactly as a peer replays them."""
-        return self._step(loss_fn, batch, probes)
+        exactly as a peer replays them. privatize: the private step (model/privacy.py)."""
+        return self._step(loss_fn, batch, probes, privatize)
 
     def steering(self, updates: Sequence[tuple], k2: int) -> tuple[bool, float]:
         """Does one origin's run of updates steer single weights? (breach, largest ratio)

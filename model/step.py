@@ -42,13 +42,21 @@ class LocalStep:
         self._g2 = None
 
     @torch.no_grad()
-    def __call__(self, loss_fn: Callable, batch, probes: Sequence[tuple]) -> tuple[list[int], float]:
+    def __call__(self, loss_fn: Callable, batch, probes: Sequence[tuple],
+                 privatize: Callable | None = None) -> tuple[list[int], float]:
+        """privatize (model/privacy.py): the private step, two-sided, each example's g clipped
+        and the sum noised before quantization; batch may then be empty (Poisson sampling)."""
         probes = [_probe(p) for p in probes]
         if len(probes) != self.hyper.probes:
             raise ValueError(f"the genesis measures {self.hyper.probes} probe(s) per step, got {len(probes)}")
+        if privatize is not None and (len(probes) != 1 or self.hyper.g_normalize != "none"):
+            raise ValueError("a private step is two-sided SPSA without g normalisation (probes = 1, "
+                             "g_normalize = \"none\"): the clip must bound what one example changes")
         rep = self.replica
         try:
-            if len(probes) == 1:
+            if privatize is not None:
+                gs, loss = self._private(loss_fn, batch, probes[0], privatize)
+            elif len(probes) == 1:
                 gs, loss = self._spsa(loss_fn, batch, probes[0])
             else:
                 gs, loss = self._fzoo(loss_fn, batch, probes)
@@ -79,6 +87,19 @@ class LocalStep:
         l_plus = self._measure(loss_fn, batch, probe, +1)
         l_minus = self._measure(loss_fn, batch, probe, -1)
         return [(l_plus - l_minus) / (2.0 * self.hyper.eps)], 0.5 * (l_plus + l_minus)
+
+    def _private(self, loss_fn, batch, probe, privatize):
+        """Per-example two-sided g, privatized (clip, sum, noise, divide) before quantization."""
+        if not batch:   # Poisson sampling drew nobody: the update is noise alone
+            return [privatize(torch.zeros(0, dtype=torch.float64))], float("nan")
+        seed, _, vseed = probe
+        eps_k = self.replica.grid.eps_k
+        self.replica._apply([seed], [vseed], [eps_k], commit=False)
+        l_plus = loss_fn.per_example(self.replica.model, batch)
+        self.replica._apply([seed], [vseed], [-eps_k], commit=False)
+        l_minus = loss_fn.per_example(self.replica.model, batch)
+        g = (l_plus - l_minus) / (2.0 * self.hyper.eps)
+        return [privatize(g)], float(0.5 * (l_plus + l_minus).mean())
 
     def _fzoo(self, loss_fn, batch, probes):
         clean = self.hyper.probe_baseline == "clean"

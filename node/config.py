@@ -68,6 +68,10 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "max_steps": (0, "stop producing own updates after this many own steps (0 = unlimited); the node keeps replaying"),
     "step_interval_s": (0.0, "minimum seconds between own steps (also capped by the genesis rate cap)"),
     "eval_every": (0, "evaluate every N own steps (0 = never)"),
+    "privacy_epsilon": (0.0, "differential privacy for this node's training rows (docs/privacy.md): the epsilon budget; each own step is clipped and noised before quantization, and the node stops producing when the next step would pass it; 0 = off"),
+    "privacy_delta": (1e-5, "the delta of the privacy guarantee (below 1 / training rows)"),
+    "privacy_clip": (1.0, "private steps: the bound C on one example's projected gradient"),
+    "privacy_noise_multiplier": (0.0, "private steps: the noise's standard deviation in units of privacy_clip; 0 = the smallest that lets max_steps steps fit the budget"),
     "audit_interval_s": (2.0, "measure one peer's newest update on this node's own data this often and flag origins whose q disagrees with it (docs/security.md, Poisoning); 0 = never"),
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
     "eval_examples": (256, "examples of eval_data used per evaluation"),
@@ -111,6 +115,10 @@ class NodeConfig:
     step_interval_s: float
     eval_every: int
     audit_interval_s: float
+    privacy_epsilon: float
+    privacy_delta: float
+    privacy_clip: float
+    privacy_noise_multiplier: float
     eval_data: str
     eval_examples: int
     snapshot_every: int
@@ -257,6 +265,10 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         step_interval_s=float(nonneg("step_interval_s", (int, float))),
         eval_every=nonneg("eval_every"),
         audit_interval_s=float(nonneg("audit_interval_s", (int, float))),
+        privacy_epsilon=float(nonneg("privacy_epsilon", (int, float))),
+        privacy_delta=_open_unit(float(nonneg("privacy_delta", (int, float))), f"{where}: [node] privacy_delta"),
+        privacy_clip=_positive(float(nonneg("privacy_clip", (int, float))), f"{where}: [node] privacy_clip"),
+        privacy_noise_multiplier=float(nonneg("privacy_noise_multiplier", (int, float))),
         eval_data=_maybe_path(get("eval_data", str), base),
         eval_examples=max(1, nonneg("eval_examples")),
         snapshot_every=nonneg("snapshot_every"),
@@ -316,6 +328,18 @@ def read_toml(path: Path, what: str, missing_hint: str) -> dict:
         return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def _open_unit(v: float, what: str) -> float:
+    if not 0 < v < 1:
+        raise ConfigError(f"{what} must be between 0 and 1 (exclusive), got {v}")
+    return v
+
+
+def _positive(v: float, what: str) -> float:
+    if not v > 0:
+        raise ConfigError(f"{what} must be > 0, got {v}")
+    return v
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -144,6 +144,12 @@ def _families(st: dict):
     yield GaugeMetricFamily("onebyte_disk_full", "1 while the update log's disk has no room (no local steps)",
                             value=int(bool(st.get("disk_full"))))
     yield from _alarms(st)
+    privacy = st.get("privacy")
+    if privacy:
+        yield GaugeMetricFamily("onebyte_privacy_epsilon_spent", "Differential privacy spent by this node's own "
+                                "steps (docs/privacy.md)", value=privacy["epsilon_spent"])
+        yield GaugeMetricFamily("onebyte_privacy_epsilon_budget", "The node's epsilon budget",
+                                value=privacy["epsilon_budget"])
     if st.get("loss_mean") is not None:
         yield GaugeMetricFamily("onebyte_loss", "Running mean of the local training loss", value=st["loss_mean"])
     ev = st.get("last_eval") or {}

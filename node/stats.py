@@ -174,6 +174,8 @@ def build_status(d) -> dict:
         "equivocations": d.equivocations,
         # peers' updates measured on our own data; flagged origins disagree with it (docs/security.md)
         "audit": d.worker.setup.audit.status() if d.worker and d.worker.setup.audit else None,
+        # this node's differential-privacy budget (docs/privacy.md); null when off
+        "privacy": d.training.privacy.status() if getattr(d, "training", None) and d.training.privacy else None,
         # our NAT kind and observed address as peers report them (protocol/nat.py)
         "nat": _plain(engine.nat_status()) if engine is not None else None,
         # the steering rule: runs checked, and per origin the largest sum q * noise at one weight in

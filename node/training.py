@@ -28,6 +28,8 @@ class Training:
     evaluator: Callable[..., dict] | None = None     # evaluator(n_examples=None) -> accuracy, loss, n
     prepare: Callable[[], None] | None = None        # run by the worker before its first step
     trunk_info: dict | None = None                   # status `trunk_cache`, updated while building
+    privacy: Any = None                              # node/privacy.py PrivacyBudget (privacy_epsilon > 0)
+    privatize: Callable | None = None                # model/privacy.py Privatizer, for local_step
 
 
 def task_sources(genesis_task: dict, data: str = "", eval_data: str = "",
@@ -74,16 +76,59 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
     seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + node_id,
                                           digest_size=8).digest(), "little")
     sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
+    if cfg.privacy_epsilon > 0:   # Poisson batches from a secret generator, clip and noise
+        privacy, privatize, sample = _private(cfg, genesis, replica, len(task.examples), task.examples)
+    else:
+        privacy, privatize = None, None
 
-    def sample(step: int):
-        return sampler.batch(task.examples, step)
+        def sample(step: int):
+            return sampler.batch(task.examples, step)
 
     def evaluator(n_examples: int | None = None):
         # The periodic evaluation uses eval_examples; a client may ask for another
         # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
         subset = eval_task.examples[:n_examples or cfg.eval_examples]
         return evaluate(replica.model, tokenizer, eval_task, subset, trunk=trunk)
-    return Training(sample, loss_fn, evaluator if eval_task is not None else None, prepare, trunk_info)
+    return Training(sample, loss_fn, evaluator if eval_task is not None else None, prepare, trunk_info,
+                    privacy, privatize)
+
+
+def _private(cfg, genesis, replica, rows: int, examples):
+    """(budget, privatizer, Poisson sampler) of a node with privacy_epsilon > 0 (docs/privacy.md)."""
+    import secrets
+
+    import numpy as np
+
+    from onebyte.model.privacy import Mechanism, Privatizer
+    from .privacy import PrivacyBudget, noise_for
+    hyper = replica.hyper
+    if hyper.probes != 1 or hyper.g_normalize != "none":
+        raise ConfigError(f"[node] privacy_epsilon: private steps are two-sided SPSA (genesis probes = 1, "
+                          f"g_normalize = \"none\"); this genesis has probes = {hyper.probes}, g_normalize = "
+                          f"{hyper.g_normalize!r}")
+    rate = cfg.batch_size / rows
+    if rate >= 1:
+        raise ConfigError(f"[node] privacy_epsilon: batch_size {cfg.batch_size} must be below the {rows} training rows")
+    if cfg.privacy_delta >= 1 / rows:
+        log.warning("privacy_delta %g is not below 1 / %d training rows: the guarantee is weak", cfg.privacy_delta, rows)
+    sigma = cfg.privacy_noise_multiplier
+    if sigma == 0:
+        if not cfg.max_steps:
+            raise ConfigError("[node] privacy_epsilon without privacy_noise_multiplier needs max_steps: the noise "
+                              "is chosen so that max_steps steps fit the budget")
+        try:
+            sigma = noise_for(cfg.privacy_epsilon, cfg.max_steps, rate, cfg.privacy_delta)
+        except ValueError as exc:
+            raise ConfigError(f"[node] privacy_epsilon: {exc}") from None
+    budget = PrivacyBudget(cfg.privacy_epsilon, cfg.privacy_delta, cfg.privacy_clip, sigma, rate)
+    rng = np.random.default_rng(secrets.randbits(128))   # the OS's: not derivable from any public seed
+    privatize = Privatizer(Mechanism(cfg.privacy_clip, sigma, cfg.batch_size), rng)
+    log.info("private steps: clip %g, noise multiplier %.3f, Poisson sample rate %.5f, budget epsilon %g at "
+             "delta %g", cfg.privacy_clip, sigma, rate, cfg.privacy_epsilon, cfg.privacy_delta)
+
+    def poisson(step: int):   # each row in with probability batch_size / rows, independently
+        return [examples[i] for i in np.flatnonzero(rng.random(rows) < rate)]
+    return budget, privatize, poisson
 
 
 def _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path: Path):

@@ -372,7 +372,9 @@ class Worker(threading.Thread):
     def _maybe_audit(self) -> bool:
         """Measure one peer's newest update on our own data when the audit is due (node/audit.py)."""
         audit, training = self.setup.audit, self.training
-        if audit is None or training.loss_fn is None or not audit.due():
+        # A private node's data is read only by its accounted steps: what an audit measures
+        # would be published (status, metrics) outside the budget (docs/privacy.md).
+        if audit is None or training.loss_fn is None or training.privacy is not None or not audit.due():
             return False
 
         def measure(origin: bytes, step: int, q: int) -> float:
@@ -408,13 +410,19 @@ class Worker(threading.Thread):
         now = time.monotonic()
         if now < self._next_step_at:
             return self._next_step_at - now
-        self.stats.state = "producing"
         step = self.applied_vv.get(self.node_id, 0) + 1
+        if training.privacy is not None:   # every own step of this key counts (the log keeps them)
+            training.privacy.steps = step - 1
+            if not training.privacy.allows_next():
+                self.producing = False
+                self.stats.state = "done"
+                return 0.0
+        self.stats.state = "producing"
         # One step measures hyper.probes probes, each its own update on consecutive own steps.
         probes = setup.seeder.probes(self.node_id, step, self.replica.hyper.probes)
         batch = training.sample(step)
         t0 = time.perf_counter()
-        qs, loss = self.replica.local_step(training.loss_fn, batch, probes)
+        qs, loss = self.replica.local_step(training.loss_fn, batch, probes, training.privatize)
         dt = time.perf_counter() - t0
         # Durable before anyone else can learn of it: a crash now loses nothing published,
         # and a restart recomputes the same step (same batch, same seeds, same q).

@@ -1,0 +1,46 @@
+"""The private step's mechanism (DP-ZO, Tang et al., arXiv 2401.04343): what one example can
+change in the one number a node publishes per update is bounded, then hidden in noise.
+
+    g_i  = (L_i(w + eps z) - L_i(w - eps z)) / (2 eps)      each example's projected gradient
+    g    = (sum_i clip(g_i, -C, C) + N(0, (sigma C)^2)) / B  B: the expected batch size
+    q    = quantize(g)                                        post-processing (model/quantize.py)
+
+Adding or removing one example moves sum_i clip(g_i) by at most C, so with batches drawn by
+Poisson sampling (each example in with probability B / N) each update is a subsampled Gaussian
+mechanism of noise multiplier sigma; node/privacy.py composes them with an accountant. The
+noise comes from the operating system's generator, never from the update's public seed (an
+observer who could regenerate it would subtract it). Quantizing g with the seed's stochastic
+rounding is post-processing: it cannot weaken the guarantee. docs/privacy.md.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    clip: float              # C: the bound on one example's projected gradient
+    noise_multiplier: float  # sigma: the noise's standard deviation in units of C
+    expected_batch: float    # B = sample rate * examples: what the noisy sum is divided by
+
+    def __post_init__(self):
+        if not (self.clip > 0 and self.noise_multiplier >= 0 and self.expected_batch > 0):
+            raise ValueError(f"privacy: clip > 0, noise_multiplier >= 0 and a positive batch needed, got {self}")
+
+
+class Privatizer:
+    """Clip, sum, add noise, divide: one private g from the per-example g of a batch."""
+
+    def __init__(self, mechanism: Mechanism, rng: np.random.Generator | None = None):
+        self.mechanism = mechanism
+        self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+
+    def __call__(self, g_examples: torch.Tensor) -> float:
+        m = self.mechanism
+        clipped = float(g_examples.double().clamp(-m.clip, m.clip).sum()) if len(g_examples) else 0.0
+        noise = float(self._rng.normal(0.0, m.noise_multiplier * m.clip)) if m.noise_multiplier else 0.0
+        return (clipped + noise) / m.expected_batch
