@@ -42,6 +42,7 @@ from .status import StatusServer
 from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
 from .version import VERSION
+from .webpage import History
 from .audit import Audit
 from .steering import Steered
 from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
@@ -79,6 +80,7 @@ class Daemon:
         self.compactor = None         # node/compaction.py
         self.joined = None            # node/snapshot_join.py Joined, if this start joined from a snapshot
         self.metrics = None
+        self.history = History()   # loss and accuracy over time, for the node's web page
         self.worker: Worker | None = None
         self.engine = None
         self.update_log = None
@@ -410,6 +412,8 @@ class Daemon:
             self._disk_tick()
             self._pump()
             self.peers.silent_bootstrap()
+            if self.worker is not None and self.history.due():
+                self.history.add(self.worker.stats, sum(self.update_log.updates_vv().values()))
 
     def _pump(self) -> None:
         """After any engine input: events, then datagrams out, then re-arm the one timer."""

@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+import json
+import socket
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from .config import format_addr
 from .errors import ConfigError
 from .stats import build_status
+from .webpage import PAGE, page_status
 
 log = logging.getLogger("onebyte.node.metrics")
 
@@ -41,17 +47,42 @@ class MetricsServer:
                                       "(two forward passes and the update)", buckets=STEP_BUCKETS,
                                       registry=self.registry)
         self.registry.register(_Collector(daemon))
+        self._metrics = make_wsgi_app(self.registry)
         self._server = None
         self._last_step_seconds = 0.0
 
     def start(self) -> None:
+        import threading
         host, port = self.listen
+        server_class = _Server6 if ":" in host else _Server
         try:
-            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = make_server(host, port, self._app, server_class=server_class, handler_class=_Quiet)
         except OSError as exc:
             raise ConfigError(f"[node] metrics_listen {format_addr(self.listen)}: cannot listen: "
                               f"{exc.strerror or exc}") from None
-        log.info("Prometheus metrics on http://%s/metrics", format_addr(self.address))
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("Prometheus metrics on http://%s/metrics, the node's page on http://%s/",
+                 format_addr(self.address), format_addr(self.address))
+
+    def _app(self, environ, start_response):
+        """/metrics (Prometheus), / (the page, node/webpage.py) and /status.json (what it draws)."""
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self._metrics(environ, start_response)
+        if path in ("/", "/index.html"):
+            body, kind = PAGE.encode(), "text/html; charset=utf-8"
+        elif path == "/status.json":
+            st = status_snapshot(self.d) if self.d.ready else None
+            if st is None:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"starting\n"]
+            body, kind = json.dumps(page_status(st, self.d.history)).encode(), "application/json"
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: /metrics, / and /status.json are served\n"]
+        start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-store")])
+        return [body]
 
     @property
     def address(self) -> tuple:
@@ -71,6 +102,19 @@ class MetricsServer:
             self._server = None
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:   # scrapes every few seconds: not worth a log line each
+        pass
+
+
 class _Collector:
     """Reads one status snapshot per scrape, on the loop thread."""
 
@@ -83,14 +127,21 @@ class _Collector:
             yield GaugeMetricFamily("onebyte_ready", "1 once the node serves (model loaded, log replayed)", value=0)
             return
 
-        async def snapshot():
-            return build_status(d)
-        try:
-            st = asyncio.run_coroutine_threadsafe(snapshot(), d.loop).result(SCRAPE_TIMEOUT_S)
-        except Exception as exc:  # the loop is stopping or too busy: an empty scrape, not a 500
-            log.debug("metrics scrape failed: %s", exc)
-            return
-        yield from _families(st)
+        st = status_snapshot(d)
+        if st is not None:
+            yield from _families(st)
+
+
+def status_snapshot(d) -> dict | None:
+    """One status snapshot built on the loop thread, from the HTTP thread; None if the loop is
+    stopping or too busy (an empty scrape or a 503, not an error)."""
+    async def snapshot():
+        return build_status(d)
+    try:
+        return asyncio.run_coroutine_threadsafe(snapshot(), d.loop).result(SCRAPE_TIMEOUT_S)
+    except Exception as exc:
+        log.debug("status snapshot for HTTP failed: %s", exc)
+        return None
 
 
 def _families(st: dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -155,6 +156,36 @@ def test_alert_rules_and_dashboard_use_only_exported_metrics(pair):
             assert name in names or name.removesuffix("_total") in optional, f"{name} (in {expr!r}) is not exported"
     src = (Path(__file__).resolve().parents[2] / "node" / "metrics.py").read_text()
     assert all(f'"{n}"' in src for n in optional)
+
+
+def test_the_nodes_web_page_renders_its_data_in_a_headless_browser(pair, tmp_path):
+    """/ beside /metrics: headless Chromium loads it, its script fetches /status.json and draws
+    the members (b, alive, with its version), the cards and the history chart; a screenshot
+    is taken of the rendered page."""
+    import shutil
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium on this machine (.ci/run installs it: apt-get install chromium)")
+    root, nodes, _keys = pair
+    a = nodes["a"]
+    base = a.status()["metrics"].removesuffix("metrics")
+    with urllib.request.urlopen(base + "status.json", timeout=30) as resp:
+        js = json.loads(resp.read())
+    assert js["node_id"] == _node_id(root / "a") and js["members"] and "history" in js
+    wait_for(lambda: json.loads(urllib.request.urlopen(base + "status.json", timeout=30).read())["history"], 60,
+             "a first history point (the loss once a step was taken)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000", "--window-size=1000,900"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", base], capture_output=True, text=True, timeout=120).stdout
+    b_id = _node_id(root / "b")[:16]
+    assert 'data-rendered="1"' in dom, dom[-2000:]
+    assert b_id in dom and 'class="alive"' in dom and "onebyte 0." in dom
+    import re
+    assert re.search(r'<path class="series" d="M[0-9]', dom) and re.search(r'<circle cx="[0-9]', dom), dom[-3000:]
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", base], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(base + "nothing", timeout=30)
 
 
 CLIENT = """
