@@ -18,6 +18,9 @@ Attacks (ATTACKS, a table: add a row per attack):
               steps, under the default steering_window (1,024): the steering rule excludes it from
               step 1 (its first run) everywhere and every node takes its applied steps back.
   steering_2  two colluding members (keys x and y) steering the same weight: each excluded alike.
+  sybils_20   an open swarm that asks for 12 bits of admission work: one attacker mines 20 keys
+              (the time is recorded) and steers one weight with all of them, 1,100 steps each at
+              20 steps/s: each identity excluded at its first run, the honest nodes unharmed.
 The Byzantine member is tests/node/byzantine_peer.py: a real protocol Engine on UDP.
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ ATTACKS = {
     "equivocation": dict(versions=([3] * 8, [3, 3, 3, -3, 3, 3, 3, 3]), rate=20.0, steps=8, max_rate=200.0),
     "steering": dict(steer=1000, colluders=1, rate=40.0, steps=2048, max_rate=200.0, attack_s=52.0),
     "steering_2": dict(steer=1000, colluders=2, rate=40.0, steps=2048, max_rate=200.0, attack_s=52.0),
+    "sybils_20": dict(steer=1000, colluders=20, rate=20.0, steps=1100, max_rate=200.0, attack_s=57.0, work_bits=12),
 }
 ATTACKER_KEYS = ("x", "y")
 
@@ -56,20 +60,38 @@ def steering_q(genesis: Path, node_id: bytes, target: int):
     return lambda step: 30 * noise_signs(seeder.seeds(node_id, step)[0], [target])[0]
 
 
-def make_genesis(root: Path, max_rate: float):
+def make_genesis(root: Path, max_rate: float, work_bits: int = 0, sybils: int = 0):
+    """A closed swarm of a, b, c and the attacker keys; with work_bits, an open swarm asking for
+    that much admission work, every key mined for it (the sybils' mining time in keys["mining_s"])."""
     from onebyte.node.keys import read_key, write_key
     from onebyte.protocol import Identity
-    keys = {}
-    for name in ("a", "b", "c") + ATTACKER_KEYS:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        keys[name] = root / name / "node.key"
-        write_key(keys[name])
+    from onebyte.protocol.identity import mine_identity
     args = ["init", "--model", "tiny", "--data", "builtin:sentiment", "--name", "byz", "--out",
             root / "genesis.toml", "--hyper", "lr=0.0001", "--record-linger", "0.1",
-            "--updates-per-record", "8", "--max-rate", str(max_rate), "--admission", "closed"]
-    for k in keys.values():
-        args += ["--member", Identity.from_private_bytes(read_key(k)).public_bytes().hex()]
-    r = run_cli(*args)
+            "--updates-per-record", "8", "--max-rate", str(max_rate)]
+    names = ("a", "b", "c") + (tuple(f"s{i:02d}" for i in range(sybils)) if work_bits else ATTACKER_KEYS)
+    keys = {name: root / name / "node.key" for name in names}
+    for p in keys.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    if work_bits:
+        r = run_cli(*args, "--admission", "open", "--admission-work-bits", str(work_bits))
+        if r.returncode:
+            raise SystemExit(r.stderr)
+        from onebyte.node.genesis import load_genesis
+        swarm_id = load_genesis(root / "genesis.toml").swarm_id
+        honest, attacker = list(keys.values())[:3], list(keys.values())[3:]
+        for p in honest:
+            write_key(p, private=mine_identity(swarm_id, work_bits)[0].private_bytes())
+        t0 = time.monotonic()   # the attacker's clock: its identities only
+        for p in attacker:
+            write_key(p, private=mine_identity(swarm_id, work_bits)[0].private_bytes())
+        keys["mining_s"] = round(time.monotonic() - t0, 2)
+        return root / "genesis.toml", keys
+    for p in keys.values():
+        write_key(p)
+    for p in keys.values():
+        args += ["--member", Identity.from_private_bytes(read_key(p)).public_bytes().hex()]
+    r = run_cli(*args, "--admission", "closed")
     if r.returncode:
         raise SystemExit(r.stderr)
     return root / "genesis.toml", keys
@@ -88,7 +110,7 @@ def settled(nodes) -> str | None:
 def run_attack(name: str, spec: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"byz-{name}-") as tmp:
         root = Path(tmp)
-        genesis, keys = make_genesis(root, spec["max_rate"])
+        genesis, keys = make_genesis(root, spec["max_rate"], spec.get("work_bits", 0), spec.get("colluders", 0))
         nodes, peers = [], []
         try:
             a = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
@@ -104,7 +126,9 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
             elif "steer" in spec:
                 from onebyte.node.keys import read_key
                 from onebyte.protocol import Identity
-                for k in ATTACKER_KEYS[:spec["colluders"]]:
+                attackers = [k for k in keys if k.startswith("s") and k != "mining_s"] if spec.get("work_bits") \
+                    else ATTACKER_KEYS[:spec["colluders"]]
+                for k in attackers:
                     nid = Identity.from_private_bytes(read_key(keys[k])).node_id
                     peers.append(ByzantinePeer(genesis, keys[k], [a.addr], steering_q(genesis, nid, spec["steer"]),
                                                spec["steps"], spec["rate"]))
@@ -133,6 +157,9 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
                 "byzantine_published": sum(p.published for p in peers),
                 "byzantine_applied_now": max(s["version_vector"]["by_origin"].get(xid, 0) for s in sts for xid in ids),
                 "attack_s": attack_s,
+                "identities": len(peers),
+                "admission_work_bits": spec.get("work_bits", 0),
+                "mining_s_attacker_identities": keys.get("mining_s"),
                 "accepted_max_at_end_of_attack": accepted,
                 "accept_bound_at_end_of_attack": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
                                                        * (attack_s + cfg.rate_burst_s)),
