@@ -52,7 +52,12 @@ def _default_step(args, key: bytes) -> int:
     """The key's next step as the node knows it: its published steps stay, later ones are cut."""
     from onebyte.protocol.identity import node_id_of
     nid = node_id_of(key).hex()
-    rows = [m for m in _members(args)["members"] if m["node_id"] == nid]
+    try:
+        members = _members(args)["members"]
+    except DaemonUnreachable:
+        raise UserError("no running node to find the key's next step: pass --from-step S (its first step "
+                        "to exclude; `onebyte members` on any node shows how many it published)") from None
+    rows = [m for m in members if m["node_id"] == nid]
     return (rows[0]["updates"] if rows else 0) + 1
 
 
