@@ -52,6 +52,21 @@ def write_rows(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def node_fields(a) -> dict:
+    """--node-field NAME=VALUE, numbers as numbers: [node] fields of every daemon (e.g. privacy)."""
+    out = {}
+    for item in a.node_field:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = int(v)
+        except ValueError:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = {"true": True, "false": False}.get(v, v)
+    return out
+
+
 def flipped(rows: list[dict]) -> list[dict]:
     """A poisoner's shard (--flip-node): every label the other way, so its q follow the
     gradient of the wrong task while it obeys the protocol in every other respect."""
@@ -137,7 +152,8 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
     for node, shard in zip(swarm.nodes, shards):
         node.data = shard
         # nobody evaluates inside a daemon (the bench scores snapshots): small eval caches
-        swarm.write_config(node, max_steps=0 if a.minutes else a.steps, eval_examples=16, threads=swarm.threads)
+        swarm.write_config(node, max_steps=0 if a.minutes else a.steps, eval_examples=16, threads=swarm.threads,
+                           extra=node_fields(a))
     for node, shard in zip(swarm.nodes, shards):
         if trunk is not None:   # the node's own rows only: a copy of the whole pool's cache per daemon
             (node.dir / "state").mkdir(mode=0o700, exist_ok=True)   # would cost memory, not time
@@ -207,7 +223,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
                  "flipper_flagged_by": sorted(b for (b, o) in flags if o == flipper),
                  "honest_flagged": sorted({o for (_, o) in flags if o != flipper}),
                  "final": {node.name: (st.get("audit") or {}) for node, st in zip(swarm.nodes, swarm.statuses().values())}}
-        return {"audit": audit,"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
+        return {"audit": audit, "privacy": {name: s.get("privacy") for name, s in st.items() if s and s.get("privacy")},"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
                 "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
                 "final_accuracy": final["accuracy"], "final_loss": final["loss"], "eval_n": final["n"],
                 "updates": updates, "digests_identical": len({d["digest"] for d in digests.values()}) == 1,
@@ -272,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--swarm-from", default="", metavar="JSON",
                     help="take the swarm run from this earlier --json output of the same settings and run "
                          "only the single daemon (its curve, steps and digests are kept, and the command named)")
+    ap.add_argument("--node-field", action="append", default=[], metavar="NAME=VALUE",
+                    help="a [node] field of every daemon (docs/config.md), e.g. privacy_epsilon=3")
     ap.add_argument("--flip-node", type=int, default=0, metavar="K",
                     help="node K (1-based) trains on its shard with every label flipped: a poisoner inside every "
                     "budget; the run records which nodes' audits flag whom (docs/security.md, Poisoning)")
@@ -320,6 +338,7 @@ def main(argv=None) -> int:
     out = {
         "command": " ".join([Path(sys.executable).name] + sys.argv),
         "swarm": "daemons", "bench": "bench/sst2_swarm.py", "model": a.model, "scope": a.scope, "hyper": hyper,
+        "node_fields": node_fields(a) or None,
         "train_pool": a.train_n, "min_words": a.min_words, "eval_set": f"dev.tsv, first {a.eval_n} rows", "batch_size": a.batch_size,
         "steps_per_node": swarm["steps_per_node"], "minutes": a.minutes or None,
         "dev_accuracy_1node": solo["final_accuracy"] if solo else None,

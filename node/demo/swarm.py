@@ -212,7 +212,9 @@ class LocalSwarm:
             self._sock_dir = Path(tempfile.mkdtemp(prefix="onebyte-sock-"))
         return self._sock_dir
 
-    def write_config(self, node: Node, max_steps: int, eval_examples: int, threads: int) -> None:
+    def write_config(self, node: Node, max_steps: int, eval_examples: int, threads: int,
+                     extra: dict | None = None) -> None:
+        """extra: more [node] fields (numbers, strings, booleans), e.g. a privacy budget."""
         peers = [f"127.0.0.1:{o.port}" for o in self.nodes if o is not node]
         text = "\n".join([
             "# Written by `onebyte demo`; fields: docs/config.md",
@@ -228,7 +230,8 @@ class LocalSwarm:
             f"eval_examples = {eval_examples}",
             f"seed = {self.nodes.index(node)}",
             f"threads = {threads}",
-        ] + ([f"data = {json.dumps(str(node.data))}"] if node.data else []) + [""])
+        ] + ([f"data = {json.dumps(str(node.data))}"] if node.data else [])
+          + [f"{k} = {json.dumps(v)}" for k, v in (extra or {}).items()] + [""])
         node.config.write_text(text)
 
     def start(self) -> None:
