@@ -422,7 +422,7 @@ class Worker(threading.Thread):
         probes = setup.seeder.probes(self.node_id, step, self.replica.hyper.probes)
         batch = training.sample(step)
         t0 = time.perf_counter()
-        qs, loss = self.replica.local_step(training.loss_fn, batch, probes, training.privatize)
+        qs, loss = self.replica.local_step(training.loss_fn, batch, probes, privatize=training.privatize)
         dt = time.perf_counter() - t0
         # Durable before anyone else can learn of it: a crash now loses nothing published,
         # and a restart recomputes the same step (same batch, same seeds, same q).

@@ -21,7 +21,7 @@ class FakeReplica:
         self.calls.append(("replay", list(updates)))
         self.applied.extend(updates)
 
-    def local_step(self, loss_fn, batch, probes):
+    def local_step(self, loss_fn, batch, probes, privatize=None):
         self.calls.append(("step", probes[0][1]))
         self.applied.extend((seed, 3, step, v) for seed, step, v in probes)
         return [3] * len(probes), 0.5
