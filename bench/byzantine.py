@@ -61,8 +61,9 @@ def steering_q(genesis: Path, node_id: bytes, target: int):
 
 
 def make_genesis(root: Path, max_rate: float, work_bits: int = 0, sybils: int = 0):
-    """A closed swarm of a, b, c and the attacker keys; with work_bits, an open swarm asking for
-    that much admission work, every key mined for it (the sybils' mining time in keys["mining_s"])."""
+    """(genesis, {name: key file}, attacker's mining seconds or None): a closed swarm of a, b, c
+    and the attacker keys; with work_bits, an open swarm asking for that much admission work,
+    every key mined for it, the attacker's keys named s00, s01, ..."""
     from onebyte.node.keys import read_key, write_key
     from onebyte.protocol import Identity
     from onebyte.protocol.identity import mine_identity
@@ -85,8 +86,7 @@ def make_genesis(root: Path, max_rate: float, work_bits: int = 0, sybils: int = 
         t0 = time.monotonic()   # the attacker's clock: its identities only
         for p in attacker:
             write_key(p, private=mine_identity(swarm_id, work_bits)[0].private_bytes())
-        keys["mining_s"] = round(time.monotonic() - t0, 2)
-        return root / "genesis.toml", keys
+        return root / "genesis.toml", keys, round(time.monotonic() - t0, 2)
     for p in keys.values():
         write_key(p)
     for p in keys.values():
@@ -94,7 +94,7 @@ def make_genesis(root: Path, max_rate: float, work_bits: int = 0, sybils: int = 
     r = run_cli(*args, "--admission", "closed")
     if r.returncode:
         raise SystemExit(r.stderr)
-    return root / "genesis.toml", keys
+    return root / "genesis.toml", keys, None
 
 
 def settled(nodes) -> str | None:
@@ -110,7 +110,8 @@ def settled(nodes) -> str | None:
 def run_attack(name: str, spec: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"byz-{name}-") as tmp:
         root = Path(tmp)
-        genesis, keys = make_genesis(root, spec["max_rate"], spec.get("work_bits", 0), spec.get("colluders", 0))
+        genesis, keys, mining_s = make_genesis(root, spec["max_rate"], spec.get("work_bits", 0),
+                                               spec.get("colluders", 0))
         nodes, peers = [], []
         try:
             a = Node(root, "a", genesis, [], max_steps=HONEST_STEPS, **COMMON).start()
@@ -126,7 +127,7 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
             elif "steer" in spec:
                 from onebyte.node.keys import read_key
                 from onebyte.protocol import Identity
-                attackers = [k for k in keys if k.startswith("s") and k != "mining_s"] if spec.get("work_bits") \
+                attackers = [k for k in keys if k.startswith("s")] if spec.get("work_bits") \
                     else ATTACKER_KEYS[:spec["colluders"]]
                 for k in attackers:
                     nid = Identity.from_private_bytes(read_key(keys[k])).node_id
@@ -159,7 +160,7 @@ def run_attack(name: str, spec: dict, timeout: float) -> dict:
                 "attack_s": attack_s,
                 "identities": len(peers),
                 "admission_work_bits": spec.get("work_bits", 0),
-                "mining_s_attacker_identities": keys.get("mining_s"),
+                "mining_s_attacker_identities": mining_s,
                 "accepted_max_at_end_of_attack": accepted,
                 "accept_bound_at_end_of_attack": round((1 + cfg.pull_rate_mult) * cfg.max_updates_per_s_per_origin
                                                        * (attack_s + cfg.rate_burst_s)),

@@ -326,8 +326,9 @@ def classification_logits(model, tokenizer, texts, label_ids, autocast_dtype=Non
         return logits.float()
 
 
-def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token next-token cross-entropy and correctness over the non-pad tokens (flattened)."""
+def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per-token next-token cross-entropy and correctness over the non-pad tokens (flattened,
+    text after text), and how many of them each text has."""
     device = _model_device(model)
     ids, mask = encode_batch(tokenizer, texts, device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -337,7 +338,7 @@ def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.T
     keep = mask[:, 1:].bool()
     ce = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="none")
     correct = (logits[keep].argmax(-1) == target[keep]).float()
-    return ce, correct
+    return ce, correct, keep.sum(dim=1).tolist()
 
 
 def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype | None = None, trunk=None
@@ -354,16 +355,13 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
     if spec.kind == "lm":
         def lm_loss(model, batch):   # the mean over every token of the batch
             with torch.inference_mode():
-                ce, _ = lm_token_loss(model, tokenizer, [e.text for e in batch], autocast_dtype)
+                ce, _, _ = lm_token_loss(model, tokenizer, [e.text for e in batch], autocast_dtype)
                 return float(ce.mean())
 
         def lm_losses(model, batch):   # [B]: each text's mean token loss
-            texts = [e.text for e in batch]
             with torch.inference_mode():
-                ce, _ = lm_token_loss(model, tokenizer, texts, autocast_dtype)
-                _, mask = encode_batch(tokenizer, texts, ce.device)
-                rows = torch.split(ce.double().cpu(), mask[:, 1:].sum(dim=1).tolist())
-                return torch.stack([r.mean() for r in rows])
+                ce, _, lengths = lm_token_loss(model, tokenizer, [e.text for e in batch], autocast_dtype)
+                return torch.stack([r.mean() for r in torch.split(ce.double().cpu(), lengths)])
         lm_loss.per_example = lm_losses
         return lm_loss
     else:

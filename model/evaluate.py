@@ -36,7 +36,7 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Example] | None = 
                 ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
                 correct = (logits.argmax(-1) == labels).float()
             else:
-                ce, correct = lm_token_loss(model, tokenizer, texts, autocast_dtype)
+                ce, correct, _ = lm_token_loss(model, tokenizer, texts, autocast_dtype)
             total_loss += float(ce.sum())
             total_correct += float(correct.sum())
             total_count += int(ce.numel())

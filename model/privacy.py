@@ -21,6 +21,16 @@ import numpy as np
 import torch
 
 
+def unsupported(hyper) -> str | None:
+    """Why a genesis' step cannot be made private (None: it can): the clip must bound what one
+    example changes in the one number published, so the step is two-sided SPSA, not a
+    multi-probe step normalised by the probes' spread nor one normalised by a running RMS."""
+    if hyper.probes != 1 or hyper.g_normalize != "none":
+        return (f"private steps are two-sided SPSA (genesis probes = 1, g_normalize = \"none\"); this "
+                f"genesis has probes = {hyper.probes}, g_normalize = {hyper.g_normalize!r}")
+    return None
+
+
 @dataclass(frozen=True)
 class Mechanism:
     clip: float              # C: the bound on one example's projected gradient

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from .grid import update_coefficients_many
+from .privacy import unsupported
 from .quantize import quantize
 
 
@@ -49,9 +50,8 @@ class LocalStep:
         probes = [_probe(p) for p in probes]
         if len(probes) != self.hyper.probes:
             raise ValueError(f"the genesis measures {self.hyper.probes} probe(s) per step, got {len(probes)}")
-        if privatize is not None and (len(probes) != 1 or self.hyper.g_normalize != "none"):
-            raise ValueError("a private step is two-sided SPSA without g normalisation (probes = 1, "
-                             "g_normalize = \"none\"): the clip must bound what one example changes")
+        if privatize is not None and (why := unsupported(self.hyper)):
+            raise ValueError(why)
         rep = self.replica
         try:
             if privatize is not None:

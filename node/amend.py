@@ -61,10 +61,10 @@ def _default_step(args, key: bytes) -> int:
     return (rows[0]["updates"] if rows else 0) + 1
 
 
-def _sign_and_finish(args, a) -> int:
+def _sign_and_finish(args, a, swarm_id: bytes | None = None) -> int:
     from onebyte.protocol.amendments import describe, signed
     from onebyte.protocol.wire import encode_amend
-    swarm_id = _swarm_id(args)
+    swarm_id = swarm_id or _swarm_id(args)
     for path in args.authority_key:
         a = signed(a, _identity(path), swarm_id)
     if args.save:
@@ -111,7 +111,8 @@ def cmd_rotate(args) -> int:
     if old.public_bytes() == new.public_bytes():
         raise UserError("--old-key and --new-key are the same key")
     step = args.from_step or _default_step(args, old.public_bytes())
-    return _sign_and_finish(args, rotation(_next_number(args), old, new, step, _swarm_id(args)))
+    swarm_id = _swarm_id(args)
+    return _sign_and_finish(args, rotation(_next_number(args), old, new, step, swarm_id), swarm_id)
 
 
 def cmd_amend(args) -> int:

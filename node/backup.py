@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import DaemonUnreachable, UserError
+from .snapshot import POINTER, commit_standalone, read_snapshot
 from .status import request
 
 
@@ -87,21 +88,15 @@ def _daemon_snapshot(cfg, snaps: Path, timeout: float) -> dict | None:
         return None
     if not ans.get("ok"):
         raise UserError(f"daemon: {ans.get('error')}")
-    meta = json.loads(Path(ans["meta"]).read_text())
-    Path(ans["meta"]).unlink()
-    pointer = {"format": meta["format"], "weights": weights.name, "vv": meta["vv"], "digest": meta["digest"],
-               "updates": meta["updates"], "created": time.time()}
-    (snaps / "snapshot.json").write_text(json.dumps(pointer, indent=1))
-    return pointer
+    return commit_standalone(weights)
 
 
 def _copy_committed(src: Path, dst: Path) -> dict:
-    from .snapshot import read_snapshot
     info = read_snapshot(src) if src.exists() else None
     if info is None:
         return {"offline": True}
     shutil.copy2(info.weights, dst / info.weights.name)
-    shutil.copy2(src / "snapshot.json", dst / "snapshot.json")
+    shutil.copy2(src / POINTER, dst / POINTER)
     return {"offline": True, "digest": info.digest, "updates": info.updates, "weights": info.weights.name}
 
 

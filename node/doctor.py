@@ -39,6 +39,7 @@ class Doctor:
     def __init__(self, args):
         self.args = args
         self.checks: list[Check] = []
+        self.sock: Path | None = None   # the status socket, once live() found it
 
     def add(self, name: str, level: str, seen: str, fix: str = "") -> None:
         self.checks.append(Check(name, level, seen, fix))
@@ -81,7 +82,7 @@ class Doctor:
 
     # --- the live node ---------------------------------------------------------------------
     def live(self, cfg, genesis) -> dict | None:
-        sock = Path(self.args.socket) if self.args.socket else cfg.socket_path
+        self.sock = sock = Path(self.args.socket) if self.args.socket else cfg.socket_path
         try:
             st = request(sock, {"cmd": "status"}, timeout=self.args.timeout)
         except DaemonUnreachable as exc:
@@ -111,7 +112,7 @@ class Doctor:
         if alive:
             versions = sorted({p["version"] for p in st["peers"] if p.get("version")} | {f"onebyte {st['version']}"})
             self.add("peers", "ok", f"{alive} alive" + (f"; versions {', '.join(versions)}" if len(versions) > 1 else ""))
-        elif st.get("bootstrap_silent") is not None and not st["peers"]:
+        elif not st["peers"]:
             self.add("peers", "FAIL", "no peer alive", "give `peers` in the node config and open UDP PORT; "
                      "a swarm of one trains alone")
         else:
@@ -169,8 +170,7 @@ class Doctor:
         host, port = _split(self.args.address or st["listen"])
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1" if host != "::" else "::1"
-        sock = Path(self.args.socket) if self.args.socket else load_config(self.args.config).socket_path
-        before = (request(sock, {"cmd": "status"}, timeout=self.args.timeout).get("drops") or {}).get("wrong_version", 0)
+        before = self._probes_counted()
         try:
             stream = await asyncio_dgram.connect((host, port))
             await stream.send(b"\x00")   # version 0 is never valid: counted as wrong_version, nothing else
@@ -182,8 +182,7 @@ class Doctor:
         seen = False
         while time.monotonic() < deadline and not seen:
             await asyncio.sleep(0.1)
-            now = (request(sock, {"cmd": "status"}, timeout=self.args.timeout).get("drops") or {}).get("wrong_version", 0)
-            seen = now > before
+            seen = self._probes_counted() > before
         self.add("udp", "ok" if seen else "FAIL", f"a datagram to {host}:{port} " + ("reached the node" if seen else
                  "never reached the node"), "" if seen else f"open UDP {port} (firewall, security group)")
         try:
@@ -193,6 +192,12 @@ class Doctor:
         except (OSError, asyncio.TimeoutError) as exc:
             self.add("tcp", "FAIL", f"the snapshot port {host}:{port} (TCP) refused: {getattr(exc, 'strerror', exc)}",
                      f"open TCP {port} as well: joining nodes fetch snapshots over it")
+
+
+    def _probes_counted(self) -> int:
+        """Datagrams of protocol version 0 the node dropped: how the UDP probe shows up."""
+        st = request(self.sock, {"cmd": "status"}, timeout=self.args.timeout)
+        return (st.get("drops") or {}).get("wrong_version", 0)
 
 
 def _split(addr: str) -> tuple[str, int]:

@@ -55,20 +55,19 @@ class PrivacyBudget:
     steps: int = 0           # own steps taken by this key (the log's own step count)
     exhausted: bool = False
 
-    def allows_next(self) -> bool:
-        """May the node take one more private step without passing its budget?"""
+    def allows(self, step: int) -> bool:
+        """May the node take own step `step` without passing its budget? Steps 1..step-1 of
+        this key are spent (its log holds them: a restart counts them again, never less)."""
+        self.steps = step - 1
         if self.exhausted:
             return False
-        if epsilon(self.steps + 1, self.sample_rate, self.noise_multiplier, self.delta) > self.budget:
+        if epsilon(step, self.sample_rate, self.noise_multiplier, self.delta) > self.budget:
             self.exhausted = True
             log.warning("privacy budget spent: epsilon %.3f of %.3f (delta %g) after %d own steps; not producing "
                         "any more, still replaying and serving (docs/privacy.md)", self.spent(), self.budget,
                         self.delta, self.steps)
             return False
         return True
-
-    def took(self, n: int = 1) -> None:
-        self.steps += n
 
     def spent(self) -> float:
         return epsilon(self.steps, self.sample_rate, self.noise_multiplier, self.delta)

@@ -60,14 +60,7 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
         os.replace(tmp, final)
     removing_tmp(tmp, "a snapshot", write)
     fsync_path(directory)
-    pointer = {
-        "format": FORMAT,
-        "weights": name,
-        "vv": {o.hex(): n for o, n in sorted(vv.items())},
-        "digest": digest,
-        "updates": sum(vv.values()),
-        "created": time.time(),
-    }
+    pointer = _pointer(name, {o.hex(): n for o, n in sorted(vv.items())}, digest)
     try:
         atomic_write_bytes(directory / POINTER, json.dumps(pointer, indent=1).encode())
     except DiskFull:
@@ -82,6 +75,24 @@ def write_snapshot(directory: Path, replica, vv: dict[bytes, int], digest: str |
     for tmpf in directory.glob(".*.tmp-*"):
         tmpf.unlink(missing_ok=True)
     return SnapshotInfo(final, dict(vv), digest, pointer["updates"])
+
+
+def _pointer(weights_name: str, vv_hex: dict[str, int], digest: str) -> dict:
+    """snapshot.json: the commit point of the snapshot in its folder."""
+    return {"format": FORMAT, "weights": weights_name, "vv": vv_hex, "digest": digest,
+            "updates": sum(vv_hex.values()), "created": time.time()}
+
+
+def commit_standalone(weights: Path) -> dict:
+    """Make a standalone snapshot (write_standalone: `weights` and its .json beside) the
+    committed snapshot of its folder, as if write_snapshot had written it (e.g. a backup's
+    state dir, node/backup.py); its .json is replaced by the folder's pointer, returned."""
+    meta_path = weights.with_name(weights.name + ".json")
+    meta = json.loads(meta_path.read_text())
+    pointer = _pointer(weights.name, meta["vv"], meta["digest"])
+    atomic_write_bytes(weights.parent / POINTER, json.dumps(pointer, indent=1).encode())
+    meta_path.unlink()
+    return pointer
 
 
 def read_snapshot(directory: Path) -> SnapshotInfo | None:

@@ -18,7 +18,7 @@ def line(obj: dict) -> bytes:
 
 
 def parse_line(raw: bytes) -> dict:
-    """One JSON object line; ValueError for anything else (an empty line: the peer closed)."""
+    """One JSON object line; ValueError for anything else (an empty one: the peer closed)."""
     if not raw:
         raise ValueError("connection closed")
     obj = json.loads(raw)
@@ -35,12 +35,9 @@ async def request(addr, swarm_hex: str, req: dict, timeout: float) -> tuple[dict
     writer.write(line({**req, "swarm": swarm_hex}))
     await writer.drain()
     raw = await asyncio.wait_for(reader.readline(), timeout)
-    try:
-        return parse_line(raw), reader, writer
-    except ValueError as exc:
-        if str(exc) == "connection closed":
-            return {"ok": False, "error": "connection closed"}, reader, writer
-        raise
+    if not raw:
+        return {"ok": False, "error": "connection closed"}, reader, writer
+    return parse_line(raw), reader, writer
 
 
 def vv_to_json(vv: dict[bytes, int]) -> dict[str, int]:

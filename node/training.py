@@ -77,7 +77,7 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
                                           digest_size=8).digest(), "little")
     sampler = BatchSampler(len(task.examples), cfg.batch_size, seed)
     if cfg.privacy_epsilon > 0:   # Poisson batches from a secret generator, clip and noise
-        privacy, privatize, sample = _private(cfg, genesis, replica, len(task.examples), task.examples)
+        privacy, privatize, sample = _private(cfg, replica, task.examples)
     else:
         privacy, privatize = None, None
 
@@ -93,19 +93,17 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
                     privacy, privatize)
 
 
-def _private(cfg, genesis, replica, rows: int, examples):
+def _private(cfg, replica, examples):
     """(budget, privatizer, Poisson sampler) of a node with privacy_epsilon > 0 (docs/privacy.md)."""
     import secrets
 
     import numpy as np
 
-    from onebyte.model.privacy import Mechanism, Privatizer
+    from onebyte.model.privacy import Mechanism, Privatizer, unsupported
     from .privacy import PrivacyBudget, noise_for
-    hyper = replica.hyper
-    if hyper.probes != 1 or hyper.g_normalize != "none":
-        raise ConfigError(f"[node] privacy_epsilon: private steps are two-sided SPSA (genesis probes = 1, "
-                          f"g_normalize = \"none\"); this genesis has probes = {hyper.probes}, g_normalize = "
-                          f"{hyper.g_normalize!r}")
+    if why := unsupported(replica.hyper):
+        raise ConfigError(f"[node] privacy_epsilon: {why}")
+    rows = len(examples)
     rate = cfg.batch_size / rows
     if rate >= 1:
         raise ConfigError(f"[node] privacy_epsilon: batch_size {cfg.batch_size} must be below the {rows} training rows")

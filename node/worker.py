@@ -412,8 +412,7 @@ class Worker(threading.Thread):
             return self._next_step_at - now
         step = self.applied_vv.get(self.node_id, 0) + 1
         if training.privacy is not None:   # every own step of this key counts (the log keeps them)
-            training.privacy.steps = step - 1
-            if not training.privacy.allows_next():
+            if not training.privacy.allows(step):
                 self.producing = False
                 self.stats.state = "done"
                 return 0.0

@@ -42,6 +42,15 @@ ANNOUNCE_S = 10.0     # every this often, ANNOUNCE_EACH held amendments are goss
 ANNOUNCE_EACH = 4
 
 
+class Refused(WireError):
+    """An amendment not taken: .reason is the counted drop (a peer's), .why the sentence an
+    operator who submitted it reads."""
+
+    def __init__(self, reason: str, why: str):
+        super().__init__(reason)
+        self.why = why
+
+
 class AmendKind(IntEnum):
     """Append-only: these numbers are wire format."""
     ADMIT = 0
@@ -97,45 +106,47 @@ class Amendments:
         self.counters = dict.fromkeys(("amendments_applied", "amendments_conflicting"), 0)
 
     # ------------------------------------------------------------ checks
-    def problem(self, a: Amend) -> str | None:
+    def problem(self, a: Amend) -> "Refused | None":
         """Why a is not a valid amendment of this swarm (None: it is), no state change."""
         cfg = self._config
         if not cfg.authority:
-            return "this swarm's genesis names no authority"
+            return Refused("malformed", "this swarm's genesis names no authority")
         if a.kind not in AmendKind._value2member_map_:
-            return f"unknown amendment kind {a.kind}"
+            return Refused("malformed", f"unknown amendment kind {a.kind}")
         if a.kind == AmendKind.ADMIT and (a.step or a.new_key or a.links):
-            return "an admit amendment carries a key only"
+            return Refused("malformed", "an admit amendment carries a key only")
         if a.kind == AmendKind.REVOKE and (a.step < 1 or a.new_key or a.links):
-            return "a revoke amendment carries a key and a step >= 1"
+            return Refused("malformed", "a revoke amendment carries a key and a step >= 1")
         if a.kind == AmendKind.ROTATE:
             if a.step < 1 or not a.new_key or a.new_key == a.key or len(a.links) != 2:
-                return "a rotate amendment carries two keys, a step >= 1 and both keys' link signatures"
+                return Refused("malformed", "a rotate amendment carries two keys, a step >= 1 and both keys' "
+                               "link signatures")
             link = link_message(cfg.swarm_id, a.key, a.new_key, a.step)
             if not (self._crypto.verify(a.key, a.links[0], link) and self._crypto.verify(a.new_key, a.links[1], link)):
-                return "a link signature of the rotation does not verify"
+                return Refused("bad_signature", "a link signature of the rotation does not verify")
         msg = body(cfg.swarm_id, a)
         keys = [k for k, _ in a.sigs]
         if len(set(keys)) != len(keys):
-            return "an authority key signs twice"
+            return Refused("malformed", "an authority key signs twice")
         valid = sum(1 for k, s in a.sigs if k in cfg.authority and self._crypto.verify(k, s, msg))
         if valid < cfg.authority_threshold:
-            return f"{valid} valid authority signature(s), the genesis needs {cfg.authority_threshold}"
+            return Refused("bad_signature", f"{valid} valid authority signature(s), the genesis needs "
+                           f"{cfg.authority_threshold}")
         return None
 
     # ------------------------------------------------------------ the rule
     def take(self, a: Amend) -> list[Amend]:
         """A verified-or-not amendment from a peer, the store or an operator: checked, held,
         and the ones that took effect because of it returned (in number order; empty when it
-        was known or waits for a lower number). Raises WireError for an invalid one."""
+        was known or waits for a lower number). Raises Refused (a WireError) for an invalid one."""
         have = self.held.get(a.number)
         if have == a:
             return []
         if a.number > self.applied + MAX_AHEAD:
-            raise WireError("buffer_full")
-        why = self.problem(a)
-        if why is not None:
-            raise WireError("bad_signature" if "signature" in why else "malformed")
+            raise Refused("buffer_full", f"amendment {a.number} is too far ahead of the {self.applied} in effect here")
+        refused = self.problem(a)
+        if refused is not None:
+            raise refused
         if have is not None:
             mine, theirs = body(self._config.swarm_id, have), body(self._config.swarm_id, a)
             if mine == theirs:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .amendments import ANNOUNCE_S, MAX_AHEAD, AmendKind, Amendments
+from .amendments import ANNOUNCE_S, AmendKind, Amendments, Refused
 from .config import ProtocolConfig
 from .dissemination import TransmitLimitedQueue, note_held
 from .events import AmendmentApplied, EventQueue
@@ -371,20 +371,19 @@ class Engine:
         """An amendment the operator submits through this node: checked as a peer's would be
         (ProtocolError says why not), then held, stored and gossiped. Returns the amendments
         that took effect (none while a lower number is missing)."""
-        why = self.amendments.problem(a)
-        if why is None and a.number > self.amendments.applied + MAX_AHEAD:
-            why = f"amendment {a.number} is too far ahead of the {self.amendments.applied} in effect here"
-        if why is not None:
-            raise ProtocolError(why)
-        return self._take_amendment(a, now)
+        try:
+            return self._take_amendment(a, now)
+        except Refused as exc:
+            raise ProtocolError(exc.why) from None
 
     def _take_amendment(self, a: Amend, now: float) -> list[Amend]:
         fresh = self.amendments.take(a)   # WireError: a counted drop
         if self.amendments.held.get(a.number) is a:   # news, and kept: stored, then spread
+            packed = encode_amend(a)
             add = getattr(self.store, "add_amendment", None)
             if add is not None:
-                add(a.number, encode_amend(a))
-            self.gossip_q.push(("amend", a.number), encode_amend(a))
+                add(a.number, packed)
+            self.gossip_q.push(("amend", a.number), packed)
         for done in fresh:
             if done.kind in (AmendKind.REVOKE, AmendKind.ROTATE):
                 origin = self.session.origin_id(done.key)

@@ -25,8 +25,7 @@ def test_epsilon_is_the_librarys_and_noise_for_fits_the_budget():
     assert epsilon(0, 0.01, 1.0, DELTA) == 0 and math.isinf(epsilon(1, 0.01, 0.0, DELTA))
     b = PrivacyBudget(1.8, DELTA, 1.0, 0.6, RATE)
     n = 0
-    while b.allows_next():
-        b.took()
+    while b.allows(n + 1):
         n += 1
     assert epsilon(n, RATE, 0.6, DELTA) <= 1.8 < epsilon(n + 1, RATE, 0.6, DELTA) and b.status()["exhausted"]
 

@@ -143,17 +143,18 @@ def test_k_of_n_authority_signatures_are_required():
     cfg = config(threshold=2, authority=AUTH)
     am = Amendments(cfg, CryptoCache())
     one = admit(1, 7, AUTH[0])
-    assert "1 valid authority signature(s), the genesis needs 2" in am.problem(one)
+    assert "1 valid authority signature(s), the genesis needs 2" in am.problem(one).why
+    assert am.problem(one).reason == "bad_signature"
     with pytest.raises(WireError):
         am.take(one)
     assert am.take(signed(one, AUTH[2], SWARM)) and am.admits(key(7))
     stranger = signed(Amend(2, AmendKind.ADMIT, key(8)), Identity.from_seed(55), SWARM)
-    assert am.problem(signed(stranger, AUTH[1], SWARM)).startswith("1 valid")   # a stranger's does not count
+    assert am.problem(signed(stranger, AUTH[1], SWARM)).why.startswith("1 valid")   # a stranger's does not count
     forged = Amend(2, AmendKind.ADMIT, key(8), sigs=((AUTH[0].public_bytes(), bytes(64)),
                                                       (AUTH[1].public_bytes(), bytes(64))))
-    assert am.problem(forged).startswith("0 valid")
+    assert am.problem(forged).why.startswith("0 valid")
     no_authority = Amendments(config(authority=()), CryptoCache())
-    assert "names no authority" in no_authority.problem(one)
+    assert "names no authority" in no_authority.problem(one).why
 
 
 def test_the_store_keeps_amendments_across_a_restart():
