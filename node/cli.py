@@ -298,7 +298,8 @@ def cmd_digest(args) -> int:
 
 def cmd_eval(args) -> int:
     """Score this node's model offline on a labelled data file: the state dir (snapshot + log,
-    read-only: safe while the daemon runs) or a snapshot file (--snapshot), with the genesis'
+    read-only: safe while the daemon runs), a snapshot file (--snapshot) or the swarm's base
+    model before any update (--base), with the genesis'
     task (template, verbalizer). Prints accuracy, loss and the rows scored."""
     from onebyte.model import evaluate, load_task
     from onebyte.model.data import DataError
@@ -319,7 +320,12 @@ def cmd_eval(args) -> int:
         task = load_task(data, spec, split="eval")
     except DataError as exc:
         raise UserError(f"data: {exc}") from None
-    if args.snapshot:
+    if args.snapshot and args.base:
+        raise UserError("give --snapshot or --base, not both")
+    if args.base:
+        replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
+        source = "base"
+    elif args.snapshot:
         if not Path(args.snapshot).exists():
             raise UserError(f"snapshot {args.snapshot} does not exist")
         replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
@@ -454,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=env_cfg, help="node config (genesis, state dir)")
     s.add_argument("--data", default="", help="labelled .tsv/.csv/.jsonl (default: the eval data of config or genesis)")
     s.add_argument("--snapshot", default="", help="score this snapshot (weights file) instead of the state dir")
+    s.add_argument("--base", action="store_true",
+                   help="score the swarm's base model (before any update) instead of the state dir")
     s.add_argument("--n", type=int, default=0, help="score only the first N rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_eval)

@@ -122,6 +122,10 @@ def test_eval_scores_the_state_dir_and_a_snapshot_offline(tmp_path, genesis_path
                 "--snapshot", snap)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["digest"] == digest          # the final snapshot holds every update
+    r = run_cli("eval", "--config", n.config, "--data", "builtin:sentiment", "--n", "64", "--json", "--base")
+    assert r.returncode == 0, r.stderr
+    base = json.loads(r.stdout)
+    assert base["source"] == "base" and base["digest"] != digest and base["n"] == 64
     one_error_line(run_cli("eval", "--config", n.config, "--data", str(tmp_path / "none.tsv")), r"data", 2)
 
 

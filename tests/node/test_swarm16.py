@@ -4,6 +4,8 @@ horizon (horizon_updates), so honest training neither diverges nor overflows.
 
 Before this, `onebyte demo --model tiny --nodes 16` diverged (running loss 0.71 -> 1.09) and
 every daemon exited with GridOverflowError after about 2,200 updates."""
+import json
+
 import pytest
 
 from node_harness import Node, run_cli, wait_for
@@ -28,6 +30,8 @@ def test_sixteen_daemons_train_without_overflow(tmp_path):
         r = run_cli(*args)
         assert r.returncode == 0, r.stderr
         assert "swarm_nodes = 16" in (tmp_path / "genesis.toml").read_text()
+        nodes[0].write_config()
+        base = _offline_loss(nodes[0], "--base")
         nodes[0].start().wait_ready()
         first = nodes[0].addr
         for n in nodes[1:]:
@@ -46,10 +50,19 @@ def test_sixteen_daemons_train_without_overflow(tmp_path):
         digests = wait_for(lambda: (d := [n.digest() for n in nodes]) and len({x["updates"] for x in d}) == 1
                            and d[0]["updates"] == N * STEPS and d, 300, "every node to apply every update", 2.0)
         assert len({d["digest"] for d in digests}) == 1
-        # no divergence: the tiny model is a random init that barely learns this task, so its
-        # running loss stays near ln 2 = 0.693 (the diverged 16-node run climbed to 1.09)
-        losses = [st["loss_mean"] for st in sts]
-        assert max(losses) < 0.85, losses
+        # no divergence: the tiny model is a random init that barely learns this task, so the
+        # swarm's final model, scored offline on fixed rows, stays near the base's loss (the
+        # diverged 16-node run's running loss climbed from 0.71 to 1.09). The running loss in
+        # status is not the criterion: a mean of 50 perturbed minibatch losses, it varies by
+        # +-0.1 between nodes of one healthy run.
+        final = _offline_loss(nodes[0])
+        assert final < base + 0.1, (base, final, [st["loss_mean"] for st in sts])
     finally:
         for n in nodes:
             n.cleanup()
+
+
+def _offline_loss(node: Node, *more) -> float:
+    r = run_cli("eval", "--config", node.config, "--data", "builtin:sentiment", "--json", "--n", "256", *more)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["loss"]
