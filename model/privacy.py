@@ -15,6 +15,7 @@ rounding is post-processing: it cannot weaken the guarantee. docs/privacy.md.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,15 +43,39 @@ class Mechanism:
             raise ValueError(f"privacy: clip > 0, noise_multiplier >= 0 and a positive batch needed, got {self}")
 
 
+CLIP_WINDOW = 4096   # recent per-example |g| the clip summary is taken over
+
+
 class Privatizer:
-    """Clip, sum, add noise, divide: one private g from the per-example g of a batch."""
+    """Clip, sum, add noise, divide: one private g from the per-example g of a batch.
+
+    It also keeps how the clip bites (`clip_summary`), for the operator who tunes C: a C far
+    below the typical |g_i| turns every example into its sign (a biased step), one far above
+    it buys noise for nothing (the noise scales with C). These numbers stay on the node (its
+    status), never on the wire."""
 
     def __init__(self, mechanism: Mechanism, rng: np.random.Generator | None = None):
         self.mechanism = mechanism
         self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+        self._recent: deque[float] = deque(maxlen=CLIP_WINDOW)
+        # Replaced whole after each step (one reference swap), so another thread reads a
+        # consistent dict without a lock.
+        self.clip_summary: dict | None = None
 
     def __call__(self, g_examples: torch.Tensor) -> float:
         m = self.mechanism
-        clipped = float(g_examples.double().clamp(-m.clip, m.clip).sum()) if len(g_examples) else 0.0
+        g = g_examples.double()
+        clipped = float(g.clamp(-m.clip, m.clip).sum()) if len(g) else 0.0
         noise = float(self._rng.normal(0.0, m.noise_multiplier * m.clip)) if m.noise_multiplier else 0.0
+        self._summarize(g.abs().tolist())
         return (clipped + noise) / m.expected_batch
+
+    def _summarize(self, g_abs: list[float]) -> None:
+        self._recent.extend(g_abs)
+        if not self._recent:
+            return
+        a = np.fromiter(self._recent, dtype=np.float64)
+        p50, p90 = np.percentile(a, [50, 90])
+        self.clip_summary = {"clipped_fraction": round(float((a > self.mechanism.clip).mean()), 4),
+                             "g_abs_p50": float(f"{p50:.4g}"), "g_abs_p90": float(f"{p90:.4g}"),
+                             "examples": len(a)}

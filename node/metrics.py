@@ -201,6 +201,10 @@ def _families(st: dict):
                                 "steps (docs/privacy.md)", value=privacy["epsilon_spent"])
         yield GaugeMetricFamily("onebyte_privacy_epsilon_budget", "The node's epsilon budget",
                                 value=privacy["epsilon_budget"])
+        if "clipped_fraction" in privacy:
+            yield GaugeMetricFamily("onebyte_privacy_clipped_fraction", "Fraction of the recent examples whose "
+                                    "projected gradient the clip C cut (tune C with it)",
+                                    value=privacy["clipped_fraction"])
     if st.get("loss_mean") is not None:
         yield GaugeMetricFamily("onebyte_loss", "Running mean of the local training loss", value=st["loss_mean"])
     ev = st.get("last_eval") or {}

@@ -175,7 +175,7 @@ def build_status(d) -> dict:
         # peers' updates measured on our own data; flagged origins disagree with it (docs/security.md)
         "audit": d.worker.setup.audit.status() if d.worker and d.worker.setup.audit else None,
         # this node's differential-privacy budget (docs/privacy.md); null when off
-        "privacy": d.training.privacy.status() if getattr(d, "training", None) and d.training.privacy else None,
+        "privacy": _privacy(getattr(d, "training", None)),
         # our NAT kind and observed address as peers report them (protocol/nat.py)
         "nat": _plain(engine.nat_status()) if engine is not None else None,
         # the steering rule: runs checked, and per origin the largest sum q * noise at one weight in
@@ -192,6 +192,17 @@ def build_status(d) -> dict:
         "own_history": _own_history(d),
         "counters": {k: v for k, v in counters.items() if isinstance(v, (int, float))},
     }
+
+
+def _privacy(training) -> dict | None:
+    """The budget's account, and how the clip bites over the recent examples (its summary keys
+    are absent until the first private step)."""
+    if training is None or training.privacy is None:
+        return None
+    out = training.privacy.status()
+    if training.privatize is not None and training.privatize.clip_summary is not None:
+        out.update(training.privatize.clip_summary)
+    return out
 
 
 def _own_history(d) -> dict | None:

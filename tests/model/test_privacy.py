@@ -88,3 +88,17 @@ def test_a_private_step_is_two_sided_spsa_only():
         r.local_step(make_loss_fn(SPEC, tok), BATCH, [(1, 1), (2, 2), (3, 3), (4, 4)], privatize=p)
     with pytest.raises(ValueError):
         Mechanism(clip=0.0, noise_multiplier=1.0, expected_batch=4.0)
+
+
+def test_the_clip_summary_says_how_often_and_how_far_examples_exceed_c():
+    p = Privatizer(Mechanism(clip=2.0, noise_multiplier=0.0, expected_batch=4.0))
+    assert p.clip_summary is None                      # nothing seen yet
+    p(torch.tensor([0.5, -1.0, 3.0, -8.0]))
+    s = p.clip_summary
+    assert s["clipped_fraction"] == 0.5 and s["examples"] == 4
+    assert s["g_abs_p50"] == pytest.approx(2.0) and 3.0 < s["g_abs_p90"] <= 8.0
+    p(torch.zeros(0))                                  # an empty Poisson batch changes nothing
+    assert p.clip_summary == s
+    for _ in range(2100):                              # a window: old examples leave
+        p(torch.tensor([0.1, 0.1]))
+    assert p.clip_summary["clipped_fraction"] == 0.0 and p.clip_summary["examples"] == 4096

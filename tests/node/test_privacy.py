@@ -58,6 +58,7 @@ def test_a_private_node_stops_at_its_budget_and_stays_identical(pair):
     p = st["privacy"]
     assert st["worker_state"] == "done" and 5 <= st["own_steps"] < 60
     assert p["epsilon_spent"] <= 1.8 and p["noise_multiplier"] == 0.6 and p["sample_rate"] == pytest.approx(RATE, rel=1e-3)
+    assert 0.0 <= p["clipped_fraction"] <= 1.0 and p["g_abs_p50"] >= 0.0   # how the clip bites, for tuning C
     assert "privacy budget spent" in a.stderr()
     assert b.status()["privacy"] is None
 
