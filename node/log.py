@@ -403,6 +403,12 @@ class UpdateLog:
     def held(self) -> int:
         return len(self._held)
 
+    def status(self) -> dict:
+        """The log's part of the status (docs/status.md)."""
+        return {"entries": self.entries, "truncated_bytes": self.truncated_bytes, "duplicates": self.duplicates,
+                "fsync": self.fsync_enabled, "held": self.held, "disk_full_events": self.disk_full_events,
+                "disk_full_error": self.disk_full_error}
+
     def retry(self) -> list[tuple[bytes, int, int]]:
         """Write what is held, in order, as far as it fits; returns the updates that landed
         (not yet synced: the caller syncs, then replays them). Leaves the disk-full state

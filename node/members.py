@@ -78,6 +78,12 @@ class PeerBook:
                 return name
         return None
 
+    def silent_status(self) -> list[dict]:
+        """Configured bootstrap peers never heard from (wrong address, firewall, down)."""
+        now = time.time()
+        return [{"peer": b.spec, "addr": addr_text(b.addr), "error": b.error, "silent_s": round(now - b.since, 1)}
+                for b in self.silent_bootstrap(now)]
+
     def silent_bootstrap(self, now: float | None = None) -> list[Bootstrap]:
         """Bootstrap peers that never answered (or never resolved), warning once about each
         one silent for BOOTSTRAP_SILENT_WARN_S."""

@@ -202,6 +202,10 @@ class Joined:
     attested_by: int
     seconds: float
 
+    def status(self) -> dict:
+        return {"digest": self.digest, "updates": sum(self.vv.values()), "source": self.source,
+                "attested_by": self.attested_by, "seconds": round(self.seconds, 3)}
+
 
 async def join(cfg, genesis, sd, ulog, progress) -> Joined | None:
     """The whole join (see the module doc); None: replay the log as usual."""

@@ -181,6 +181,10 @@ class Restored:
     steering: object = None       # the SteeringGuard (node/steering.py), fed so far: the worker goes on
     steered: dict = None          # {origin: step} the steering rule excluded while replaying the log
 
+    def status(self) -> dict:
+        return {"from_snapshot": self.from_snapshot, "replayed_from_log": self.replayed,
+                "seconds": round(self.seconds, 3)}
+
 
 def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
     """Load the base model, check it is the genesis's, wrap it in a Replica."""

@@ -186,6 +186,35 @@ class WorkerStats:
     step_times: deque = field(default_factory=lambda: deque(maxlen=256))
     applied_times: deque = field(default_factory=lambda: deque(maxlen=256))  # (t, n) per replay
 
+    def applied_per_s(self, now: float, window: float) -> float:
+        """Updates applied (own steps and replays) per second over the last `window` seconds."""
+        n = sum(k for t, k in list(self.applied_times) if t >= now - window)
+        n += sum(1 for t in list(self.step_times) if t >= now - window)
+        return n / window
+
+    def status(self) -> dict:
+        """The worker's part of the status (docs/status.md), read on the loop thread."""
+        return {
+            "worker_state": self.state,
+            "worker_error": self.error,
+            "own_steps": self.own_steps,
+            "applied_own": self.applied_own,
+            "applied_replayed": self.applied_replayed,
+            "replay_calls": self.replay_calls,
+            "replay_seconds": round(self.replay_seconds, 4),
+            "step_seconds_mean": round(self.step_seconds / self.steps_this_run, 5) if self.steps_this_run else None,
+            "own_steps_this_run": self.steps_this_run,
+            # own steps per second of wall time while producing (first to last own step of this run)
+            "producing_steps_per_s": (round((self.steps_this_run - 1) / (self.last_step_at - self.first_step_at), 3)
+                                      if self.steps_this_run > 1 and self.last_step_at > self.first_step_at
+                                      else None),
+            "loss_mean": self.loss_mean,
+            "last_loss": self.last_loss,
+            "last_eval": self.last_eval,
+            "digest": self.digest,
+            "digest_updates": self.digest_updates,
+        }
+
 
 LOSS_WINDOW = 50
 AUDIT_BATCHES = 1 << 40   # the audit's batches: sampler steps far past any own step
