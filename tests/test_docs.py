@@ -41,11 +41,47 @@ def named(cell: str) -> list:
     return [n.removesuffix("[]") for n in re.findall(r"`([^`]+)`", cell)]
 
 
+def method(path: str, cls: str, name: str):
+    """The function `name` defined in class `cls` of `path`."""
+    for c in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(c, ast.ClassDef) and c.name == cls:
+            for n in c.body:
+                if isinstance(n, ast.FunctionDef) and n.name == name:
+                    return n
+    raise AssertionError(f"{path}: no {cls}.{name}")
+
+
+# build_status composes its dict of component parts spread into it (`**part`): where each is.
+SPREADS = {"status": method("node/worker.py", "WorkerStats", "status"),
+           "_network": functions("node/stats.py", "_network")[0]}
+
+
+def returned_dicts(fn) -> list:
+    return [n.value for n in ast.walk(fn) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)]
+
+
+def status_items(fn=None) -> list:
+    """(key, value node, function) of every top-level status field: build_status's own and
+    those of the parts it spreads in."""
+    fn = fn or functions("node/stats.py", "build_status")[0]
+    out = []
+    for d in returned_dicts(fn):
+        for k, v in zip(d.keys, d.values):
+            if k is not None:
+                out.append((k.value, v, fn))
+            else:
+                assert isinstance(v, ast.Call), "a ** spread in build_status that is not a call"
+                f = v.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id
+                assert name in SPREADS, f"build_status spreads {name}(): add it to SPREADS"
+                out += status_items(SPREADS[name])
+    return out
+
+
 def build_status_fields() -> set:
-    fn, = functions("node/stats.py", "build_status")
-    ret = [n for n in ast.walk(fn) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)]
-    assert ret, "build_status no longer returns a dict literal: teach this test where its keys are"
-    return {k.value for k in ret[-1].value.keys}
+    fields = {k for k, _, _ in status_items()}
+    assert {"worker_state", "peers", "log", "privacy"} <= fields   # the scan sees the parts
+    return fields
 
 
 def status_rows() -> dict:
@@ -67,30 +103,33 @@ def test_every_status_field_has_a_row_in_status_md():
 def test_every_nested_status_key_is_named_in_status_md():
     """Keys of the dicts build_status builds inline (peers[], restored, log, ...) and of the
     sub-objects other code builds, each in its field's row."""
-    fn, = functions("node/stats.py", "build_status")
     local = {}   # dict keys of what a local variable holds: x = {...} or [{...}], x.append({...})
-    for n in ast.walk(fn):
-        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
-            local.setdefault(n.targets[0].id, set()).update(dict_keys(n.value))
-        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "append" \
-                and isinstance(n.func.value, ast.Name) and n.args:
-            local.setdefault(n.func.value.id, set()).update(dict_keys(n.args[0]))
-    ret = [n for n in ast.walk(fn) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)][-1].value
+    for fn in [functions("node/stats.py", "build_status")[0], *SPREADS.values()]:
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+                local.setdefault(n.targets[0].id, set()).update(dict_keys(n.value))
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "append" \
+                    and isinstance(n.func.value, ast.Name) and n.args:
+                local.setdefault(n.func.value.id, set()).update(dict_keys(n.args[0]))
     rows = status_rows()
     missing = []
-    for key, value in zip(ret.keys, ret.values):
+    for key, value, _ in status_items():
         nested = dict_keys(value) | (local.get(value.id, set()) if isinstance(value, ast.Name) else set())
-        missing += [f"{key.value}.{k}" for k in sorted(nested)
-                    if not re.search(rf"\b{re.escape(k)}\b", rows[key.value])]
+        missing += [f"{key}.{k}" for k in sorted(nested)
+                    if not re.search(rf"\b{re.escape(k)}\b", rows[key])]
     assert {"version", "rtt_ms"} <= local["peers"]   # the scan sees the peers[] rows
     sub = {"compaction": [("node/compaction.py", "status")], "nat": [("protocol/nat.py", "status")],
            "steering": [("node/steering.py", "status")], "audit": [("node/audit.py", "status")],
            "own_history": [("protocol/sync.py", "own_history"), ("node/stats.py", "_own_history")],
            "privacy": [("node/privacy.py", "status"), ("model/privacy.py", "_summarize")],
-           "snapshot_join": [("node/stats.py", "_joined")]}
+           "snapshot_join": [("node/snapshot_join.py", "Joined", "status")],
+           "restored": [("node/state.py", "Restored", "status")], "log": [("node/log.py", "UpdateLog", "status")],
+           "update_rate": [("node/stats.py", "Rates", "status")],
+           "version_vector": [("node/stats.py", "_version_vector")],
+           "bootstrap_silent": [("node/members.py", "PeerBook", "silent_status")]}
     for field, sources in sub.items():
-        for path, name in sources:
-            fns = functions(path, name)
+        for path, *name in sources:
+            fns = [method(path, *name)] if len(name) == 2 else functions(path, name[0])
             assert fns, f"{path}: no function {name} (the source of status `{field}`)"
             for k in set().union(*(dict_keys(f) for f in fns)):
                 if not re.search(rf"\b{re.escape(k)}\b", rows[field]):
