@@ -297,31 +297,54 @@ def cmd_digest(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Score this node's model offline on a labelled data file: the state dir (snapshot + log,
-    read-only: safe while the daemon runs), a snapshot file (--snapshot) or the swarm's base
-    model before any update (--base), with the genesis'
-    task (template, verbalizer). Prints accuracy, loss and the rows scored."""
+    """Score a model offline on a labelled data file: this node's state dir (snapshot + log,
+    read-only: safe while the daemon runs), a snapshot file (--snapshot), the swarm's base
+    model before any update (--base), or an exported folder (--model, with the task its
+    onebyte.json records), with the task's template and verbalizer. Prints accuracy, loss and
+    the rows scored; --record writes the result into the exported folder's model card."""
     from onebyte.model import evaluate, load_task
     from onebyte.model.data import DataError
+
+    if sum(map(bool, (args.snapshot, args.base, args.model))) > 1:
+        raise UserError("give one of --snapshot, --base and --model")
+    if args.record and not args.model:
+        raise UserError("--record writes into an exported folder: give --model DIR")
+    _setup_logging("info")   # a model load and a replay take a while: progress on stderr
+    if args.model:
+        model, tokenizer, spec, data, source, digest = _exported(args)
+    else:
+        model, tokenizer, spec, data, source, digest = _node_model(args)
+    try:
+        task = load_task(data, spec, split="eval")
+    except DataError as exc:
+        raise UserError(f"data: {exc}") from None
+    examples = task.examples[:args.n] if args.n else task.examples
+    r = evaluate(model, tokenizer, task, examples)
+    out = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"], "data": data, "source": source,
+           "digest": digest}
+    if args.record:
+        from .export import record_eval
+        record_eval(Path(args.model), out)
+    print(json.dumps(out) if args.json else
+          f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['n']} rows of {data} ({source})")
+    return 0
+
+
+def _node_model(args):
+    """(model, tokenizer, task spec, data, source, digest) of this node: its state dir, a
+    snapshot, or the base, with the genesis' task."""
     from .export import offline_state
     from .genesis import load_genesis
     from .state import build_replica
     from .training import task_sources
 
     cfg = load_config(args.config)
-    _setup_logging("info")   # a model load and a replay take a while: progress on stderr
     genesis = load_genesis(cfg.genesis)
     spec, _, genesis_eval = task_sources(genesis.task, cfg.data, cfg.eval_data,
                                          genesis.path.parent if genesis.path else None)
     data = args.data or genesis_eval
     if not data:
         raise UserError("give --data FILE (no eval data in the config or the genesis)")
-    try:
-        task = load_task(data, spec, split="eval")
-    except DataError as exc:
-        raise UserError(f"data: {exc}") from None
-    if args.snapshot and args.base:
-        raise UserError("give --snapshot or --base, not both")
     if args.base:
         replica, tokenizer = build_replica(genesis, cfg.model, "cpu")
         source = "base"
@@ -334,13 +357,28 @@ def cmd_eval(args) -> int:
     else:
         replica, tokenizer, _vv, _ = offline_state(cfg, genesis)
         source = str(cfg.state_dir)
-    examples = task.examples[:args.n] if args.n else task.examples
-    r = evaluate(replica.model, tokenizer, task, examples)
-    out = {"accuracy": r["accuracy"], "loss": r["loss"], "n": r["n"], "data": data, "source": source,
-           "digest": replica.digest()}
-    print(json.dumps(out) if args.json else
-          f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['n']} rows of {data} ({source})")
-    return 0
+    return replica.model, tokenizer, spec, data, source, replica.digest()
+
+
+def _exported(args):
+    """(model, tokenizer, task spec, data, source, digest) of a folder `onebyte export` wrote."""
+    from onebyte.model.load import ModelLoadError, load_model
+
+    folder = Path(args.model)
+    meta_path = folder / "onebyte.json"
+    if not meta_path.is_file():
+        raise UserError(f"{folder} is not a folder `onebyte export` wrote (no onebyte.json)")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} holds a LoRA adapter alone (--adapter-only): score the whole export, "
+                        f"or load it with peft's AutoPeftModelForCausalLM")
+    if not args.data:
+        raise UserError("give --data FILE: an exported folder names no data")
+    meta = json.loads(meta_path.read_text())
+    try:
+        model, tokenizer = load_model(str(folder))
+    except ModelLoadError as exc:
+        raise UserError(f"--model: {exc}") from None
+    return model, tokenizer, meta.get("task") or None, args.data, str(folder), meta.get("digest")
 
 
 def cmd_export(args) -> int:
@@ -455,13 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
 
     s = sub.add_parser("eval", help="score the model offline on a labelled data file",
-                       description="Score this node's model (its state dir, or --snapshot) on a labelled "
-                       "data file with the genesis' task, offline (read-only: safe while the daemon runs).")
+                       description="Score this node's model (its state dir, --snapshot, or --base) or an exported "
+                       "folder (--model) on a labelled data file with the swarm's task, offline (read-only: "
+                       "safe while the daemon runs).")
     s.add_argument("--config", default=env_cfg, help="node config (genesis, state dir)")
     s.add_argument("--data", default="", help="labelled .tsv/.csv/.jsonl (default: the eval data of config or genesis)")
     s.add_argument("--snapshot", default="", help="score this snapshot (weights file) instead of the state dir")
     s.add_argument("--base", action="store_true",
                    help="score the swarm's base model (before any update) instead of the state dir")
+    s.add_argument("--model", default="", metavar="DIR",
+                   help="score a folder `onebyte export` wrote (its task from onebyte.json; needs --data)")
+    s.add_argument("--record", action="store_true",
+                   help="with --model: write the result into the folder's onebyte.json and model card")
     s.add_argument("--n", type=int, default=0, help="score only the first N rows")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_eval)

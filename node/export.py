@@ -184,28 +184,56 @@ def hub_model_id(spec: str) -> str | None:
     return None
 
 
-def front_matter(meta: dict, replica) -> list[str]:
-    """The model card's YAML metadata, as the Hub reads it: base model, library, tags, license."""
+def front_matter(meta: dict) -> list[str]:
+    """The model card's YAML metadata, as the Hub reads it: base model, library, tags, license,
+    and the measured result (model-index) once `onebyte eval --model DIR --record` scored it."""
     base = hub_model_id(meta.get("base_model", ""))
     lines = ["---"]
     if base:
         lines.append(f"base_model: {base}")
-    lines.append(f"library_name: {'peft' if replica.hyper.lora_rank else 'transformers'}")
+    lines.append(f"library_name: {'peft' if (meta.get('hyper') or {}).get('lora_rank') else 'transformers'}")
     task = meta.get("task") or {}
-    lines.append("pipeline_tag: " + ("text-classification" if task.get("kind", "classification") == "classification"
-                                     and "template" in task else "text-generation"))
+    pipeline = ("text-classification" if task.get("kind", "classification") == "classification" and "template" in task
+                else "text-generation")
+    lines.append("pipeline_tag: " + pipeline)
     lines += ["tags:", "- onebyte", "- zeroth-order", "- mezo", "- decentralized-training"]
     license_ = HUB_IDS.get(meta.get("base_model", ""), (None, None))[1]
     if license_:
         lines.append(f"license: {license_}")
+    ev = meta.get("eval")
+    if ev:
+        data = json.dumps(ev["data"])   # a JSON string is a YAML string
+        name = json.dumps(f"accuracy on {ev['n']} rows")
+        lines += ["model-index:", f"- name: {json.dumps(meta.get('name') or 'onebyte-fine-tune')}", "  results:",
+                  "  - task:", f"      type: {pipeline}", "    dataset:", f"      name: {data}",
+                  f"      type: {data}", "    metrics:", "    - type: accuracy", f"      value: {ev['accuracy']:.4f}",
+                  f"      name: {name}"]
     return lines + ["---", ""]
+
+
+def record_eval(folder: Path, result: dict) -> None:
+    """Write a score of an exported folder into its onebyte.json ("eval") and its model card's
+    front matter (model-index), atomically each; the card's body stays as export wrote it."""
+    meta_path, card_path = folder / "onebyte.json", folder / "README.md"
+    meta = json.loads(meta_path.read_text())
+    meta["name"] = folder.resolve().name
+    meta["eval"] = {"accuracy": round(result["accuracy"], 4), "loss": round(result["loss"], 4), "n": result["n"],
+                    "data": Path(result["data"]).name}
+    card = card_path.read_text() if card_path.exists() else ""
+    if card.startswith("---\n") and "\n---\n" in card[4:]:
+        card = card[card.index("\n---\n", 4) + 5:].lstrip("\n")   # the body after the old front matter
+    for path, text in ((meta_path, json.dumps(meta, indent=1) + "\n"), (card_path, "\n".join(front_matter(meta)) + "\n" + card)):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
 
 
 def model_card(meta: dict, replica, adapter_only: bool = False) -> str:
     """README.md of an exported folder: what it is and how to use it, from the genesis; its
     YAML front matter is the metadata the Hugging Face Hub reads (front_matter)."""
     task = meta.get("task") or {}
-    lines = front_matter(meta, replica) + [f"# onebyte fine-tune of {meta.get('base_model')}", "",
+    lines = front_matter(meta) + [f"# onebyte fine-tune of {meta.get('base_model')}", "",
              f"Fine-tuned by a onebyte swarm ({meta.get('swarm_id', '')[:16]}…) with zeroth-order updates of "
              f"one byte each: {meta.get('updates')} updates from {meta.get('origins')} node(s); "
              f"{replica.n_trainable:,} weights trained; weights digest {meta.get('digest')}.", ""]

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from onebyte.node.export import hub_model_id, model_card
+from onebyte.node.export import hub_model_id, model_card, record_eval
 
 
 def card_meta(text: str) -> dict:
@@ -23,7 +23,23 @@ def test_front_matter_names_the_hub_base_model_library_and_license():
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert front["library_name"] == "transformers" and front["license"] == "apache-2.0"
     assert front["pipeline_tag"] == "text-classification" and "onebyte" in front["tags"]
-    assert card_meta(model_card(meta, replica(lora_rank=4)))["library_name"] == "peft"
+    assert card_meta(model_card({**meta, "hyper": {"lora_rank": 4}}, replica(lora_rank=4)))["library_name"] == "peft"
+
+
+def test_a_recorded_score_becomes_the_cards_model_index(tmp_path):
+    meta = {"base_model": "smollm2", "digest": "d", "task": {"template": "{sentence} It was", "verbalizer": ["a", "b"]}}
+    (tmp_path / "onebyte.json").write_text(json.dumps(meta))
+    (tmp_path / "README.md").write_text(model_card(meta, replica()))
+    body = (tmp_path / "README.md").read_text().split("---\n", 2)[2]
+    record_eval(tmp_path, {"accuracy": 0.81234, "loss": 0.4, "n": 872, "data": "/somewhere/dev.tsv"})
+    card = (tmp_path / "README.md").read_text()
+    result = card_meta(card)["model-index"][0]["results"][0]
+    assert result["task"]["type"] == "text-classification" and result["dataset"]["name"] == "dev.tsv"
+    assert result["metrics"] == [{"type": "accuracy", "value": 0.8123, "name": "accuracy on 872 rows"}]
+    assert card.split("---\n", 2)[2] == body                         # the card's text is kept
+    assert json.loads((tmp_path / "onebyte.json").read_text())["eval"]["accuracy"] == 0.8123
+    record_eval(tmp_path, {"accuracy": 0.5, "loss": 0.7, "n": 10, "data": "x.tsv"})   # a second score replaces it
+    assert len(card_meta((tmp_path / "README.md").read_text())["model-index"][0]["results"]) == 1
 
 
 def test_an_unknown_base_model_is_left_out_rather_than_guessed(tmp_path):
