@@ -30,7 +30,7 @@ from onebyte.protocol.amendments import describe as describe_amendment
 
 from .config import NodeConfig, format_addr, load_config
 from .control import Control
-from .errors import DiskFull, ResolveError, UserError
+from .errors import ConfigError, DiskFull, ResolveError, UserError
 from .genesis import load_genesis, own_key_work_problem, protocol_config
 from .keys import loose_permissions, read_key
 from .members import Bootstrap, PeerBook
@@ -49,7 +49,7 @@ from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
 log = logging.getLogger("onebyte.node.daemon")
 
-RELOADABLE = frozenset({"peers", "labels", "log_level"})   # node config fields SIGHUP applies
+RELOADABLE = frozenset({"peers", "labels", "log_level", "metrics_listen"})   # node config fields SIGHUP applies
 RESOLVE_RETRY_S = (5.0, 300.0)   # back-off of an unresolvable bootstrap name: first, longest
 DISK_RETRY_S = 1.0               # while the disk is full: retry the log's held entries this often
 # A node with peers configured produces only once it knows its own earlier steps (a key
@@ -256,7 +256,7 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: read the node config again and apply what can change while the node runs
-        (RELOADABLE: peers, labels, log level) without leaving the swarm; any other field that
+        (RELOADABLE: peers, labels, log level, metrics) without leaving the swarm; any other field that
         changed takes effect at the next start, as the log says. A config that no longer parses
         changes nothing."""
         if self.cfg.path is None:
@@ -276,9 +276,28 @@ class Daemon:
             self.peers.labels = dict(new.labels)
         if "peers" in now:
             self._reload_peers(new.peers)
+        if "metrics_listen" in now and not self._reload_metrics(new.metrics_listen):
+            now.remove("metrics_listen")
         self.cfg = dataclasses.replace(self.cfg, **{name: getattr(new, name) for name in now})
         log.info("reloaded %s: %s%s", self.cfg.path, ", ".join(now) or "nothing changed",
                  f"; changed but applied only at the next start: {', '.join(later)}" if later else "")
+
+    def _reload_metrics(self, listen) -> bool:
+        """Serve metrics (and the page) at the new address, or stop serving them; the new
+        server listens before the old one closes, so a refused address changes nothing."""
+        from .metrics import MetricsServer
+        fresh = None
+        if listen is not None:
+            fresh = MetricsServer(self, listen)
+            try:
+                fresh.start()
+            except ConfigError as exc:
+                log.error("reload: %s; metrics stay where they are", exc)
+                return False
+        if self.metrics is not None:
+            self.metrics.close()
+        self.metrics = fresh
+        return True
 
     def _reload_peers(self, peers: list) -> None:
         """New bootstrap peers are joined now; removed ones are no longer re-joined (a live

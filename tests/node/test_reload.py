@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import urllib.request
 
 from node_harness import Node, wait_for
 
@@ -33,6 +35,27 @@ def test_sighup_joins_a_new_peer_and_applies_labels_without_a_restart(tmp_path, 
         assert a.proc.poll() is None and a.proc.pid == pid   # the same process, still running
         wait_for(lambda: "applied only at the next start: batch_size" in a.stderr(), 10, "the log line")
         assert "reloaded" in a.stderr() and "log_level" in a.stderr()
+        # metrics: switched on, moved and off again, in the same process
+        assert a.status()["metrics"] is None
+        a.fields["metrics_listen"] = "127.0.0.1:0"
+        a.write_config()
+        a.proc.send_signal(signal.SIGHUP)
+        url = wait_for(lambda: a.status()["metrics"], 10, "metrics served")
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"onebyte_" in resp.read()
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))   # an address in use: refused, the old server stays
+        a.fields["metrics_listen"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        taken.listen()
+        a.write_config()
+        a.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "metrics stay where they are" in a.stderr(), 10, "the refusal")
+        assert a.status()["metrics"] == url
+        taken.close()
+        a.fields["metrics_listen"] = ""
+        a.write_config()
+        a.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: a.status()["metrics"] is None, 10, "metrics off")
         # a config that no longer parses: logged, nothing changes, the node keeps running
         a.config.write_text("[node]\nlisten = 5\n")
         a.proc.send_signal(signal.SIGHUP)
