@@ -10,10 +10,19 @@ same directional derivative on different data: their signs agree more often than
 sign flipper they disagree. Per origin:
 
     n = audited updates (q and g both non-zero),  a = agreements - disagreements
-    z = a / sqrt(n)          a binomial z-score: about N(0, 1) if q ignored the gradient
+    z = a / sqrt(n)                          the sign test: about N(0, 1) if q ignored the gradient
+    z_weighted = sum_t q_t g_t / sqrt(sum_t (q_t g_t)^2)
+                                             the same test, each audit weighted by |q_t g_t|
 
-An origin is *flagged* once n >= MIN_SAMPLES and z <= -flag_z (default 4: a disagreeing majority
-that chance gives about once in 30,000 origins). Flagging excludes nothing (it is one node's
+The weighted score counts a confident measurement (large |g|) of a large claimed step (large
+|q|) for more than a near-zero one, whose sign is mostly noise, and it weighs each audit by
+the harm the update can do (|q|). Both are sums of independent random signs when q ignores
+the gradient (given the magnitudes), so Hoeffding's bound holds for each whatever the
+distribution of the magnitudes: P(score <= -k) <= exp(-k^2 / 2).
+
+An origin is *flagged* once n >= MIN_SAMPLES and min(z, z_weighted) <= -flag_z (default 4: by
+that bound at most 2 exp(-8) = 7e-4 per check of an origin whose q ignores the gradient; an
+honest origin's q follows it, which makes a flag rarer still). Flagging excludes nothing (it is one node's
 measurement on its own data, not a rule every node evaluates alike): status and metrics show it
 with the evidence an operator needs to revoke the key (the audited steps, their q and the g
 this node measured).
@@ -33,11 +42,17 @@ EVIDENCE = 8          # audited (step, q, g) kept per origin for status
 class OriginAudit:
     n: int = 0
     agree: int = 0
+    qg: float = 0.0       # sum_t q_t g_t
+    qg2: float = 0.0      # sum_t (q_t g_t)^2
     evidence: deque = field(default_factory=lambda: deque(maxlen=EVIDENCE))
 
     @property
     def z(self) -> float:
         return (2 * self.agree - self.n) / math.sqrt(self.n) if self.n else 0.0
+
+    @property
+    def z_weighted(self) -> float:
+        return self.qg / math.sqrt(self.qg2) if self.qg2 > 0 else 0.0
 
 
 class Audit:
@@ -86,16 +101,20 @@ class Audit:
         o = self.origins.setdefault(origin, OriginAudit())
         o.n += 1
         o.agree += (q > 0) == (g > 0)
+        o.qg += q * g
+        o.qg2 += (q * g) ** 2
         o.evidence.append((step, q, round(g, 6)))
         self.audits += 1
 
     def flagged(self) -> list[bytes]:
-        return [o for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.z <= -self.flag_z]
+        return [o for o, a in self.origins.items()
+                if a.n >= MIN_SAMPLES and min(a.z, a.z_weighted) <= -self.flag_z]
 
     def status(self) -> dict:
         flagged = set(self.flagged())
         return {"interval_s": self.interval_s, "flag_z": self.flag_z, "audits": self.audits,
                 "flagged": sorted(o.hex() for o in flagged),
-                "origins": {o.hex(): {"samples": a.n, "agree": a.agree, "z": round(a.z, 2), "flagged": o in flagged,
+                "origins": {o.hex(): {"samples": a.n, "agree": a.agree, "z": round(a.z, 2),
+                                      "z_weighted": round(a.z_weighted, 2), "flagged": o in flagged,
                                       "evidence": [list(e) for e in a.evidence]}
                             for o, a in sorted(self.origins.items())}}

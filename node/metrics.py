@@ -190,6 +190,11 @@ def _families(st: dict):
         for origin, a in audit["origins"].items():
             z.add_metric([origin], a["z"])
         yield z
+        zw = GaugeMetricFamily("onebyte_audit_z_weighted", "Per origin: the same agreement, each audit weighted "
+                               "by |q g| (<= -4 flags it)", labels=["origin"])
+        for origin, a in audit["origins"].items():
+            zw.add_metric([origin], a["z_weighted"])
+        yield zw
     yield GaugeMetricFamily("onebyte_audit_flagged_origins", "Origins whose q this node's data contradicts",
                             value=len(audit.get("flagged", [])))
     yield GaugeMetricFamily("onebyte_disk_full", "1 while the update log's disk has no room (no local steps)",

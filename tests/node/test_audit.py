@@ -20,6 +20,32 @@ def test_z_flagging_and_evidence():
     assert b"x" not in a.origins   # q or g of 0 says nothing
 
 
+def test_the_weighted_score_counts_confident_measurements_of_large_steps_for_more():
+    """24 confident measurements that contradict q among 40 near-zero ones of random sign: the
+    sign test sees -3 (not flagged), the weighted score about -4.9 (flagged)."""
+    a = Audit(interval_s=1.0, flag_z=4.0)
+    for i in range(24):
+        a.record(b"bad", i, 20, -1.0)
+    for i in range(40):
+        a.record(b"bad", 100 + i, 2, 0.01 if i % 2 else -0.01)
+    o = a.origins[b"bad"]
+    assert o.z == pytest.approx(-3.0) and o.z_weighted < -4.8
+    assert a.flagged() == [b"bad"] and a.status()["origins"][b"bad".hex()]["z_weighted"] < -4.8
+
+
+def test_q_that_ignores_the_measurement_is_rarely_flagged_whatever_its_magnitudes():
+    """Random signs against heavy-tailed |q| and |g|: Hoeffding's bound (exp(-8) per score) holds
+    for the weighted score too; 2,000 such origins of 64 audits flag at most a handful."""
+    import random
+    rng = random.Random(7)
+    a = Audit(interval_s=1.0, flag_z=4.0)
+    for k in range(2000):
+        for i in range(64):
+            q = rng.choice((-1, 1)) * max(1, min(127, int(rng.paretovariate(1.2))))
+            a.record(k.to_bytes(4, "big"), i, q, rng.choice((-1, 1)) * rng.paretovariate(1.1))
+    assert len(a.flagged()) <= 3
+
+
 def test_one_audit_per_interval_in_turn_newest_update_of_each_origin():
     a = Audit(interval_s=2.0, skip=b"me")
     for step in range(1, 4):
@@ -66,6 +92,7 @@ def test_a_label_flipping_origin_is_flagged_on_real_measurements():
     st = audit.status()
     assert audit.flagged() == [b"flipper" * 4], st
     assert all(st["origins"][o.hex()]["z"] > 1 for o in origins if o != b"flipper" * 4)   # they agree
+    assert all(st["origins"][o.hex()]["z_weighted"] > 1 for o in origins if o != b"flipper" * 4)
     before = auditor.state.clone()
     auditor.directional(loss_fn, (own[0][:8], own[1][:8]), 123)
     assert torch.equal(auditor.state, before)   # auditing never changes the weights
