@@ -48,6 +48,8 @@ class Hyper:
     steering_window: int = 1024      # steering rule (docs/security.md): an origin's steps 1..W, W+1..2W, ... are
                                      # checked as one run each; 0: no rule
     steering_k2: int = 100           # a run breaches if some weight's sum q * noise exceeds sqrt(k2) = 10 sigma
+    steering_checkpoints: int = 3    # a run is also judged on its first W/2, W/4, ... W/2^c steps (c of them), so
+                                     # an origin that stops early is judged on what it published
     lora_rank: int = 0               # > 0: add LoRA adapters of this rank (model/scope.py); 0: none
     lora_alpha: float = 16.0         # LoRA scaling alpha / rank
     lora_targets: str = ""           # regex (re.fullmatch) on module names that get adapters
@@ -71,6 +73,7 @@ class Hyper:
         _int_in("probes", self.probes, 1, 64)
         _int_in("steering_window", self.steering_window, 0, 1 << 20)
         _int_in("steering_k2", self.steering_k2, 1, 1 << 40)
+        _int_in("steering_checkpoints", self.steering_checkpoints, 0, 16)
         if self.probe_baseline not in ("clean", "mean"):
             raise HyperError(f"probe_baseline must be 'clean' or 'mean', got {self.probe_baseline!r}")
         if self.rng != RNG_ID:

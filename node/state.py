@@ -254,7 +254,8 @@ def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: 
     seeder = genesis.seeder()
     _take_back_excluded(replica, seeder, ulog, base_vv)
     pending = _within_budget(ulog, ulog.updates_after(base_vv), influence)
-    guard = SteeringGuard(replica, seeder, replica.hyper.steering_window, replica.hyper.steering_k2, own_origin)
+    guard = SteeringGuard(replica, seeder, replica.hyper.steering_window, replica.hyper.steering_k2, own_origin,
+                          replica.hyper.steering_checkpoints)
     for o, n in base_vv.items():
         guard.prime(o, n, lambda first, last, o=o: ulog.qs_of(o, first, last))
     steered: dict[bytes, int] = {}

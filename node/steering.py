@@ -4,9 +4,13 @@ An origin knows the seed of each of its steps before it publishes, so it can pic
 of q to follow the noise at one chosen weight and push that weight one way, inside every
 rate cap and influence budget. Each origin's steps are checked in runs of W (steps 1..W,
 W+1..2W, ...): `Replica.steering` sums q * noise per weight over the run and breaches when
-some weight's sum is past sqrt(k2) honest standard deviations. The verdict depends only on
-the origin's own signed sequence, so every node that applied the run reaches the same one,
-whatever the arrival order; a breaching origin is excluded from the run's first step on.
+some weight's sum is past sqrt(k2) honest standard deviations. A run is judged at its
+checkpoints, its first W/2^c, ..., W/4, W/2 and W steps (c = steering_checkpoints), so an
+origin that stops early is judged on what it published: it can move a weight by at most
+about W/2^c |q| lr unjudged, not W |q| lr, for about twice the rule's work (W/2^c + ... + W
+steps summed per run, under 2W). The verdict depends only on the origin's own signed
+sequence, so every node that applied the prefix reaches the same one, whatever the arrival
+order; a breaching origin is excluded from the run's first step on.
 
 One SteeringGuard per replica, fed by whoever applies updates (the restore, then the
 worker) in each origin's step order.
@@ -36,13 +40,16 @@ class _Run:
 
 
 class SteeringGuard:
-    def __init__(self, replica, seeder, window: int, k2: int, skip: bytes | None = None):
+    def __init__(self, replica, seeder, window: int, k2: int, skip: bytes | None = None, checkpoints: int = 0):
         self.replica, self.seeder = replica, seeder
         self.window, self.k2 = window, k2
+        # run lengths at which a run is judged: W >> c, ..., W >> 1, W (the distinct positive ones)
+        self.points = frozenset(window >> k for k in range(checkpoints + 1) if window >> k > 0)
         self.skip = skip                      # our own origin: nobody checks itself
         self.runs: dict[bytes, _Run] = {}
         self.ratio: dict[bytes, float] = {}   # per origin, the largest ratio of a checked run (status)
-        self.checked = 0                      # runs checked
+        self.checked = 0                      # whole runs checked
+        self.checks = 0                       # checks made (each checkpoint of each run)
 
     @property
     def enabled(self) -> bool:
@@ -72,10 +79,12 @@ class SteeringGuard:
             qs, step = qs[nxt - step:], nxt
         for i, q in enumerate(qs):
             run.qs.append(int(q))
-            if len(run.qs) == self.window:
+            if len(run.qs) in self.points:
                 hit = self._check(origin, run)
+                self.checked += len(run.qs) == self.window
                 if hit is not None:
                     return Steered(origin, run.start, hit, tuple(run.qs) + tuple(int(x) for x in qs[i + 1:]))
+            if len(run.qs) == self.window:
                 self.runs[origin] = run = _Run(run.start + self.window)
         return None
 
@@ -95,7 +104,7 @@ class SteeringGuard:
     def _check(self, origin: bytes, run: _Run) -> float | None:
         updates = [self.seeder.update(origin, s, q) for s, q in enumerate(run.qs, run.start)]
         breach, ratio = self.replica.steering(updates, self.k2)
-        self.checked += 1
+        self.checks += 1
         self.ratio[origin] = max(ratio, self.ratio.get(origin, 0.0))
         if breach:
             log.warning("origin %s steers single weights: steps %d..%d sum q * noise to %.0f honest variances "
@@ -106,5 +115,6 @@ class SteeringGuard:
         return None
 
     def status(self) -> dict:
-        return {"window": self.window, "k2": self.k2, "runs_checked": self.checked,
+        return {"window": self.window, "k2": self.k2, "checkpoints": sorted(self.points), "runs_checked": self.checked,
+                "checks": self.checks,
                 "largest_ratio": {o.hex(): round(r, 2) for o, r in sorted(self.ratio.items())}}
