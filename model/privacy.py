@@ -7,7 +7,15 @@ change in the one number a node publishes per update is bounded, then hidden in 
 
 Adding or removing one example moves sum_i clip(g_i) by at most C, so with batches drawn by
 Poisson sampling (each example in with probability B / N) each update is a subsampled Gaussian
-mechanism of noise multiplier sigma; node/privacy.py composes them with an accountant. The
+mechanism of noise multiplier sigma; node/privacy.py composes them with an accountant.
+
+Adaptive clipping (Andrew et al., arXiv 1905.03871, "Differentially Private Learning with
+Adaptive Clipping"), when a quantile gamma is set: each step also releases a noised count of
+the examples inside C, b = sum_i (1[|g_i| <= C] - 1/2) + N(0, sigma_b^2), and moves C toward
+the gamma-quantile of |g_i|: C <- C exp(-eta (b / B + 1/2 - gamma)). The pair (sum, count) has
+per-example sensitivity (C, 1/2), so it is one Gaussian mechanism of noise multiplier sigma
+when 1 / sigma^2 = 1 / sigma_sum^2 + 1 / (2 sigma_b)^2: the sum gets a little more noise
+(sigma_sum), the accountant is unchanged, and the new C is post-processing of released values. The
 noise comes from the operating system's generator, never from the update's public seed (an
 observer who could regenerate it would subtract it). Quantizing g with the seed's stochastic
 rounding is post-processing: it cannot weaken the guarantee. docs/privacy.md.
@@ -32,15 +40,31 @@ def unsupported(hyper) -> str | None:
     return None
 
 
+CLIP_RATE = 0.2     # eta: C moves by at most a factor exp(eta / 2) per step
+
+
 @dataclass(frozen=True)
 class Mechanism:
-    clip: float              # C: the bound on one example's projected gradient
+    clip: float              # C: the bound on one example's projected gradient (the first C, if adaptive)
     noise_multiplier: float  # sigma: the noise's standard deviation in units of C
     expected_batch: float    # B = sample rate * examples: what the noisy sum is divided by
+    clip_quantile: float = 0.0   # gamma > 0: C adapts to this quantile of |g_i| (adaptive clipping)
 
     def __post_init__(self):
         if not (self.clip > 0 and self.noise_multiplier >= 0 and self.expected_batch > 0):
             raise ValueError(f"privacy: clip > 0, noise_multiplier >= 0 and a positive batch needed, got {self}")
+        if not 0 <= self.clip_quantile < 1:
+            raise ValueError(f"privacy: clip_quantile in [0, 1), got {self.clip_quantile}")
+
+    def noise_split(self) -> tuple[float, float]:
+        """(sigma_sum, sigma_b): the sum's noise multiplier and the count's noise, together one
+        Gaussian mechanism of multiplier sigma. The count gets sigma_b = max(B / 20, sigma) (B / 20
+        is Andrew et al.'s choice; at least sigma keeps the sum's share of the noise above 3/4)."""
+        sigma = self.noise_multiplier
+        if not self.clip_quantile or sigma == 0:
+            return sigma, 0.0
+        sigma_b = max(self.expected_batch / 20, sigma)
+        return (sigma ** -2 - (2 * sigma_b) ** -2) ** -0.5, sigma_b
 
 
 CLIP_WINDOW = 4096   # recent per-example |g| the clip summary is taken over
@@ -57,18 +81,28 @@ class Privatizer:
     def __init__(self, mechanism: Mechanism, rng: np.random.Generator | None = None):
         self.mechanism = mechanism
         self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+        self.clip = mechanism.clip                           # C now (moves if adaptive)
+        self._sigma_sum, self._sigma_b = mechanism.noise_split()
         self._recent: deque[float] = deque(maxlen=CLIP_WINDOW)
         # Replaced whole after each step (one reference swap), so another thread reads a
         # consistent dict without a lock.
         self.clip_summary: dict | None = None
 
     def __call__(self, g_examples: torch.Tensor) -> float:
-        m = self.mechanism
+        m, c = self.mechanism, self.clip
         g = g_examples.double()
-        clipped = float(g.clamp(-m.clip, m.clip).sum()) if len(g) else 0.0
-        noise = float(self._rng.normal(0.0, m.noise_multiplier * m.clip)) if m.noise_multiplier else 0.0
+        clipped = float(g.clamp(-c, c).sum()) if len(g) else 0.0
+        noise = float(self._rng.normal(0.0, self._sigma_sum * c)) if self._sigma_sum else 0.0
+        if m.clip_quantile:
+            self._adapt(int((g.abs() <= c).sum()) - len(g) / 2)
         self._summarize(g.abs().tolist())
         return (clipped + noise) / m.expected_batch
+
+    def _adapt(self, centred_count: float) -> None:
+        """Move C toward the clip quantile from the noised share of examples inside C."""
+        m = self.mechanism
+        b = centred_count + (float(self._rng.normal(0.0, self._sigma_b)) if self._sigma_b else 0.0)
+        self.clip *= float(np.exp(-CLIP_RATE * (b / m.expected_batch + 0.5 - m.clip_quantile)))
 
     def _summarize(self, g_abs: list[float]) -> None:
         self._recent.extend(g_abs)
@@ -76,6 +110,7 @@ class Privatizer:
             return
         a = np.fromiter(self._recent, dtype=np.float64)
         p50, p90 = np.percentile(a, [50, 90])
-        self.clip_summary = {"clipped_fraction": round(float((a > self.mechanism.clip).mean()), 4),
+        self.clip_summary = {"clip": float(f"{self.clip:.4g}"),
+                             "clipped_fraction": round(float((a > self.clip).mean()), 4),
                              "g_abs_p50": float(f"{p50:.4g}"), "g_abs_p90": float(f"{p90:.4g}"),
                              "examples": len(a)}

@@ -71,6 +71,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "privacy_epsilon": (0.0, "differential privacy for this node's training rows (docs/privacy.md): the epsilon budget; each own step is clipped and noised before quantization, and the node stops producing when the next step would pass it; 0 = off"),
     "privacy_delta": (1e-5, "the delta of the privacy guarantee (below 1 / training rows)"),
     "privacy_clip": (1.0, "private steps: the bound C on one example's projected gradient"),
+    "privacy_clip_quantile": (0.0, "private steps: > 0 adapts C each step toward this quantile of the examples' |projected gradient| (e.g. 0.5: the median), starting at privacy_clip, from a noised count inside the same budget (docs/privacy.md); 0 = C stays privacy_clip"),
     "privacy_noise_multiplier": (0.0, "private steps: the noise's standard deviation in units of privacy_clip; 0 = the smallest that lets max_steps steps fit the budget"),
     "audit_interval_s": (2.0, "measure one peer's newest update on this node's own data this often and flag origins whose q disagrees with it (docs/security.md, Poisoning); 0 = never"),
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
@@ -118,6 +119,7 @@ class NodeConfig:
     privacy_epsilon: float
     privacy_delta: float
     privacy_clip: float
+    privacy_clip_quantile: float
     privacy_noise_multiplier: float
     eval_data: str
     eval_examples: int
@@ -268,6 +270,8 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         privacy_epsilon=float(nonneg("privacy_epsilon", (int, float))),
         privacy_delta=_open_unit(float(nonneg("privacy_delta", (int, float))), f"{where}: [node] privacy_delta"),
         privacy_clip=_positive(float(nonneg("privacy_clip", (int, float))), f"{where}: [node] privacy_clip"),
+        privacy_clip_quantile=_unit_or_zero(float(nonneg("privacy_clip_quantile", (int, float))),
+                                            f"{where}: [node] privacy_clip_quantile"),
         privacy_noise_multiplier=float(nonneg("privacy_noise_multiplier", (int, float))),
         eval_data=_maybe_path(get("eval_data", str), base),
         eval_examples=max(1, nonneg("eval_examples")),
@@ -333,6 +337,12 @@ def read_toml(path: Path, what: str, missing_hint: str) -> dict:
 def _open_unit(v: float, what: str) -> float:
     if not 0 < v < 1:
         raise ConfigError(f"{what} must be between 0 and 1 (exclusive), got {v}")
+    return v
+
+
+def _unit_or_zero(v: float, what: str) -> float:
+    if not (v == 0 or 0 < v < 1):
+        raise ConfigError(f"{what} must be 0 (off) or between 0 and 1 (exclusive), got {v}")
     return v
 
 

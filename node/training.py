@@ -120,9 +120,11 @@ def _private(cfg, replica, examples):
             raise ConfigError(f"[node] privacy_epsilon: {exc}") from None
     budget = PrivacyBudget(cfg.privacy_epsilon, cfg.privacy_delta, cfg.privacy_clip, sigma, rate)
     rng = np.random.default_rng(secrets.randbits(128))   # the OS's: not derivable from any public seed
-    privatize = Privatizer(Mechanism(cfg.privacy_clip, sigma, cfg.batch_size), rng)
-    log.info("private steps: clip %g, noise multiplier %.3f, Poisson sample rate %.5f, budget epsilon %g at "
-             "delta %g", cfg.privacy_clip, sigma, rate, cfg.privacy_epsilon, cfg.privacy_delta)
+    privatize = Privatizer(Mechanism(cfg.privacy_clip, sigma, cfg.batch_size, cfg.privacy_clip_quantile), rng)
+    log.info("private steps: clip %g%s, noise multiplier %.3f, Poisson sample rate %.5f, budget epsilon %g at "
+             "delta %g", cfg.privacy_clip,
+             f" adapting to the {cfg.privacy_clip_quantile:g} quantile of |g_i|" if cfg.privacy_clip_quantile else "",
+             sigma, rate, cfg.privacy_epsilon, cfg.privacy_delta)
 
     def poisson(step: int):   # each row in with probability batch_size / rows, independently
         return [examples[i] for i in np.flatnonzero(rng.random(rows) < rate)]

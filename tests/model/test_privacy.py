@@ -102,3 +102,21 @@ def test_the_clip_summary_says_how_often_and_how_far_examples_exceed_c():
     for _ in range(2100):                              # a window: old examples leave
         p(torch.tensor([0.1, 0.1]))
     assert p.clip_summary["clipped_fraction"] == 0.0 and p.clip_summary["examples"] == 4096
+
+
+def test_adaptive_clipping_finds_the_quantile_and_keeps_the_noise_multiplier():
+    m = Mechanism(clip=0.1, noise_multiplier=1.0, expected_batch=32.0, clip_quantile=0.5)
+    sigma_sum, sigma_b = m.noise_split()
+    assert sigma_b == pytest.approx(1.6)                                  # B / 20 (it exceeds sigma)
+    assert sigma_sum ** -2 + (2 * sigma_b) ** -2 == pytest.approx(1.0)    # one mechanism of sigma = 1
+    assert Mechanism(1.0, 4.0, 32.0, 0.5).noise_split()[1] == 4.0         # sigma_b >= sigma
+    assert Mechanism(1.0, 2.0, 32.0).noise_split() == (2.0, 0.0)          # fixed C: all noise on the sum
+    data = np.random.default_rng(5)
+    for gamma, want in ((0.5, 0.6745 * 3), (0.9, 1.6449 * 3)):            # quantiles of |N(0, 3^2)|
+        p = Privatizer(Mechanism(0.1, 1.0, 32.0, gamma), np.random.default_rng(6))
+        seen = []
+        for _ in range(600):
+            p(torch.from_numpy(data.normal(0.0, 3.0, 32)))
+            seen.append(p.clip)
+        assert np.mean(seen[-200:]) == pytest.approx(want, rel=0.15)
+        assert p.clip_summary["clip"] == pytest.approx(p.clip, rel=1e-3)

@@ -38,7 +38,7 @@ def pair(tmp_path_factory):
                    "--max-rate", "200").returncode == 0
     common = dict(step_interval_s=0.05, threads=1, snapshot_every=10)
     a = Node(root, "a", genesis, [], max_steps=60, privacy_epsilon=1.8, privacy_noise_multiplier=0.6,
-             **common).start()
+             privacy_clip_quantile=0.5, **common).start()   # adaptive clipping: C moves, replicas stay equal
     nodes = [a]
     try:
         a.wait_ready()
@@ -59,6 +59,7 @@ def test_a_private_node_stops_at_its_budget_and_stays_identical(pair):
     assert st["worker_state"] == "done" and 5 <= st["own_steps"] < 60
     assert p["epsilon_spent"] <= 1.8 and p["noise_multiplier"] == 0.6 and p["sample_rate"] == pytest.approx(RATE, rel=1e-3)
     assert 0.0 <= p["clipped_fraction"] <= 1.0 and p["g_abs_p50"] >= 0.0   # how the clip bites, for tuning C
+    assert p["clip"] != 1.0                                    # adapted from privacy_clip = 1
     assert "privacy budget spent" in a.stderr()
     assert b.status()["privacy"] is None
 
@@ -82,6 +83,10 @@ def test_a_private_node_stops_at_its_budget_and_stays_identical(pair):
 def test_privacy_needs_the_two_sided_step(tmp_path):
     genesis = tmp_path / "genesis.toml"
     assert run_cli("init", "--model", "tiny", "--out", genesis, "--hyper", "probes=4").returncode == 0
+    bad = Node(tmp_path, "q", genesis, [], privacy_epsilon=3.0, privacy_clip_quantile=1.5)
+    bad.write_config()
+    r = run_cli("check-config", "--config", bad.config)
+    assert r.returncode == 2 and "privacy_clip_quantile must be 0 (off) or between 0 and 1" in r.stderr
     n = Node(tmp_path, "p", genesis, [], max_steps=10, privacy_epsilon=3.0, threads=1).start()
     try:
         assert n.proc.wait(timeout=180) == 2
