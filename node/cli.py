@@ -400,11 +400,19 @@ def cmd_export(args) -> int:
             if not ans.get("ok"):
                 raise UserError(f"daemon: {ans.get('error')}")
             meta = export_snapshot(cfg, ans, out, args.force, args.adapter_only)
+            _name_datasets(out, args.dataset)
             print(f"exported {meta['updates']} updates (digest {meta['digest'][:16]}…) to {out}")
             return 0
     meta = export_offline(cfg, out, args.force, args.adapter_only)
+    _name_datasets(out, args.dataset)
     print(f"exported {meta['updates']} updates (digest {meta['digest'][:16]}…) to {out} (offline)")
     return 0
+
+
+def _name_datasets(out: Path, datasets: list[str]) -> None:
+    if datasets:
+        from .export import name_datasets
+        name_datasets(out, datasets)
 
 
 # --- the parser ------------------------------------------------------------------------------
@@ -488,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             s.add_argument("--out", required=True, help="output folder (new or empty)")
             s.add_argument("--force", action="store_true", help="replace a non-empty --out")
+            s.add_argument("--dataset", action="append", default=[], metavar="ID",
+                           help="the Hub dataset the swarm trained on (e.g. stanfordnlp/sst2), for the model "
+                           "card's front matter; repeatable")
             s.add_argument("--adapter-only", action="store_true", help="a LoRA swarm: write the adapter alone "
                            "(PEFT format, loads with peft's AutoPeftModelForCausalLM), no merged model")
         s.set_defaults(func=func)

@@ -200,25 +200,42 @@ def front_matter(meta: dict) -> list[str]:
     license_ = HUB_IDS.get(meta.get("base_model", ""), (None, None))[1]
     if license_:
         lines.append(f"license: {license_}")
+    datasets = meta.get("datasets") or []
+    if datasets:
+        lines += ["datasets:"] + [f"- {json.dumps(d)}" for d in datasets]   # a JSON string is a YAML string
     ev = meta.get("eval")
     if ev:
-        data = json.dumps(ev["data"])   # a JSON string is a YAML string
+        data = json.dumps(ev["data"])
         name = json.dumps(f"accuracy on {ev['n']} rows")
         lines += ["model-index:", f"- name: {json.dumps(meta.get('name') or 'onebyte-fine-tune')}", "  results:",
                   "  - task:", f"      type: {pipeline}", "    dataset:", f"      name: {data}",
-                  f"      type: {data}", "    metrics:", "    - type: accuracy", f"      value: {ev['accuracy']:.4f}",
-                  f"      name: {name}"]
+                  f"      type: {json.dumps(datasets[0]) if datasets else data}", "    metrics:",
+                  "    - type: accuracy", f"      value: {ev['accuracy']:.4f}", f"      name: {name}"]
     return lines + ["---", ""]
 
 
 def record_eval(folder: Path, result: dict) -> None:
     """Write a score of an exported folder into its onebyte.json ("eval") and its model card's
-    front matter (model-index), atomically each; the card's body stays as export wrote it."""
-    meta_path, card_path = folder / "onebyte.json", folder / "README.md"
-    meta = json.loads(meta_path.read_text())
+    front matter (model-index)."""
+    meta = json.loads((folder / "onebyte.json").read_text())
     meta["name"] = folder.resolve().name
     meta["eval"] = {"accuracy": round(result["accuracy"], 4), "loss": round(result["loss"], 4), "n": result["n"],
                     "data": Path(result["data"]).name}
+    _rewrite_meta(folder, meta)
+
+
+def name_datasets(folder: Path, datasets: list[str]) -> None:
+    """Name the Hub datasets the swarm trained on (`export --dataset ID`) in onebyte.json and the
+    card's front matter: the genesis knows only file paths."""
+    meta = json.loads((folder / "onebyte.json").read_text())
+    meta["datasets"] = list(datasets)
+    _rewrite_meta(folder, meta)
+
+
+def _rewrite_meta(folder: Path, meta: dict) -> None:
+    """onebyte.json and the card's front matter from meta, atomically each; the card's body stays
+    as export wrote it."""
+    meta_path, card_path = folder / "onebyte.json", folder / "README.md"
     card = card_path.read_text() if card_path.exists() else ""
     if card.startswith("---\n") and "\n---\n" in card[4:]:
         card = card[card.index("\n---\n", 4) + 5:].lstrip("\n")   # the body after the old front matter

@@ -130,13 +130,14 @@ def test_eval_scores_the_state_dir_and_a_snapshot_offline(tmp_path, genesis_path
     one_error_line(run_cli("eval", "--config", n.config, "--data", str(tmp_path / "none.tsv")), r"data", 2)
     # an exported folder scores as the state dir it came from, and --record puts it in its card
     out = tmp_path / "exported"
-    assert run_cli("export", "--config", n.config, "--out", out, "--offline").returncode == 0
+    assert run_cli("export", "--config", n.config, "--out", out, "--offline", "--dataset", "stanfordnlp/sst2").returncode == 0
     r = run_cli("eval", "--model", out, "--data", "builtin:sentiment", "--n", "64", "--json", "--record")
     assert r.returncode == 0, r.stderr
     scored = json.loads(r.stdout)
     assert scored["digest"] == digest and scored["accuracy"] == got["accuracy"]
     assert scored["loss"] == pytest.approx(got["loss"], rel=1e-6)
-    assert "model-index:" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "model-index:" in card and '- "stanfordnlp/sst2"' in card
     one_error_line(run_cli("eval", "--model", tmp_path, "--data", "builtin:sentiment"), r"no onebyte.json", 2)
     one_error_line(run_cli("eval", "--config", n.config, "--record"), r"--record", 2)
 
