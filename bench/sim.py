@@ -29,6 +29,7 @@ Definitions (also written into the JSON):
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -99,6 +100,67 @@ class Tracker:
         }
 
 
+def snapshot(nodes):
+    """Summed counters of live nodes (diagnostics, see --diag)."""
+    tot = {"drops": {}, "bytes_by_kind_out": {}, "pruned_by_count": {}}
+    for x in nodes:
+        if not x.alive:
+            continue
+        c = x.engine.counters
+        for k in ("duplicate_records", "records_accepted", "batch_members_waiting", "updates_delivered",
+                  "records_served_bytes", "serve_credit_cuts", "bytes_out", "datagrams_out"):
+            tot[k] = tot.get(k, 0) + c.get(k, 0)
+        for k, v in c["drops"].items():
+            tot["drops"][k] = tot["drops"].get(k, 0) + v
+        for k, v in c["bytes_by_kind"]["out"].items():
+            tot["bytes_by_kind_out"][str(k)] = tot["bytes_by_kind_out"].get(str(k), 0) + v
+        q = x.engine.sync.record_q
+        tot["pruned"] = tot.get("pruned", 0) + q.pruned
+        for k, v in q.pruned_by_count.items():
+            tot["pruned_by_count"][k] = tot["pruned_by_count"].get(k, 0) + v
+    return tot
+
+
+def diff(a, b):
+    out = {}
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out[k] = {kk: vv - a[k].get(kk, 0) for kk, vv in sorted(v.items()) if vv - a[k].get(kk, 0)}
+        else:
+            out[k] = v - a.get(k, 0)
+    return out
+
+
+def diagnose(swarm, tracker, nodes, c0, live_n):
+    """Where the records went: per tracked record, how many live non-origin nodes hold it."""
+    live = [x for x in nodes if x.alive]
+    conts = {}
+    hist = {"all": 0, "miss1-5": 0, "miss6-50": 0, "miss51-500": 0, "miss>500": 0}
+    fracs = []
+    for (origin, last) in tracker.tracked:
+        if origin not in conts:
+            conts[origin] = sorted(x.engine.book.contiguous(origin) for x in live
+                                   if x.identity.node_id != origin)
+        cs = conts[origin]
+
+        have = len(cs) - bisect.bisect_left(cs, last)
+        miss = len(cs) - have
+        fracs.append(have / max(1, len(cs)))
+        hist["all" if miss == 0 else "miss1-5" if miss <= 5 else "miss6-50" if miss <= 50
+             else "miss51-500" if miss <= 500 else "miss>500"] += 1
+    qlen = [len(x.engine.sync.record_q) for x in live]
+    pend = [x.engine.book.pending_total for x in live]
+    fracs.sort()
+    return {"records_by_missing_nodes": hist,
+            "held_fraction_mean": sum(fracs) / len(fracs) if fracs else None,
+            "held_fraction_p10_p50": [pct(fracs, 0.1), pct(fracs, 0.5)] if fracs else None,
+            "record_q_len_mean_max": [sum(qlen) / len(qlen), max(qlen)],
+            "pending_total_mean_max": [sum(pend) / len(pend), max(pend)],
+            "counters_delta_per_node": {k: ({kk: round(vv / live_n, 1) for kk, vv in v.items()}
+                                            if isinstance(v, dict) else round(v / live_n, 1))
+                                        for k, v in diff(c0, snapshot(nodes)).items()}}
+
+
 def bytes_sent(nodes):
     return sum(n.engine.counters["bytes_out"] for n in nodes if n.alive)
 
@@ -111,7 +173,13 @@ def run_size(n, args, log):
     # linger of 2 * 64 / rate, the earlier setting, closed no batch inside the tracking window
     # at 1,000 nodes.)
     rate = args.swarm_rate / n
-    cfg = ProtocolConfig(swarm_id=SWARM_ID)
+    over = {}
+    for kv in args.set:
+        key, val = kv.split("=", 1)
+        over[key] = type(getattr(ProtocolConfig(swarm_id=SWARM_ID), key))(val)
+    cfg = ProtocolConfig(swarm_id=SWARM_ID, **over)
+    if over:
+        log(f"config overrides {over}")
     k = cfg.updates_per_record
     tracker = Tracker(rate)
     swarm = Swarm(n, cfg, seed=args.seed + n, net=NetConfig(delay_s=0.01, jitter_s=0.005),
@@ -138,13 +206,20 @@ def run_size(n, args, log):
     log(f"n={n} mean live members after warm-up {members:.1f}")
     log(f"n={n} warm-up {args.warmup}s sim in {time.perf_counter() - t_wall:.0f}s wall")
     results = []
-    for loss in (0.0, 0.05, 0.20):
+    for loss in args.losses:
         t_phase = time.perf_counter()
         swarm.net.loss = loss
         tracker.tracked = {}
         tracker.window = (swarm.now, swarm.now + args.window)
         b0, t0 = bytes_sent(swarm.nodes), swarm.now
-        swarm.run_for(args.window + args.drain)
+        c0 = snapshot(swarm.nodes) if args.diag else None
+        if args.diag:
+            swarm.run_for(args.window)
+            log("end of window " + json.dumps(diagnose(swarm, tracker, swarm.nodes, c0, n)))
+            swarm.run_for(args.drain)
+            log("end of drain " + json.dumps(diagnose(swarm, tracker, swarm.nodes, c0, n)))
+        else:
+            swarm.run_for(args.window + args.drain)
         res = tracker.evaluate(swarm, swarm.nodes)
         res.update(nodes=n, loss=loss, window_s=args.window, drain_s=args.drain,
                    bytes_per_node_per_s=(bytes_sent(swarm.nodes) - b0) / n / (swarm.now - t0),
@@ -152,7 +227,7 @@ def run_size(n, args, log):
         results.append(res)
         log(json.dumps(res))
     crash = None
-    if n == max(args.sizes):
+    if n == max(args.sizes) and not args.no_crash:
         t_phase = time.perf_counter()
         swarm.net.loss = 0.05
         victims = swarm.rng.sample(swarm.nodes, int(0.8 * n))
@@ -300,6 +375,13 @@ def main(argv=None):
                     help="only the bytes-per-update measurement (seconds, not minutes)")
     ap.add_argument("--records-per-signature", type=int, default=None,
                     help="records per signed batch for bytes_per_update_K (default: ProtocolConfig's)")
+    ap.add_argument("--losses", type=float, nargs="+", default=[0.0, 0.05, 0.20])
+    ap.add_argument("--no-crash", action="store_true", help="skip the 80%%-crash phase")
+    ap.add_argument("--no-bytes", action="store_true", help="skip bytes_per_update_K")
+    ap.add_argument("--diag", action="store_true",
+                    help="log per-phase diagnostics (where records went, counters) at window and drain end")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="ProtocolConfig overrides for the scale phases (experiments)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -317,8 +399,9 @@ def main(argv=None):
                 f.write(text + "\n")
         return
 
-    bytes_res = bytes_out(args.records_per_signature)
-    log("bytes/update uniform q " + json.dumps(bytes_res["bytes_per_update_64_by_records_per_signature"]))
+    bytes_res = {} if args.no_bytes else bytes_out(args.records_per_signature)
+    if not args.no_bytes:
+        log("bytes/update uniform q " + json.dumps(bytes_res["bytes_per_update_64_by_records_per_signature"]))
     idle = {}
     for n in args.idle_sizes:
         idle[str(n)] = idle_cost(n, args.idle_warmup, args.idle_measure, args.seed)
@@ -341,16 +424,16 @@ def main(argv=None):
         runs.append(meta)
         crash = c or crash
     empty = [f"{s['nodes']} nodes at {s['loss']:.0%} loss" for s in scenarios + [crash]
-             if not s["records_tracked"]]
+             if s and not s["records_tracked"]]
     excluded = sum(r["origins_excluded"] for r in runs)
     big = max(args.sizes)
     loss5 = [s for s in scenarios if s["nodes"] == big and s["loss"] == 0.05]
     out = {
         "command": command,
         "delivered_fraction_min": min((s["delivered_fraction"] for s in scenarios + [crash]
-                                       if s["delivered_fraction"] is not None), default=None),
-        "crash80_delivered_fraction": crash["delivered_fraction"],
-        f"p99_dissemination_s_{big}_loss5": loss5[0]["p99_dissemination_s"],
+                                       if s and s["delivered_fraction"] is not None), default=None),
+        "crash80_delivered_fraction": crash["delivered_fraction"] if crash else None,
+        f"p99_dissemination_s_{big}_loss5": loss5[0]["p99_dissemination_s"] if loss5 else None,
         **bytes_res,
         **idle_out,
         "scenarios": scenarios,

@@ -48,6 +48,8 @@ class TransmitLimitedQueue:
         # every member reaches every other itself, relays are a backup (Sync.everyone_talks).
         self.tag_limit: int | None = None
         self._own = None
+        self.pruned = 0                        # items dropped by _prune (diagnostics)
+        self.pruned_by_count: dict = {}        # transmits they had when dropped
 
     def __len__(self) -> int:
         return len(self._where)
@@ -84,6 +86,8 @@ class TransmitLimitedQueue:
                 del bucket[key]
                 del self._where[key]
                 self._forget(key)
+                self.pruned += 1
+                self.pruned_by_count[count] = self.pruned_by_count.get(count, 0) + 1
             if not bucket:
                 del self._by_count[count]
             if len(self._where) <= self.max_items:
