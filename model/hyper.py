@@ -36,7 +36,8 @@ class Hyper:
     probe_baseline: str = "clean"    # probes >= 2: g_j = (l_j - b) / std: b = "clean" (one more forward pass,
                                      # FZOO) or "mean" (the mean of the probes: N passes, sum of g_j = 0)
     rng: str = RNG_ID                # noise generator id (docs/rng.md); guards against silent spec changes
-    headroom_bits: int = 2           # grid bound = 2**(ceil_log2(max|w|) + headroom): weights may grow 4x
+    headroom_bits: int = 2           # quantum = 2**(ceil_log2(max|w|) + headroom - 24): steps of 2**-22 of the largest
+                                     # base weight (the int64 state bounds nothing; docs/numerics.md)
     grid_min_exp: int = -6           # bound exponent never below this, so tiny/zero tensors can still move
     trainable: str = ".*"            # regex (re.fullmatch) on parameter names: which tensors are perturbed
     max_fused: int = 128             # updates applied per pass over the weights (keeps int32 sums small)
