@@ -411,8 +411,8 @@ def cmd_export(args) -> int:
 
 def _name_datasets(out: Path, datasets: list[str]) -> None:
     if datasets:
-        from .export import name_datasets
-        name_datasets(out, datasets)
+        from .export import update_meta
+        update_meta(out, datasets=list(datasets))
 
 
 # --- the parser ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from .config import NodeConfig
+from .durable import atomic_write_bytes
 from .errors import StateError, UserError
 from .genesis import Genesis, load_genesis
 from .state import StateDir, build_replica, restore
@@ -217,33 +218,22 @@ def front_matter(meta: dict) -> list[str]:
 def record_eval(folder: Path, result: dict) -> None:
     """Write a score of an exported folder into its onebyte.json ("eval") and its model card's
     front matter (model-index)."""
-    meta = json.loads((folder / "onebyte.json").read_text())
-    meta["name"] = folder.resolve().name
-    meta["eval"] = {"accuracy": round(result["accuracy"], 4), "loss": round(result["loss"], 4), "n": result["n"],
-                    "data": Path(result["data"]).name}
-    _rewrite_meta(folder, meta)
+    update_meta(folder, name=folder.resolve().name,
+                eval={"accuracy": round(result["accuracy"], 4), "loss": round(result["loss"], 4),
+                      "n": result["n"], "data": Path(result["data"]).name})
 
 
-def name_datasets(folder: Path, datasets: list[str]) -> None:
-    """Name the Hub datasets the swarm trained on (`export --dataset ID`) in onebyte.json and the
-    card's front matter: the genesis knows only file paths."""
-    meta = json.loads((folder / "onebyte.json").read_text())
-    meta["datasets"] = list(datasets)
-    _rewrite_meta(folder, meta)
-
-
-def _rewrite_meta(folder: Path, meta: dict) -> None:
-    """onebyte.json and the card's front matter from meta, atomically each; the card's body stays
-    as export wrote it."""
+def update_meta(folder: Path, **fields) -> None:
+    """Set fields of an exported folder's onebyte.json (e.g. `datasets`, named by
+    `export --dataset ID`: the genesis knows only file paths) and rewrite the card's front
+    matter from it, each file atomically; the card's body stays as export wrote it."""
     meta_path, card_path = folder / "onebyte.json", folder / "README.md"
+    meta = {**json.loads(meta_path.read_text()), **fields}
     card = card_path.read_text() if card_path.exists() else ""
     if card.startswith("---\n") and "\n---\n" in card[4:]:
         card = card[card.index("\n---\n", 4) + 5:].lstrip("\n")   # the body after the old front matter
-    for path, text in ((meta_path, json.dumps(meta, indent=1) + "\n"), (card_path, "\n".join(front_matter(meta)) + "\n" + card)):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=1) + "\n").encode(), mode=0o644)
+    atomic_write_bytes(card_path, ("\n".join(front_matter(meta)) + "\n" + card).encode(), mode=0o644)
 
 
 def model_card(meta: dict, replica, adapter_only: bool = False) -> str:

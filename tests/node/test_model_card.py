@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from onebyte.node.export import hub_model_id, model_card, name_datasets, record_eval
+from onebyte.node.export import hub_model_id, model_card, record_eval, update_meta
 
 
 def card_meta(text: str) -> dict:
@@ -40,7 +40,7 @@ def test_a_recorded_score_becomes_the_cards_model_index(tmp_path):
     assert json.loads((tmp_path / "onebyte.json").read_text())["eval"]["accuracy"] == 0.8123
     record_eval(tmp_path, {"accuracy": 0.5, "loss": 0.7, "n": 10, "data": "x.tsv"})   # a second score replaces it
     assert len(card_meta((tmp_path / "README.md").read_text())["model-index"][0]["results"]) == 1
-    name_datasets(tmp_path, ["stanfordnlp/sst2"])                   # export --dataset: the Hub id
+    update_meta(tmp_path, datasets=["stanfordnlp/sst2"])                   # export --dataset: the Hub id
     front = card_meta((tmp_path / "README.md").read_text())
     assert front["datasets"] == ["stanfordnlp/sst2"]
     assert front["model-index"][0]["results"][0]["dataset"] == {"name": "x.tsv", "type": "stanfordnlp/sst2"}
