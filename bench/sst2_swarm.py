@@ -172,7 +172,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         print(f"[{name}] {n} daemons up after {time.monotonic() - t0:.0f} s "
               f"(trunk cache: {sts[node1.name].get('trunk_cache')})", flush=True)
         next_eval, t_train, stopped = 0, None, False
-        flags: dict = {}   # (auditor, origin) -> the origin's own steps when first flagged (audit)
+        flags: dict = {}   # (auditor, origin) -> when first flagged: the origin's own steps, audits of it, time
         while True:
             swarm.check_alive()
             sts = {node.name: swarm.status(node, timeout=60) for node in swarm.nodes}
@@ -183,7 +183,10 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
             for auditor, st in sts.items():
                 for origin in (st.get("audit") or {}).get("flagged", []):
                     vv = st["version_vector"]["by_origin"]
-                    flags.setdefault((auditor, origin), vv.get(origin, 0))
+                    flags.setdefault((auditor, origin), {
+                        "origin_steps_when_flagged": vv.get(origin, 0),
+                        "audits_of_origin": st["audit"]["origins"][origin]["samples"],
+                        "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None})
             if t_train is None and all(st.get("worker_state") not in ("starting", "preparing")
                                        for st in sts.values()):
                 t_train = time.monotonic()  # every trunk cache is built: the training clock starts
@@ -219,7 +222,7 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
         own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
         flipper = swarm.nodes[a.flip_node - 1].node_id if a.flip_node and n > 1 else None
         audit = {"flip_node": a.flip_node or None, "flipper": flipper,
-                 "flagged": [{"by": b, "origin": o, "origin_steps_when_flagged": s} for (b, o), s in sorted(flags.items())],
+                 "flagged": [{"by": b, "origin": o, **when} for (b, o), when in sorted(flags.items())],
                  "flipper_flagged_by": sorted(b for (b, o) in flags if o == flipper),
                  "honest_flagged": sorted({o for (_, o) in flags if o != flipper}),
                  "final": {node.name: (st.get("audit") or {}) for node, st in zip(swarm.nodes, swarm.statuses().values())}}

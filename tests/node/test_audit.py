@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from onebyte.node.audit import MIN_SAMPLES, Audit
+from onebyte.node.audit import MIN_SAMPLES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
 
 
 def test_z_flagging_and_evidence():
@@ -59,6 +59,45 @@ def test_one_audit_per_interval_in_turn_newest_update_of_each_origin():
         return 1.0
     assert a.run(measure, now=0.0) and not a.run(measure, now=1.0) and a.run(measure, now=2.0)
     assert seen == [(b"p1", 3, 7), (b"p2", 9, -3)] and not a.due(now=10.0)
+
+
+def test_a_suspect_is_audited_faster_and_the_round_goes_on():
+    """An origin whose score fell below -SUSPECT_Z gets SUSPECT_SPEEDUP audits per interval (of its
+    newest update, when it has a new one); the round still gives every origin its turn."""
+    a = Audit(interval_s=2.0, skip=b"me")
+    for i in range(MIN_SAMPLES):
+        a.record(b"bad", i, 5, -1.0)          # z = -4: a suspect (and flagged)
+        a.record(b"good", i, 5, 1.0 if i % 2 else -1.0)
+    assert a.suspects() == [b"bad"] and b"good" not in a.suspects()
+    seen = []
+
+    def measure(origin, step, q):
+        seen.append(origin)
+        return 1.0 if origin == b"good" else -1.0
+    t, step = 0.0, 100
+    while t < 20.0:                           # ten intervals; both publish every 0.1 s
+        step += 1
+        a.offer(b"bad", step, 5)
+        a.offer(b"good", step, 5)
+        a.run(measure, now=t)
+        t = round(t + 0.1, 6)
+    assert seen.count(b"bad") == pytest.approx(10 * SUSPECT_SPEEDUP + 5, abs=2)   # + its turns in the round
+    assert seen.count(b"good") == pytest.approx(5, abs=1)
+    st = a.status()
+    assert st["suspects"] == [b"bad".hex()] and st["origins"][b"bad".hex()]["suspect"]
+    assert not st["origins"][b"good".hex()]["suspect"]
+
+
+def test_a_suspect_without_a_new_update_is_not_audited_again():
+    a = Audit(interval_s=2.0)
+    for i in range(MIN_SAMPLES):
+        a.record(b"bad", i, 5, -1.0 if i % 4 else 1.0)   # z = -8 / 4 = -2: just a suspect
+    assert min(a.origins[b"bad"].z, a.origins[b"bad"].z_weighted) <= -SUSPECT_Z
+    a.offer(b"bad", 50, 5)
+    assert a.run(lambda o, s, q: -1.0, now=0.0)
+    assert not a.due(now=0.6) and not a.run(lambda o, s, q: -1.0, now=0.6)
+    a.offer(b"bad", 51, 5)
+    assert a.due(now=0.6)
 
 
 def test_a_label_flipping_origin_is_flagged_on_real_measurements():
