@@ -192,10 +192,11 @@ class Replica:
             ratio = max(ratio, top * top / (q2 * r))
         return breach, ratio
 
-    def directional(self, loss_fn: Callable, batch, seed: int, vseed: int = 0) -> float:
-        """The two-sided projected gradient of loss_fn on batch along update (seed, vseed)'s
-        noise, at the current weights; nothing is applied (model/step.py)."""
-        return self._step.directional(loss_fn, batch, seed, vseed)
+    def directional(self, loss_fn: Callable, batch, noises) -> float:
+        """The two-sided projected gradient of loss_fn on batch along sum_t sign_t n_t, the
+        noises of updates noises = [(seed, vseed, sign_t), ...], at the current weights;
+        nothing is applied (model/step.py)."""
+        return self._step.directional(loss_fn, batch, noises)
 
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:

@@ -69,14 +69,25 @@ class LocalStep:
         return qs, loss
 
     @torch.no_grad()
-    def directional(self, loss_fn: Callable, batch, seed: int, vseed: int = 0) -> float:
-        """(L(w + eps n) - L(w - eps n)) / (2 eps) along the noise n of update (seed, vseed):
-        what this node's data says of a peer's update (node/audit.py). The state is untouched."""
+    def directional(self, loss_fn: Callable, batch, noises: Sequence[tuple[int, int, int]]) -> float:
+        """(L(w + eps u) - L(w - eps u)) / (2 eps) along u = sum_t sign_t n_t, the noises n_t of
+        updates (seed, vseed) with signs sign_t (+1 or -1): what this node's data says of a
+        peer's updates (node/audit.py); u of one update is that update's own noise. The state
+        is untouched. At most max_fused noises: a probe is one fused pass."""
+        if not noises or len(noises) > self.hyper.max_fused:
+            raise ValueError(f"directional takes 1..{self.hyper.max_fused} noises, got {len(noises)}")
+        seeds = [int(seed) for seed, _, _ in noises]
+        vseeds = [int(vseed) for _, vseed, _ in noises]
+        eps_k = self.replica.grid.eps_k
+        coefs = [(1 if sign > 0 else -1) * eps_k for _, _, sign in noises]
         try:
-            g, _ = self._spsa(loss_fn, batch, (int(seed), 1, int(vseed)))
+            ls = []
+            for sign in (+1, -1):
+                self.replica._apply(seeds, vseeds, [sign * c for c in coefs], commit=False)
+                ls.append(float(loss_fn(self.replica.model, batch)))
         finally:
             self.replica._show()
-        return g[0]
+        return (ls[0] - ls[1]) / (2.0 * self.hyper.eps)
 
     def _measure(self, loss_fn, batch, probe, sign: int) -> float:
         seed, _, vseed = probe

@@ -3,37 +3,38 @@
 A member can publish updates whose q has the wrong sign (or train on flipped labels): every q
 stays inside every budget and rule, yet the swarm's gain is erased. No rule over one origin's
 sequence can see that; a measurement on data can. Every `audit_interval_s` the worker takes the
-newest update it applied of one peer (peers in turn) and measures, on a batch of its own
-training data, the two-sided projected gradient g along that update's noise (two forward
-passes; nothing is applied: Replica.directional). For an honest origin q and g estimate the
-same directional derivative on different data: their signs agree more often than not. For a
-sign flipper they disagree. Per origin:
+updates of one peer (peers in turn) that it applied since that peer's last audit, up to
+BATCH_MAX of the newest, and measures on a batch of its own training data the two-sided
+projected gradient g along their signed sum u = sum_t sign(q_t) n_t (two forward passes,
+nothing applied: Replica.directional). Each term sign(q_t) (grad . n_t) is positive in
+expectation when q_t follows the gradient, negative when it opposes it, and the terms' noise
+(independent noises n_t) adds in quadrature: one audit of K updates weighs like K audits of one,
+for the same two forward passes (the regeneration of K noises costs about K / 15,000 s for
+the 3.5M weights of `top1` on a CPU core). Per origin, over its audits j:
 
-    n = audited updates (q and g both non-zero),  a = agreements - disagreements
+    n = audits with g_j != 0,  a = agreements (g_j > 0) - disagreements
     z = a / sqrt(n)                          the sign test: about N(0, 1) if q ignored the gradient
-    z_weighted = sum_t q_t g_t / sqrt(sum_t (q_t g_t)^2)
-                                             the same test, each audit weighted by |q_t g_t|
+    z_weighted = sum_j m_j g_j / sqrt(sum_j (m_j g_j)^2),   m_j = sum_t |q_t| over audit j
+                                             the same test, each audit weighted by |m_j g_j|
 
 The weighted score counts a confident measurement (large |g|) of a large claimed step (large
-|q|) for more than a near-zero one, whose sign is mostly noise, and it weighs each audit by
-the harm the update can do (|q|). Both are sums of independent random signs when q ignores
-the gradient (given the magnitudes), so Hoeffding's bound holds for each whatever the
-distribution of the magnitudes: P(score <= -k) <= exp(-k^2 / 2).
+m) for more than a near-zero one, whose sign is mostly noise, and it weighs each audit by the
+harm the updates can do. Where q ignores the gradient, flipping every n_t flips g and nothing
+else, so g is symmetric given the magnitudes: both scores are sums of independent random signs,
+and Hoeffding's bound holds for each whatever the magnitudes: P(score <= -k) <= exp(-k^2 / 2).
 
 An origin whose score sinks below -SUSPECT_Z (n >= MIN_SAMPLES) is a *suspect*: besides its turn
-in the round, its newest update is audited every interval_s / SUSPECT_SPEEDUP. The round alone
-gives each of P peers one audit per P * interval_s, and a flipper's score falls like sqrt(n):
-at the rates measured on SST-2 (docs/security.md) it needed about 200 audits, 20 minutes of
-rounds. Spending the extra forward passes only where the evidence already points settles the
-question in minutes, and an honest origin that dips to -2 by chance is measured more, which
-brings its score back up. The flag below is checked after each audit either way.
+in the round, its new updates are audited every interval_s / SUSPECT_SPEEDUP. The round alone
+gives each of P peers one audit per P * interval_s; spending the extra forward passes only
+where the evidence already points settles the question sooner, and an honest origin that dips
+to -2 by chance is measured more, which brings its score back up.
 
 An origin is *flagged* once n >= MIN_SAMPLES and min(z, z_weighted) <= -flag_z (default 4: by
 that bound at most 2 exp(-8) = 7e-4 per check of an origin whose q ignores the gradient; an
-honest origin's q follows it, which makes a flag rarer still). Flagging excludes nothing (it is one node's
-measurement on its own data, not a rule every node evaluates alike): status and metrics show it
-with the evidence an operator needs to revoke the key (the audited steps, their q and the g
-this node measured).
+honest origin's q follows it, which makes a flag rarer still). Flagging excludes nothing (it is
+one node's measurement on its own data, not a rule every node evaluates alike): status and
+metrics show it with the evidence an operator needs to revoke the key (the audited steps, the
+claimed step mass and the g this node measured).
 """
 from __future__ import annotations
 
@@ -43,17 +44,18 @@ from collections import deque
 from dataclasses import dataclass, field
 
 MIN_SAMPLES = 16
+BATCH_MAX = 64        # an origin's newest updates measured together in one audit
 SUSPECT_Z = 2.0       # a score this low (after MIN_SAMPLES audits) makes an origin a suspect
-SUSPECT_SPEEDUP = 4   # a suspect's newest update is audited this many times per interval_s
-EVIDENCE = 8          # audited (step, q, g) kept per origin for status
+SUSPECT_SPEEDUP = 4   # a suspect's new updates are audited this many times per interval_s
+EVIDENCE = 8          # audits (first step, last step, updates, sum |q|, g) kept per origin for status
 
 
 @dataclass
 class OriginAudit:
     n: int = 0
     agree: int = 0
-    qg: float = 0.0       # sum_t q_t g_t
-    qg2: float = 0.0      # sum_t (q_t g_t)^2
+    mg: float = 0.0       # sum_j m_j g_j
+    mg2: float = 0.0      # sum_j (m_j g_j)^2
     evidence: deque = field(default_factory=lambda: deque(maxlen=EVIDENCE))
 
     @property
@@ -62,17 +64,23 @@ class OriginAudit:
 
     @property
     def z_weighted(self) -> float:
-        return self.qg / math.sqrt(self.qg2) if self.qg2 > 0 else 0.0
+        return self.mg / math.sqrt(self.mg2) if self.mg2 > 0 else 0.0
+
+    @property
+    def score(self) -> float:
+        return min(self.z, self.z_weighted)
 
 
 class Audit:
-    def __init__(self, interval_s: float, flag_z: float = 4.0, skip: bytes | None = None):
-        self.interval_s, self.flag_z, self.skip = interval_s, flag_z, skip
+    def __init__(self, interval_s: float, flag_z: float = 4.0, skip: bytes | None = None,
+                 batch_max: int = BATCH_MAX):
+        self.interval_s, self.flag_z, self.skip, self.batch_max = interval_s, flag_z, skip, batch_max
         self.origins: dict[bytes, OriginAudit] = {}
-        self._latest: dict[bytes, tuple[int, int]] = {}   # origin -> (step, q) newest applied, not yet audited
-        self._order: deque = deque()                      # origins waiting their turn in the round
-        self._next_at = 0.0                               # the round's next audit
-        self._next_suspect_at = 0.0                       # the suspects' next audit
+        # origin -> its (step, q) applied since its last audit, the newest batch_max of them
+        self._pending: dict[bytes, deque] = {}
+        self._order: deque = deque()          # origins waiting their turn in the round
+        self._next_at = 0.0                   # the round's next audit
+        self._next_suspect_at = 0.0           # the suspects' next audit
         self.audits = 0
 
     @property
@@ -80,66 +88,67 @@ class Audit:
         return self.interval_s > 0
 
     def offer(self, origin: bytes, step: int, q: int) -> None:
-        """An update the worker applied (called in step order; the newest per origin is kept)."""
+        """An update the worker applied (called in step order per origin)."""
         if not self.enabled or origin == self.skip or q == 0:
             return
         if origin not in self._order:
             self._order.append(origin)
-        self._latest[origin] = (step, q)
+        self._pending.setdefault(origin, deque(maxlen=self.batch_max)).append((step, q))
 
     def suspects(self) -> list[bytes]:
         """Origins whose score is low enough to be audited faster, lowest score first."""
-        low = [(min(a.z, a.z_weighted), o) for o, a in self.origins.items()
-               if a.n >= MIN_SAMPLES and min(a.z, a.z_weighted) <= -SUSPECT_Z]
+        low = [(a.score, o) for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.score <= -SUSPECT_Z]
         return [o for _, o in sorted(low)]
 
     def _pick(self, now: float) -> bytes | None:
-        """The origin to audit now: a suspect with a new update when the suspects' audit is due,
+        """The origin to audit now: a suspect with new updates when the suspects' audit is due,
         else the next origin of the round when the round's is; None when nothing is due."""
         if now >= self._next_suspect_at:
             for o in self.suspects():
-                if o in self._latest:
+                if o in self._pending:
                     self._next_suspect_at = now + self.interval_s / SUSPECT_SPEEDUP
                     return o
         if now >= self._next_at:
             while self._order:
                 o = self._order.popleft()
-                if o in self._latest:
+                if o in self._pending:
                     self._next_at = now + self.interval_s
                     return o
         return None
 
     def due(self, now: float | None = None) -> bool:
-        if not self.enabled or not self._latest:
+        if not self.enabled or not self._pending:
             return False
         now = now if now is not None else time.monotonic()
-        return now >= self._next_at or (now >= self._next_suspect_at and any(o in self._latest for o in self.suspects()))
+        return now >= self._next_at or (now >= self._next_suspect_at and any(o in self._pending for o in self.suspects()))
 
     def run(self, measure, now: float | None = None) -> bool:
-        """Audit one peer's newest update: measure(origin, step, q) -> g on our data. True if one ran."""
+        """Audit one peer's pending updates: measure(origin, [(step, q), ...]) -> g on our data
+        along sum_t sign(q_t) n_t. True if one ran."""
         if not self.due(now):
             return False
         origin = self._pick(now if now is not None else time.monotonic())
         if origin is None:
             return False
-        step, q = self._latest.pop(origin)
-        self.record(origin, step, q, measure(origin, step, q))
+        updates = list(self._pending.pop(origin))
+        self.record(origin, updates, measure(origin, updates))
         return True
 
-    def record(self, origin: bytes, step: int, q: int, g: float) -> None:
-        if g == 0 or q == 0 or not math.isfinite(g):
+    def record(self, origin: bytes, updates: list[tuple[int, int]], g: float) -> None:
+        """g: this node's measurement along sum_t sign(q_t) n_t of updates [(step, q), ...]."""
+        mass = sum(abs(q) for _, q in updates)
+        if g == 0 or mass == 0 or not math.isfinite(g):
             return
         o = self.origins.setdefault(origin, OriginAudit())
         o.n += 1
-        o.agree += (q > 0) == (g > 0)
-        o.qg += q * g
-        o.qg2 += (q * g) ** 2
-        o.evidence.append((step, q, round(g, 6)))
+        o.agree += g > 0
+        o.mg += mass * g
+        o.mg2 += (mass * g) ** 2
+        o.evidence.append((updates[0][0], updates[-1][0], len(updates), mass, round(g, 6)))
         self.audits += 1
 
     def flagged(self) -> list[bytes]:
-        return [o for o, a in self.origins.items()
-                if a.n >= MIN_SAMPLES and min(a.z, a.z_weighted) <= -self.flag_z]
+        return [o for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.score <= -self.flag_z]
 
     def status(self) -> dict:
         flagged, suspects = set(self.flagged()), set(self.suspects())

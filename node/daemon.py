@@ -43,7 +43,7 @@ from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
 from .version import VERSION
 from .webpage import History
-from .audit import Audit
+from .audit import BATCH_MAX as AUDIT_BATCH_MAX, Audit
 from .steering import Steered
 from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
 
@@ -212,7 +212,9 @@ class Daemon:
             update_log=self.update_log, applied_vv=self.restored.applied_vv, training=self.training,
             snapshot=self._snapshot_writer(), post=self._post_from_worker, seeder=self.genesis.seeder(),
             steering=self.restored.steering,
-            audit=Audit(cfg.audit_interval_s, skip=self.node_id) if self.training.loss_fn is not None else None,
+            audit=(Audit(cfg.audit_interval_s, skip=self.node_id,
+                         batch_max=min(AUDIT_BATCH_MAX, self.replica.hyper.max_fused))   # one fused probe
+                   if self.training.loss_fn is not None else None),
             max_steps=cfg.max_steps, min_step_interval_s=max(cfg.step_interval_s, 1.0 / rate_cap),
             eval_every=cfg.eval_every, snapshot_every=cfg.snapshot_every, max_backlog=cfg.max_backlog,
             on_digest=self._post_from_worker))
@@ -508,7 +510,7 @@ class Daemon:
             case ev.OriginExcluded(origin=origin, step=step, reason=reason):
                 log.warning("origin %s excluded from step %d on: influence budget (%s) broken; its later "
                             "updates are never applied (docs/security.md)", origin.hex()[:16], step, reason)
-            case ev.OwnHistoryLearned(next_step=step, answers=answers):
+            case ev.OwnHistoryLearned():
                 self._own_history_learned(event)
             case ev.WeightsDiverged(node_id=nid, ours=ours, theirs=theirs):
                 self.weights_diverged += 1

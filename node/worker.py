@@ -399,17 +399,18 @@ class Worker(threading.Thread):
         return True
 
     def _maybe_audit(self) -> bool:
-        """Measure one peer's newest update on our own data when the audit is due (node/audit.py)."""
+        """Measure one peer's updates since its last audit on our own data when the audit is due
+        (node/audit.py)."""
         audit, training = self.setup.audit, self.training
         # A private node's data is read only by its accounted steps: what an audit measures
         # would be published (status, metrics) outside the budget (docs/privacy.md).
         if audit is None or training.loss_fn is None or training.privacy is not None or not audit.due():
             return False
 
-        def measure(origin: bytes, step: int, q: int) -> float:
-            seed, vseed = self.setup.seeder.seeds(origin, step)
+        def measure(origin: bytes, updates: list[tuple[int, int]]) -> float:
+            noises = [(*self.setup.seeder.seeds(origin, step), q) for step, q in updates]
             batch = training.sample(AUDIT_BATCHES + audit.audits)   # batches no own step uses
-            return self.replica.directional(training.loss_fn, batch, seed, vseed)
+            return self.replica.directional(training.loss_fn, batch, noises)
         return audit.run(measure)
 
     def _take_back_steered(self, hit) -> None:

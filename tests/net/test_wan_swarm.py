@@ -18,6 +18,7 @@ import netlab
 from netlab_swarm import (COMMON, LabNode, alive_views, make_genesis, nothing_lost, stop_producing,
                           union_digest, wait_converged, wait_for)
 from netlab_switch import Policy
+from node_harness import Pending
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +133,8 @@ def test_a_running_node_whose_address_changes_keeps_identity_and_history(wan):
             peers = {p["node_id"]: p for p in n.status()["peers"]}
             p = peers.get(identity)
             if p is None or p["state"] != "alive" or not p["addr"].startswith(f"{new_ip}:"):
-                return False
+                return Pending(f"{n.name} holds b as {p and {k: p[k] for k in ('state', 'addr', 'incarnation')}}; "
+                               f"b: {b.status().get('nat')}")
         return True
     wait_for(seen_at_new_address, CATCH_UP, "every peer to know b alive at its new address", 0.5)
     st = b.status()

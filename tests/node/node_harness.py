@@ -23,6 +23,13 @@ def run_cli(*args, cwd=None, timeout=180, env=None) -> subprocess.CompletedProce
                           timeout=timeout, cwd=cwd, env=env)
 
 
+class Pending(str):
+    """A predicate's "not yet", with the reason: falsy, and what wait_for's timeout reports."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
 def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
     """Poll `pred` until it returns a truthy value (conditions, not sleeps, decide)."""
     deadline = time.monotonic() + timeout

@@ -9,14 +9,17 @@ from onebyte.node.audit import MIN_SAMPLES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
 def test_z_flagging_and_evidence():
     a = Audit(interval_s=1.0, flag_z=4.0, skip=b"me")
     for i in range(MIN_SAMPLES * 4):
-        a.record(b"good", i, 5, 0.3 if i % 4 else -0.1)    # agrees 3 times in 4
-        a.record(b"bad", i, 5, -0.3 if i % 4 else 0.1)     # disagrees 3 times in 4
+        a.record(b"good", [(i, 5)], 0.3 if i % 4 else -0.1)    # agrees 3 times in 4
+        a.record(b"bad", [(i, 5)], -0.3 if i % 4 else 0.1)     # disagrees 3 times in 4
     assert a.flagged() == [b"bad"]
     st = a.status()
     assert st["origins"][b"bad".hex()]["z"] == pytest.approx(-2 * 16 / 8) and st["flagged"] == [b"bad".hex()]
     assert len(st["origins"][b"bad".hex()]["evidence"]) == 8
-    a.record(b"x", 1, 0, 1.0)
-    a.record(b"x", 2, 3, 0.0)
+    a.record(b"bad", [(100, 5), (101, -7), (102, 2)], -0.5)
+    assert st["origins"][b"bad".hex()]["evidence"][-1] == [63, 63, 1, 5, -0.3]
+    assert a.status()["origins"][b"bad".hex()]["evidence"][-1] == [100, 102, 3, 14, -0.5]
+    a.record(b"x", [(1, 0)], 1.0)
+    a.record(b"x", [(2, 3)], 0.0)
     assert b"x" not in a.origins   # q or g of 0 says nothing
 
 
@@ -25,53 +28,56 @@ def test_the_weighted_score_counts_confident_measurements_of_large_steps_for_mor
     sign test sees -3 (not flagged), the weighted score about -4.9 (flagged)."""
     a = Audit(interval_s=1.0, flag_z=4.0)
     for i in range(24):
-        a.record(b"bad", i, 20, -1.0)
+        a.record(b"bad", [(i, 20)], -1.0)
     for i in range(40):
-        a.record(b"bad", 100 + i, 2, 0.01 if i % 2 else -0.01)
+        a.record(b"bad", [(100 + i, 2)], 0.01 if i % 2 else -0.01)
     o = a.origins[b"bad"]
     assert o.z == pytest.approx(-3.0) and o.z_weighted < -4.8
     assert a.flagged() == [b"bad"] and a.status()["origins"][b"bad".hex()]["z_weighted"] < -4.8
 
 
 def test_q_that_ignores_the_measurement_is_rarely_flagged_whatever_its_magnitudes():
-    """Random signs against heavy-tailed |q| and |g|: Hoeffding's bound (exp(-8) per score) holds
-    for the weighted score too; 2,000 such origins of 64 audits flag at most a handful."""
+    """Random signs against heavy-tailed step masses and |g|: Hoeffding's bound (exp(-8) per
+    score) holds for the weighted score too; 2,000 such origins of 64 audits flag at most a handful."""
     import random
     rng = random.Random(7)
     a = Audit(interval_s=1.0, flag_z=4.0)
     for k in range(2000):
         for i in range(64):
-            q = rng.choice((-1, 1)) * max(1, min(127, int(rng.paretovariate(1.2))))
-            a.record(k.to_bytes(4, "big"), i, q, rng.choice((-1, 1)) * rng.paretovariate(1.1))
+            q = max(1, min(127, int(rng.paretovariate(1.2))))
+            a.record(k.to_bytes(4, "big"), [(i, q)], rng.choice((-1, 1)) * rng.paretovariate(1.1))
     assert len(a.flagged()) <= 3
 
 
-def test_one_audit_per_interval_in_turn_newest_update_of_each_origin():
-    a = Audit(interval_s=2.0, skip=b"me")
-    for step in range(1, 4):
+def test_one_audit_per_interval_in_turn_of_each_origins_updates_since_its_last():
+    a = Audit(interval_s=2.0, skip=b"me", batch_max=4)
+    for step in range(1, 7):
         a.offer(b"p1", step, 7)
     a.offer(b"me", 1, 7)
     a.offer(b"p2", 9, -3)
     seen = []
 
-    def measure(origin, step, q):
-        seen.append((origin, step, q))
+    def measure(origin, updates):
+        seen.append((origin, updates))
         return 1.0
     assert a.run(measure, now=0.0) and not a.run(measure, now=1.0) and a.run(measure, now=2.0)
-    assert seen == [(b"p1", 3, 7), (b"p2", 9, -3)] and not a.due(now=10.0)
+    # p1's newest 4 (batch_max) in one audit, then p2's one; nothing new since: nothing due
+    assert seen == [(b"p1", [(3, 7), (4, 7), (5, 7), (6, 7)]), (b"p2", [(9, -3)])] and not a.due(now=10.0)
+    a.offer(b"p2", 10, 1)
+    assert a.run(measure, now=10.0) and seen[-1] == (b"p2", [(10, 1)])
 
 
 def test_a_suspect_is_audited_faster_and_the_round_goes_on():
     """An origin whose score fell below -SUSPECT_Z gets SUSPECT_SPEEDUP audits per interval (of its
-    newest update, when it has a new one); the round still gives every origin its turn."""
+    new updates, when it has some); the round still gives every origin its turn."""
     a = Audit(interval_s=2.0, skip=b"me")
     for i in range(MIN_SAMPLES):
-        a.record(b"bad", i, 5, -1.0)          # z = -4: a suspect (and flagged)
-        a.record(b"good", i, 5, 1.0 if i % 2 else -1.0)
+        a.record(b"bad", [(i, 5)], -1.0)          # z = -4: a suspect (and flagged)
+        a.record(b"good", [(i, 5)], 1.0 if i % 2 else -1.0)
     assert a.suspects() == [b"bad"] and b"good" not in a.suspects()
     seen = []
 
-    def measure(origin, step, q):
+    def measure(origin, updates):
         seen.append(origin)
         return 1.0 if origin == b"good" else -1.0
     t, step = 0.0, 100
@@ -88,24 +94,21 @@ def test_a_suspect_is_audited_faster_and_the_round_goes_on():
     assert not st["origins"][b"good".hex()]["suspect"]
 
 
-def test_a_suspect_without_a_new_update_is_not_audited_again():
+def test_a_suspect_without_new_updates_is_not_audited_again():
     a = Audit(interval_s=2.0)
     for i in range(MIN_SAMPLES):
-        a.record(b"bad", i, 5, -1.0 if i % 4 else 1.0)   # z = -8 / 4 = -2: just a suspect
-    assert min(a.origins[b"bad"].z, a.origins[b"bad"].z_weighted) <= -SUSPECT_Z
+        a.record(b"bad", [(i, 5)], -1.0 if i % 4 else 1.0)   # z = -8 / 4 = -2: just a suspect
+    assert a.origins[b"bad"].score <= -SUSPECT_Z
     a.offer(b"bad", 50, 5)
-    assert a.run(lambda o, s, q: -1.0, now=0.0)
-    assert not a.due(now=0.6) and not a.run(lambda o, s, q: -1.0, now=0.6)
+    assert a.run(lambda o, u: -1.0, now=0.0)
+    assert not a.due(now=0.6) and not a.run(lambda o, u: -1.0, now=0.6)
     a.offer(b"bad", 51, 5)
     assert a.due(now=0.6)
 
 
-def test_a_label_flipping_origin_is_flagged_on_real_measurements():
-    """Three origins measure q on their own data (a regression toward y = X w*); one of them has
-    its labels flipped (y -> -y). A fourth node audits their updates with Replica.directional on
-    its own data: the flipper is flagged, the honest origins are not."""
-    from onebyte.model import Hyper, Replica, Seeder
-
+def _regression():
+    """A linear model, MSE toward y = X w*, and data (flipped labels: y -> -y) for it."""
+    from onebyte.model import Hyper, Replica
     torch.manual_seed(0)   # the data and the model's init only
     w_true = torch.randn(24)
 
@@ -116,22 +119,51 @@ def test_a_label_flipping_origin_is_flagged_on_real_measurements():
     def loss_fn(model, batch):
         x, y = batch
         return float(((model(x).squeeze(-1) - y) ** 2).mean())
+    return Replica(torch.nn.Linear(24, 1), Hyper(lr=1e-3, q_scale=0.05)), data, loss_fn
 
-    auditor = Replica(torch.nn.Linear(24, 1), Hyper(lr=1e-3, q_scale=0.05))
+
+def test_the_measurement_along_a_signed_sum_of_noises_is_the_signed_sum_of_measurements():
+    """The loss is quadratic in the weights, so the two-sided difference is exact and linear in
+    the direction: g along n1 + n2 - n3 (only the signs count) equals g1 + g2 - g3, and the
+    state is left untouched."""
+    from onebyte.model import Seeder
+    replica, data, loss_fn = _regression()
+    batch, seeder = data(64), Seeder(b"s" * 32)
+    noises = [(*seeder.seeds(b"o" * 16, step), sign) for step, sign in ((1, 1), (2, 5), (3, -2))]
+    before = replica.state.clone()
+    each = [replica.directional(loss_fn, batch, [n]) for n in noises]
+    together = replica.directional(loss_fn, batch, noises)
+    assert together == pytest.approx(each[0] + each[1] + each[2], rel=1e-3, abs=1e-6)   # each[2] = -g3
+    assert each[2] == pytest.approx(-replica.directional(loss_fn, batch, [(*noises[2][:2], 1)]), rel=1e-6)
+    assert torch.equal(replica.state, before)   # auditing never changes the weights
+    with pytest.raises(ValueError):
+        replica.directional(loss_fn, batch, [])
+
+
+@pytest.mark.parametrize("per_audit", [1, 8])
+def test_a_label_flipping_origin_is_flagged_on_real_measurements(per_audit):
+    """Three origins measure q on their own data; one of them has its labels flipped (y -> -y).
+    A fourth node audits their updates, one at a time or eight in one measurement, with
+    Replica.directional on its own data: the flipper is flagged, the honest origins are not."""
+    from onebyte.model import Seeder
+    auditor, data, loss_fn = _regression()
     origins = {b"honest1" * 4: data(512), b"honest2" * 4: data(512), b"flipper" * 4: data(512, flip=True)}
     own = data(512)
     seeder, audit = Seeder(b"s" * 32), Audit(interval_s=1.0)
-    for step in range(1, 97):
-        rows = slice((step * 32) % 512, (step * 32) % 512 + 32)
+    for j in range(96 if per_audit == 1 else 24):
+        rows = slice((j * 32) % 512, (j * 32) % 512 + 32)
         for origin, (x, y) in origins.items():
-            seed, _ = seeder.seeds(origin, step)
-            g = auditor.directional(loss_fn, (x[rows], y[rows]), seed)       # what the origin measured
-            q = max(-127, min(127, round(g / 0.05)))
-            audit.record(origin, step, q, auditor.directional(loss_fn, (own[0][rows], own[1][rows]), seed))
+            updates = []
+            for step in range(j * per_audit + 1, (j + 1) * per_audit + 1):
+                seed, vseed = seeder.seeds(origin, step)
+                g = auditor.directional(loss_fn, (x[rows], y[rows]), [(seed, vseed, 1)])   # what the origin measured
+                updates.append((step, max(-127, min(127, round(g / 0.05)))))
+            updates = [(s, q) for s, q in updates if q]    # a q of 0 is never offered to the audit
+            if not updates:
+                continue
+            noises = [(*seeder.seeds(origin, s), q) for s, q in updates]
+            audit.record(origin, updates, auditor.directional(loss_fn, (own[0][rows], own[1][rows]), noises))
     st = audit.status()
     assert audit.flagged() == [b"flipper" * 4], st
     assert all(st["origins"][o.hex()]["z"] > 1 for o in origins if o != b"flipper" * 4)   # they agree
     assert all(st["origins"][o.hex()]["z_weighted"] > 1 for o in origins if o != b"flipper" * 4)
-    before = auditor.state.clone()
-    auditor.directional(loss_fn, (own[0][:8], own[1][:8]), 123)
-    assert torch.equal(auditor.state, before)   # auditing never changes the weights
