@@ -221,10 +221,13 @@ def run(name: str, root: Path, shards: list[str], pool: str, dev: str, hyper: di
                     "onebyte export", timeout=1800)
         own = [int(digests[node1.name]["vv"].get(node.node_id, 0)) for node in swarm.nodes]
         flipper = swarm.nodes[a.flip_node - 1].node_id if a.flip_node and n > 1 else None
+        flipper_name = swarm.nodes[a.flip_node - 1].name if flipper else None
         audit = {"flip_node": a.flip_node or None, "flipper": flipper,
                  "flagged": [{"by": b, "origin": o, **when} for (b, o), when in sorted(flags.items())],
                  "flipper_flagged_by": sorted(b for (b, o) in flags if o == flipper),
-                 "honest_flagged": sorted({o for (_, o) in flags if o != flipper}),
+                 # by honest auditors (a flipper measures on flipped labels: it flags the honest)
+                 "honest_flagged": sorted({o for (b, o) in flags if o != flipper and b != flipper_name}),
+                 "flagged_by_flipper": sorted({o for (b, o) in flags if b == flipper_name}),
                  "final": {node.name: (st.get("audit") or {}) for node, st in zip(swarm.nodes, swarm.statuses().values())}}
         return {"audit": audit, "privacy": {name: s.get("privacy") for name, s in st.items() if s and s.get("privacy")},"name": name, "nodes": n, "swarm_id": swarm_id, "evaluation": "bench process, from node1's snapshots", "steps_per_node": round(sum(own) / n, 1), "own_steps": own,
                 "train_seconds": round(time.monotonic() - t_train, 1) if t_train else None, "curve": curve,
