@@ -27,7 +27,9 @@ An origin whose score sinks below -SUSPECT_Z (n >= MIN_SAMPLES) is a *suspect*: 
 in the round, its new updates are audited every interval_s / SUSPECT_SPEEDUP. The round alone
 gives each of P peers one audit per P * interval_s; spending the extra forward passes only
 where the evidence already points settles the question sooner, and an honest origin that dips
-to -2 by chance is measured more, which brings its score back up.
+to -2 by chance is measured more, which brings its score back up. Updates are never measured
+twice (each audit's noises are its own, which the bound below needs), so a suspect whose
+updates arrive in large records (a record every few seconds) is audited once per record.
 
 An origin is *flagged* once n >= MIN_SAMPLES and min(z, z_weighted) <= -flag_z (default 4: by
 that bound at most 2 exp(-8) = 7e-4 per check of an origin whose q ignores the gradient; an
@@ -101,18 +103,19 @@ class Audit:
         return [o for _, o in sorted(low)]
 
     def _pick(self, now: float) -> bytes | None:
-        """The origin to audit now: a suspect with new updates when the suspects' audit is due,
-        else the next origin of the round when the round's is; None when nothing is due."""
-        if now >= self._next_suspect_at:
-            for o in self.suspects():
-                if o in self._pending:
-                    self._next_suspect_at = now + self.interval_s / SUSPECT_SPEEDUP
-                    return o
+        """The origin to audit now: the next origin of the round when the round's audit is due
+        (the round comes first: a suspect never starves it), else a suspect with new updates
+        when the suspects' audit is due; None when nothing is due."""
         if now >= self._next_at:
             while self._order:
                 o = self._order.popleft()
                 if o in self._pending:
                     self._next_at = now + self.interval_s
+                    return o
+        if now >= self._next_suspect_at:
+            for o in self.suspects():
+                if o in self._pending:
+                    self._next_suspect_at = now + self.interval_s / SUSPECT_SPEEDUP
                     return o
         return None
 

@@ -167,3 +167,17 @@ def test_a_label_flipping_origin_is_flagged_on_real_measurements(per_audit):
     assert audit.flagged() == [b"flipper" * 4], st
     assert all(st["origins"][o.hex()]["z"] > 1 for o in origins if o != b"flipper" * 4)   # they agree
     assert all(st["origins"][o.hex()]["z_weighted"] > 1 for o in origins if o != b"flipper" * 4)
+
+
+def test_a_suspect_does_not_starve_the_round_when_audits_are_rare():
+    """A worker busy with long steps calls the audit once a second: the round still audits
+    every origin in turn, and the suspect takes the slots between."""
+    a = Audit(interval_s=2.0)
+    for i in range(MIN_SAMPLES):
+        a.record(b"bad", [(i, 5)], -1.0)
+    seen = []
+    for t in range(60):
+        for o in (b"bad", b"g1", b"g2"):
+            a.offer(o, 100 + t, 3)
+        a.run(lambda o, u: seen.append(o) or (-1.0 if o == b"bad" else 1.0), now=float(t))
+    assert seen.count(b"g1") >= 9 and seen.count(b"g2") >= 9 and seen.count(b"bad") >= 30
