@@ -81,6 +81,7 @@ class Audit:
         # origin -> its (step, q) applied since its last audit, the newest batch_max of them
         self._pending: dict[bytes, deque] = {}
         self._order: deque = deque()          # origins waiting their turn in the round
+        self._queued: set = set()             # the same, for an O(1) "already waiting"
         self._next_at = 0.0                   # the round's next audit
         self._next_suspect_at = 0.0           # the suspects' next audit
         self.audits = 0
@@ -93,7 +94,8 @@ class Audit:
         """An update the worker applied (called in step order per origin)."""
         if not self.enabled or origin == self.skip or q == 0:
             return
-        if origin not in self._order:
+        if origin not in self._queued:
+            self._queued.add(origin)
             self._order.append(origin)
         self._pending.setdefault(origin, deque(maxlen=self.batch_max)).append((step, q))
 
@@ -109,6 +111,7 @@ class Audit:
         if now >= self._next_at:
             while self._order:
                 o = self._order.popleft()
+                self._queued.discard(o)
                 if o in self._pending:
                     self._next_at = now + self.interval_s
                     return o
