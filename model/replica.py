@@ -192,11 +192,11 @@ class Replica:
             ratio = max(ratio, top * top / (q2 * r))
         return breach, ratio
 
-    def directional(self, loss_fn: Callable, batch, noises) -> float:
-        """The two-sided projected gradient of loss_fn on batch along sum_t sign_t n_t, the
-        noises of updates noises = [(seed, vseed, sign_t), ...], at the current weights;
-        nothing is applied (model/step.py)."""
-        return self._step.directional(loss_fn, batch, noises)
+    def directional(self, loss_fn: Callable, batch, updates: Sequence[tuple], held: bool = True) -> float:
+        """The two-sided projected gradient of loss_fn on batch along sum_t sign(q_t) n_t, the
+        noises of updates [(seed, q, step[, vseed]), ...], at the weights without them (held:
+        the state holds them) or at the current weights; nothing is applied (model/step.py)."""
+        return self._step.directional(loss_fn, batch, updates, held)
 
     # -- state ------------------------------------------------------------------------------
     def digest(self) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .grid import update_coefficients_many
@@ -69,24 +70,28 @@ class LocalStep:
         return qs, loss
 
     @torch.no_grad()
-    def directional(self, loss_fn: Callable, batch, noises: Sequence[tuple[int, int, int]]) -> float:
-        """(L(w + eps u) - L(w - eps u)) / (2 eps) along u = sum_t sign_t n_t, the noises n_t of
-        updates (seed, vseed) with signs sign_t (+1 or -1): what this node's data says of a
-        peer's updates (node/audit.py); u of one update is that update's own noise. The state
-        is untouched. At most max_fused noises: a probe is one fused pass."""
-        if not noises or len(noises) > self.hyper.max_fused:
-            raise ValueError(f"directional takes 1..{self.hyper.max_fused} noises, got {len(noises)}")
-        seeds = [int(seed) for seed, _, _ in noises]
-        vseeds = [int(vseed) for _, vseed, _ in noises]
-        eps_k = self.replica.grid.eps_k
-        coefs = [(1 if sign > 0 else -1) * eps_k for _, _, sign in noises]
+    def directional(self, loss_fn: Callable, batch, updates: Sequence[tuple], held: bool) -> float:
+        """(L(w + eps u) - L(w - eps u)) / (2 eps) along u = sum_t sign(q_t) n_t, the noises of
+        updates [(seed, q, step, vseed), ...]: what this node's data says of a peer's updates
+        (node/audit.py). held: the weights hold these updates (an audit of applied ones), so w
+        is the weights without them, shown in the same fused pass: measured after its own step,
+        an update's direction would show the curvature that step met (about -lr |q| tr(H) per
+        update, for honest and flipped q alike) besides the gradient. The state is untouched.
+        At most max_fused updates: a probe is one fused pass."""
+        if not updates or len(updates) > self.hyper.max_fused:
+            raise ValueError(f"directional takes 1..{self.hyper.max_fused} updates, got {len(updates)}")
+        rep = self.replica
+        seeds, vseeds, applied = rep._updates(updates)
+        signs = np.sign([q for _, q, *_ in updates]).astype(np.int64)[:, None]
+        probe = signs * rep.grid.eps_k[None, :]                    # [K, T]: eps along sign(q_t) n_t
+        base = -applied if held else np.zeros_like(applied)
         try:
             ls = []
             for sign in (+1, -1):
-                self.replica._apply(seeds, vseeds, [sign * c for c in coefs], commit=False)
-                ls.append(float(loss_fn(self.replica.model, batch)))
+                rep._apply(seeds, vseeds, base + sign * probe, commit=False)
+                ls.append(float(loss_fn(rep.model, batch)))
         finally:
-            self.replica._show()
+            rep._show()
         return (ls[0] - ls[1]) / (2.0 * self.hyper.eps)
 
     def _measure(self, loss_fn, batch, probe, sign: int) -> float:

@@ -408,9 +408,9 @@ class Worker(threading.Thread):
             return False
 
         def measure(origin: bytes, updates: list[tuple[int, int]]) -> float:
-            noises = [(*self.setup.seeder.seeds(origin, step), q) for step, q in updates]
+            ups = [self.setup.seeder.update(origin, step, q) for step, q in updates]   # applied: held
             batch = training.sample(AUDIT_BATCHES + audit.audits)   # batches no own step uses
-            return self.replica.directional(training.loss_fn, batch, noises)
+            return self.replica.directional(training.loss_fn, batch, ups, held=True)
         return audit.run(measure)
 
     def _take_back_steered(self, hit) -> None:

@@ -124,20 +124,36 @@ def _regression():
 
 def test_the_measurement_along_a_signed_sum_of_noises_is_the_signed_sum_of_measurements():
     """The loss is quadratic in the weights, so the two-sided difference is exact and linear in
-    the direction: g along n1 + n2 - n3 (only the signs count) equals g1 + g2 - g3, and the
-    state is left untouched."""
+    the direction: g along n1 + n2 - n3 (only the signs of q count) equals g1 + g2 - g3, and
+    the state is left untouched."""
     from onebyte.model import Seeder
     replica, data, loss_fn = _regression()
     batch, seeder = data(64), Seeder(b"s" * 32)
-    noises = [(*seeder.seeds(b"o" * 16, step), sign) for step, sign in ((1, 1), (2, 5), (3, -2))]
+    ups = [seeder.update(b"o" * 16, step, q) for step, q in ((1, 1), (2, 5), (3, -2))]
     before = replica.state.clone()
-    each = [replica.directional(loss_fn, batch, [n]) for n in noises]
-    together = replica.directional(loss_fn, batch, noises)
+    each = [replica.directional(loss_fn, batch, [u], held=False) for u in ups]
+    together = replica.directional(loss_fn, batch, ups, held=False)
     assert together == pytest.approx(each[0] + each[1] + each[2], rel=1e-3, abs=1e-6)   # each[2] = -g3
-    assert each[2] == pytest.approx(-replica.directional(loss_fn, batch, [(*noises[2][:2], 1)]), rel=1e-6)
+    flipped = seeder.update(b"o" * 16, 3, 2)
+    assert each[2] == pytest.approx(-replica.directional(loss_fn, batch, [flipped], held=False), rel=1e-6)
     assert torch.equal(replica.state, before)   # auditing never changes the weights
     with pytest.raises(ValueError):
-        replica.directional(loss_fn, batch, [])
+        replica.directional(loss_fn, batch, [], held=False)
+
+
+def test_updates_the_weights_hold_are_measured_at_the_weights_without_them():
+    """An audit runs after the updates were applied: held=True measures where they started from
+    (exactly: the state is integers), not after the step each took along its own noise."""
+    from onebyte.model import Seeder
+    replica, data, loss_fn = _regression()
+    batch, seeder = data(64), Seeder(b"s" * 32)
+    ups = [seeder.update(b"o" * 16, step, q) for step, q in ((1, 90), (2, -70), (3, 127))]
+    before_step = replica.directional(loss_fn, batch, ups, held=False)
+    replica.replay(ups)
+    state = replica.state.clone()
+    assert replica.directional(loss_fn, batch, ups, held=True) == before_step
+    assert replica.directional(loss_fn, batch, ups, held=False) != before_step   # after the step: another point
+    assert torch.equal(replica.state, state)
 
 
 @pytest.mark.parametrize("per_audit", [1, 8])
@@ -156,13 +172,13 @@ def test_a_label_flipping_origin_is_flagged_on_real_measurements(per_audit):
             updates = []
             for step in range(j * per_audit + 1, (j + 1) * per_audit + 1):
                 seed, vseed = seeder.seeds(origin, step)
-                g = auditor.directional(loss_fn, (x[rows], y[rows]), [(seed, vseed, 1)])   # what the origin measured
+                g = auditor.directional(loss_fn, (x[rows], y[rows]), [(seed, 1, step, vseed)], held=False)   # the origin's g
                 updates.append((step, max(-127, min(127, round(g / 0.05)))))
             updates = [(s, q) for s, q in updates if q]    # a q of 0 is never offered to the audit
             if not updates:
                 continue
-            noises = [(*seeder.seeds(origin, s), q) for s, q in updates]
-            audit.record(origin, updates, auditor.directional(loss_fn, (own[0][rows], own[1][rows]), noises))
+            ups = [seeder.update(origin, s, q) for s, q in updates]     # the auditor does not apply them
+            audit.record(origin, updates, auditor.directional(loss_fn, (own[0][rows], own[1][rows]), ups, held=False))
     st = audit.status()
     assert audit.flagged() == [b"flipper" * 4], st
     assert all(st["origins"][o.hex()]["z"] > 1 for o in origins if o != b"flipper" * 4)   # they agree
