@@ -407,10 +407,11 @@ class Worker(threading.Thread):
         if audit is None or training.loss_fn is None or training.privacy is not None or not audit.due():
             return False
 
-        def measure(origin: bytes, updates: list[tuple[int, int]]) -> float:
+        def measure(origin: bytes, updates: list[tuple[int, int]], batch_ids: range) -> float:
             ups = [self.setup.seeder.update(origin, step, q) for step, q in updates]   # applied: held
-            batch = training.sample(AUDIT_BATCHES + audit.audits)   # batches no own step uses
-            return self.replica.directional(training.loss_fn, batch, ups, held=True)
+            # batches numbered past any own step's, each measured on once
+            rows = [row for k in batch_ids for row in training.sample(AUDIT_BATCHES + k)]
+            return self.replica.directional(training.loss_fn, rows, ups, held=True)
         return audit.run(measure)
 
     def _take_back_steered(self, hit) -> None:

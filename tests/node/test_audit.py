@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from onebyte.node.audit import MIN_SAMPLES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
+from onebyte.node.audit import MIN_SAMPLES, SUSPECT_BATCHES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
 
 
 def test_z_flagging_and_evidence():
@@ -57,7 +57,7 @@ def test_one_audit_per_interval_in_turn_of_each_origins_updates_since_its_last()
     a.offer(b"p2", 9, -3)
     seen = []
 
-    def measure(origin, updates):
+    def measure(origin, updates, batch_ids):
         seen.append((origin, updates))
         return 1.0
     assert a.run(measure, now=0.0) and not a.run(measure, now=1.0) and a.run(measure, now=2.0)
@@ -77,7 +77,7 @@ def test_a_suspect_is_audited_faster_and_the_round_goes_on():
     assert a.suspects() == [b"bad"] and b"good" not in a.suspects()
     seen = []
 
-    def measure(origin, updates):
+    def measure(origin, updates, batch_ids):
         seen.append(origin)
         return 1.0 if origin == b"good" else -1.0
     t, step = 0.0, 100
@@ -100,8 +100,8 @@ def test_a_suspect_without_new_updates_is_not_audited_again():
         a.record(b"bad", [(i, 5)], -1.0 if i % 4 else 1.0)   # z = -8 / 4 = -2: just a suspect
     assert a.origins[b"bad"].score <= -SUSPECT_Z
     a.offer(b"bad", 50, 5)
-    assert a.run(lambda o, u: -1.0, now=0.0)
-    assert not a.due(now=0.6) and not a.run(lambda o, u: -1.0, now=0.6)
+    assert a.run(lambda o, u, b: -1.0, now=0.0)
+    assert not a.due(now=0.6) and not a.run(lambda o, u, b: -1.0, now=0.6)
     a.offer(b"bad", 51, 5)
     assert a.due(now=0.6)
 
@@ -195,5 +195,24 @@ def test_a_suspect_does_not_starve_the_round_when_audits_are_rare():
     for t in range(60):
         for o in (b"bad", b"g1", b"g2"):
             a.offer(o, 100 + t, 3)
-        a.run(lambda o, u: seen.append(o) or (-1.0 if o == b"bad" else 1.0), now=float(t))
+        a.run(lambda o, u, b: seen.append(o) or (-1.0 if o == b"bad" else 1.0), now=float(t))
     assert seen.count(b"g1") >= 9 and seen.count(b"g2") >= 9 and seen.count(b"bad") >= 30
+
+
+def test_a_suspect_is_measured_on_more_of_our_batches_and_no_batch_twice():
+    a = Audit(interval_s=2.0)
+    for i in range(MIN_SAMPLES):
+        a.record(b"bad", [(i, 5)], -1.0)
+    drawn = []
+
+    def measure(origin, updates, batch_ids):
+        drawn.append((origin, list(batch_ids)))
+        return -1.0 if origin == b"bad" else 1.0
+    for t in range(4):
+        a.offer(b"bad", 100 + t, 3)
+        a.offer(b"good", 100 + t, 3)
+        a.run(measure, now=float(t))
+    assert [len(ids) for o, ids in drawn] == [SUSPECT_BATCHES if o == b"bad" else 1 for o, ids in drawn]
+    every = [k for _, ids in drawn for k in ids]
+    assert every == list(range(len(every)))      # consecutive, none reused
+    assert a.batches_drawn == len(every)
