@@ -16,6 +16,8 @@ import pytest
 
 from node_harness import CONVERGE_TIMEOUT, Node, union_digest, wait_for
 
+from onebyte.node.status import request
+
 pytestmark = pytest.mark.slow
 
 COMMON = dict(step_interval_s=0.05, snapshot_every=10, threads=1, compact_interval_s=0)
@@ -148,10 +150,13 @@ def test_compaction_bounds_the_log_and_a_node_offline_past_the_horizon_catches_u
     fields = dict(step_interval_s=0.05, snapshot_every=10, threads=1, compact_interval_s=0.5, compact_delay_s=20.0)
     nodes = []
     try:
-        c = Node(tmp_path, "c", genesis_path, [], max_steps=60, **fields).start()
+        # c and d produce until told to stop, after e went offline: however slowly e took its
+        # five steps, c and d then go on past what e holds (with a fixed max_steps they could
+        # finish first and e would hold everything, which compaction can never pass).
+        c = Node(tmp_path, "c", genesis_path, [], **fields).start()
         nodes.append(c)
         c.wait_ready()
-        d = Node(tmp_path, "d", genesis_path, [c.addr], max_steps=60, **fields).start()
+        d = Node(tmp_path, "d", genesis_path, [c.addr], **fields).start()
         e = Node(tmp_path, "e", genesis_path, [c.addr], max_steps=5, snapshot_join_min_updates=1,
                  **{**fields, "compact_interval_s": 0})
         nodes += [d, e]
@@ -161,11 +166,19 @@ def test_compaction_bounds_the_log_and_a_node_offline_past_the_horizon_catches_u
         wait_for(lambda: e.status()["own_steps"] >= 5 and e.status()["version_vector"]["updates"] >= 15,
                  CONVERGE_TIMEOUT, "e to take its steps", 0.2)
         e.terminate()          # offline while c and d go on past its horizon
-        total = 125
-        wait_for(lambda: converged([c, d], total), CONVERGE_TIMEOUT, "c and d to converge", 0.5)
         e_log = e.state_dir / "updates.log"
         from onebyte.node.log import UpdateLog
         e_vv = UpdateLog(e_log, readonly=True).updates_vv()
+        past = {bytes.fromhex(n.status()["node_id"]): n for n in (c, d)}
+        wait_for(lambda: all(n.status()["own_steps"] >= e_vv.get(o, 0) + 40 for o, n in past.items()),
+                 CONVERGE_TIMEOUT, "c and d to go 40 steps past e", 0.2)
+        for n in (c, d):
+            assert request(n.socket, {"cmd": "stop_producing"}, timeout=120)["ok"]
+
+        def settled():   # every update of c, d and e's 5, the same digest (a step in flight ends first)
+            t = sum(n.status()["own_steps"] for n in (c, d)) + 5
+            return t if converged([c, d], t) else None
+        total = wait_for(settled, CONVERGE_TIMEOUT, "c and d to converge", 0.5)
 
         def compacted_past_e():
             if any(n.status()["compaction"]["compactions"] == 0 for n in (c, d)):
