@@ -86,13 +86,19 @@ class LocalStep:
         probe = signs * rep.grid.eps_k[None, :]                    # [K, T]: eps along sign(q_t) n_t
         base = -applied if held else np.zeros_like(applied)
         try:
-            ls = []
-            for sign in (+1, -1):
-                rep._apply(seeds, vseeds, base + sign * probe, commit=False)
-                ls.append(float(loss_fn(rep.model, batch)))
+            l_plus, l_minus = self._two_sided(loss_fn, batch, seeds, vseeds, probe, base)
         finally:
             rep._show()
-        return (ls[0] - ls[1]) / (2.0 * self.hyper.eps)
+        return (l_plus - l_minus) / (2.0 * self.hyper.eps)
+
+    def _two_sided(self, loss_fn, batch, seeds, vseeds, probe, base=0) -> tuple[float, float]:
+        """L at the weights showing state + base + probe, then state + base - probe (integer
+        coefficients [K, T] of the noises (seeds, vseeds)): one fused pass each."""
+        ls = []
+        for sign in (+1, -1):
+            self.replica._apply(seeds, vseeds, base + sign * probe, commit=False)
+            ls.append(float(loss_fn(self.replica.model, batch)))
+        return ls[0], ls[1]
 
     def _measure(self, loss_fn, batch, probe, sign: int) -> float:
         seed, _, vseed = probe
@@ -100,8 +106,8 @@ class LocalStep:
         return float(loss_fn(self.replica.model, batch))
 
     def _spsa(self, loss_fn, batch, probe):
-        l_plus = self._measure(loss_fn, batch, probe, +1)
-        l_minus = self._measure(loss_fn, batch, probe, -1)
+        seed, _, vseed = probe
+        l_plus, l_minus = self._two_sided(loss_fn, batch, [seed], [vseed], self.replica.grid.eps_k[None, :])
         return [(l_plus - l_minus) / (2.0 * self.hyper.eps)], 0.5 * (l_plus + l_minus)
 
     def _private(self, loss_fn, batch, probe, privatize):

@@ -89,6 +89,7 @@ class Audit:
         self._queued: set = set()             # the same, for an O(1) "already waiting"
         self._next_at = 0.0                   # the round's next audit
         self._next_suspect_at = 0.0           # the suspects' next audit
+        self._suspects: set = set()           # origins at score <= -SUSPECT_Z (record keeps it)
         self.audits = 0
         self.batches_drawn = 0                # our batches audits measured on (each once)
 
@@ -107,8 +108,7 @@ class Audit:
 
     def suspects(self) -> list[bytes]:
         """Origins whose score is low enough to be audited faster, lowest score first."""
-        low = [(a.score, o) for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.score <= -SUSPECT_Z]
-        return [o for _, o in sorted(low)]
+        return sorted(self._suspects, key=lambda o: self.origins[o].score)
 
     def _pick(self, now: float) -> bytes | None:
         """The origin to audit now: the next origin of the round when the round's audit is due
@@ -132,7 +132,7 @@ class Audit:
         if not self.enabled or not self._pending:
             return False
         now = now if now is not None else time.monotonic()
-        return now >= self._next_at or (now >= self._next_suspect_at and any(o in self._pending for o in self.suspects()))
+        return now >= self._next_at or (now >= self._next_suspect_at and any(o in self._pending for o in self._suspects))
 
     def run(self, measure, now: float | None = None) -> bool:
         """Audit one peer's pending updates: measure(origin, [(step, q), ...], batch_ids) -> g on
@@ -144,7 +144,7 @@ class Audit:
         if origin is None:
             return False
         updates = list(self._pending.pop(origin))
-        batches = SUSPECT_BATCHES if origin in self.suspects() else 1
+        batches = SUSPECT_BATCHES if origin in self._suspects else 1
         ids = range(self.batches_drawn, self.batches_drawn + batches)
         self.batches_drawn += batches
         self.record(origin, updates, measure(origin, updates, ids))
@@ -162,6 +162,10 @@ class Audit:
         o.mg2 += (mass * g) ** 2
         o.evidence.append((updates[0][0], updates[-1][0], len(updates), mass, round(g, 6)))
         self.audits += 1
+        if o.n >= MIN_SAMPLES and o.score <= -SUSPECT_Z:
+            self._suspects.add(origin)
+        else:
+            self._suspects.discard(origin)
 
     def flagged(self) -> list[bytes]:
         return [o for o, a in self.origins.items() if a.n >= MIN_SAMPLES and a.score <= -self.flag_z]
