@@ -33,6 +33,7 @@ __all__ = [
     "BatchSampler",
     "shard",
     "make_loss_fn",
+    "label_margins",
     "encode_batch",
     "label_token_ids",
 ]
@@ -341,11 +342,27 @@ def lm_token_loss(model, tokenizer, texts, autocast_dtype=None) -> tuple[torch.T
     return ce, correct, keep.sum(dim=1).tolist()
 
 
+def label_margins(logits: torch.Tensor, labels) -> torch.Tensor:
+    """[B]: each row's label logit minus the log-sum-exp of the other labels' (for two labels,
+    the difference of the two logits).
+
+    Cross-entropy's gradient is this margin's times (1 - p_label): rows the model already gets
+    right contribute almost nothing, so on a task the model mostly solves a measurement along
+    a direction rests on the few wrong rows of the batch. The margin moves on every row: a
+    peer audit (node/audit.py) measures it, to see the sign of an update sooner."""
+    labels = torch.as_tensor(labels, device=logits.device)
+    own = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return own - torch.logsumexp(others, dim=1)
+
+
 def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype | None = None, trunk=None
                  ) -> Callable[[torch.nn.Module, Sequence[Example]], float]:
     """loss_fn(model, batch) -> mean loss as a Python float, computed under inference_mode;
     loss_fn.per_example(model, batch) -> each example's loss (a float64 CPU tensor), what a
-    private step clips one by one (model/privacy.py).
+    private step clips one by one (model/privacy.py); for a classification task
+    loss_fn.margin(model, batch) -> minus the mean label margin (label_margins), what a peer
+    audit measures (node/audit.py).
 
     autocast_dtype (e.g. torch.bfloat16 on GPU) runs the forward in that precision while the
     weights stay exact fp32 on their fixed-point grid; the loss is reduced in fp32. A
@@ -374,7 +391,15 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
                 labels = torch.tensor([e.label for e in batch], device=logits.device)
                 return torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu()
 
+        def margin_loss(model, batch):   # minus the mean label margin (what a peer audit measures)
+            with torch.inference_mode():
+                logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids,
+                                               autocast_dtype, trunk)
+                return float(-label_margins(logits, [e.label for e in batch]).double().mean())
+
     def loss_fn(model, batch):
         return float(losses(model, batch).mean())
     loss_fn.per_example = losses
+    if spec.kind != "lm":
+        loss_fn.margin = margin_loss
     return loss_fn

@@ -407,11 +407,15 @@ class Worker(threading.Thread):
         if audit is None or training.loss_fn is None or training.privacy is not None or not audit.due():
             return False
 
+        # a classification task's label margin moves on every row, its cross-entropy mostly on
+        # the rows the model gets wrong: the margin shows an update's sign in fewer audits
+        loss_fn = getattr(training.loss_fn, "margin", training.loss_fn)
+
         def measure(origin: bytes, updates: list[tuple[int, int]], batch_ids: range) -> float:
             ups = [self.setup.seeder.update(origin, step, q) for step, q in updates]   # applied: held
             # batches numbered past any own step's, each measured on once
             rows = [row for k in batch_ids for row in training.sample(AUDIT_BATCHES + k)]
-            return self.replica.directional(training.loss_fn, rows, ups, held=True)
+            return self.replica.directional(loss_fn, rows, ups, held=True)
         return audit.run(measure)
 
     def _take_back_steered(self, hit) -> None:

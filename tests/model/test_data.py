@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from onebyte.model.data import (BatchSampler, DataError, Example, TaskSpec, load_task, make_loss_fn,
-                                shard)
+from onebyte.model.data import (BatchSampler, DataError, Example, TaskSpec, label_margins, load_task,
+                                make_loss_fn, shard)
 from onebyte.model.load import load_model
 
 
@@ -128,6 +128,26 @@ def test_classification_loss_matches_manual_computation(tiny):
             logits = model(x).logits[0, -1, ids]
             manual.append(-torch.log_softmax(logits, -1)[e.label])
     assert loss == pytest.approx(float(torch.stack(manual).mean()), rel=1e-5)
+
+
+def test_label_margins_and_the_audits_margin_loss(tiny):
+    """Two labels: the margin is the logit difference; more: minus the log-sum-exp of the others.
+    A classification loss_fn carries .margin (minus the mean margin, what a peer audit measures)
+    (checked against logits computed by hand); an lm task has none."""
+    logits = torch.tensor([[1.0, 3.0], [2.0, -1.0]])
+    assert torch.allclose(label_margins(logits, [1, 1]), torch.tensor([2.0, -3.0]))
+    three = torch.tensor([[0.5, 2.0, -1.0]])
+    assert torch.allclose(label_margins(three, [1]), 2.0 - torch.logsumexp(torch.tensor([0.5, -1.0]), 0)[None])
+    model, tok = tiny
+    spec = TaskSpec(template="{text} It was", verbalizer=(" terrible", " great"))
+    batch = [Example("the movie was great . It was", 1), Example("a dull film It was", 0)]
+    loss_fn = make_loss_fn(spec, tok)
+    ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in spec.verbalizer]
+    with torch.no_grad():
+        manual = [model(torch.tensor([tok(e.text)["input_ids"]])).logits[0, -1, ids] for e in batch]
+    margins = [float(m[e.label] - m[1 - e.label]) for m, e in zip(manual, batch)]
+    assert loss_fn.margin(model, batch) == pytest.approx(-sum(margins) / 2, rel=1e-5, abs=1e-6)
+    assert not hasattr(make_loss_fn(TaskSpec(kind="lm"), tok), "margin")
 
 
 def test_lm_loss_and_autocast(tiny):
