@@ -477,14 +477,10 @@ class Daemon:
         name = type(event).__name__
         self.events_seen[name] = self.events_seen.get(name, 0) + 1
         match event:
-            case ev.UpdatesReceived(origin=origin, first_step=first, qs=qs):
-                try:
-                    fresh = self.update_log.append_updates(origin, first, qs)
-                except ValueError as exc:  # a gap: the engine broke its contract; never apply it
-                    log.error("ignoring updates: %s", exc)
-                    return False
-                except DiskFull:  # held by the log: _disk_tick replays them once they land
-                    return False
+            case ev.UpdatesReceived():
+                # the engine logged them as it delivered them (node/log.py, "Who writes what");
+                # what a full disk held, _disk_tick replays once it lands
+                fresh = self.update_log.take_landed()
                 self._to_replay.extend(fresh)
                 self.rates.received.add(len(fresh))
                 return bool(fresh)

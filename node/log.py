@@ -20,6 +20,12 @@ UPDATES entries are the node's state: the weights are a pure function of the bas
 model and the set of updates in UPDATES entries (docs/operations.md, "Durability").
 RECORD entries are kept to serve other nodes' anti-entropy pulls.
 
+Who writes what: a peer's steps reach the log in one call, the engine's `add(...,
+delivered=(first, qs))` as it delivers them (their RECORD and their UPDATES together);
+the daemon then takes what landed (`take_landed`) for the worker and writes nothing of
+them itself. The node's own steps are the worker's (`append_own`, before they are
+published); the engine adds their signed RECORD when it publishes them.
+
 Ordering rules (why this is crash safe):
 - a peer's updates are appended, and the log fsynced (policy `fsync`), *before* they
   are handed to the worker for replay; own updates are appended and fsynced by the
@@ -142,6 +148,7 @@ class UpdateLog:
         self._size = 0             # bytes of whole entries in the file: where the next one goes
         self._tail_dirty = False   # a failed write may have left bytes past _size
         self._held = Hold()                       # entries waiting for disk space
+        self._landed: list[tuple[bytes, int, int]] = []   # delivered updates written, not yet taken
         self.disk_full = False
         self.disk_full_events = 0                 # times the disk-full state was entered
         self.disk_full_error: str | None = None
@@ -471,18 +478,38 @@ class UpdateLog:
 
     # --- RecordStore interface (onebyte.protocol) ---------------------------------------
 
-    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
-        """Called inside the engine: never raises for a full disk (the record is held and
-        written by `retry()`; until then it is not served to peers)."""
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes,
+            delivered: tuple[int, bytes | list[int]] | None = None) -> None:
+        """Called inside the engine: the record, and the steps of it the engine delivers
+        (delivered = (first, qs); None for our own, which the worker logged). Never raises:
+        for a full disk the entries are held and written by `retry()` (until then the record
+        is not served, and `retry()` returns the updates when they land); updates written
+        now are taken by `take_landed()`."""
         with self._lock:
             o = self._origins.get(origin)
             key = (first_step, last_step)
-            if (o is not None and key in o.record_keys) or self._held.has_record(origin, *key):
-                return
+            if not ((o is not None and key in o.record_keys) or self._held.has_record(origin, *key)):
+                try:
+                    self._append_or_hold((KIND_RECORD, origin, first_step, last_step, bytes(record)))
+                except DiskFull:
+                    pass
+        if delivered is not None:
             try:
-                self._append_or_hold((KIND_RECORD, origin, first_step, last_step, bytes(record)))
+                landed = self.append_updates(origin, *delivered)
             except DiskFull:
-                pass
+                return
+            except ValueError as exc:   # a gap: the engine broke its contract; never apply it
+                log.error("update log %s: ignoring updates: %s", self.path, exc)
+                return
+            with self._lock:
+                self._landed.extend(landed)
+
+    def take_landed(self) -> list[tuple[bytes, int, int]]:
+        """The delivered updates written since the last call [(origin, step, q)], in order
+        (not yet synced: the caller syncs, then replays them)."""
+        with self._lock:
+            landed, self._landed = self._landed, []
+        return landed
 
     def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list[bytes]:
         """Records covering from_step onwards, in step order, up to limit_bytes (at least one)."""

@@ -2,7 +2,10 @@
 
 The node backs it with its durable log; MemoryRecordStore is the in-memory
 version used by tests and the simulator.  The engine only calls add() for
-records it delivers in step order, so a store never has gaps per origin.
+records it delivers in step order, so a store never has gaps per origin; with
+a peer's record it passes the steps it delivers of it (delivered = (first, qs)),
+so a durable store logs the record and its updates in one call: the node's log
+has one writer for the steps it receives (node/log.py).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import Protocol
 
 
 class RecordStore(Protocol):
-    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None: ...
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes,
+            delivered: tuple | None = None) -> None: ...
     def get(self, origin: bytes, from_step: int, limit_bytes: int) -> list: ...
     def version_vector(self) -> dict: ...
     # Optional: stores that keep equivocation proofs (protocol/equivocation.py) across restarts.
@@ -36,7 +40,9 @@ class MemoryRecordStore:
         self._rules: dict[bytes, tuple[int, str]] = {}
         self._amendments: dict[int, bytes] = {}
 
-    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes) -> None:
+    def add(self, origin: bytes, first_step: int, last_step: int, record: bytes,
+            delivered: tuple | None = None) -> None:
+        """Hold the record (the delivered steps are the driver's: only records are served)."""
         if last_step < first_step:
             raise ValueError("last_step < first_step")
         firsts = self._firsts.setdefault(origin, [])

@@ -372,7 +372,7 @@ class Sync:
             qs = self._admit(rec.origin, first, qs)
             if not qs:
                 return
-        self.store.add(rec.origin, rec.first_step, rec.last_step, rec.canonical())
+        self.store.add(rec.origin, rec.first_step, rec.last_step, rec.canonical(), delivered=(first, qs))
         self.digest.update(rec.origin, st.contiguous, first + len(qs) - 1)
         st.contiguous = first + len(qs) - 1
         self.counters["updates_delivered"] += len(qs)

@@ -49,6 +49,30 @@ def test_version_vector_needs_both_record_and_updates(tmp_path):
     assert lg.version_vector() == {A: 3}
 
 
+def test_the_engines_one_call_logs_a_record_and_the_steps_it_delivers(tmp_path, monkeypatch, caplog):
+    """add(..., delivered=(first, qs)) writes the RECORD and its UPDATES; what landed is taken
+    once, in order; a step already logged is not taken again; a gap is logged, never applied;
+    on a full disk nothing lands until retry() returns it."""
+    p = tmp_path / "u.log"
+    lg = UpdateLog(p)
+    lg.add(A, 1, 3, b"r-a-1-3", delivered=(1, [1, 2, 3]))
+    lg.add(B, 1, 1, b"r-b-1", delivered=(1, [-4]))
+    lg.add(A, 2, 4, b"r-a-2-4", delivered=(4, [5]))     # steps 2..3 of it were delivered before
+    assert lg.take_landed() == [(A, 1, 1), (A, 2, 2), (A, 3, 3), (B, 1, -4), (A, 4, 5)]
+    assert lg.take_landed() == []
+    lg.add(B, 3, 3, b"r-b-3", delivered=(3, [9]))        # a gap: the engine broke its contract
+    assert lg.take_landed() == [] and lg.updates_vv() == {A: 4, B: 1}
+    assert "ignoring updates" in caplog.text
+    FakeDisk(monkeypatch, lg, room=0)
+    lg.add(B, 2, 2, b"r-b-2", delivered=(2, [7]))        # never raises: held
+    assert lg.take_landed() == [] and lg.disk_full
+    monkeypatch.undo()
+    assert lg.retry() == [(B, 2, 7)] and lg.take_landed() == []
+    lg.close()
+    again = UpdateLog(p)
+    assert again.updates_vv() == {A: 4, B: 2} and again.version_vector() == {A: 4, B: 2}
+
+
 def test_get_respects_limit_and_from_step(tmp_path):
     lg = UpdateLog(tmp_path / "u.log")
     for i in range(5):
