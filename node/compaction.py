@@ -25,8 +25,7 @@ from collections import deque
 
 from .config import format_addr
 from .snapshot import read_snapshot
-from .snapshot_join import ask
-from .snapwire import vv_from_json
+from .snapwire import ask, vv_from_json
 
 log = logging.getLogger("onebyte.node.compaction")
 

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import format_addr, parse_addr
-from .snapwire import file_sha256, request, vv_from_json
+from .snapwire import TIMEOUT_S, ask, file_sha256, request, vv_from_json, vv_to_json
 
 log = logging.getLogger("onebyte.node.snapshot_join")
 
-TIMEOUT_S = 30.0
 GET_BYTES = 16 << 20   # bytes per `get` request: a lost connection costs at most this much
 MAX_PEERS = 8          # peers asked for their snapshot info
 ATTEST_TIMEOUT_S = 120.0
@@ -57,15 +56,6 @@ class JoinPlan:
     candidates: list                    # best first
     infos: dict                         # addr -> info
     behind_floor: bool                  # peers compacted steps our log lacks
-
-
-async def ask(addr, swarm_hex: str, req: dict, timeout: float = TIMEOUT_S) -> dict | None:
-    try:
-        ans, _, writer = await request(addr, swarm_hex, req, timeout)
-        writer.close()
-        return ans if ans.get("ok") else None
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return None
 
 
 async def survey(bootstrap: list, swarm_hex: str) -> dict:
@@ -133,7 +123,7 @@ async def attest(c: Candidate, infos: dict, swarm_hex: str, needed: int) -> bool
     for addr, info in others:
         if len(c.attested_by) >= needed:
             break
-        ans = await ask(addr, swarm_hex, {"op": "attest", "vv": {o.hex(): n for o, n in c.vv.items()}},
+        ans = await ask(addr, swarm_hex, {"op": "attest", "vv": vv_to_json(c.vv)},
                         ATTEST_TIMEOUT_S)
         if ans is None:
             continue

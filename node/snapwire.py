@@ -11,6 +11,7 @@ from pathlib import Path
 
 MAX_LINE = 1 << 20       # the longest JSON line either end reads
 CHUNK = 1 << 20          # bytes per read when hashing or serving a file
+TIMEOUT_S = 30.0         # a peer's answer line (and each read of a `get`'s bytes)
 
 
 def line(obj: dict) -> bytes:
@@ -38,6 +39,17 @@ async def request(addr, swarm_hex: str, req: dict, timeout: float) -> tuple[dict
     if not raw:
         return {"ok": False, "error": "connection closed"}, reader, writer
     return parse_line(raw), reader, writer
+
+
+async def ask(addr, swarm_hex: str, req: dict, timeout: float = TIMEOUT_S) -> dict | None:
+    """One request, its answer when it is ok; None for an error answer or an unreachable,
+    slow or garbled peer (a join or compaction just asks another)."""
+    try:
+        ans, _, writer = await request(addr, swarm_hex, req, timeout)
+        writer.close()
+        return ans if ans.get("ok") else None
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
 
 
 def vv_to_json(vv: dict[bytes, int]) -> dict[str, int]:
