@@ -11,7 +11,7 @@ newest, as snapshot_every would have left it) and the tail after it.
 - full replay: a fresh joiner's work, restore() from the whole log: base model, then every
   update (timed as two fused calls, before and after the snapshot point: the bench takes the
   swarm's snapshot between them, untimed);
-- snapshot join: two members serve the snapshot (node/snapshot_service.py, real TCP on
+- snapshot join: two members serve the snapshot (node/join/snapshot_service.py, real TCP on
   loopback, default rate limit); the joiner surveys them, counts the attestations, fetches
   the file (chunked), checks its SHA-256, loads it into a replica of the base model and
   checks the weights digest, installs it (snapshot pointer, log compacted to its vv), logs
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import build  # noqa: E402
 
 from onebyte.model import Hyper, Replica, Seeder  # noqa: E402
-from onebyte.node.snapshot import write_snapshot  # noqa: E402
-from onebyte.node.snapshot_join import attest, fetch, plan, survey  # noqa: E402
-from onebyte.node.snapshot_service import SnapshotServer  # noqa: E402
-from onebyte.node.state import StateDir, restore  # noqa: E402
+from onebyte.node.storage.snapshot import write_snapshot  # noqa: E402
+from onebyte.node.join.snapshot_join import attest, fetch, plan, survey  # noqa: E402
+from onebyte.node.join.snapshot_service import SnapshotServer  # noqa: E402
+from onebyte.node.storage.state import StateDir, restore  # noqa: E402
 from onebyte.protocol import Identity  # noqa: E402
 from onebyte.protocol.records import Record, record_message  # noqa: E402
 

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ONEBYTE = [sys.executable, "-m", "onebyte.node.cli"]
+ONEBYTE = [sys.executable, "-m", "onebyte.node.client.cli"]
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -69,7 +69,7 @@ def inference_peak_rss(model: str, data: str, batch: int, threads: int) -> int:
 
 def status(sock: Path) -> dict | None:
     from onebyte.node.errors import DaemonUnreachable
-    from onebyte.node.status import is_ready, request
+    from onebyte.node.ops.status import is_ready, request
     try:
         st = request(sock, {"cmd": "status"}, timeout=120)
     except DaemonUnreachable:
@@ -171,7 +171,7 @@ def main() -> int:
             t_converged = time.monotonic() - t_ready
             final = {n: status(s) for n, s in zip(names, socks)}
             digests = set()
-            from onebyte.node.status import request
+            from onebyte.node.ops.status import request
             for s in socks:
                 digests.add(request(s, {"cmd": "digest"}, timeout=300)["digest"])
             rss = {n: vm_hwm_kib(p.pid) for n, p in zip(names, procs)}

@@ -4,7 +4,7 @@
     python bench/sst2_swarm.py --quick --json quick.json                     # <= 10 minutes
 
 Both runs use `onebyte keygen`, `onebyte init` and `onebyte run` on loopback, exactly as a
-user would (the process handling is node/demo/swarm.py's LocalSwarm):
+user would (the process handling is node/client/demo/swarm.py's LocalSwarm):
 * the swarm: --nodes daemons, node k trains on shard k of the training pool (rows
   0..train_n-1 of train.tsv, TSV files written into the run dir), --steps own updates each
   (or --minutes of training once every node is ready to train);
@@ -35,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from onebyte.node.demo.swarm import LocalSwarm, run_cli
-from onebyte.node.status import request
+from onebyte.node.client.demo.swarm import LocalSwarm, run_cli
+from onebyte.node.ops.status import request
 
 DEFAULT_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
 # The prompt: the best zero-shot of six templates on held-out training rows (docs/results.md).
@@ -115,7 +115,7 @@ class SnapshotEval:
         from onebyte.model.load import model_hash
         from onebyte.model.trunk import TrunkCache, first_trainable_layer
         from onebyte.node.genesis import load_genesis
-        from onebyte.node.training import task_sources
+        from onebyte.node.train.training import task_sources
         g = load_genesis(genesis_path)
         model, self.tok = load_model(model_spec)
         self.replica = Replica(model, g.make_hyper())

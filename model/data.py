@@ -349,7 +349,7 @@ def label_margins(logits: torch.Tensor, labels) -> torch.Tensor:
     Cross-entropy's gradient is this margin's times (1 - p_label): rows the model already gets
     right contribute almost nothing, so on a task the model mostly solves a measurement along
     a direction rests on the few wrong rows of the batch. The margin moves on every row: a
-    peer audit (node/audit.py) measures it, to see the sign of an update sooner."""
+    peer audit (node/train/audit.py) measures it, to see the sign of an update sooner."""
     labels = torch.as_tensor(labels, device=logits.device)
     own = logits.gather(1, labels[:, None])[:, 0]
     others = logits.scatter(1, labels[:, None], float("-inf"))
@@ -362,7 +362,7 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
     loss_fn.per_example(model, batch) -> each example's loss (a float64 CPU tensor), what a
     private step clips one by one (model/privacy.py); for a classification task
     loss_fn.margin(model, batch) -> minus the mean label margin (label_margins), what a peer
-    audit measures (node/audit.py).
+    audit measures (node/train/audit.py).
 
     autocast_dtype (e.g. torch.bfloat16 on GPU) runs the forward in that precision while the
     weights stay exact fp32 on their fixed-point grid; the loss is reduced in fp32. A

@@ -7,7 +7,7 @@ change in the one number a node publishes per update is bounded, then hidden in 
 
 Adding or removing one example moves sum_i clip(g_i) by at most C, so with batches drawn by
 Poisson sampling (each example in with probability B / N) each update is a subsampled Gaussian
-mechanism of noise multiplier sigma; node/privacy.py composes them with an accountant.
+mechanism of noise multiplier sigma; node/train/privacy.py composes them with an accountant.
 
 Adaptive clipping (Andrew et al., arXiv 1905.03871, "Differentially Private Learning with
 Adaptive Clipping"), when a quantile gamma is set: each step also releases a noised count of

@@ -73,7 +73,7 @@ class LocalStep:
     def directional(self, loss_fn: Callable, batch, updates: Sequence[tuple], held: bool) -> float:
         """(L(w + eps u) - L(w - eps u)) / (2 eps) along u = sum_t sign(q_t) n_t, the noises of
         updates [(seed, q, step, vseed), ...]: what this node's data says of a peer's updates
-        (node/audit.py). held: the weights hold these updates (an audit of applied ones), so w
+        (node/train/audit.py). held: the weights hold these updates (an audit of applied ones), so w
         is the weights without them, shown in the same fused pass: measured after its own step,
         an update's direction would show the curvature that step met (about -lr |q| tr(H) per
         update, for honest and flipped q alike) besides the gradient. The state is untouched.

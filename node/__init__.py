@@ -1,1 +1,1 @@
-"""onebyte.node: the daemon shell (transport, worker, log, status, CLI)."""
+"""onebyte.node: the daemon shell; its groups (train, storage, join, ops, client) in README.md, "Layout"."""

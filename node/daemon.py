@@ -13,7 +13,7 @@ owns the model. Lifecycle in the manner of aiohttp's runner:
 
 The engine is driven by one re-armed timer (loop.call_at at engine.get_timer()),
 by datagrams, and by the worker's own updates; after each input `_pump` drains the
-engine's events and outgoing datagrams. Status commands are routed by node/control.py.
+engine's events and outgoing datagrams. Status commands are routed by node/ops/control.py.
 """
 
 from __future__ import annotations
@@ -29,23 +29,23 @@ from onebyte.protocol import events as ev
 from onebyte.protocol.amendments import describe as describe_amendment
 
 from .config import NodeConfig, format_addr, load_config
-from .control import Control
 from .errors import ConfigError, DiskFull, ResolveError, UserError
 from .genesis import load_genesis, own_key_work_problem, protocol_config
 from .keys import loose_permissions, read_key
-from .members import Bootstrap, PeerBook
-from .notify import Notifier
-from .snapshot import write_snapshot
-from .state import StateDir, restore
-from .stats import Phase, Rates
-from .status import StatusServer
-from .training import Training, load_training
 from .transport import UdpTransport, open_udp, resolve_peer
 from .version import VERSION
-from .webpage import History
-from .audit import BATCH_MAX as AUDIT_BATCH_MAX, Audit
-from .steering import Steered
-from .worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
+from .train.audit import BATCH_MAX as AUDIT_BATCH_MAX, Audit
+from .train.steering import Steered
+from .train.training import Training, load_training
+from .train.worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerSetup
+from .storage.snapshot import write_snapshot
+from .storage.state import StateDir, restore
+from .ops.control import Control
+from .ops.members import Bootstrap, PeerBook
+from .ops.notify import Notifier
+from .ops.stats import Phase, Rates
+from .ops.status import StatusServer
+from .ops.webpage import History
 
 log = logging.getLogger("onebyte.node.daemon")
 
@@ -76,9 +76,9 @@ class Daemon:
         self._tasks: set[asyncio.Task] = set()
         self.udp: UdpTransport | None = None
         self.status_server: StatusServer | None = None
-        self.snapshot_server = None   # node/snapshot_service.py
-        self.compactor = None         # node/compaction.py
-        self.joined = None            # node/snapshot_join.py Joined, if this start joined from a snapshot
+        self.snapshot_server = None   # node/join/snapshot_service.py
+        self.compactor = None         # node/storage/compaction.py
+        self.joined = None            # node/join/snapshot_join.py Joined, if this start joined from a snapshot
         self.metrics = None
         self.history = History()   # loss and accuracy over time, for the node's web page
         self.worker: Worker | None = None
@@ -156,10 +156,10 @@ class Daemon:
 
     async def _snapshot_join(self):
         """A node with peers joins from an attested snapshot when that saves a long replay
-        (node/snapshot_join.py); None: restore from the state dir alone."""
+        (node/join/snapshot_join.py); None: restore from the state dir alone."""
         if not (self.cfg.peers and self.cfg.snapshot_join):
             return None
-        from .snapshot_join import join
+        from .join.snapshot_join import join
         self.joined = await join(self.cfg, self.genesis, self.sd, self.update_log, self.phase.set)
         return self.joined
 
@@ -190,7 +190,7 @@ class Daemon:
         now = self.loop.time()
         self.udp = await open_udp(cfg.listen, self._on_datagram)
         if cfg.snapshot_serve:   # TCP, same host and port number as the UDP socket
-            from .snapshot_service import SnapshotServer
+            from .join.snapshot_service import SnapshotServer
             self.snapshot_server = SnapshotServer(self, cfg.snapshot_serve_bytes_per_s, cfg.snapshot_attest_max_updates)
             await self.snapshot_server.start(*self.udp.local_addr[:2])
         bootstrap = await self._resolve_bootstrap()
@@ -224,11 +224,11 @@ class Daemon:
                      wait)
         self.worker.start()
         if cfg.compact_interval_s > 0:
-            from .compaction import Compactor
+            from .storage.compaction import Compactor
             self.compactor = Compactor(self, cfg.compact_interval_s, cfg.compact_delay_s)
             self._spawn(self.compactor.run())
         if cfg.metrics_listen is not None:
-            from .metrics import MetricsServer
+            from .ops.metrics import MetricsServer
             self.metrics = MetricsServer(self, cfg.metrics_listen)
             self.metrics.start()
         self._pump()
@@ -287,7 +287,7 @@ class Daemon:
     def _reload_metrics(self, listen) -> bool:
         """Serve metrics (and the page) at the new address, or stop serving them; the new
         server listens before the old one closes, so a refused address changes nothing."""
-        from .metrics import MetricsServer
+        from .ops.metrics import MetricsServer
         fresh = None
         if listen is not None:
             fresh = MetricsServer(self, listen)
@@ -478,7 +478,7 @@ class Daemon:
         self.events_seen[name] = self.events_seen.get(name, 0) + 1
         match event:
             case ev.UpdatesReceived():
-                # the engine logged them as it delivered them (node/log.py, "Who writes what");
+                # the engine logged them as it delivered them (node/storage/log.py, "Who writes what");
                 # what a full disk held, _disk_tick replays once it lands
                 fresh = self.update_log.take_landed()
                 self._to_replay.extend(fresh)
@@ -563,7 +563,7 @@ class Daemon:
                 self._release_pending = False
                 self.worker.release_production()
 
-    # --- disk full (node/log.py): a state the node leaves on its own -----------------------
+    # --- disk full (node/storage/log.py): a state the node leaves on its own -----------------------
 
     def _disk_tick(self) -> None:
         """While the disk is full: every DISK_RETRY_S, write what the log holds; updates that

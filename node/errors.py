@@ -40,5 +40,5 @@ class DaemonUnreachable(UserError):
 
 class DiskFull(StateError, OSError):
     """No space left where the state directory lives (ENOSPC/EDQUOT). While running this is
-    a state (node/log.py holds new entries and retries); at start it is this one-line error.
+    a state (node/storage/log.py holds new entries and retries); at start it is this one-line error.
     Also an OSError, so code that handled the raw ENOSPC still catches it."""

@@ -5,7 +5,7 @@ version used by tests and the simulator.  The engine only calls add() for
 records it delivers in step order, so a store never has gaps per origin; with
 a peer's record it passes the steps it delivers of it (delivered = (first, qs)),
 so a durable store logs the record and its updates in one call: the node's log
-has one writer for the steps it receives (node/log.py).
+has one writer for the steps it receives (node/storage/log.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The reference docs name everything the code emits (issue 22, "Docs drift"): every status
 field build_status returns (and the keys of its sub-objects) in docs/status.md, every start-up
-phase, every Prometheus family node/metrics.py exports in docs/operations.md, every drop reason
+phase, every Prometheus family node/ops/metrics.py exports in docs/operations.md, every drop reason
 the protocol counts in docs/protocol.md and docs/troubleshooting.md, every genesis [hyper]
 field in a table of docs/config.md with its real default, and the demo's numbers as the README
 and the quickstart state them. Static: reads the sources, starts nothing."""
@@ -52,8 +52,8 @@ def method(path: str, cls: str, name: str):
 
 
 # build_status composes its dict of component parts spread into it (`**part`): where each is.
-SPREADS = {"status": method("node/worker.py", "WorkerStats", "status"),
-           "_network": functions("node/stats.py", "_network")[0]}
+SPREADS = {"status": method("node/train/worker.py", "WorkerStats", "status"),
+           "_network": functions("node/ops/stats.py", "_network")[0]}
 
 
 def returned_dicts(fn) -> list:
@@ -63,7 +63,7 @@ def returned_dicts(fn) -> list:
 def status_items(fn=None) -> list:
     """(key, value node, function) of every top-level status field: build_status's own and
     those of the parts it spreads in."""
-    fn = fn or functions("node/stats.py", "build_status")[0]
+    fn = fn or functions("node/ops/stats.py", "build_status")[0]
     out = []
     for d in returned_dicts(fn):
         for k, v in zip(d.keys, d.values):
@@ -104,7 +104,7 @@ def test_every_nested_status_key_is_named_in_status_md():
     """Keys of the dicts build_status builds inline (peers[], restored, log, ...) and of the
     sub-objects other code builds, each in its field's row."""
     local = {}   # dict keys of what a local variable holds: x = {...} or [{...}], x.append({...})
-    for fn in [functions("node/stats.py", "build_status")[0], *SPREADS.values()]:
+    for fn in [functions("node/ops/stats.py", "build_status")[0], *SPREADS.values()]:
         for n in ast.walk(fn):
             if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
                 local.setdefault(n.targets[0].id, set()).update(dict_keys(n.value))
@@ -118,15 +118,15 @@ def test_every_nested_status_key_is_named_in_status_md():
         missing += [f"{key}.{k}" for k in sorted(nested)
                     if not re.search(rf"\b{re.escape(k)}\b", rows[key])]
     assert {"version", "rtt_ms"} <= local["peers"]   # the scan sees the peers[] rows
-    sub = {"compaction": [("node/compaction.py", "status")], "nat": [("protocol/nat.py", "status")],
-           "steering": [("node/steering.py", "status")], "audit": [("node/audit.py", "status")],
-           "own_history": [("protocol/sync.py", "own_history"), ("node/stats.py", "_own_history")],
-           "privacy": [("node/privacy.py", "status"), ("model/privacy.py", "_summarize")],
-           "snapshot_join": [("node/snapshot_join.py", "Joined", "status")],
-           "restored": [("node/state.py", "Restored", "status")], "log": [("node/log.py", "UpdateLog", "status")],
-           "update_rate": [("node/stats.py", "Rates", "status")],
-           "version_vector": [("node/stats.py", "_version_vector")],
-           "bootstrap_silent": [("node/members.py", "PeerBook", "silent_status")]}
+    sub = {"compaction": [("node/storage/compaction.py", "status")], "nat": [("protocol/nat.py", "status")],
+           "steering": [("node/train/steering.py", "status")], "audit": [("node/train/audit.py", "status")],
+           "own_history": [("protocol/sync.py", "own_history"), ("node/ops/stats.py", "_own_history")],
+           "privacy": [("node/train/privacy.py", "status"), ("model/privacy.py", "_summarize")],
+           "snapshot_join": [("node/join/snapshot_join.py", "Joined", "status")],
+           "restored": [("node/storage/state.py", "Restored", "status")], "log": [("node/storage/log.py", "UpdateLog", "status")],
+           "update_rate": [("node/ops/stats.py", "Rates", "status")],
+           "version_vector": [("node/ops/stats.py", "_version_vector")],
+           "bootstrap_silent": [("node/ops/members.py", "PeerBook", "silent_status")]}
     for field, sources in sub.items():
         for path, *name in sources:
             fns = [method(path, *name)] if len(name) == 2 else functions(path, name[0])
@@ -139,7 +139,7 @@ def test_every_nested_status_key_is_named_in_status_md():
 
 def test_every_start_up_phase_is_in_status_md():
     phases = {"starting", "ready"}   # Phase's first name, and the last
-    for path in (ROOT / "node").glob("*.py"):
+    for path in (ROOT / "node").rglob("*.py"):
         for call in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Constant)):
                 continue
@@ -154,7 +154,7 @@ def test_every_start_up_phase_is_in_status_md():
 
 
 def exported_metrics() -> set:
-    src = (ROOT / "node" / "metrics.py").read_text()
+    src = (ROOT / "node" / "ops" / "metrics.py").read_text()
     suffix = {"CounterMetricFamily": "_total", "_by_direction": "_total", "InfoMetricFamily": "_info",
               "GaugeMetricFamily": "", "Histogram": ""}
     found = re.findall(r"\b(CounterMetricFamily|GaugeMetricFamily|InfoMetricFamily|Histogram|_by_direction)"
@@ -204,7 +204,7 @@ def test_every_hyper_field_has_a_row_with_its_default_in_config_md():
 
 
 def test_the_demo_numbers_agree_with_its_preset():
-    tree = ast.parse((ROOT / "node" / "demo" / "swarm.py").read_text())
+    tree = ast.parse((ROOT / "node" / "client" / "demo" / "swarm.py").read_text())
     presets = next(ast.literal_eval(n.value) for n in tree.body
                    if (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "PRESETS"
                                                          for t in n.targets))
@@ -212,7 +212,7 @@ def test_the_demo_numbers_agree_with_its_preset():
     p = presets["smollm2"]
     minutes = int(p["minutes"]) if p["minutes"] == int(p["minutes"]) else p["minutes"]
     readme, quick = (ROOT / "README.md").read_text(), doc("quickstart.md")
-    run = (ROOT / "node" / "demo" / "run.py").read_text()
+    run = (ROOT / "node" / "client" / "demo" / "run.py").read_text()
     assert f"{minutes} for smollm2" in run and f"| `--minutes M` | {minutes} for smollm2 |" in quick
     assert f"{minutes} training minutes" in readme and f"{minutes} minutes of training" in quick
     assert f"`{p['scope']}` for smollm2" in quick and f"--scope {p['scope']}" in readme

@@ -24,4 +24,4 @@ def test_wheel_top_level_is_only_onebyte(tmp_path):
     for room in ("model", "protocol", "node"):
         assert f"onebyte/{room}/__init__.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "onebyte = onebyte.node.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "onebyte = onebyte.node.client.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

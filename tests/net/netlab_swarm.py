@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
 from node_harness import ONEBYTE, Node, run_cli, union_digest, wait_for  # noqa: E402
 
 from onebyte.node.errors import DaemonUnreachable  # noqa: E402
-from onebyte.node.status import request  # noqa: E402
+from onebyte.node.ops.status import request  # noqa: E402
 
 PORT = 7470
 # Few, slow producers: the machines running these tests have 2 cores shared by everyone.

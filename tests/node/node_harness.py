@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from onebyte.node.errors import DaemonUnreachable
-from onebyte.node.status import is_ready, request
+from onebyte.node.ops.status import is_ready, request
 
-ONEBYTE = [sys.executable, "-m", "onebyte.node.cli"]
+ONEBYTE = [sys.executable, "-m", "onebyte.node.client.cli"]
 START_TIMEOUT = 180.0   # model import + load under a loaded 2-core machine
 CONVERGE_TIMEOUT = 180.0
 
@@ -127,7 +127,7 @@ def union_digest(state_dirs: list[Path], genesis_path: Path) -> tuple[str, int]:
     from onebyte.model import Replica
     from onebyte.model.load import load_model
     from onebyte.node.genesis import load_genesis
-    from onebyte.node.log import UpdateLog
+    from onebyte.node.storage.log import UpdateLog
 
     g = load_genesis(genesis_path)
     union: dict[tuple[bytes, int], int] = {}

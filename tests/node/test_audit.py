@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from onebyte.node.audit import MIN_SAMPLES, SUSPECT_BATCHES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
+from onebyte.node.train.audit import MIN_SAMPLES, SUSPECT_BATCHES, SUSPECT_SPEEDUP, SUSPECT_Z, Audit
 
 
 def test_z_flagging_and_evidence():

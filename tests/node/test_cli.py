@@ -201,7 +201,7 @@ def test_output_piped_to_a_closed_reader_is_not_an_error(tmp_path):
     exits at once, long before the CLI has imported what it needs): no traceback."""
     import subprocess
     import sys
-    cmd = f"{sys.executable} -m onebyte.node.cli init --model tiny --out {tmp_path / 'g.toml'} | true"
+    cmd = f"{sys.executable} -m onebyte.node.client.cli init --model tiny --out {tmp_path / 'g.toml'} | true"
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
 
@@ -225,7 +225,7 @@ def test_init_refuses_what_a_node_would_refuse(tmp_path):
 
 def test_genesis_paths_are_relative_to_the_genesis_file(tmp_path):
     from onebyte.node.genesis import load_genesis
-    from onebyte.node.training import task_sources
+    from onebyte.node.train.training import task_sources
     folder = tmp_path / "swarm"
     folder.mkdir()
     (folder / "rows.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from onebyte.node.control import Control
+from onebyte.node.ops.control import Control
 from onebyte.node.errors import ConfigError, UserError
 from onebyte.node.genesis import parse_genesis, protocol_config
-from onebyte.node.stats import Phase
-from onebyte.node.status import StatusServer, is_ready, request
+from onebyte.node.ops.stats import Phase
+from onebyte.node.ops.status import StatusServer, is_ready, request
 
 
 def starting_daemon():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from onebyte.node.liveview import History, LiveView, NodeRow, bar, human_bytes, render_table
+from onebyte.node.client.liveview import History, LiveView, NodeRow, bar, human_bytes, render_table
 
-ONEBYTE = [sys.executable, "-m", "onebyte.node.cli"]
+ONEBYTE = [sys.executable, "-m", "onebyte.node.client.cli"]
 
 
 def fake_status(steps: int, *, acc: float | None = None, eval_step: int | None = None) -> dict:
@@ -82,7 +82,7 @@ def test_history_keeps_one_point_per_evaluation():
 
 
 def test_plot_writes_a_png(tmp_path):
-    from onebyte.node.demo.plot import plot_run
+    from onebyte.node.client.demo.plot import plot_run
 
     h = History()
     for t in range(5):

@@ -16,9 +16,9 @@ import pytest
 
 from node_harness import ONEBYTE, Node, union_digest, wait_for
 from onebyte.node.errors import DiskFull
-from onebyte.node.log import UpdateLog
-from onebyte.node.durable import atomic_write_bytes
-from onebyte.node.snapshot import POINTER, read_snapshot, write_snapshot
+from onebyte.node.storage.log import UpdateLog
+from onebyte.node.storage.durable import atomic_write_bytes
+from onebyte.node.storage.snapshot import POINTER, read_snapshot, write_snapshot
 
 A = bytes(range(16))
 
@@ -188,8 +188,8 @@ def test_own_step_that_does_not_fit_is_taken_back_exactly(tmp_path, monkeypatch)
     import torch
 
     from onebyte.model import Hyper, Replica, Seeder
-    from onebyte.node.training import Training
-    from onebyte.node.worker import OwnUpdate, Worker, WorkerSetup
+    from onebyte.node.train.training import Training
+    from onebyte.node.train.worker import OwnUpdate, Worker, WorkerSetup
 
     me = b"\x01" * 16
     torch.manual_seed(0)   # model init only

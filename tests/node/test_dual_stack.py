@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from onebyte.node.snapshot_service import SnapshotServer
+from onebyte.node.join.snapshot_service import SnapshotServer
 
 
 def _has_ipv6() -> bool:

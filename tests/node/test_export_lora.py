@@ -6,7 +6,7 @@ import torch
 from onebyte.model import Hyper, Replica
 from onebyte.model.load import load_model
 from onebyte.model.scope import LORA_PATTERN
-from onebyte.node.export import save_folder
+from onebyte.node.client.export import save_folder
 
 
 def test_lora_export_loads_merged_and_as_a_peft_adapter(tmp_path):

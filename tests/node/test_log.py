@@ -6,7 +6,7 @@ import os
 import pytest
 
 from onebyte.node.errors import DiskFull, StateError
-from onebyte.node.log import HEADER, UpdateLog, encode_entry, KIND_UPDATES
+from onebyte.node.storage.log import HEADER, UpdateLog, encode_entry, KIND_UPDATES
 
 A = bytes(range(16))
 B = bytes(range(16, 32))
@@ -132,7 +132,7 @@ def test_corruption_in_the_middle_is_an_error(tmp_path):
 
 def test_damage_followed_by_a_valid_proof_or_base_entry_is_corruption_not_a_torn_tail(tmp_path):
     """Any entry kind after the damage proves it is in the middle, not only UPDATES/RECORD."""
-    from onebyte.node.log import KIND_BASE, KIND_PROOF, proof_body
+    from onebyte.node.storage.log import KIND_BASE, KIND_PROOF, proof_body
     for kind, body in ((KIND_BASE, b""), (KIND_PROOF, proof_body(b"a" * 10, b"b" * 10, b"\x01"))):
         p = tmp_path / f"u{kind}.log"
         lg = UpdateLog(p)
@@ -300,9 +300,9 @@ def test_fsync_enospc_takes_the_own_update_back(tmp_path, monkeypatch):
 def test_retry_waits_for_free_space_before_leaving_the_state(tmp_path, monkeypatch):
     lg = UpdateLog(tmp_path / "u.log")
     lg.mark_disk_full("snapshot did not fit")
-    monkeypatch.setattr("onebyte.node.log.RESUME_FREE_BYTES", 1 << 62)
+    monkeypatch.setattr("onebyte.node.storage.log.RESUME_FREE_BYTES", 1 << 62)
     assert lg.retry() == [] and lg.disk_full
-    monkeypatch.setattr("onebyte.node.log.RESUME_FREE_BYTES", 1)
+    monkeypatch.setattr("onebyte.node.storage.log.RESUME_FREE_BYTES", 1)
     assert lg.retry() == [] and not lg.disk_full
 
 

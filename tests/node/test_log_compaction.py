@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from onebyte.node.errors import StateError
-from onebyte.node.log import UpdateLog
-from onebyte.node.snapshot_join import Candidate, plan
-from onebyte.node.state import StateDir, _check_floor
+from onebyte.node.storage.log import UpdateLog
+from onebyte.node.join.snapshot_join import Candidate, plan
+from onebyte.node.storage.state import StateDir, _check_floor
 
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
 

@@ -1,6 +1,6 @@
 """The update log's equivocation exclusion (KIND_PROOF): the origin's index is cut at the
 proof's step, the q taken back are kept, and both survive a reopen and a compaction."""
-from onebyte.node.log import UpdateLog
+from onebyte.node.storage.log import UpdateLog
 
 A, B = b"a" * 16, b"b" * 16
 

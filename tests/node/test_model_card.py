@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from onebyte.node.export import hub_model_id, model_card, record_eval, update_meta
+from onebyte.node.client.export import hub_model_id, model_card, record_eval, update_meta
 
 
 def card_meta(text: str) -> dict:

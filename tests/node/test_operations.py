@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from onebyte.node.keys import public_of, read_key, write_key
-from onebyte.node.status import request
+from onebyte.node.ops.status import request
 
 from node_harness import Node, run_cli, wait_for
 
@@ -132,7 +132,7 @@ def test_alert_rules_and_dashboard_use_only_exported_metrics(pair):
     import re
     from pathlib import Path
     import yaml
-    from onebyte.node.metrics import WORKER_STATES
+    from onebyte.node.ops.metrics import WORKER_STATES
     _root, nodes, _keys = pair
     samples = scrape(nodes["a"])
     names = {n for n, _ in samples}
@@ -154,7 +154,7 @@ def test_alert_rules_and_dashboard_use_only_exported_metrics(pair):
     for expr in exprs:
         for name in re.findall(r"\bonebyte_[a-z_]+", expr):
             assert name in names or name.removesuffix("_total") in optional, f"{name} (in {expr!r}) is not exported"
-    src = (Path(__file__).resolve().parents[2] / "node" / "metrics.py").read_text()
+    src = (Path(__file__).resolve().parents[2] / "node" / "ops" / "metrics.py").read_text()
     assert all(f'"{n}"' in src for n in optional)
 
 
@@ -190,7 +190,7 @@ def test_the_nodes_web_page_renders_its_data_in_a_headless_browser(pair, tmp_pat
 
 CLIENT = """
 import json, sys
-from onebyte.node.cli import main
+from onebyte.node.client.cli import main
 try:
     rc = main(sys.argv[1:])
 except SystemExit as e:

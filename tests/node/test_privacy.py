@@ -8,7 +8,7 @@ import math
 import pytest
 
 from node_harness import Node, run_cli, wait_for
-from onebyte.node.privacy import PrivacyBudget, epsilon, noise_for
+from onebyte.node.train.privacy import PrivacyBudget, epsilon, noise_for
 
 RATE, DELTA = 4 / 8302, 1e-5
 

@@ -11,7 +11,7 @@ import urllib.request
 
 from node_harness import Node, wait_for
 
-from onebyte.node.status import request
+from onebyte.node.ops.status import request
 
 
 def members(n: Node) -> dict:

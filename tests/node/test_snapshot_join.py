@@ -16,7 +16,7 @@ import pytest
 
 from node_harness import CONVERGE_TIMEOUT, Node, union_digest, wait_for
 
-from onebyte.node.status import request
+from onebyte.node.ops.status import request
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_late_joiner_takes_an_attested_snapshot_and_replays_only_the_tail(swarm,
     got = wait_for(lambda: converged([a, b, j], 51), CONVERGE_TIMEOUT, "the joiner to converge", 0.5)
     assert got == union_digest([a.state_dir, b.state_dir], genesis_path)[0]
     # the joiner's log starts at the snapshot: steps below it were neither fetched nor replayed
-    from onebyte.node.log import UpdateLog
+    from onebyte.node.storage.log import UpdateLog
     floor = UpdateLog(j.state_dir / "updates.log", readonly=True).floor_vv()
     assert sum(floor.values()) == joined["updates"]
     j.terminate()
@@ -167,7 +167,7 @@ def test_compaction_bounds_the_log_and_a_node_offline_past_the_horizon_catches_u
                  CONVERGE_TIMEOUT, "e to take its steps", 0.2)
         e.terminate()          # offline while c and d go on past its horizon
         e_log = e.state_dir / "updates.log"
-        from onebyte.node.log import UpdateLog
+        from onebyte.node.storage.log import UpdateLog
         e_vv = UpdateLog(e_log, readonly=True).updates_vv()
         past = {bytes.fromhex(n.status()["node_id"]): n for n in (c, d)}
         wait_for(lambda: all(n.status()["own_steps"] >= e_vv.get(o, 0) + 40 for o, n in past.items()),
@@ -183,7 +183,7 @@ def test_compaction_bounds_the_log_and_a_node_offline_past_the_horizon_catches_u
         def compacted_past_e():
             if any(n.status()["compaction"]["compactions"] == 0 for n in (c, d)):
                 return None
-            from onebyte.node.log import UpdateLog as L
+            from onebyte.node.storage.log import UpdateLog as L
             floors = [L(n.state_dir / "updates.log", readonly=True).floor_vv() for n in (c, d)]
             return all(any(fl.get(o, 0) > e_vv.get(o, 0) for o in fl) for fl in floors) or None
         wait_for(compacted_past_e, CONVERGE_TIMEOUT, "c and d to compact past e's log", 0.5)

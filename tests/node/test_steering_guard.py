@@ -1,4 +1,4 @@
-"""The steering rule's runs and checkpoints (node/steering.py): a run is judged at W/2^c, ...,
+"""The steering rule's runs and checkpoints (node/train/steering.py): a run is judged at W/2^c, ...,
 W/2 and W steps, so an origin that steers and stops before W is judged on what it
 published; honest q is never judged a breach; the verdict depends on the sequence alone."""
 import random
@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
 import oracle  # noqa: E402
 
 from onebyte.model import Hyper, Replica, Seeder  # noqa: E402
-from onebyte.node.steering import SteeringGuard  # noqa: E402
+from onebyte.node.train.steering import SteeringGuard  # noqa: E402
 
 W, TARGET = 256, 77   # TARGET: a weight of the tiny model's first tensor
 

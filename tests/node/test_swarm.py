@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from onebyte.node.status import request
+from onebyte.node.ops.status import request
 
 from node_harness import CONVERGE_TIMEOUT, Node, run_cli, union_digest, wait_for
 

@@ -8,14 +8,14 @@ import stat
 
 import pytest
 
-from onebyte.node import snapshot as snap
+from onebyte.node.storage import snapshot as snap
 from onebyte.node.config import load_config, parse_addr, parse_config
 from onebyte.node.errors import ConfigError, KeyFileError, StateError, DaemonUnreachable
 from onebyte.node.genesis import compute_swarm_id, dump_toml, load_genesis, parse_genesis
 from onebyte.node.keys import public_of, read_key, write_key
 from onebyte.protocol.identity import node_id_of
-from onebyte.node.notify import Notifier
-from onebyte.node.status import StatusServer, request
+from onebyte.node.ops.notify import Notifier
+from onebyte.node.ops.status import StatusServer, request
 
 HASH = "ab" * 32
 

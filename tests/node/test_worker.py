@@ -3,9 +3,9 @@ step, exactly-once application, own updates logged before they are posted, snaps
 
 import queue
 
-from onebyte.node.log import UpdateLog
-from onebyte.node.training import Training
-from onebyte.node.worker import Digest, Evaluate, OwnUpdate, Replayed, StopProducing, Worker, WorkerSetup
+from onebyte.node.storage.log import UpdateLog
+from onebyte.node.train.training import Training
+from onebyte.node.train.worker import Digest, Evaluate, OwnUpdate, Replayed, StopProducing, Worker, WorkerSetup
 
 ME = b"\x01" * 16
 PEER = b"\x02" * 16
