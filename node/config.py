@@ -73,7 +73,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "privacy_clip": (1.0, "private steps: the bound C on one example's projected gradient"),
     "privacy_clip_quantile": (0.0, "private steps: > 0 adapts C each step toward this quantile of the examples' |projected gradient| (e.g. 0.5: the median), starting at privacy_clip, from a noised count inside the same budget (docs/privacy.md); 0 = C stays privacy_clip"),
     "privacy_noise_multiplier": (0.0, "private steps: the noise's standard deviation in units of privacy_clip; 0 = the smallest that lets max_steps steps fit the budget"),
-    "audit_interval_s": (2.0, "measure one peer's newest update on this node's own data this often and flag origins whose q disagrees with it (docs/security.md, Poisoning); 0 = never"),
+    "audit_interval_s": (2.0, "measure one peer's updates since its last audit on this node's own data this often (a classification task's label margin, else its loss) and flag origins whose q disagrees with it (docs/security.md, Poisoning); 0 = never"),
     "eval_data": ("", "evaluation data (file or task name); default: the genesis [task] eval data"),
     "eval_examples": (256, "examples of eval_data used per evaluation"),
     "snapshot_every": (2000, "write a snapshot after this many newly applied updates (0 = only at shutdown)"),

@@ -6,11 +6,16 @@ sequence can see that; a measurement on data can. Every `audit_interval_s` the w
 updates of one peer (peers in turn) that it applied since that peer's last audit, up to
 BATCH_MAX of the newest, and measures on a batch of its own training data the two-sided
 projected gradient g along their signed sum u = sum_t sign(q_t) n_t (two forward passes,
-nothing applied: Replica.directional). Each term sign(q_t) (grad . n_t) is positive in
-expectation when q_t follows the gradient, negative when it opposes it, and the terms' noise
-(independent noises n_t) adds in quadrature: one audit of K updates weighs like K audits of one,
-for the same two forward passes (the regeneration of K noises costs about K / 15,000 s for
-the 3.5M weights of `top1` on a CPU core). Per origin, over its audits j:
+nothing applied: Replica.directional). What it measures is the task's label margin where the
+task is a classification (minus the mean margin: model/data.py label_margins), else the loss:
+cross-entropy's gradient is the margin's times (1 - p_label), so on a task the model mostly
+solves it rests on the few rows of our batch the model gets wrong, while the margin moves on
+every row (on SST-2 a flipper's score fell about 2.5 times as steeply per sqrt(audits)). Each
+term sign(q_t) (grad . n_t) is positive in expectation when q_t follows the gradient of the
+loss (which, for a classification, raises the margin of the rows it sees), negative when it
+opposes it, and the terms' noise (independent noises n_t) adds in quadrature: one audit of K
+updates weighs like K audits of one, for the same two forward passes (the regeneration of K
+noises costs about K / 15,000 s for the 3.5M weights of `top1` on a CPU core). Per origin, over its audits j:
 
     n = audits with g_j != 0,  a = agreements (g_j > 0) - disagreements
     z = a / sqrt(n)                          the sign test: about N(0, 1) if q ignored the gradient
