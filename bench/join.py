@@ -70,19 +70,15 @@ def model_replica(kind: str):
     return Replica(build(kind), Hyper(lr=1e-5)), None
 
 
-class Member:
-    """What SnapshotServer reads of a daemon, for a state dir that holds the swarm's snapshot."""
-
-    def __init__(self, sd: StateDir, ulog, swarm_id: bytes, node_id: bytes):
-        self.sd, self.update_log, self.node_id = sd, ulog, node_id
-        self.genesis = SimpleNamespace(swarm_id=swarm_id)
-        self.engine = self.worker = None
+def member_server(sd: StateDir, ulog, swarm_id: bytes, node_id: bytes) -> SnapshotServer:
+    """A member serving the swarm's snapshot from a state dir: no engine (no peers), no worker."""
+    genesis = SimpleNamespace(swarm_id=swarm_id, seeder=None)
+    return SnapshotServer(genesis, node_id, sd.snapshots, ulog, list, lambda: None, 64 << 20, 0)
 
 
 async def snapshot_join(args, swarm_id, members, joiner: StateDir, tail: list):
     servers = []
-    for m in members:
-        s = SnapshotServer(m, 64 << 20, 0)
+    for s in members:
         assert await s.start("127.0.0.1", 0)
         servers.append((s, s._server.sockets[0].getsockname()[:2]))
     t0 = time.perf_counter()
@@ -175,7 +171,7 @@ def run(a, work: Path) -> dict:
     twin = StateDir(work / "twin")
     twin.create()
     shutil.copytree(swarm.snapshots, twin.snapshots)
-    members = [Member(swarm, ulog, swarm_id, b"\x01" * 16), Member(twin, ulog, swarm_id, b"\x02" * 16)]
+    members = [member_server(swarm, ulog, swarm_id, b"\x01" * 16), member_server(twin, ulog, swarm_id, b"\x02" * 16)]
     joiner = StateDir(work / "joiner")
     joiner.create()
     j = asyncio.run(snapshot_join(a, swarm_id, members, joiner, tail))

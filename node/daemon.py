@@ -41,9 +41,9 @@ from .train.worker import Digested, Failed, OwnUpdate, Replayed, Worker, WorkerS
 from .storage.snapshot import write_snapshot
 from .storage.state import StateDir, restore
 from .ops.control import Control
-from .ops.members import Bootstrap, PeerBook
+from .ops.members import Bootstrap, PeerBook, build_amendments, build_members
 from .ops.notify import Notifier
-from .ops.stats import Phase, Rates
+from .ops.stats import Phase, Rates, build_status
 from .ops.status import StatusServer
 from .ops.webpage import History
 
@@ -132,7 +132,9 @@ class Daemon:
             sd.import_snapshot(cfg.initial_snapshot)
         self.update_log = sd.open_log(fsync=cfg.fsync)
         # The status socket answers from here on: "starting", with the phase and its progress.
-        self.control = Control(self)
+        self.control = Control(ready=lambda: self.ready, starting=self.phase.describe, status=self.status,
+                               members=self.members, amend=self.amend, exports=sd.exports,
+                               worker=lambda: self.worker, stop=self.request_stop)
         self.status_server = StatusServer(cfg.socket_path, self.control.handle)
         await self.status_server.start()
         joined = await self._snapshot_join()
@@ -191,7 +193,9 @@ class Daemon:
         self.udp = await open_udp(cfg.listen, self._on_datagram)
         if cfg.snapshot_serve:   # TCP, same host and port number as the UDP socket
             from .join.snapshot_service import SnapshotServer
-            self.snapshot_server = SnapshotServer(self, cfg.snapshot_serve_bytes_per_s, cfg.snapshot_attest_max_updates)
+            self.snapshot_server = SnapshotServer(
+                self.genesis, self.node_id, self.sd.snapshots, self.update_log, self.live_peers,
+                lambda: self.worker, cfg.snapshot_serve_bytes_per_s, cfg.snapshot_attest_max_updates)
             await self.snapshot_server.start(*self.udp.local_addr[:2])
         bootstrap = await self._resolve_bootstrap()
         own_logged = self.update_log.updates_vv().get(self.node_id, 0)
@@ -225,11 +229,11 @@ class Daemon:
         self.worker.start()
         if cfg.compact_interval_s > 0:
             from .storage.compaction import Compactor
-            self.compactor = Compactor(self, cfg.compact_interval_s, cfg.compact_delay_s)
+            self.compactor = Compactor(self.sd.snapshots, self.update_log, self.genesis.swarm_id.hex(),
+                                       self.live_peers, cfg.compact_interval_s, cfg.compact_delay_s)
             self._spawn(self.compactor.run())
         if cfg.metrics_listen is not None:
-            from .ops.metrics import MetricsServer
-            self.metrics = MetricsServer(self, cfg.metrics_listen)
+            self.metrics = self._metrics_server(cfg.metrics_listen)
             self.metrics.start()
         self._pump()
         self.ready = True
@@ -287,10 +291,9 @@ class Daemon:
     def _reload_metrics(self, listen) -> bool:
         """Serve metrics (and the page) at the new address, or stop serving them; the new
         server listens before the old one closes, so a refused address changes nothing."""
-        from .ops.metrics import MetricsServer
         fresh = None
         if listen is not None:
-            fresh = MetricsServer(self, listen)
+            fresh = self._metrics_server(listen)
             try:
                 fresh.start()
             except ConfigError as exc:
@@ -375,9 +378,33 @@ class Daemon:
     async def serve(self) -> None:
         await self._stop_event.wait()
 
-    def after_engine_call(self) -> None:
-        """A status-socket command fed the engine (an amendment): as after a datagram."""
+    def _metrics_server(self, listen):
+        from .ops.metrics import MetricsServer
+        return MetricsServer(listen, ready=lambda: self.ready, status=self.status, loop=self.loop,
+                             history=self.history, step_seconds=lambda: self.worker.stats.step_seconds)
+
+    def live_peers(self) -> list[tuple[bytes, tuple]]:
+        """[(node_id, addr)] of the members the engine holds alive at a known address."""
+        if self.engine is None:
+            return []
+        return [(p.node_id, p.addr) for p in self.engine.peers() if p.state == "alive" and p.addr]
+
+    # --- what the status socket asks (node/ops/control.py) -----------------------------------
+
+    def status(self) -> dict:
+        """The status answer's fields: composed of each component's status() once ready, the
+        start-up phase before (docs/status.md)."""
+        return build_status(self) if self.ready else self.phase.status(self)
+
+    def members(self) -> dict:
+        return {"members": build_members(self), "amendments": build_amendments(self)}
+
+    def amend(self, amendment) -> tuple[list, list]:
+        """A signed amendment from the status socket, fed to the engine as a peer's would be
+        (ProtocolError says why not): what took effect, and the numbers in effect."""
+        took = self.engine.amend(amendment, self.loop.time())
         self._pump()
+        return took, self.engine.amendments.applied
 
     def request_stop(self) -> None:
         if not self._stopping:

@@ -28,6 +28,8 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
+from typing import Callable
 
 from ..config import format_addr
 from ..storage.snapshot import read_snapshot
@@ -61,10 +63,15 @@ class ByteRate:
 
 
 class SnapshotServer:
-    """Serves the daemon's newest snapshot; `daemon` gives genesis, sd, update_log, worker, engine."""
+    """Serves the newest snapshot in `snapshots` to members of genesis's swarm, says what
+    `update_log` holds and which peers are alive (`live_peers()`: [(node_id, addr)]), and
+    attests a version vector through the worker (`worker()`: the running Worker or None)."""
 
-    def __init__(self, daemon, rate: int, attest_max_updates: int):
-        self.d = daemon
+    def __init__(self, genesis, node_id: bytes, snapshots: Path, update_log, live_peers: Callable[[], list],
+                 worker: Callable[[], object], rate: int, attest_max_updates: int):
+        self.swarm_hex, self.seeder = genesis.swarm_id.hex(), genesis.seeder
+        self.node_id, self.snapshots, self.update_log = node_id, snapshots, update_log
+        self.live_peers, self.worker = live_peers, worker
         self.bucket = ByteRate(rate)
         self.attest_max = attest_max_updates
         self._attest_lock = asyncio.Lock()
@@ -110,7 +117,7 @@ class SnapshotServer:
             self.counters["requests"] += 1
             try:
                 req = parse_line(line)
-                if req.get("swarm") != self.d.genesis.swarm_id.hex():
+                if req.get("swarm") != self.swarm_hex:
                     raise ValueError("wrong swarm")
                 op = req.get("op")
                 if op == "info":
@@ -136,7 +143,7 @@ class SnapshotServer:
         await writer.drain()
 
     async def _current(self):
-        snap = read_snapshot(self.d.sd.snapshots)
+        snap = read_snapshot(self.snapshots)
         if snap is None:
             return None, None
         st = snap.weights.stat()
@@ -147,10 +154,9 @@ class SnapshotServer:
 
     async def _info(self) -> dict:
         snap, sha = await self._current()
-        engine = self.d.engine
-        peers = [format_addr(p.addr) for p in engine.peers() if p.state == "alive" and p.addr] if engine else []
-        ulog = self.d.update_log
-        return {"ok": True, "node": self.d.node_id.hex(),
+        peers = [format_addr(addr) for _, addr in self.live_peers()]
+        ulog = self.update_log
+        return {"ok": True, "node": self.node_id.hex(),
                 "snapshot": None if snap is None else {
                     "digest": snap.digest, "vv": vv_to_json(snap.vv), "updates": snap.updates,
                     "sha256": sha, "size": snap.weights.stat().st_size},
@@ -181,10 +187,10 @@ class SnapshotServer:
                 self.counters["bytes_served"] += len(data)
 
     async def _attest(self, vv: dict[bytes, int]) -> dict:
-        snap = read_snapshot(self.d.sd.snapshots)
+        snap = read_snapshot(self.snapshots)
         if snap is not None and {o: n for o, n in snap.vv.items() if n} == vv:
             return {"ok": True, "digest": snap.digest, "from": "snapshot"}
-        worker = self.d.worker
+        worker = self.worker()
         if worker is None or not worker.is_alive():
             return {"ok": False, "error": "not ready"}
         async with self._attest_lock:
@@ -202,8 +208,7 @@ class SnapshotServer:
     def _undo_for(self, vv: dict[bytes, int]):
         """For the worker (Attest): the updates between `vv` and what it applied, from the
         log, at most attest_max of them; or the answer saying why not."""
-        d, limit = self.d, self.attest_max
-        seeder = d.genesis.seeder()
+        ulog, limit, seeder = self.update_log, self.attest_max, self.seeder()
 
         def undo_for(applied: dict):
             diff = []
@@ -211,7 +216,7 @@ class SnapshotServer:
                 lo = vv.get(o, 0)
                 if top - lo > limit or len(diff) + top - lo > limit:
                     return {"ok": False, "error": "too far behind this node to attest"}
-                qs = d.update_log.qs_of(o, lo + 1, top)
+                qs = ulog.qs_of(o, lo + 1, top)
                 if len(qs) != top - lo:
                     return {"ok": False, "error": "compacted past that version vector"}
                 diff.extend(seeder.update(o, s, q) for s, q in zip(range(lo + 1, top + 1), qs))

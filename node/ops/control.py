@@ -2,28 +2,35 @@
 
 `Control` answers on the loop thread. Commands that need the model (digest, snapshot,
 eval, stop_producing) go to the worker as command objects (node/train/worker.py) and are
-awaited; everything else is read from the daemon directly. Until the daemon is ready
-(model loading, replaying its log) only `status` and `leave` answer, with the phase.
+awaited; the rest are the daemon's own answers, handed in as callables (it composes its
+status from its components). Until the daemon is ready (model loading, replaying its log)
+only `status` and `leave` answer, with the phase.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+import asyncio
 from typing import Awaitable, Callable
 
 from ..errors import UserError
-from .members import build_amendments, build_members
 from ..storage.snapshot import write_standalone
-from .stats import build_status
 from ..train.worker import Digest, Evaluate, Snapshot, StopProducing
 
 COMMANDS = ("status", "members", "digest", "snapshot", "eval", "stop_producing", "leave", "amend")
 
 
 class Control:
-    def __init__(self, daemon):
-        self.d = daemon
+    """ready() -> bool; starting() -> what the start-up is doing; status() and members() -> the
+    answer's fields; amend(amendment) -> (amendments that took effect, numbers in effect);
+    exports: where unnamed snapshots go; worker() -> the running Worker or None; stop()."""
+
+    def __init__(self, *, ready: Callable[[], bool], starting: Callable[[], str], status: Callable[[], dict],
+                 members: Callable[[], dict], amend: Callable, exports: Path, worker: Callable[[], object],
+                 stop: Callable[[], None]):
+        self.ready, self.starting, self._status, self._members = ready, starting, status, members
+        self._amend, self.exports, self.worker, self.stop = amend, exports, worker, stop
         self._table: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "status": self.status, "members": self.members, "digest": self.digest,
             "snapshot": self.snapshot, "eval": self.eval, "stop_producing": self.stop_producing,
@@ -34,17 +41,15 @@ class Control:
         handler = self._table.get(req["cmd"])
         if handler is None:
             raise UserError(f"unknown cmd {req['cmd']!r}; known: {', '.join(COMMANDS)}")
-        if not self.d.ready and handler not in (self.status, self.leave):
-            raise UserError(f"the daemon is starting ({self.d.phase.describe()}); retry when it is ready")
+        if not self.ready() and handler not in (self.status, self.leave):
+            raise UserError(f"the daemon is starting ({self.starting()}); retry when it is ready")
         return await handler(req)
 
     async def status(self, req: dict) -> dict:
-        if not self.d.ready:
-            return {"ok": True, **self.d.phase.status(self.d)}
-        return {"ok": True, **build_status(self.d)}
+        return {"ok": True, **self._status()}
 
     async def members(self, req: dict) -> dict:
-        return {"ok": True, "members": build_members(self.d), "amendments": build_amendments(self.d)}
+        return {"ok": True, **self._members()}
 
     async def amend(self, req: dict) -> dict:
         """A signed membership amendment (hex of its packed form, as `onebyte admit` writes it):
@@ -60,12 +65,11 @@ class Control:
         if a is None:
             raise UserError("amendment must be the hex of a packed amendment (`onebyte admit --save` writes one)")
         try:
-            took = self.d.engine.amend(a, self.d.loop.time())
+            took, in_effect = self._amend(a)
         except ProtocolError as exc:
             raise UserError(f"amendment {a.number} refused: {exc}") from None
-        self.d.after_engine_call()
         return {"ok": True, "number": a.number, "took_effect": [describe(x) for x in took],
-                "in_effect": self.d.engine.amendments.applied}
+                "in_effect": in_effect}
 
     async def digest(self, req: dict) -> dict:
         return await self._ask_worker(lambda reply: Digest(reply))
@@ -73,8 +77,8 @@ class Control:
     async def snapshot(self, req: dict) -> dict:
         path = req.get("path")
         if path is None:
-            self.d.sd.exports.mkdir(exist_ok=True)
-            path = self.d.sd.exports / f"snapshot-{int(time.time())}.safetensors"
+            self.exports.mkdir(exist_ok=True)
+            path = self.exports / f"snapshot-{int(time.time())}.safetensors"
         if not isinstance(path, (str, Path)):
             raise UserError(f"snapshot path must be a string, got {path!r}")
         path = Path(path)
@@ -95,11 +99,11 @@ class Control:
         return await self._ask_worker(lambda reply: StopProducing(reply))
 
     async def leave(self, req: dict) -> dict:
-        self.d.request_stop()
+        self.stop()
         return {"ok": True}
 
     async def _ask_worker(self, make_command) -> dict:
-        worker, loop = self.d.worker, self.d.loop
+        worker, loop = self.worker(), asyncio.get_running_loop()
         if worker is None or not worker.is_alive():
             raise UserError("the worker is not running")
         fut = loop.create_future()

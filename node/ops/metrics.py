@@ -2,7 +2,7 @@
 
 prometheus_client serves HTTP from its own thread. The numbers live on the loop thread
 (engine counters, worker stats), so a scrape asks the loop for one status snapshot
-(`build_status`, the same dict the status socket answers) and turns it into metric
+(the daemon's status(), the same dict the status socket answers) and turns it into metric
 families: one source of truth, no second set of counters to keep in step. The one
 exception is the step-time histogram, which needs every observation: the loop feeds
 it as own updates arrive (prometheus_client's Histogram is thread-safe).
@@ -15,6 +15,7 @@ import logging
 
 import json
 import socket
+from typing import Callable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -23,7 +24,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from ..config import format_addr
 from ..errors import ConfigError
-from .stats import build_status
 from .webpage import PAGE, page_status
 
 log = logging.getLogger("onebyte.node.ops.metrics")
@@ -39,14 +39,19 @@ NAT_KINDS = ("open", "nat", "symmetric")
 
 
 class MetricsServer:
-    def __init__(self, daemon, listen):
-        self.d = daemon
-        self.listen = listen
+    """Prometheus metrics and the node's page at `listen`, from the daemon's status() (run on
+    its `loop`, once ready()), its `history` of loss and accuracy, and step_seconds() (the
+    worker's total local-step time)."""
+
+    def __init__(self, listen, *, ready: Callable[[], bool], status: Callable[[], dict], loop, history,
+                 step_seconds: Callable[[], float]):
+        self.listen, self.ready, self.history, self.step_seconds_total = listen, ready, history, step_seconds
+        self.snapshot = lambda: status_snapshot(status, loop) if ready() else None
         self.registry = CollectorRegistry(auto_describe=False)
         self.step_seconds = Histogram("onebyte_local_step_seconds", "Wall time of one local SPSA step "
                                       "(two forward passes and the update)", buckets=STEP_BUCKETS,
                                       registry=self.registry)
-        self.registry.register(_Collector(daemon))
+        self.registry.register(_Collector(ready, self.snapshot))
         self._metrics = make_wsgi_app(self.registry)
         self._server = None
         self._last_step_seconds = 0.0
@@ -72,11 +77,11 @@ class MetricsServer:
         if path in ("/", "/index.html"):
             body, kind = PAGE.encode(), "text/html; charset=utf-8"
         elif path == "/status.json":
-            st = status_snapshot(self.d) if self.d.ready else None
+            st = self.snapshot()
             if st is None:
                 start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
                 return [b"starting\n"]
-            body, kind = json.dumps(page_status(st, self.d.history)).encode(), "application/json"
+            body, kind = json.dumps(page_status(st, self.history)).encode(), "application/json"
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: /metrics, / and /status.json are served\n"]
@@ -91,7 +96,7 @@ class MetricsServer:
 
     def observe_step(self, _own_update) -> None:
         """After each own update (loop thread): the step's duration from the worker's total."""
-        total = self.d.worker.stats.step_seconds
+        total = self.step_seconds_total()
         self.step_seconds.observe(max(0.0, total - self._last_step_seconds))
         self._last_step_seconds = total
 
@@ -118,27 +123,26 @@ class _Quiet(WSGIRequestHandler):
 class _Collector:
     """Reads one status snapshot per scrape, on the loop thread."""
 
-    def __init__(self, daemon):
-        self.d = daemon
+    def __init__(self, ready: Callable[[], bool], snapshot: Callable[[], dict | None]):
+        self.ready, self.snapshot = ready, snapshot
 
     def collect(self):
-        d = self.d
-        if not d.ready:
+        if not self.ready():
             yield GaugeMetricFamily("onebyte_ready", "1 once the node serves (model loaded, log replayed)", value=0)
             return
 
-        st = status_snapshot(d)
+        st = self.snapshot()
         if st is not None:
             yield from _families(st)
 
 
-def status_snapshot(d) -> dict | None:
+def status_snapshot(status: Callable[[], dict], loop) -> dict | None:
     """One status snapshot built on the loop thread, from the HTTP thread; None if the loop is
     stopping or too busy (an empty scrape or a 503, not an error)."""
     async def snapshot():
-        return build_status(d)
+        return status()
     try:
-        return asyncio.run_coroutine_threadsafe(snapshot(), d.loop).result(SCRAPE_TIMEOUT_S)
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(SCRAPE_TIMEOUT_S)
     except Exception as exc:
         log.debug("status snapshot for HTTP failed: %s", exc)
         return None

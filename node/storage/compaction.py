@@ -22,6 +22,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from pathlib import Path
+from typing import Callable
 
 from ..config import format_addr
 from .snapshot import read_snapshot
@@ -31,8 +33,12 @@ log = logging.getLogger("onebyte.node.storage.compaction")
 
 
 class Compactor:
-    def __init__(self, daemon, interval_s: float, delay_s: float):
-        self.d = daemon
+    """Compacts `update_log` to the newest snapshot in `snapshots` once it is delay_s old and
+    every live peer (`live_peers()`: [(node_id, addr)]) logged past it."""
+
+    def __init__(self, snapshots: Path, update_log, swarm_hex: str, live_peers: Callable[[], list],
+                 interval_s: float, delay_s: float):
+        self.snapshots, self.update_log, self.swarm_hex, self.live_peers = snapshots, update_log, swarm_hex, live_peers
         self.interval_s = interval_s
         self.delay_s = delay_s
         self.seen: deque = deque(maxlen=64)   # (monotonic time first seen, snapshot vv)
@@ -49,8 +55,8 @@ class Compactor:
                 log.exception("log compaction round failed")
 
     async def round(self) -> bool:
-        d = self.d
-        snap = read_snapshot(d.sd.snapshots)
+        ulog = self.update_log
+        snap = read_snapshot(self.snapshots)
         if snap is None:
             self.waiting_for = "no snapshot yet"
             return False
@@ -63,15 +69,14 @@ class Compactor:
             self.waiting_for = "no snapshot old enough (compact_delay_s)"
             return False
         floor = old[-1]
-        have = d.update_log.floor_vv()
+        have = ulog.floor_vv()
         if all(have.get(o, 0) >= n for o, n in floor.items()):
             self.waiting_for = None
             return False
-        swarm_hex = d.genesis.swarm_id.hex()
-        live = [p for p in d.engine.peers() if p.state == "alive" and p.addr] if d.engine else []
-        answers = await asyncio.gather(*(ask(tuple(p.addr[:2]), swarm_hex, {"op": "info"}) for p in live))
-        for p, info in zip(live, answers):
-            who = f"{p.node_id.hex()[:16]} at {format_addr(p.addr)}"
+        live = self.live_peers()
+        answers = await asyncio.gather(*(ask(tuple(addr[:2]), self.swarm_hex, {"op": "info"}) for _, addr in live))
+        for (node_id, addr), info in zip(live, answers):
+            who = f"{node_id.hex()[:16]} at {format_addr(addr)}"
             if info is None:
                 self.waiting_for = f"member {who} did not answer"
                 return False
@@ -83,7 +88,7 @@ class Compactor:
             if any(theirs.get(o, 0) < n for o, n in floor.items()):
                 self.waiting_for = f"member {who} has not passed the snapshot yet"
                 return False
-        sizes = await asyncio.to_thread(d.update_log.compact, floor)
+        sizes = await asyncio.to_thread(ulog.compact, floor)
         if sizes is None:
             self.waiting_for = "log busy (disk full)"
             return False
@@ -95,7 +100,7 @@ class Compactor:
         return True
 
     def status(self) -> dict:
-        ulog = self.d.update_log
+        ulog = self.update_log
         return {"compactions": self.compactions, "last": self.last, "waiting_for": self.waiting_for,
                 "floor_updates": sum(ulog.floor_vv().values()), "log_bytes": ulog.size_bytes,
                 "index_updates": ulog.index_updates()}

@@ -21,12 +21,19 @@ from onebyte.node.ops.status import StatusServer, is_ready, request
 def starting_daemon():
     g = parse_genesis({"swarm": {"base_model": "tiny", "base_model_hash": "0" * 64, "name": "t"}})
     return SimpleNamespace(ready=False, phase=Phase(), node_id=b"\x01" * 16, genesis=g, started=0.0,
-                           request_stop=lambda: None)
+                           request_stop=lambda: None, exports=None)
+
+
+def control_of(d) -> Control:
+    """Control wired to a fake daemon as node/daemon.py wires it to the real one (status while
+    starting: the phase; nothing past that is reached here)."""
+    return Control(ready=lambda: d.ready, starting=d.phase.describe, status=lambda: d.phase.status(d),
+                   members=lambda: {}, amend=None, exports=d.exports, worker=lambda: None, stop=d.request_stop)
 
 
 async def test_a_starting_daemon_answers_status_with_its_phase_and_refuses_model_commands():
     d = starting_daemon()
-    control = Control(d)
+    control = control_of(d)
     d.phase.set("replaying log", 1200, 5000)
     st = await control.handle({"cmd": "status"})
     assert st["ok"] and not is_ready(st)
@@ -52,9 +59,8 @@ async def test_phase_is_safe_to_set_from_another_thread():
 async def test_snapshot_path_of_a_wrong_type_is_a_user_error():
     d = starting_daemon()
     d.ready = True
-    d.sd = SimpleNamespace(exports=None)
     with pytest.raises(UserError, match="snapshot path must be a string, got 123"):
-        await Control(d).handle({"cmd": "snapshot", "path": 123})
+        await control_of(d).handle({"cmd": "snapshot", "path": 123})
 
 
 async def test_deeply_nested_json_is_a_bad_request_not_a_crash(tmp_path):
