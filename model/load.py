@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 # Must precede the first transformers/huggingface_hub import anywhere in the process.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = [
+    "DTYPES",
     "ModelLoadError",
     "load_model",
     "model_hash",
@@ -33,6 +35,10 @@ __all__ = [
 ]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# The precisions a node may hold its frozen base in (node config `dtype`); trainable tensors
+# are always fp32 on their grid (model/grid.py), whatever this is.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The tiny model: small enough that a forward pass is ~1 ms, big enough to have every kind of
 # tensor a Llama has (embeddings, attention with grouped KV heads, MLP, norms, untied head).
@@ -200,17 +206,26 @@ def _tiny_model(seed: int, vocab_size: int) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------- public API
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, object]:
+def load_model(spec: str, dtype: torch.dtype = torch.float32,
+               keep_fp32: Callable[[str], bool] | None = None) -> tuple[torch.nn.Module, object]:
     """Load (model, tokenizer) from a spec: a folder, a .gguf file, 'smollm2' or 'tiny[:seed]'.
 
-    GGUF weights (quantized or not) are dequantized into `dtype`. The model is returned in eval
-    mode (dropout off: SPSA needs l+ and l- measured on the same deterministic function).
+    dtype: the precision of the weights; with keep_fp32 (a predicate over parameter names,
+    e.g. the trainable scope) the tensors it names are fp32 holding exactly the values an fp32
+    load gives, and only the rest is in dtype: a node holding its frozen base in bf16 starts
+    its trainable scope from the same bits as an fp32 node, so their replicas stay identical.
+    A safetensors folder loads in dtype and reads the kept tensors again from its files (no
+    moment at fp32 size); a GGUF file or the tiny model is built in fp32, then the rest cast
+    (GGUF dequantizes into the requested dtype, so a bf16 load would round the kept tensors).
+    The model is returned in eval mode (dropout off: SPSA needs l+ and l- measured on the same
+    deterministic function).
     """
+    mixed = keep_fp32 is not None and dtype != torch.float32
     kind, where = resolve_spec(spec)
     if kind == "tiny":
         tok = tiny_tokenizer()
         model = _tiny_model(int(where), len(tok))
-        return model.to(dtype), tok
+        return (_cast_frozen(model, dtype, keep_fp32) if mixed else model.to(dtype)), tok
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -224,10 +239,19 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.
         if kind == "gguf":
             kwargs = {"gguf_file": path.name, "local_files_only": True}
             tok = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32 if mixed else dtype,
+                                                         **kwargs)
+            if mixed:
+                _cast_frozen(model, dtype, keep_fp32)
         else:
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            files = _safetensors_files(path) if mixed else None
+            load_as = torch.float32 if mixed and files is None else dtype
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=load_as, local_files_only=True)
+            if mixed and files is None:    # .bin checkpoints: no per-tensor reads
+                _cast_frozen(model, dtype, keep_fp32)
+            elif mixed:
+                _reload_fp32(model, files, keep_fp32)
     except ModelLoadError:
         raise
     except ImportError as exc:
@@ -239,6 +263,58 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.
         tok.pad_token = tok.eos_token
     model.eval()
     return model, tok
+
+
+def _kept(model: torch.nn.Module, keep_fp32: Callable[[str], bool]) -> set[int]:
+    """ids of the parameters keep_fp32 names under any of their names (a tied head is one
+    tensor with two names: kept if either is)."""
+    return {id(p) for n, p in model.named_parameters(remove_duplicate=False) if keep_fp32(n)}
+
+
+@torch.no_grad()
+def _cast_frozen(model: torch.nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str], bool]) -> torch.nn.Module:
+    """Every floating-point parameter but the kept ones into dtype, one tensor at a time."""
+    kept = _kept(model, keep_fp32)
+    for p in model.parameters():
+        if p.is_floating_point() and id(p) not in kept:
+            p.data = p.data.to(dtype)
+    return model
+
+
+def _safetensors_files(folder: Path) -> dict[str, Path] | None:
+    """{tensor name: file} of a safetensors checkpoint folder (one file or an index of shards);
+    None when the folder has none (a .bin checkpoint)."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return {name: folder / f for name, f in json.loads(index.read_text())["weight_map"].items()}
+    single = folder / "model.safetensors"
+    if single.exists():
+        from safetensors import safe_open
+        with safe_open(str(single), framework="pt") as f:
+            return {name: single for name in f.keys()}
+    return None
+
+
+@torch.no_grad()
+def _reload_fp32(model: torch.nn.Module, files: dict[str, Path], keep_fp32: Callable[[str], bool]) -> None:
+    """The kept parameters read again from the checkpoint as stored, widened to fp32: the bits an
+    fp32 load gives (a bf16-stored tensor widens exactly; an fp32 one is as stored)."""
+    from safetensors import safe_open
+    kept = _kept(model, keep_fp32)
+    names = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in kept:
+            names.setdefault(id(p), (p, []))[1].append(n)
+    for p, ns in names.values():
+        stored = next((n for n in ns if n in files), None)
+        if stored is None:
+            raise ModelLoadError(f"cannot keep {ns[0]} in fp32: the checkpoint has no tensor of that name")
+        with safe_open(str(files[stored]), framework="pt") as f:
+            t = f.get_tensor(stored)
+        if tuple(t.shape) != tuple(p.shape):
+            raise ModelLoadError(f"cannot keep {stored} in fp32: the checkpoint's shape {tuple(t.shape)} "
+                                 f"is not the model's {tuple(p.shape)}")
+        p.data = t.to(device=p.device, dtype=torch.float32)
 
 
 def num_layers(spec: str) -> int:

@@ -50,9 +50,12 @@ def apply_scope(model: torch.nn.Module, hyper: Hyper) -> torch.nn.Module:
 
 @torch.no_grad()
 def portable_lora_init_(model: torch.nn.Module) -> None:
-    """A ~ U(-1/sqrt(in), 1/sqrt(in)) from onebyte-rng-v1 keyed by name, B = 0."""
+    """A ~ U(-1/sqrt(in), 1/sqrt(in)) from onebyte-rng-v1 keyed by name, B = 0; both fp32 (peft
+    makes them in the base layer's dtype: a base held in bf16 would round A)."""
     from .grid import uniforms
     for name, p in model.named_parameters():
+        if ".lora_" in name and p.dtype != torch.float32:
+            p.data = p.data.float()
         if ".lora_B." in name:
             p.zero_()
         elif ".lora_A." in name:

@@ -35,9 +35,11 @@ FORMAT = "onebyte-trunk-v1"
 _LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)\.")
 
 
-def _key(base_hash: str, k: int, max_tokens: int) -> str:
-    """Which cache a file holds: the entries depend on the base, the layer and the truncation."""
-    return hashlib.blake2b(f"{FORMAT}|{base_hash}|k={k}|max_tokens={max_tokens}".encode(),
+def _key(base_hash: str, k: int, max_tokens: int, dtype: torch.dtype | None = None) -> str:
+    """Which cache a file holds: the entries depend on the base, the layer, the truncation and
+    the precision the trunk ran in (fp32 caches keep the key they always had)."""
+    at = f"|dtype={str(dtype).removeprefix('torch.')}" if dtype not in (None, torch.float32) else ""
+    return hashlib.blake2b(f"{FORMAT}|{base_hash}|k={k}|max_tokens={max_tokens}{at}".encode(),
                            digest_size=16).hexdigest()
 
 
@@ -62,12 +64,15 @@ class TrunkCache:
     """Per-example inputs of layer k; logits of the verbalizer tokens through layers k.. only."""
 
     def __init__(self, model, tokenizer, k: int, base_hash: str = "", path: str | Path | None = None,
-                 max_tokens: int = 128):
+                 max_tokens: int = 128, dtype: torch.dtype | None = None):
+        """dtype: a base held in half precision runs the trunk under autocast in it (None: as
+        the weights are)."""
         self.model, self.tok, self.k = model, tokenizer, k
         self.inner = model.model
         self.max_tokens = max_tokens
+        self.dtype = dtype
         self._base_hash = base_hash
-        self.key = _key(base_hash, k, max_tokens)
+        self.key = _key(base_hash, k, max_tokens, dtype)
         self.path = Path(path) if path else None
         self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
         self._encoded: dict[str, tuple[str, list[int]]] = {}  # text -> (example id, token ids)
@@ -102,7 +107,8 @@ class TrunkCache:
             ids = torch.zeros((len(chunk), max(lens)), dtype=torch.long)
             for i, e in enumerate(chunk):
                 ids[i, :lens[i]] = torch.tensor(todo[e])
-            h = self._run(self.inner.embed_tokens(ids.to(device)), 0, self.k)
+            with self._autocast(device):
+                h = self._run(self.inner.embed_tokens(ids.to(device)), 0, self.k)
             for i, e in enumerate(chunk):
                 self.h[e] = h[i, :lens[i]].float().cpu().clone()
             if progress:
@@ -121,7 +127,7 @@ class TrunkCache:
         if not todo:
             return 0
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        keys = {_key(self._base_hash, j, self.max_tokens): j for j in range(1, self.k)}
+        keys = {_key(self._base_hash, j, self.max_tokens, self.dtype): j for j in range(1, self.k)}
         j = keys.get(blob.get("key")) if isinstance(blob, dict) else None
         if j is None:
             return 0
@@ -130,7 +136,8 @@ class TrunkCache:
         for eid in todo:
             lower = blob["h"].get(eid)
             if lower is not None:
-                self.h[eid] = self._run(lower[None].to(device), j, self.k)[0].float().cpu().clone()
+                with self._autocast(device):
+                    self.h[eid] = self._run(lower[None].to(device), j, self.k)[0].float().cpu().clone()
                 added += 1
         return added
 
@@ -142,6 +149,9 @@ class TrunkCache:
             if eid not in self.h:
                 todo[eid] = ids
         return todo
+
+    def _autocast(self, device):
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype not in (None, torch.float32))
 
     # --- the layers above --------------------------------------------------------------
     def _rope(self, h: torch.Tensor):

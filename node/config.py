@@ -63,6 +63,7 @@ NODE_FIELDS: dict[str, tuple[Any, str]] = {
     "model": ("", "model spec overriding the genesis base_model (e.g. a local copy); must hash to base_model_hash"),
     "initial_snapshot": ("", "a fresh node starts from this snapshot (weights written by the status socket's snapshot command, with its .json beside) instead of the base model"),
     "device": ("cpu", 'torch device of the worker: "cpu", "cuda" or "cuda:N"'),
+    "dtype": ("fp32", 'precision of the frozen base model: "fp32", "bf16" or "fp16" (fp16: CUDA only); the trainable scope is fp32 on its grid whatever this is, and forwards run under autocast in this precision; replicas stay identical across dtypes (docs/operations.md, GPU nodes)'),
     "data": ("", "training data (file or built-in task name); default: the genesis [task] data"),
     "batch_size": (8, "examples per local step (per loss evaluation)"),
     "max_steps": (0, "stop producing own updates after this many own steps (0 = unlimited); the node keeps replaying"),
@@ -110,6 +111,7 @@ class NodeConfig:
     model: str
     initial_snapshot: Path | None
     device: str
+    dtype: str
     data: str
     batch_size: int
     max_steps: int
@@ -235,6 +237,11 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
     device = get("device", str)
     if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f'{where}: [node] device must be "cpu", "cuda" or "cuda:N", got {device!r}')
+    dtype = get("dtype", str).lower()
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f'{where}: [node] dtype must be "fp32", "bf16" or "fp16", got {dtype!r}')
+    if dtype == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(f'{where}: [node] dtype = "fp16" needs device = "cuda" (on a CPU use "bf16")')
     batch_size = get("batch_size", int)
     if batch_size < 1:
         raise ConfigError(f"{where}: [node] batch_size must be >= 1, got {batch_size}")
@@ -261,6 +268,7 @@ def parse_config(data: dict, path: Path | None = None) -> NodeConfig:
         initial_snapshot=(_path(get("initial_snapshot", str), f"{where}: [node] initial_snapshot", base, path)
                           if get("initial_snapshot", str) else None),
         device=device,
+        dtype=dtype,
         data=_maybe_path(get("data", str), base),
         batch_size=batch_size,
         max_steps=nonneg("max_steps"),

@@ -167,15 +167,16 @@ class Daemon:
 
     async def _restore(self, joined=None) -> None:
         cfg, sd = self.cfg, self.sd
-        log.info("loading model %s and restoring state from %s", cfg.model or self.genesis.swarm["base_model"],
-                 cfg.state_dir)
+        log.info("loading model %s (frozen base in %s, on %s) and restoring state from %s",
+                 cfg.model or self.genesis.swarm["base_model"], cfg.dtype, cfg.device, cfg.state_dir)
         self.notifier.status("loading model and restoring state")
         # Loading a model takes seconds: off the loop, so a SIGTERM meanwhile is still seen.
         p = self.pconfig
         restored = await asyncio.to_thread(restore, self.genesis, cfg.model, cfg.device, sd, self.update_log,
                                            self.node_id, self.phase.set,
                                            (p.influence_window, p.influence_max_abs, p.influence_max_sum),
-                                           (joined.replica, joined.tokenizer, joined.digest) if joined else None)
+                                           (joined.replica, joined.tokenizer, joined.digest) if joined else None,
+                                           cfg.dtype)
         self.replica, self.tokenizer = restored.replica, restored.tokenizer
         # Pin the state dir to this swarm only once the model matched the genesis.
         sd.check_genesis(self.genesis, write=True)

@@ -226,7 +226,7 @@ async def join(cfg, genesis, sd, ulog, progress) -> Joined | None:
             path = await fetch(c, sd.snapshots, swarm_hex, progress)
             progress("verifying snapshot", 0, 0)
             if replica is None:
-                replica, tokenizer = await asyncio.to_thread(build_replica, genesis, cfg.model, cfg.device)
+                replica, tokenizer = await asyncio.to_thread(build_replica, genesis, cfg.model, cfg.device, cfg.dtype)
             got = await asyncio.to_thread(_load_digest, replica, path)
             if got != c.digest:
                 path.unlink(missing_ok=True)

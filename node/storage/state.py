@@ -186,10 +186,13 @@ class Restored:
                 "seconds": round(self.seconds, 3)}
 
 
-def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
-    """Load the base model, check it is the genesis's, wrap it in a Replica."""
+def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu", dtype: str = "fp32"):
+    """Load the base model, check it is the genesis's, wrap it in a Replica. dtype: the frozen
+    base's precision (node config `dtype`); the trainable scope loads as fp32 whatever it is."""
+    import re
+
     from onebyte.model import Replica
-    from onebyte.model.load import ModelLoadError, load_model, model_hash
+    from onebyte.model.load import DTYPES, ModelLoadError, load_model, model_hash
 
     spec = model_spec or genesis.base_model_spec()
     try:
@@ -197,7 +200,8 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
         if h != genesis.swarm["base_model_hash"]:
             raise ConfigError(f"wrong genesis: model {spec!r} has hash {h[:16]}…, the genesis "
                               f"pins {genesis.swarm['base_model_hash'][:16]}…; use the swarm's base model")
-        model, tokenizer = load_model(spec)
+        trainable = re.compile(genesis.make_hyper().trainable)
+        model, tokenizer = load_model(spec, DTYPES[dtype], keep_fp32=lambda name: bool(trainable.fullmatch(name)))
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
     hyper = genesis.make_hyper()
@@ -209,18 +213,20 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu"):
 
 
 def restore(genesis: Genesis, model_spec: str, device: str, sd: StateDir, ulog: UpdateLog,
-            own_origin: bytes | None = None, progress=None, influence=None, prebuilt=None) -> Restored:
+            own_origin: bytes | None = None, progress=None, influence=None, prebuilt=None,
+            dtype: str = "fp32") -> Restored:
     """The replica as the state dir left it: base model, newest snapshot, then the log's tail.
     progress(phase, done, total), if given, is called as it goes ("loading model",
     "loading snapshot", "replaying log"), from this (non-loop) thread.
     influence: the swarm's (window, max_abs, max_sum); steps of an origin from its budget
     breach on are not replayed (a log written before the budget existed may hold them).
     prebuilt: (replica, tokenizer, digest) of a replica that already holds the snapshot
-    with that digest (a snapshot join verified it): neither built nor loaded again."""
+    with that digest (a snapshot join verified it): neither built nor loaded again.
+    dtype: the frozen base's precision (build_replica)."""
     progress = progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
     progress("loading model", 0, 0)
-    replica, tokenizer, loaded = prebuilt or (*build_replica(genesis, model_spec, device), None)
+    replica, tokenizer, loaded = prebuilt or (*build_replica(genesis, model_spec, device, dtype), None)
     progress("loading snapshot", 0, 0)
     snap = read_snapshot(sd.snapshots)
     base_vv: dict[bytes, int] = {}

@@ -59,6 +59,7 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
     """Training for a node config `cfg` (node/config.py) on `replica`; ConfigError for bad data."""
     from onebyte.model.data import BatchSampler, DataError, load_task, make_loss_fn
     from onebyte.model.evaluate import evaluate
+    from onebyte.model.load import DTYPES
 
     spec, train_name, eval_name = task_sources(genesis.task, cfg.data, cfg.eval_data,
                                                genesis.path.parent if genesis.path else None)
@@ -70,8 +71,12 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
         eval_task = load_task(eval_name, spec, split="eval") if eval_name else None
     except DataError as exc:
         raise ConfigError(f"data: {exc}") from None
-    trunk, prepare, trunk_info = _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path)
-    loss_fn = make_loss_fn(task, tokenizer, trunk=trunk)
+    # A base held in half precision runs its forwards under autocast in it (the trainable scope
+    # stays fp32: its weights are exact, the loss is measured at that precision).
+    compute = None if cfg.dtype == "fp32" else DTYPES[cfg.dtype]
+    trunk, prepare, trunk_info = _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path,
+                                              compute)
+    loss_fn = make_loss_fn(task, tokenizer, autocast_dtype=compute, trunk=trunk)
     # Each node draws its own batches: the seed mixes the configured seed with the node id.
     seed = int.from_bytes(hashlib.blake2b(cfg.seed.to_bytes(8, "little", signed=True) + node_id,
                                           digest_size=8).digest(), "little")
@@ -88,7 +93,7 @@ def load_training(cfg, genesis, replica, tokenizer, node_id: bytes, state_path: 
         # The periodic evaluation uses eval_examples; a client may ask for another
         # prefix of the same held-out list (e.g. the demo's final, larger evaluation).
         subset = eval_task.examples[:n_examples or cfg.eval_examples]
-        return evaluate(replica.model, tokenizer, eval_task, subset, trunk=trunk)
+        return evaluate(replica.model, tokenizer, eval_task, subset, autocast_dtype=compute, trunk=trunk)
     return Training(sample, loss_fn, evaluator if eval_task is not None else None, prepare, trunk_info,
                     privacy, privatize)
 
@@ -131,7 +136,7 @@ def _private(cfg, replica, examples):
     return budget, privatize, poisson
 
 
-def _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path: Path):
+def _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path: Path, compute=None):
     """(cache, build, info) for the frozen-trunk cache (model/trunk.py) when the scope lies above
     a frozen trunk and the task is a classification, else (None, None, None). `build` fills it:
     the worker runs it before its first step (state "preparing"), so the node is up, serving
@@ -142,7 +147,7 @@ def _trunk_cache(cfg, genesis, replica, tokenizer, task, eval_task, state_path: 
     if not cfg.trunk_cache or k is None or task.spec.kind != "classification":
         return None, None, None
     trunk = TrunkCache(replica.model, tokenizer, k, base_hash=genesis.swarm["base_model_hash"],
-                       path=state_path / "trunk.pt")
+                       path=state_path / "trunk.pt", dtype=compute)
     texts = [e.text for e in task.examples]
     if eval_task is not None:
         texts += [e.text for e in eval_task.examples[:cfg.eval_examples]]

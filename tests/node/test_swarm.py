@@ -1,5 +1,7 @@
 """End to end: real daemons on loopback fine-tune together, survive SIGKILL, absorb a late
 joiner and a garbage flood, leave gracefully, and export a model transformers can load.
+Node c holds its frozen base in bf16 (`dtype = "bf16"`) and produces under autocast while
+the others run fp32: every convergence below compares its digest with theirs.
 
 The tests in this module share one swarm and run in order (each builds on the last).
 """
@@ -39,7 +41,8 @@ def swarm(tmp_path_factory, genesis_path):
         a = nodes["a"] = Node(root, "a", genesis_path, [], max_steps=STEPS["a"], **COMMON).start()
         a.wait_ready()
         for name in ("b", "c"):
-            nodes[name] = Node(root, name, genesis_path, [a.addr], max_steps=STEPS[name], **COMMON).start()
+            nodes[name] = Node(root, name, genesis_path, [a.addr], max_steps=STEPS[name],
+                               dtype="bf16" if name == "c" else "fp32", **COMMON).start()
         yield root, nodes
     finally:
         for n in nodes.values():
@@ -65,6 +68,7 @@ def test_three_nodes_converge_with_a_sigkill_and_match_union_replay(swarm, genes
         assert sorted(vv.values()) == sorted(STEPS[x] for x in "abc"), vv
     expect, count = union_digest([n.state_dir for n in (a, b, c)], genesis_path)
     assert count == total
+    assert "frozen base in bf16" in c.stderr() and "frozen base in fp32" in a.stderr()
     assert digest == expect     # every update applied exactly once, restart included
 
 
