@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per node (2 cores, 3 nodes)")
     ap.add_argument("--data", default="builtin:sentiment")
+    ap.add_argument("--scope", default="", help="onebyte init --scope (default: init's, every weight)")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                     help="the nodes' dtype (frozen base precision) and the inference baseline's")
     ap.add_argument("--json", default="", help="also write the JSON object to this path")
@@ -120,8 +121,9 @@ def main() -> int:
             record += ["--record-linger", str(args.record_linger)]
         if args.updates_per_record is not None:
             record += ["--updates-per-record", str(args.updates_per_record)]
+        scope = ["--scope", args.scope] if args.scope else []
         r = subprocess.run(ONEBYTE + ["init", "--model", model, "--data", args.data, "--name", "bench",
-                                      "--out", str(genesis), "--max-rate", "200", *record],
+                                      "--out", str(genesis), "--max-rate", "200", *record, *scope],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise SystemExit(f"init failed: {r.stderr}")
@@ -202,6 +204,7 @@ def main() -> int:
         "command": " ".join([os.path.basename(sys.executable), "bench/node.py"] + sys.argv[1:]),
         "model": model,
         "dtype": args.dtype,
+        "scope": args.scope or "every weight (init's default)",
         "nodes": args.nodes,
         "steps_per_node": steps,
         "batch_size": args.batch_size,

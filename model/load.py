@@ -317,21 +317,42 @@ def _reload_fp32(model: torch.nn.Module, files: dict[str, Path], keep_fp32: Call
         p.data = t.to(device=p.device, dtype=torch.float32)
 
 
-def num_layers(spec: str) -> int:
-    """Decoder layers of a model spec, from its config alone (no weights are loaded)."""
+def model_config(spec: str):
+    """The transformers config of a model spec, from its config alone (no weights are loaded)."""
     kind, where = resolve_spec(spec)
+    from transformers import AutoConfig, LlamaConfig
     if kind == "tiny":
-        return int(TINY_CONFIG["num_hidden_layers"])
-    from transformers import AutoConfig
+        return LlamaConfig(vocab_size=len(tiny_tokenizer()), pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           **TINY_CONFIG)
     path = Path(where)
     try:
         if kind == "gguf":
-            cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-        else:
-            cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        return int(cfg.num_hidden_layers)
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        return AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises many types for unreadable configs
-        raise ModelLoadError(f"cannot read the layer count of {spec}: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"cannot read the config of {spec}: {_one_line(exc)}") from exc
+
+
+def num_layers(spec: str) -> int:
+    """Decoder layers of a model spec, from its config alone (no weights are loaded)."""
+    return int(model_config(spec).num_hidden_layers)
+
+
+def model_layout(spec: str):
+    """Where the model of a spec keeps its decoder layers, final norm and projections
+    (model/scope.py Layout), read from a skeleton built on the meta device from its config:
+    no weights are loaded, whatever the model's size."""
+    from transformers import AutoModelForCausalLM
+
+    from .scope import layout_of
+    cfg = model_config(spec)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(cfg)
+    except Exception as exc:  # an architecture this transformers cannot build
+        raise ModelLoadError(f"cannot build a {getattr(cfg, 'model_type', '?')} model from the config of {spec}: "
+                             f"{_one_line(exc)}") from exc
+    return layout_of(skeleton, int(cfg.num_hidden_layers))
 
 
 def model_hash(spec: str) -> str:

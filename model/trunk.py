@@ -14,8 +14,11 @@ Two shortcuts that are exact for classification at the prompt's last position:
 - the top layer: only the last position's output is read, so its query, attention output,
   o_proj and MLP run for that one position; keys and values still cover every position.
 
-Llama-family decoders only (SmolLM2 and the tiny model): model.model.layers, rotary_emb and
-norm. Anything else, or a trainable tensor below layer 1 (embeddings), means no cache.
+Llama-family decoders only (TRUNK_ARCHS: SmolLM2 and the tiny model are Llama; Qwen2 and
+Mistral compute a layer the same way, tests/model/test_trunk.py checks each against the full
+forward): model.model.layers, rotary_emb and norm. Anything else (Gemma scales its
+embeddings inside forward, Qwen3 normalises q and k, ...), or a trainable tensor below layer
+1 (embeddings), means no cache: the full forward, exact and slower.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import torch
 log = logging.getLogger("onebyte.model.trunk")
 
 FORMAT = "onebyte-trunk-v1"
+TRUNK_ARCHS = frozenset({"llama", "mistral", "qwen2"})   # config.model_type the shortcuts are exact for
 _LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)\.")
 
 
@@ -46,6 +50,8 @@ def _key(base_hash: str, k: int, max_tokens: int, dtype: torch.dtype | None = No
 def first_trainable_layer(model, names: Sequence[str]) -> int | None:
     """k such that every trainable tensor is in layers >= k or above the stack; None if no
     cache can help (not a Llama-shaped model, or embeddings/layer 0 trainable)."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in TRUNK_ARCHS:
+        return None
     inner = getattr(model, "model", None)
     if inner is None or not all(hasattr(inner, a) for a in ("layers", "rotary_emb", "norm", "embed_tokens")):
         return None

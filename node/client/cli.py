@@ -105,10 +105,10 @@ def cmd_init(args) -> int:
         hyper["swarm_nodes"] = len(args.member)
     if args.scope:
         from onebyte.model import HyperError, ModelLoadError
-        from onebyte.model.load import num_layers
+        from onebyte.model.load import model_layout
         from onebyte.model.scope import scope_preset
         try:
-            hyper.update(scope_preset(args.scope, num_layers(args.model)))
+            hyper.update(scope_preset(args.scope, model_layout(args.model)))
         except (HyperError, ModelLoadError) as exc:
             raise UserError(f"--scope: {exc}") from None
     for item in args.hyper:

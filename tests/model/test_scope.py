@@ -93,3 +93,58 @@ def test_swarm_size_scales_each_update():
     assert Hyper(lr=1e-3, swarm_nodes=4, lr_swarm_scaling="none").lr_at(1) == one.lr_at(1)
     with pytest.raises(HyperError, match="lr_swarm_scaling"):
         Hyper(lr_swarm_scaling="log")
+
+
+# --- named scopes by the model's own layer list (issue 24: models people use) -------------
+
+def _tiny(kind: str, **over):
+    """A tiny random causal LM of an architecture transformers ships, built from its config."""
+    import transformers
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
+    cfgs = {
+        "llama": lambda: transformers.LlamaConfig(intermediate_size=48, num_key_value_heads=2, **common),
+        "qwen2": lambda: transformers.Qwen2Config(intermediate_size=48, num_key_value_heads=2, **common),
+        "mistral": lambda: transformers.MistralConfig(intermediate_size=48, num_key_value_heads=2, **common),
+        "gemma": lambda: transformers.GemmaConfig(intermediate_size=48, num_key_value_heads=2, head_dim=8, **common),
+        "gpt2": lambda: transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64),
+        "opt": lambda: transformers.OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                              ffn_dim=48, word_embed_proj_dim=32, max_position_embeddings=64),
+    }
+    torch.manual_seed(0)
+    cfg = cfgs[kind]()
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("kind,layers,norm", [
+    ("llama", "model.layers", "model.norm"), ("qwen2", "model.layers", "model.norm"),
+    ("mistral", "model.layers", "model.norm"), ("gemma", "model.layers", "model.norm"),
+    ("gpt2", "transformer.h", "transformer.ln_f"), ("opt", "model.decoder.layers", "model.decoder.final_layer_norm"),
+])
+def test_named_scopes_address_each_architecture_by_its_own_layer_list(kind, layers, norm):
+    from onebyte.model.scope import layout_of, scope_preset
+    model = _tiny(kind)
+    lay = layout_of(model, 3)
+    assert (lay.layers, lay.n_layers, lay.final_norm) == (layers, 3, norm)
+    top = Replica(model, Hyper(**scope_preset("top1", lay)))
+    assert top.names and all(n.startswith(f"{layers}.2.") or n == f"{norm}.weight" for n in top.names)
+    assert f"{norm}.weight" in top.names
+    lora = Replica(_tiny(kind), Hyper(**scope_preset("lora-top1", lay)))
+    assert lora.names and all(n.startswith(f"{layers}.2.") and ".lora_" in n for n in lora.names)
+    assert len(lora.names) == 2 * len(lay.projections)          # an A and a B per projection
+
+
+def test_llama_named_scopes_write_the_regexes_they_always_wrote():
+    """The swarm id is a hash of the genesis: a SmolLM2 preset must not change its text."""
+    from onebyte.model.scope import Layout, layout_of, scope_preset
+    assert scope_preset("top1", layout_of(_tiny("llama"), 3)) == scope_preset("top1", 3)
+    assert scope_preset("lora-top2", Layout.llama(30))["lora_targets"] == \
+        r"model\.layers\.(28|29)\.(self_attn|mlp)\.[a-z_]+_proj"
+    assert scope_preset("top1", 30)["trainable"] == r"model\.layers\.(29)\..*|model\.norm\.weight"
+
+
+def test_a_model_without_a_layer_list_is_one_clear_error():
+    from onebyte.model.scope import layout_of
+    with pytest.raises(HyperError, match="cannot find the 3 decoder layers of this Sequential"):
+        layout_of(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), 3)

@@ -47,6 +47,39 @@ def test_trunk_logits_match_the_full_forward(hyper, k, tmp_path):
     assert loss_trunk == pytest.approx(loss_full, rel=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_the_trunk_is_exact_for_each_architecture_it_accepts(arch, tmp_path):
+    """Qwen2 (biased q/k/v) and Mistral compute a layer as Llama does: the cache's shortcuts
+    hold, checked here against their own full forward."""
+    import transformers
+    from onebyte.model.load import TINY_CONFIG
+    _, tok = load_model("tiny")
+    cfg_class = {"qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig}[arch]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        cfg_class(vocab_size=len(tok), **dict(TINY_CONFIG, num_hidden_layers=3))).eval()
+    r = Replica(model, Hyper(trainable=r"model\.layers\.2\..*|model\.norm\.weight"))
+    assert first_trainable_layer(r.model, r.names) == 2
+    ids = label_token_ids(SPEC, tok)
+    trunk = TrunkCache(r.model, tok, 2, base_hash="x", path=tmp_path / "trunk.pt")
+    trunk.fill(TEXTS)
+    r.replay([(s, 100, 1) for s in range(5)])
+    with torch.inference_mode():
+        full = classification_logits(r.model, tok, TEXTS, ids)
+        cached = classification_logits(r.model, tok, TEXTS, ids, trunk=trunk)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+
+
+def test_no_cache_for_an_architecture_whose_layers_it_does_not_know():
+    import transformers
+    torch.manual_seed(0)
+    gemma = transformers.AutoModelForCausalLM.from_config(transformers.GemmaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8)).eval()   # scales its embeddings inside forward
+    r = Replica(gemma, Hyper(trainable=r"model\.layers\.1\..*"))
+    assert first_trainable_layer(r.model, r.names) is None
+
+
 def test_trunk_file_is_reused_and_rebuilt_when_stale(tmp_path):
     r, tok = model_with(trainable=r"model\.layers\.3\..*")
     path = tmp_path / "trunk.pt"

@@ -155,6 +155,29 @@ def test_init_and_keygen(tmp_path):
     one_error_line(run_cli("keygen", "--out", k), r"already exists", 2)
 
 
+def test_init_names_the_scope_of_a_sharded_qwen2_folder_by_its_layer_list(tmp_path):
+    """A local transformers folder in safetensors shards, of another architecture: `init --scope`
+    reads its layer list from the config (no weights loaded) and pins the folder's hash."""
+    import transformers
+
+    from onebyte.model.load import TINY_CONFIG, load_model
+    from onebyte.node.genesis import load_genesis
+    _, tok = load_model("tiny")
+    torch_model = transformers.AutoModelForCausalLM.from_config(
+        transformers.Qwen2Config(vocab_size=len(tok), **dict(TINY_CONFIG, num_hidden_layers=3)))
+    folder = tmp_path / "qwen2"
+    torch_model.save_pretrained(folder, max_shard_size="30KB", safe_serialization=True)
+    tok.save_pretrained(folder)
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    for scope, key, want in (("top1", "trainable", r"model\.layers\.(2)\..*|model\.norm\.weight"),
+                             ("lora-top2", "lora_targets", r"model\.layers\.(1|2)\.(self_attn|mlp)\.[a-z_]+_proj")):
+        r = run_cli("init", "--model", folder, "--scope", scope, "--out", tmp_path / f"{scope}.toml")
+        assert r.returncode == 0, r.stderr
+        assert load_genesis(tmp_path / f"{scope}.toml").hyper[key] == want
+    r = run_cli("init", "--model", folder, "--scope", "top4", "--out", tmp_path / "bad.toml")
+    assert r.returncode == 2 and "has 3 layers" in r.stderr
+
+
 def test_init_scope_presets_are_part_of_the_swarm_id(tmp_path):
     from onebyte.node.genesis import load_genesis
     ids = {}
