@@ -80,7 +80,10 @@ class TrunkCache:
         self._base_hash = base_hash
         self.key = _key(base_hash, k, max_tokens, dtype)
         self.path = Path(path) if path else None
-        self.h: dict[str, torch.Tensor] = {}   # example id -> [T, H] fp32 on the CPU
+        # example id -> [T, H] on the CPU, fp32 (or the half precision the trunk ran in: the
+        # values are that precise anyway, and a large pool's cache is half the memory)
+        self.h: dict[str, torch.Tensor] = {}
+        self._store = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
         self._encoded: dict[str, tuple[str, list[int]]] = {}  # text -> (example id, token ids)
         self._rope_cache: dict = {}   # (T, device) -> rotary cos, sin
         self.loaded = 0
@@ -116,7 +119,7 @@ class TrunkCache:
             with self._autocast(device):
                 h = self._run(self.inner.embed_tokens(ids.to(device)), 0, self.k)
             for i, e in enumerate(chunk):
-                self.h[e] = h[i, :lens[i]].float().cpu().clone()
+                self.h[e] = h[i, :lens[i]].to(self._store).cpu().clone()
             if progress:
                 progress(min(start + batch_size, len(order)), len(order))
         if todo and save and self.path is not None:
@@ -143,7 +146,7 @@ class TrunkCache:
             lower = blob["h"].get(eid)
             if lower is not None:
                 with self._autocast(device):
-                    self.h[eid] = self._run(lower[None].to(device), j, self.k)[0].float().cpu().clone()
+                    self.h[eid] = self._run(lower[None].to(device), j, self.k)[0].to(self._store).cpu().clone()
                 added += 1
         return added
 

@@ -54,6 +54,7 @@ def test_a_bf16_local_step_runs_under_autocast_and_its_updates_replay_exactly_on
         make_loss_fn(spec, tok)(half.model, BATCH)
     qs, loss = half.local_step(loss_fn, BATCH, [(21, 1, 28), (22, 2, 29)])
     assert 0 < loss < 10 and len(qs) == 2
+    assert trunk.h and all(t.dtype == torch.bfloat16 for t in trunk.h.values())   # half the memory
     full.replay([(21, qs[0], 1, 28), (22, qs[1], 2, 29)])
     assert full.digest() == half.digest()
 
