@@ -384,22 +384,22 @@ def make_loss_fn(task: Task | TaskSpec, tokenizer, autocast_dtype: torch.dtype |
     else:
         label_ids = label_token_ids(spec, tokenizer)
 
+        def scored(model, batch):   # [B, K] label-word logits, [B] labels (under inference_mode)
+            logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids,
+                                           autocast_dtype, trunk)
+            return logits, torch.tensor([e.label for e in batch], device=logits.device)
+
         def losses(model, batch):   # [B]: each example's cross-entropy over the label words
             with torch.inference_mode():
-                logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids,
-                                               autocast_dtype, trunk)
-                labels = torch.tensor([e.label for e in batch], device=logits.device)
+                logits, labels = scored(model, batch)
                 return torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu()
 
         def margin_loss(model, batch):   # minus the mean label margin (what a peer audit measures)
             with torch.inference_mode():
-                logits = classification_logits(model, tokenizer, [e.text for e in batch], label_ids,
-                                               autocast_dtype, trunk)
-                return float(-label_margins(logits, [e.label for e in batch]).double().mean())
+                return float(-label_margins(*scored(model, batch)).double().mean())
 
     def loss_fn(model, batch):
         return float(losses(model, batch).mean())
     loss_fn.per_example = losses
-    if spec.kind != "lm":
-        loss_fn.margin = margin_loss
+    loss_fn.margin = margin_loss
     return loss_fn

@@ -305,16 +305,20 @@ def _reload_fp32(model: torch.nn.Module, files: dict[str, Path], keep_fp32: Call
     for n, p in model.named_parameters(remove_duplicate=False):
         if id(p) in kept:
             names.setdefault(id(p), (p, []))[1].append(n)
+    by_file: dict[Path, list] = {}   # each shard opened once
     for p, ns in names.values():
         stored = next((n for n in ns if n in files), None)
         if stored is None:
             raise ModelLoadError(f"cannot keep {ns[0]} in fp32: the checkpoint has no tensor of that name")
-        with safe_open(str(files[stored]), framework="pt") as f:
-            t = f.get_tensor(stored)
-        if tuple(t.shape) != tuple(p.shape):
-            raise ModelLoadError(f"cannot keep {stored} in fp32: the checkpoint's shape {tuple(t.shape)} "
-                                 f"is not the model's {tuple(p.shape)}")
-        p.data = t.to(device=p.device, dtype=torch.float32)
+        by_file.setdefault(files[stored], []).append((p, stored))
+    for path, wanted in by_file.items():
+        with safe_open(str(path), framework="pt") as f:
+            for p, stored in wanted:
+                t = f.get_tensor(stored)
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ModelLoadError(f"cannot keep {stored} in fp32: the checkpoint's shape "
+                                         f"{tuple(t.shape)} is not the model's {tuple(p.shape)}")
+                p.data = t.to(device=p.device, dtype=torch.float32)
 
 
 def model_config(spec: str):

@@ -200,11 +200,11 @@ def build_replica(genesis: Genesis, model_spec: str, device: str = "cpu", dtype:
         if h != genesis.swarm["base_model_hash"]:
             raise ConfigError(f"wrong genesis: model {spec!r} has hash {h[:16]}…, the genesis "
                               f"pins {genesis.swarm['base_model_hash'][:16]}…; use the swarm's base model")
-        trainable = re.compile(genesis.make_hyper().trainable)
+        hyper = genesis.make_hyper()
+        trainable = re.compile(hyper.trainable)
         model, tokenizer = load_model(spec, DTYPES[dtype], keep_fp32=lambda name: bool(trainable.fullmatch(name)))
     except ModelLoadError as exc:
         raise ConfigError(f"model: {exc}") from None
-    hyper = genesis.make_hyper()
     if device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
