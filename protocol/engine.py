@@ -133,6 +133,7 @@ class Engine:
         self.session.nat = self.nat.kind
         self.sync = Sync(config, self.session, self.members, self.outbox, self.events,
                          self.store, rng, self.gossip_q, now=now)
+        self.outbox.on_sent = self.sync.serving.sent
         self.certs = CertExchange(self.members, self.outbox, rng, self.node_id,
                                   everyone_talks=self.sync.everyone_talks)
         # One handler per message type, each (member, message, now, via), called once the
@@ -426,7 +427,7 @@ class Engine:
         message = msg.decode(h.type, payload)
         # --- authenticated and decoded: from here on the datagram may change state.
         m = self._accept(h, auth, addr, now, via)
-        self.sync.serving.credit.earn(m.node_id, m.addr if via is not None else addr, len(data))
+        self.sync.serving.received(m, m.addr if via is not None else addr, len(data), h.type)
         self._handlers[h.type](m, message, now, via)
         if gossip:
             self._on_gossip(m, gossip, addr, now, listed=h.type == MessageType.PEERS)

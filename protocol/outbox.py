@@ -26,6 +26,9 @@ class Outbox:
         self.gossip_q = gossip_q
         self.datagrams: list = []   # (bytes, addr), until the driver takes them
         self.nat = None             # protocol/nat.py: relays datagrams to members behind NATs
+        # Serving.sent: what we send a member earns us credit there (it decides how much a
+        # PULL of ours must be padded); assigned by the engine, as nat is
+        self.on_sent = None
 
     def budget(self, m: Member, payload_len: int) -> int:
         """Bytes left for gossip and records in a datagram to m with this payload."""
@@ -52,6 +55,8 @@ class Outbox:
                 gossip = self.gossip_q.take(budget, limit, 0, to=m)
         body = pack_body(payload, gossip, records or [])
         data = self.session.seal(message.TYPE, m.channel.mac_key, body, with_cert=cert or not m.channel.confirmed)
+        if self.on_sent is not None:
+            self.on_sent(m, addr or m.addr, len(data))
         if addr is None and m.path.relay is not None and self.nat is not None and self.nat.wrap(m, data):
             return   # sealed for m end to end, carried by its relay
         self.datagrams.append((data, addr or m.addr))

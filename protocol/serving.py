@@ -11,8 +11,10 @@ No member can make us an amplifier: what we serve a member is paid for by what i
 (Credit), at most serve_amplification times its bytes, and only at the address they came
 from: credit earned at one address is not spent at another, so a member that spoofs a
 third party's address as its source reflects at most that factor onto it.  An honest puller
-pads its PULL to pull_serve_bytes / serve_amplification bytes, so one request still earns a
-whole answer (as a QUIC client pads its Initial).
+pads its PULL so that one request still earns a whole answer (as a QUIC client pads its
+Initial), but only by what its credit at the server lacks: it keeps its own reckoning of
+that credit (HELD_SHARE of what it sent there, less what was served to it), so a node that
+has been talking to its server sends a bare PULL, and one just arrived pays in full.
 """
 from __future__ import annotations
 
@@ -24,7 +26,11 @@ from .membership import Member
 from .messages import MAX_PULL_ENTRIES
 from .records import REC_MEMBER, decode_any, encode_any
 from .identity import CERT_SIZE
-from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, packb
+from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, MessageType, packb
+
+# Of the bytes we sent a server, the share we count as credit held there: datagrams get
+# lost, and a reckoning too high only costs an answer cut short (its rest is pulled, padded).
+HELD_SHARE = 0.5
 
 
 class Credit:
@@ -67,8 +73,34 @@ class Serving:
         # answers cut short by a member's credit; bytes of records served (datagrams whole)
         self.counters: dict = {"serve_credit_cuts": 0, "records_served_bytes": 0}
         self.credit = Credit(self.config.serve_amplification, 2 * self.config.pull_serve_bytes)
-        # what a PULL is padded to: one earns a whole answer
-        self.pull_size = math.ceil(self.config.pull_serve_bytes / self.config.serve_amplification)
+        # our credit at each server, as we reckon it (the server's own ledger is `credit`
+        # there): it decides how much our PULL to it is padded
+        self.held = Credit(HELD_SHARE * self.config.serve_amplification, 2 * self.config.pull_serve_bytes)
+
+    # ================================================================ credit, both ways
+    def received(self, m: Member, addr, size: int, kind: MessageType) -> None:
+        """An authenticated datagram of `size` bytes from m at addr: it earns m credit here;
+        a RECORDS datagram spent as much of ours there."""
+        self.credit.earn(m.node_id, addr, size)
+        if kind == MessageType.RECORDS:
+            self.held.spend(m.node_id, size)
+
+    def sent(self, m: Member, addr, size: int) -> None:
+        """Our datagram of `size` bytes to m at addr: it earns us credit there."""
+        self.held.earn(m.node_id, addr, size)
+
+    def pull_size(self, m: Member, answer: float | None = None) -> int:
+        """The datagram size our PULL to m is padded to: enough that the credit we hold at m
+        plus the PULL's own pays for the answer (answer: the bytes of records we expect, at
+        most pull_serve_bytes; its framing counted); 0: no padding."""
+        room = self._outbox.budget(m, 1)
+        frame = HEADER_SIZE + MAC_SIZE + BODY_OVERHEAD + (0 if m.channel.confirmed else CERT_SIZE)
+        want = self.config.pull_serve_bytes if answer is None else min(answer, self.config.pull_serve_bytes)
+        whole = want * (room + frame) / room + frame
+        short = whole - self.held.left(m.node_id, m.addr)
+        cert = 0 if m.channel.confirmed else CERT_SIZE   # goes along, outside the padding
+        size = math.ceil(short / self.config.serve_amplification) + 8   # Pull.padded is +-2 bytes
+        return max(0, min(self.config.max_datagram - cert, size))
 
     # ================================================================ pulling on
     def answered(self, m: Member, more: tuple | None, delivered: bool, took_new: bool, now: float) -> None:

@@ -35,6 +35,9 @@ MAX_RECORDS_PER_DATAGRAM = 64
 FAR_BEHIND_S = 0.25      # next anti-entropy round after a VECTOR that showed more to pull than one PULL asks
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
+RECORD_OVERHEAD = 112    # a record's bytes besides its q: signature 64, origin key 32, steps, framing
+RECORD_UPDATES = 16      # updates per record, as a PULL's padding reckons (a record sealed by its
+                         # linger holds fewer than updates_per_record)
 class Sync:
     def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
                  outbox: Outbox, events: EventQueue, store, rng,
@@ -216,6 +219,7 @@ class Sync:
             c = self.counters
             delivered, taken = c["updates_delivered"], self._records_taken()
         seen = self._seen_sigs
+        refused = False
         for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
             if isinstance(raw, bytes) and raw and not raw[0] & REC_MEMBER and raw[-SIG_SIZE:] in seen:
                 self.counters["duplicate_records"] += 1   # the common case: one set lookup
@@ -225,10 +229,13 @@ class Sync:
             except WireError as e:
                 self.events.drop(e.reason, addr)
                 if e.reason in ("rate_limited", "buffer_full"):
+                    refused = True
                     self.news()   # a record we refused for now: anti-entropy pulls it soon
         if answer:
+            # records we refused for now are no reason to pull on at once (they would be
+            # refused again): anti-entropy asks for them later
             self.serving.answered(m, answer.more, c["updates_delivered"] > delivered,
-                                  self._records_taken() > taken, now)
+                                  self._records_taken() > taken and not refused, now)
 
     def _records_taken(self) -> int:
         """Records new to us so far: accepted, or batch members held for their closer."""
@@ -255,6 +262,9 @@ class Sync:
             if h not in st.commits:
                 if rec.last_step <= st.contiguous and self.equiv.held_conflict(rec) is None:
                     self.counters["duplicate_records"] += 1   # steps we hold, the same q
+                    return
+                if h in st.candidates:
+                    self.counters["duplicate_records"] += 1   # waiting already: nothing new
                     return
                 # Its closer is not known yet: it waits (batch members in any order).
                 limit = CANDIDATES_PER_ORIGIN_MULT * self.config.records_per_signature
@@ -620,5 +630,11 @@ class Sync:
             expiry = now + 2 * self.config.anti_entropy_interval_s
             for o, _ in pulls:
                 self.pulls[o] = expiry
-            self.outbox.send(msg.Pull.padded([(o, s) for o, s in pulls], self.serving.pull_size), m, piggyback=False)
+            # the answer we expect: the updates they hold beyond ours, and RECORD_OVERHEAD per
+            # record of about RECORD_UPDATES (too little: the answer is cut short by credit and
+            # its rest pulled at once, padded)
+            answer = sum(n + RECORD_OVERHEAD * -(-n // RECORD_UPDATES)
+                         for n in (theirs[o] - s + 1 for o, s in pulls))
+            self.outbox.send(msg.Pull.padded([(o, s) for o, s in pulls], self.serving.pull_size(m, answer)),
+                             m, piggyback=False)
         return wanted

@@ -48,20 +48,50 @@ def test_a_pull_flood_earns_at_most_four_times_its_bytes():
 
 def test_an_honest_padded_pull_earns_a_whole_answer_and_catches_up():
     net, a, b, a_addr, b_addr = setup()
-    mark = len(net.log)
-    b.sync.pull(b.members.get(a.node_id), {a.node_id: STEPS}, net.now)
+    ma = b.members.get(a.node_id)
+    b.sync.serving.held.forget(a.node_id)   # as if b had sent a nothing yet: it pays in full
+    a.sync.serving.credit.forget(b.node_id)
+    mark, cuts = len(net.log), a.counters["serve_credit_cuts"]
+    b.sync.pull(ma, {a.node_id: STEPS}, net.now)
     net.collect(b_addr)
     (pull,) = [d for d, s, _ in net.log[mark:] if s == b_addr and kind(d) == MessageType.PULL]
-    assert abs(len(pull) - CFG.pull_serve_bytes / CFG.serve_amplification) <= 8   # padded
+    assert len(pull) >= CFG.pull_serve_bytes / CFG.serve_amplification   # padded
     net.deliver(drop=lambda d, s, t: kind(d) == MessageType.PULL and d is not pull)   # just this one
     answer = bytes_between(net, a_addr, b_addr, mark, MessageType.RECORDS)
-    assert answer >= 0.5 * CFG.pull_serve_bytes           # an answer (the batch the bound cuts goes next time)
+    assert answer >= 0.5 * CFG.pull_serve_bytes and a.counters["serve_credit_cuts"] == cuts   # not cut by credit
     mark = len(net.log)
     net.deliver()
     net.advance(5.0)                                      # pulling on: padded PULL after PULL
     assert b.book.contiguous(a.node_id) == STEPS
     ratio = bytes_between(net, a_addr, b_addr, mark, MessageType.RECORDS) / bytes_between(net, b_addr, a_addr, mark)
     assert ratio <= CFG.serve_amplification
+
+
+def test_a_puller_with_credit_at_its_server_pads_only_what_it_lacks():
+    """b reckons its credit at a from what it sent there (half of it counts) less what a
+    served it: after 1,100 bytes its PULL is bare, after a little it pads the rest, and both
+    earn a whole answer."""
+    net, a, b, a_addr, b_addr = setup()
+    ma = b.members.get(a.node_id)
+    for sent in (0, 1100, 2 * CFG.pull_serve_bytes):
+        b.sync.serving.held.forget(a.node_id)
+        a.sync.serving.credit.forget(b.node_id)
+        b.sync.serving.sent(ma, a_addr, sent)           # what b sent a before (both ledgers)
+        a.sync.serving.credit.earn(b.node_id, b_addr, sent)
+        cuts, mark = a.counters["serve_credit_cuts"], len(net.log)
+        b.sync.pull(ma, {a.node_id: STEPS}, net.now)
+        net.collect(b_addr)
+        (pull,) = [d for d, s, _ in net.log[mark:] if s == b_addr and kind(d) == MessageType.PULL]
+        net.deliver(drop=lambda d, s, t: kind(d) == MessageType.PULL and d is not pull)
+        answer = bytes_between(net, a_addr, b_addr, mark, MessageType.RECORDS)
+        assert answer >= 0.5 * CFG.pull_serve_bytes and a.counters["serve_credit_cuts"] == cuts, sent
+        if sent == 0:
+            assert len(pull) >= CFG.pull_serve_bytes / CFG.serve_amplification
+        elif sent == 1100:
+            assert 150 < len(pull) < 800                  # half of 1,100 x 4 counted: pads the rest
+        else:
+            assert len(pull) < 150                        # bare
+        net.deliver(drop=lambda d, s, t: True)            # (nothing pulled on between rounds)
 
 
 def test_credit_does_not_follow_a_member_to_another_address():
