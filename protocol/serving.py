@@ -99,8 +99,8 @@ class Serving:
         whole = want * (room + frame) / room + frame
         short = whole - self.held.left(m.node_id, m.addr)
         cert = 0 if m.channel.confirmed else CERT_SIZE   # goes along, outside the padding
-        size = math.ceil(short / self.config.serve_amplification) + 8   # Pull.padded is +-2 bytes
-        return max(0, min(self.config.max_datagram - cert, size))
+        size = math.ceil(short / self.config.serve_amplification) + 8   # Pull.padded is +-3 bytes
+        return max(0, min(self.config.max_datagram - cert - 8, size))
 
     # ================================================================ pulling on
     def answered(self, m: Member, more: tuple | None, delivered: bool, took_new: bool, now: float) -> None:

@@ -86,7 +86,7 @@ def test_a_puller_with_credit_at_its_server_pads_only_what_it_lacks():
         answer = bytes_between(net, a_addr, b_addr, mark, MessageType.RECORDS)
         assert answer >= 0.5 * CFG.pull_serve_bytes and a.counters["serve_credit_cuts"] == cuts, sent
         if sent == 0:
-            assert len(pull) >= CFG.pull_serve_bytes / CFG.serve_amplification
+            assert CFG.pull_serve_bytes / CFG.serve_amplification <= len(pull) <= CFG.max_datagram
         elif sent == 1100:
             assert 150 < len(pull) < 800                  # half of 1,100 x 4 counted: pads the rest
         else:
@@ -108,3 +108,20 @@ def test_credit_does_not_follow_a_member_to_another_address():
     out = a.datagrams_to_send(net.now)
     reflected = sum(len(d) for d, dst in out if dst == victim)
     assert 0 < reflected <= CFG.serve_amplification * len(data)
+
+
+def test_the_padding_never_makes_a_pull_oversize():
+    """Where the answer's price is more than one datagram can pay (a large pull_serve_bytes,
+    our certificate along), the PULL is one full datagram, never one the receiver drops."""
+    cfg = ProtocolConfig(swarm_id=SWARM, pull_serve_bytes=16000)
+    net = Net(cfg)
+    a, b = net.pair()
+    ma = b.members.get(a.node_id)
+    b.sync.serving.held.forget(a.node_id)
+    for confirmed in (True, False):
+        ma.channel.confirmed = confirmed
+        mark = len(net.log)
+        b.sync.pull(ma, {a.node_id: 10_000}, net.now)
+        net.collect(net.addr_of[b.node_id])
+        (pull,) = [d for d, s, _ in net.log[mark:] if kind(d) == MessageType.PULL]
+        assert cfg.max_datagram - 12 <= len(pull) <= cfg.max_datagram
