@@ -108,7 +108,7 @@ def snapshot(nodes):
             continue
         c = x.engine.counters
         for k in ("duplicate_records", "records_accepted", "batch_members_waiting", "updates_delivered",
-                  "records_served_bytes", "serve_credit_cuts", "bytes_out", "datagrams_out"):
+                  "records_served_bytes", "serve_credit_cuts", "bytes_out", "datagrams_out", "lazy_pulls"):
             tot[k] = tot.get(k, 0) + c.get(k, 0)
         for k, v in c["drops"].items():
             tot["drops"][k] = tot["drops"].get(k, 0) + v

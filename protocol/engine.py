@@ -147,7 +147,7 @@ class Engine:
             MessageType.PING: self._on_ping,
             MessageType.ACK: self._on_ack,
             MessageType.PING_REQ: self.probing.on_ping_req,
-            MessageType.PUSH: _carries_only,
+            MessageType.PUSH: self.sync.on_push,
             MessageType.DIGEST: self.sync.on_digest,
             MessageType.VECTOR: self.sync.on_vector,
             MessageType.PULL: self.sync.serving.on_pull,
@@ -251,7 +251,7 @@ class Engine:
             self._suspect_unanswered(now)
         if now >= self._next_gossip:
             self._next_gossip = max(self._next_gossip + cfg.gossip_interval_s, now)
-            self.sync.push_round()
+            self.sync.push_round(now)
         if now >= self.sync.ae_due:
             self.sync.anti_entropy_round(now)   # it sets the next ae_due (back-off)
         if now >= self._next_amend_announce:

@@ -20,6 +20,9 @@ from .wire import HEADER_SIZE, MAC_SIZE, NIL, MessageType, NatKind, WireError, d
 
 VECTOR_ENTRIES = 40      # [origin, step] entries a VECTOR lists (one over, for the asker's own)
 VECTOR_BUCKETS = 64      # bucket numbers a VECTOR lists as complete
+IHAVE_PREFIX = 8         # origin id bytes of an IHAVE entry (Push)
+IHAVE_SIZE = IHAVE_PREFIX + 6   # and a 48-bit step
+IHAVE_MAX = 72           # IHAVE entries per PUSH datagram (~1 KB)
 MAX_PULL_ENTRIES = 24    # [origin, step] entries of a PULL, and of what a RECORDS answer holds beyond
 MAX_ASKED = 32           # node ids in one PEERS_REQ (an answer holds fewer: what fits)
 _TYPE = 9                # the type byte of a datagram's header (wire.HEADER)
@@ -107,15 +110,28 @@ class PingReq:
 
 @dataclass(frozen=True)
 class Push:
-    """Fresh records and gossip; the payload is nil (and ignored)."""
+    """Fresh records and gossip; the payload is nil, or IHAVE entries: records the sender
+    holds (delivered), each IHAVE_SIZE bytes (an origin's first IHAVE_PREFIX id bytes, then
+    its contiguous step, little-endian).  A receiver lacking one pulls it from the sender
+    (Sync.on_push: lazy push).  A payload that is not such a list is ignored (older senders)."""
     TYPE: ClassVar = MessageType.PUSH
+    ihave: bytes = b""
 
     def encode(self) -> bytes:
-        return NIL
+        return packb(self.ihave) if self.ihave else NIL
 
     @classmethod
     def decode(cls, payload) -> Push:
+        if isinstance(payload, bytes) and payload and len(payload) % IHAVE_SIZE == 0 \
+                and len(payload) <= IHAVE_MAX * IHAVE_SIZE:
+            return cls(payload)
         return cls()
+
+    def entries(self) -> list:
+        """[(origin id prefix, step)] of the IHAVE payload."""
+        b = self.ihave
+        return [(b[i:i + IHAVE_PREFIX], int.from_bytes(b[i + IHAVE_PREFIX:i + IHAVE_SIZE], "little"))
+                for i in range(0, len(b), IHAVE_SIZE)]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .membership import Member, Membership
 from .outbox import Outbox
 from .records import (CANDIDATES_PER_ORIGIN_MULT, REC_MEMBER, Classified, OriginState, Record, RecordBook,
                       TokenBucket, bytes_to_qs, decode_any, encode_any)
-from .messages import MAX_PULL_ENTRIES, VECTOR_ENTRIES
+from .messages import IHAVE_MAX, IHAVE_PREFIX, IHAVE_SIZE, MAX_PULL_ENTRIES, VECTOR_ENTRIES
 from .serving import Serving
 from .session import Session
 from .wire import WireError, packb
@@ -53,12 +53,19 @@ class Sync:
             "batch_members_waiting",   # batch members held until the closer that vouches for them
             "own_updates_learned",     # our own earlier steps, learned back from peers
             "own_history_incomplete",  # 1: we produced before every peer told our earlier steps
-            "origins_excluded", "weights_agreed", "weights_diverged"), 0)
+            "origins_excluded", "weights_agreed", "weights_diverged",
+            "lazy_pulls"), 0)        # origins pulled after an IHAVE (lazy push)
         self.store = store
         self.rng = rng
         self.gossip_q = gossip_q    # membership gossip, sent in the room records leave
         self.record_q = TransmitLimitedQueue(config.max_broadcasts, newest_first=False)
         self.own_q: list = []   # our signed records for the next push round, in a small swarm
+        # Lazy push (IHAVE): (origin -> packed entry) of records we delivered, announced to
+        # push peers a few times; announcements we got for records we lack, pulled from the
+        # announcer if the record has not come by the due time: origin -> (peer id, step, due).
+        self.ihave_q = TransmitLimitedQueue(config.max_broadcasts, newest_first=True)
+        self._wants: dict = {}
+        self._prefix: dict = {}   # origin id prefix -> origin
         self.book = RecordBook(config.max_pending_updates_per_origin, config.max_pending_records)
         self.digest = VersionDigest()
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
@@ -209,6 +216,8 @@ class Sync:
             self.own_q.append(packed)
         else:
             self.record_q.push((self.node_id, first), packed)
+            if sig is not None:
+                self._announce(self.node_id, st.contiguous)
 
     # ================================================================ records in
     def on_records(self, m: Member, records: list, addr, now: float, answer: msg.Records | None = None) -> None:
@@ -386,6 +395,7 @@ class Sync:
         self.digest.update(rec.origin, st.contiguous, first + len(qs) - 1)
         st.contiguous = first + len(qs) - 1
         self.counters["updates_delivered"] += len(qs)
+        self._announce(rec.origin, st.contiguous)
         self.events.emit(UpdatesReceived(rec.origin, first, qs))
         if rec.origin == self.node_id:   # our own lost steps, learned back: never reused
             self.next_own_step = st.contiguous + 1
@@ -471,7 +481,55 @@ class Sync:
                 room -= len(packed)
             self.outbox.send(msg.Push(), peer, None, batch)
 
-    def push_round(self) -> None:
+    def _announce(self, origin: bytes, step: int) -> None:
+        """IHAVE (origin, step) to push peers from the next rounds on (a newer step of the
+        origin replaces an older one); origins resolved back from their prefix."""
+        self._prefix[origin[:IHAVE_PREFIX]] = origin
+        if self.config.lazy_push_mult and not self._direct():
+            self.ihave_q.push(origin, origin[:IHAVE_PREFIX] + step.to_bytes(IHAVE_SIZE - IHAVE_PREFIX, "little"))
+
+    def on_push(self, m: Member, push: msg.Push, now: float, via: Member | None = None) -> None:
+        """IHAVE entries: records m holds; those we lack (and are not pulling) are pulled from m
+        if they have not come lazy_push_wait_s from now (push_round: _pull_wanted)."""
+        if not push.ihave:
+            return
+        due = now + self.config.lazy_push_wait_s
+        for prefix, step in push.entries():
+            origin = self._prefix.get(prefix)
+            if origin is None or step <= self.book.contiguous(origin) or origin == self.node_id:
+                continue
+            if self.pulls.get(origin, -1.0) >= now:
+                continue   # a pull of it is under way
+            w = self._wants.get(origin)
+            if w is None or w[1] < step:
+                self._wants[origin] = (m.node_id, step, due if w is None else w[2])
+
+    def _pull_wanted(self, now: float) -> None:
+        """PULL, from their announcers, the announced records still lacking at their due time."""
+        if not self._wants:
+            return
+        by_peer: dict = {}
+        for origin, (peer, step, due) in list(self._wants.items()):
+            if due > now:
+                continue
+            del self._wants[origin]
+            have = self.book.contiguous(origin)
+            if step > have and self.pulls.get(origin, -1.0) < now:
+                by_peer.setdefault(peer, []).append((origin, have + 1))
+        expiry = now + 2 * self.config.anti_entropy_interval_s
+        for peer, wants in by_peer.items():
+            m = self.members.get(peer)
+            if m is None:
+                continue
+            for start in range(0, len(wants), MAX_PULL_ENTRIES):
+                chunk = wants[start:start + MAX_PULL_ENTRIES]
+                for o, _ in chunk:
+                    self.pulls[o] = expiry   # exempt from the push rate cap, not asked twice
+                self.counters["lazy_pulls"] += len(chunk)
+                self.serving.fresh_from.discard(m.node_id)
+                self.outbox.send(msg.Pull(tuple(chunk)), m, piggyback=False)
+
+    def push_round(self, now: float | None = None) -> None:
         cfg = self.config
         self.push_own()
         # In a small swarm, news of a member (a TAG) only rides on datagrams that go anyway
@@ -480,21 +538,29 @@ class Sync:
         talks = self.everyone_talks()
         self.gossip_q.tag_limit = cfg.transmit_limit(self.members.live_count() + 1, 2) if talks else None
         with_gossip = bool(len(self.gossip_q)) and (not talks or self.gossip_q.urgent())
-        if not with_gossip and not len(self.record_q):
+        now = self.ae_last if now is None else now
+        self._pull_wanted(now)
+        lazy = bool(len(self.ihave_q)) and cfg.lazy_push_mult > 0 and not self._direct()
+        if not with_gossip and not len(self.record_q) and not lazy:
             return
         n = self.members.live_count() + 1
         limit = cfg.transmit_limit(n)
         rlimit = cfg.transmit_limit(n, cfg.record_retransmit_mult)
+        ilimit = cfg.transmit_limit(n, cfg.lazy_push_mult) if lazy else 0
         for peer in self.members.random_live(self.rng, cfg.fanout):
             # Up to max_push_datagrams per peer, filled in one pass over each queue: records
             # first, membership gossip in the space left (it also rides on every ping, ack
             # and digest), so a membership backlog (a thousand joins) never delays updates.
+            # IHAVE entries (lazy push) first, in the first datagram's payload.
+            ihave = b"".join(self.ihave_q.take(IHAVE_MAX * IHAVE_SIZE, ilimit)) if lazy else b""
             rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
+            if ihave:
+                rooms[0] -= len(ihave) + 3
             records = self.record_q.take_into(rooms, rlimit)
             gossip = self.gossip_q.take_into(rooms, limit, peer) if with_gossip else [[]] * len(rooms)
-            for g, r in zip(gossip, records):
-                if g or r:
-                    self.outbox.send(msg.Push(), peer, g, r)
+            for i, (g, r) in enumerate(zip(gossip, records)):
+                if g or r or (i == 0 and ihave):
+                    self.outbox.send(msg.Push(ihave if i == 0 else b""), peer, g, r)
 
     # ================================================================ anti-entropy
     def news(self) -> None:
