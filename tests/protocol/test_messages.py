@@ -16,7 +16,7 @@ DIGEST = bytes(range(256))
 SAMPLES = [
     msg.Hello(("10.0.0.1", 7000)), msg.Hello(None), msg.Hello(("fd00::1", 7000, 0, 0)),
     msg.Ping(0), msg.Ping(2 ** 40), msg.Ack(7), msg.Ack(7, ("1.2.3.4", 9)), msg.PingReq(3, A),
-    msg.Push(), msg.Peers(),
+    msg.Push(), msg.Push(A[:8] + bytes(6) + B[:8] + (7).to_bytes(6, "little")), msg.Peers(),
     msg.Digest(DIGEST), msg.Digest(DIGEST, ASK_OWN, (b"w" * 8, b"v" * 8)), msg.Digest(b"r" * 8, ROOT),
     msg.Digest.of(bytes(4) * 60 + bytes(range(1, 17)), False, None),   # sparse on the wire
     msg.Vector((1, 5), ((A, 3), (B, 9))), msg.Vector((), ()),
@@ -87,3 +87,12 @@ def test_the_docs_message_table_names_every_type_with_its_number():
     text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     rows = dict((int(n), name) for n, name in re.findall(r"^\| (\d+) \| ([A-Z_]+) \| (?:MAC|cert)", text, re.M))
     assert rows == {int(t): t.name for t in MessageType}
+
+
+def test_push_ihave_entries_and_foreign_payloads():
+    p = msg.Push(A[:8] + (5).to_bytes(6, "little"))
+    assert p.entries() == [(A[:8], 5)]
+    assert msg.Push.decode(payload(p)) == p
+    # an older sender's nil, or anything that is not whole entries, is a plain PUSH
+    for junk in (None, b"x" * 13, [1, 2], b"x" * (msg.IHAVE_SIZE * (msg.IHAVE_MAX + 1))):
+        assert msg.Push.decode(junk) == msg.Push()
