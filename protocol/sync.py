@@ -38,6 +38,8 @@ OWN_GIVE_UP_WAITS = 5    # see learn_own_history
 RECORD_OVERHEAD = 112    # a record's bytes besides its q: signature 64, origin key 32, steps, framing
 RECORD_UPDATES = 16      # updates per record, as a PULL's padding reckons (a record sealed by its
                          # linger holds fewer than updates_per_record)
+LAZY_RETRY_S = 0.4       # an IHAVE-driven PULL not answered by then is sent again (a loss on either leg)
+LAZY_TRIES = 4           # ... this many times; then anti-entropy repairs it
 class Sync:
     def __init__(self, config: ProtocolConfig, session: Session, members: Membership,
                  outbox: Outbox, events: EventQueue, store, rng,
@@ -498,24 +500,26 @@ class Sync:
             origin = self._prefix.get(prefix)
             if origin is None or step <= self.book.contiguous(origin) or origin == self.node_id:
                 continue
-            if self.pulls.get(origin, -1.0) >= now:
-                continue   # a pull of it is under way
             w = self._wants.get(origin)
             if w is None or w[1] < step:
-                self._wants[origin] = (m.node_id, step, due if w is None else w[2])
+                self._wants[origin] = (m.node_id, step, due if w is None else w[2], 0 if w is None else w[3])
 
     def _pull_wanted(self, now: float) -> None:
         """PULL, from their announcers, the announced records still lacking at their due time."""
         if not self._wants:
             return
         by_peer: dict = {}
-        for origin, (peer, step, due) in list(self._wants.items()):
+        retry = now + LAZY_RETRY_S
+        for origin, (peer, step, due, tries) in list(self._wants.items()):
             if due > now:
                 continue
-            del self._wants[origin]
             have = self.book.contiguous(origin)
-            if step > have and self.pulls.get(origin, -1.0) < now:
-                by_peer.setdefault(peer, []).append((origin, have + 1))
+            if step <= have or tries >= LAZY_TRIES:
+                del self._wants[origin]   # come, or left to anti-entropy
+                continue
+            # asked again (of the latest announcer) if the answer has not come by then
+            self._wants[origin] = (peer, step, retry, tries + 1)
+            by_peer.setdefault(peer, []).append((origin, have + 1))
         expiry = now + 2 * self.config.anti_entropy_interval_s
         for peer, wants in by_peer.items():
             m = self.members.get(peer)
