@@ -525,8 +525,11 @@ class Sync:
             m = self.members.get(peer)
             if m is None:
                 continue
-            for start in range(0, len(wants), MAX_PULL_ENTRIES):
-                chunk = wants[start:start + MAX_PULL_ENTRIES]
+            # entries of at most 44 bytes (id 32, step up to 9, framing): a PULL that carries
+            # our certificate (a channel not yet confirmed) must still fit one datagram
+            per = max(1, min(MAX_PULL_ENTRIES, (self.outbox.budget(m, 0) - 8) // 44))
+            for start in range(0, len(wants), per):
+                chunk = wants[start:start + per]
                 for o, _ in chunk:
                     self.pulls[o] = expiry   # exempt from the push rate cap, not asked twice
                 self.counters["lazy_pulls"] += len(chunk)
