@@ -73,6 +73,7 @@ class Sync:
         self.pulls: dict[bytes, float] = {}   # origin -> until when its records answer our PULL
         # A relayed duplicate (the common case under gossip) is recognised by one set lookup
         # of its signature, before decoding anything.
+        self._relay = True       # the records being handled are pushed on (on_records)
         self._seen_sigs: set = set()
         self._seen_order: deque = deque()
         # Our own updates not yet in a signed record: the open record, and the full records
@@ -231,6 +232,9 @@ class Sync:
             delivered, taken = c["updates_delivered"], self._records_taken()
         seen = self._seen_sigs
         refused = False
+        # Records that answer a PULL or a VECTOR are repairs: most of the swarm holds them
+        # already, so they are delivered but not pushed on (lazy push tells peers we hold them)
+        self._relay = answer is None or not self.config.lazy_push_mult
         for raw in records[:MAX_RECORDS_PER_DATAGRAM]:
             if isinstance(raw, bytes) and raw and not raw[0] & REC_MEMBER and raw[-SIG_SIZE:] in seen:
                 self.counters["duplicate_records"] += 1   # the common case: one set lookup
@@ -379,7 +383,7 @@ class Sync:
         # while records flow and returns to its base only when a round has to repair.
         if rec.sig is not None:
             self._remember_sig(rec.sig)
-        if not self._direct():   # in a small swarm its origin sent it to every peer itself
+        if not self._direct() and self._relay:   # in a small swarm its origin sent it to every peer itself
             self.record_q.push((rec.origin, rec.first_step), packb(rec.canonical()))
 
     def _deliver(self, st: OriginState, rec: Record) -> None:
@@ -519,7 +523,7 @@ class Sync:
                 continue
             # asked again (of the latest announcer) if the answer has not come by then
             self._wants[origin] = (peer, step, retry, tries + 1)
-            by_peer.setdefault(peer, []).append((origin, have + 1))
+            by_peer.setdefault(peer, []).append((origin, have + 1, step))
         expiry = now + 2 * self.config.anti_entropy_interval_s
         for peer, wants in by_peer.items():
             m = self.members.get(peer)
@@ -530,11 +534,14 @@ class Sync:
             per = max(1, min(MAX_PULL_ENTRIES, (self.outbox.budget(m, 0) - 8) // 44))
             for start in range(0, len(wants), per):
                 chunk = wants[start:start + per]
-                for o, _ in chunk:
+                for o, _, _ in chunk:
                     self.pulls[o] = expiry   # exempt from the push rate cap, not asked twice
                 self.counters["lazy_pulls"] += len(chunk)
                 self.serving.fresh_from.discard(m.node_id)
-                self.outbox.send(msg.Pull(tuple(chunk)), m, piggyback=False)
+                answer = sum(step - f + 1 + RECORD_OVERHEAD * -(-(step - f + 1) // RECORD_UPDATES)
+                             for _, f, step in chunk)
+                self.outbox.send(msg.Pull.padded([(o, f) for o, f, _ in chunk], self.serving.pull_size(m, answer)),
+                                 m, piggyback=False)
 
     def push_round(self, now: float | None = None) -> None:
         cfg = self.config
