@@ -151,7 +151,7 @@ def diagnose(swarm, tracker, nodes, c0, live_n):
     qlen = [len(x.engine.sync.record_q) for x in live]
     pend = [x.engine.book.pending_total for x in live]
     fracs.sort()
-    return {"records_by_missing_nodes": hist,
+    return {"records_by_missing_nodes": hist, "lagging": lagging(tracker, live),
             "held_fraction_mean": sum(fracs) / len(fracs) if fracs else None,
             "held_fraction_p10_p50": [pct(fracs, 0.1), pct(fracs, 0.5)] if fracs else None,
             "record_q_len_mean_max": [sum(qlen) / len(qlen), max(qlen)],
@@ -159,6 +159,37 @@ def diagnose(swarm, tracker, nodes, c0, live_n):
             "counters_delta_per_node": {k: ({kk: round(vv / live_n, 1) for kk, vv in v.items()}
                                             if isinstance(v, dict) else round(v / live_n, 1))
                                         for k, v in diff(c0, snapshot(nodes)).items()}}
+
+
+def lagging(tracker, live) -> dict:
+    """The (node, origin) pairs short of the origin's last tracked step: how many, on how many
+    nodes, how far behind, and what the lagging node knows of it (a want from an IHAVE,
+    records held beyond the gap, how many live nodes count it live)."""
+    target = {}
+    for (origin, last) in tracker.tracked:
+        target[origin] = max(last, target.get(origin, 0))
+    pairs, nodes, wants, held, gaps = 0, {}, 0, 0, []
+    for x in live:
+        sync = x.engine.sync
+        for origin, last in target.items():
+            have = x.engine.book.contiguous(origin)
+            if origin == x.identity.node_id or have >= last:
+                continue
+            pairs += 1
+            nodes[x.index] = nodes.get(x.index, 0) + 1
+            wants += origin in getattr(sync, "_wants", {})
+            held += bool(x.engine.book.state(origin).pending_updates)
+            gaps.append(last - have)
+    seen_live = {i: sum(1 for y in live if (m := y.engine.members.get(live_by(live, i))) is not None and m.live)
+                 for i in sorted(nodes, key=nodes.get, reverse=True)[:5]}
+    gaps.sort()
+    return {"pairs": pairs, "nodes": len(nodes), "with_want": wants, "with_records_beyond_gap": held,
+            "gap_p50_max": [pct(gaps, 0.5), gaps[-1]] if gaps else None,
+            "top_nodes_pairs_and_seen_live_by": {i: [nodes[i], seen_live[i]] for i in seen_live}}
+
+
+def live_by(live, index):
+    return next(x.identity.node_id for x in live if x.index == index)
 
 
 def bytes_sent(nodes):
