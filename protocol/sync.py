@@ -566,8 +566,9 @@ class Sync:
             # first, membership gossip in the space left (it also rides on every ping, ack
             # and digest), so a membership backlog (a thousand joins) never delays updates.
             # IHAVE entries (lazy push) first, in the first datagram's payload.
-            ihave = b"".join(self.ihave_q.take(IHAVE_MAX * IHAVE_SIZE, ilimit)) if lazy else b""
-            rooms = [self.outbox.budget(peer, 1)] * cfg.max_push_datagrams
+            room = self.outbox.budget(peer, 1)   # (less our certificate, while it goes along)
+            ihave = b"".join(self.ihave_q.take(min(IHAVE_MAX * IHAVE_SIZE, room - 3), ilimit)) if lazy else b""
+            rooms = [room] * cfg.max_push_datagrams
             if ihave:
                 rooms[0] -= len(ihave) + 3
             records = self.record_q.take_into(rooms, rlimit)

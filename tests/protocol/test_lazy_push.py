@@ -41,3 +41,25 @@ def test_records_the_eager_push_missed_are_pulled_from_an_announcer():
     off_2s, off_end, pulls_off = run(lazy=0)
     assert pulls_off == 0 and off_end == 0     # anti-entropy alone gets there too, later:
     assert after_2s * 3 < off_2s               # 2 s after the last record, a third as many gaps
+
+
+def test_a_push_of_ihave_entries_fits_a_datagram_with_our_certificate():
+    """A full queue of IHAVE entries (more origins than one payload holds) to a peer that
+    has not yet shown it holds our certificate: the PUSH stays within max_datagram (a
+    payload of the fixed maximum was 5 bytes over and dropped as oversize)."""
+    from onebyte.protocol.testing import Net
+    from onebyte.protocol.messages import IHAVE_PREFIX, IHAVE_SIZE
+    from onebyte.protocol.wire import MessageType
+    cfg = ProtocolConfig(SWARM, direct_push_max=0)    # lazy push from the first peer on
+    net = Net(cfg)
+    a, b = net.pair()
+    for i in range(200):
+        origin = i.to_bytes(32, "big")
+        a.sync.ihave_q.push(origin, origin[:IHAVE_PREFIX] + (7).to_bytes(IHAVE_SIZE - IHAVE_PREFIX, "little"))
+    for confirmed in (True, False):
+        a.members.get(b.node_id).channel.confirmed = confirmed
+        mark = len(net.log)
+        a.sync.push_round(net.now)
+        net.collect(net.addr_of[a.node_id])
+        pushes = [d for d, s, _ in net.log[mark:] if d[9] == MessageType.PUSH]
+        assert pushes and all(len(d) <= cfg.max_datagram for d in pushes), [len(d) for d in pushes]
