@@ -362,6 +362,9 @@ class Sync:
 
     def _accept(self, st: OriginState, rec: Record) -> None:
         """A verified new record: deliver it (and whatever it unblocks) or hold it for the gap."""
+        # An IHAVE names its origin by prefix: known from the first record we take of it,
+        # even one held beyond a gap (the gap is what an IHAVE lets us pull)
+        self._prefix[rec.origin[:IHAVE_PREFIX]] = rec.origin
         if rec.first_step > st.contiguous + 1:
             if not self.book.can_hold(st, rec):
                 raise WireError("buffer_full")

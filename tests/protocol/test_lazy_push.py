@@ -11,7 +11,7 @@ def run(lazy: int, seed: int = 3):
     node and record (record_retransmit_mult=1 on 40 nodes: ceil(log10 41) = 2 sends), 8 of them
     publishing; then how long until every node holds every update."""
     cfg = ProtocolConfig(SWARM, record_retransmit_mult=1, lazy_push_mult=lazy, record_linger_s=0.5,
-                         updates_per_record=8, anti_entropy_interval_s=4.0)
+                         updates_per_record=8, anti_entropy_interval_s=4.0, anti_entropy_max_interval_s=4.0)
     net = NetConfig()
     net.loss = 0.10
     sw = Swarm(40, cfg, seed=seed, net=net)
@@ -63,3 +63,42 @@ def test_a_push_of_ihave_entries_fits_a_datagram_with_our_certificate():
         net.collect(net.addr_of[a.node_id])
         pushes = [d for d, s, _ in net.log[mark:] if d[9] == MessageType.PUSH]
         assert pushes and all(len(d) <= cfg.max_datagram for d in pushes), [len(d) for d in pushes]
+
+
+def test_a_node_that_missed_an_origins_first_records_pulls_them_on_an_ihave():
+    """b lost the first records a pushed and holds only later ones (beyond the gap, nothing
+    of a delivered): an IHAVE from c, which holds them all, makes b want them (its prefix
+    is known from the held records), and b pulls them."""
+    from onebyte.protocol.testing import Net
+    from onebyte.protocol.wire import MessageType
+    cfg = ProtocolConfig(SWARM, direct_push_max=0, updates_per_record=4, record_linger_s=0.1,
+                         records_per_signature=1, anti_entropy_interval_s=60.0,
+                         anti_entropy_max_interval_s=60.0)
+    net = Net(cfg)
+    a = net.add(1)
+    b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
+    c = net.add(3, bootstrap=[net.addr_of[a.node_id]])
+    net.deliver()
+    net.advance(3.0)
+    b_addr = net.addr_of[b.node_id]
+    repair = (MessageType.DIGEST, MessageType.VECTOR, MessageType.PULL, MessageType.RECORDS)
+
+    def first_phase(data, src, dst):    # b hears no PUSH, and no repair of any kind
+        return b_addr in (src, dst) and (data[9] == MessageType.PUSH or data[9] in repair)
+
+    def second_phase(data, src, dst):   # pushes come again; still no repair
+        return b_addr in (src, dst) and data[9] in repair
+    step = a.next_own_step
+    wanted = False
+    for i in range(16):
+        if i == 8:
+            net.advance(1.5, drop=first_phase)    # their eager sends are spent by now
+        a.publish(step, 3, net.now)
+        step += 1
+        net.advance(0.05, drop=first_phase if i < 8 else second_phase)
+    for _ in range(20):
+        net.advance(0.05, drop=second_phase)
+        wanted = wanted or a.node_id in b.sync._wants
+    assert b.book.contiguous(a.node_id) == 0 and wanted   # held beyond the gap, and wanted
+    net.advance(3.0)
+    assert b.book.contiguous(a.node_id) == c.book.contiguous(a.node_id) == 16
