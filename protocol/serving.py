@@ -31,6 +31,9 @@ from .wire import BODY_OVERHEAD, HEADER_SIZE, MAC_SIZE, MessageType, packb
 # Of the bytes we sent a server, the share we count as credit held there: datagrams get
 # lost, and a reckoning too high only costs an answer cut short (its rest is pulled, padded).
 HELD_SHARE = 0.5
+RECORD_OVERHEAD = 112    # a record's bytes besides its q: signature 64, origin key 32, steps, framing
+RECORD_UPDATES = 16      # updates per record, as a PULL's padding reckons (a record sealed by its
+                         # linger holds fewer than updates_per_record)
 
 
 class Credit:
@@ -88,6 +91,14 @@ class Serving:
     def sent(self, m: Member, addr, size: int) -> None:
         """Our datagram of `size` bytes to m at addr: it earns us credit there."""
         self.held.earn(m.node_id, addr, size)
+
+    def pull_for(self, m: Member, spans) -> msg.Pull:
+        """A PULL to m for spans [(origin, from step, step m holds)], padded for the answer we
+        expect: the updates, and RECORD_OVERHEAD per record of about RECORD_UPDATES (too
+        little: the answer is cut short by credit and its rest pulled at once, padded)."""
+        answer = sum(n + RECORD_OVERHEAD * -(-n // RECORD_UPDATES)
+                     for n in (to - first + 1 for _, first, to in spans))
+        return msg.Pull.padded([(o, first) for o, first, _ in spans], self.pull_size(m, answer))
 
     def pull_size(self, m: Member, answer: float | None = None) -> int:
         """The datagram size our PULL to m is padded to: enough that the credit we hold at m

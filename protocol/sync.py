@@ -35,9 +35,6 @@ MAX_RECORDS_PER_DATAGRAM = 64
 FAR_BEHIND_S = 0.25      # next anti-entropy round after a VECTOR that showed more to pull than one PULL asks
 SEEN_SIGS = 65536        # signatures of recently accepted records, for the cheapest duplicate check
 OWN_GIVE_UP_WAITS = 5    # see learn_own_history
-RECORD_OVERHEAD = 112    # a record's bytes besides its q: signature 64, origin key 32, steps, framing
-RECORD_UPDATES = 16      # updates per record, as a PULL's padding reckons (a record sealed by its
-                         # linger holds fewer than updates_per_record)
 LAZY_RETRY_S = 0.4       # an IHAVE-driven PULL not answered by then is sent again (a loss on either leg)
 LAZY_TRIES = 4           # ... this many times; then anti-entropy repairs it
 class Sync:
@@ -541,10 +538,7 @@ class Sync:
                     self.pulls[o] = expiry   # exempt from the push rate cap, not asked twice
                 self.counters["lazy_pulls"] += len(chunk)
                 self.serving.fresh_from.discard(m.node_id)
-                answer = sum(step - f + 1 + RECORD_OVERHEAD * -(-(step - f + 1) // RECORD_UPDATES)
-                             for _, f, step in chunk)
-                self.outbox.send(msg.Pull.padded([(o, f) for o, f, _ in chunk], self.serving.pull_size(m, answer)),
-                                 m, piggyback=False)
+                self.outbox.send(self.serving.pull_for(m, chunk), m, piggyback=False)
 
     def push_round(self, now: float | None = None) -> None:
         cfg = self.config
@@ -714,11 +708,5 @@ class Sync:
             expiry = now + 2 * self.config.anti_entropy_interval_s
             for o, _ in pulls:
                 self.pulls[o] = expiry
-            # the answer we expect: the updates they hold beyond ours, and RECORD_OVERHEAD per
-            # record of about RECORD_UPDATES (too little: the answer is cut short by credit and
-            # its rest pulled at once, padded)
-            answer = sum(n + RECORD_OVERHEAD * -(-n // RECORD_UPDATES)
-                         for n in (theirs[o] - s + 1 for o, s in pulls))
-            self.outbox.send(msg.Pull.padded([(o, s) for o, s in pulls], self.serving.pull_size(m, answer)),
-                             m, piggyback=False)
+            self.outbox.send(self.serving.pull_for(m, [(o, f, theirs[o]) for o, f in pulls]), m, piggyback=False)
         return wanted
