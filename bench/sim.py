@@ -196,6 +196,35 @@ def bytes_sent(nodes):
     return sum(n.engine.counters["bytes_out"] for n in nodes if n.alive)
 
 
+_T0 = [time.perf_counter()]
+
+
+def _log(msg):
+    print(f"[{time.perf_counter() - _T0[0]:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _job(job, args):
+    kind, n = job
+    if kind == "idle":
+        return idle_cost(n, args.idle_warmup, args.idle_measure, args.seed)
+    return run_size(n, args, _log)
+
+
+def run_jobs(jobs: list, args) -> dict:
+    """Each (kind, n) job's result: in this process one after another, or with --jobs N in N
+    forked processes, the largest swarms first (they take longest).  Every swarm builds its
+    own seeded Swarm, so a job's figures are the same either way."""
+    if args.jobs == 1 or len(jobs) < 2:
+        return {job: _job(job, args) for job in jobs}
+    import concurrent.futures
+    import multiprocessing
+    order = sorted(jobs, key=lambda j: (-j[1], j[0] == "idle"))
+    with concurrent.futures.ProcessPoolExecutor(
+            max_workers=args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {job: pool.submit(_job, job, args) for job in order}
+        return {job: f.result() for job, f in futures.items()}
+
+
 def run_size(n, args, log):
     # The swarm-wide update rate is fixed, so per-node rates fall as the swarm grows (a real
     # swarm's aggregate rate is bounded by what every node can replay, not by its size).
@@ -411,13 +440,15 @@ def main(argv=None):
     ap.add_argument("--no-bytes", action="store_true", help="skip bytes_per_update_K")
     ap.add_argument("--diag", action="store_true",
                     help="log per-phase diagnostics (where records went, counters) at window and drain end")
+    ap.add_argument("--jobs", type=int, default=1, help="swarms simulated at once, one process each (each "
+                    "swarm is seeded alike either way: the figures do not depend on it, only the wall time)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="ProtocolConfig overrides for the scale phases (experiments)")
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-
-    def log(msg):
-        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
+    t0 = _T0[0] = time.perf_counter()
+    log = _log
 
     # what actually ran (a lock wrapper, if any, is not visible from here and not recorded)
     command = " ".join([os.path.basename(sys.executable), "bench/sim.py"] + list(
@@ -433,9 +464,13 @@ def main(argv=None):
     bytes_res = {} if args.no_bytes else bytes_out(args.records_per_signature)
     if not args.no_bytes:
         log("bytes/update uniform q " + json.dumps(bytes_res["bytes_per_update_64_by_records_per_signature"]))
+    jobs = [("idle", n) for n in args.idle_sizes]
+    if not args.idle_only:
+        jobs += [("scale", n) for n in args.sizes]
+    done = run_jobs(jobs, args)
     idle = {}
     for n in args.idle_sizes:
-        idle[str(n)] = idle_cost(n, args.idle_warmup, args.idle_measure, args.seed)
+        idle[str(n)] = done[("idle", n)]
         log(f"idle n={n} " + json.dumps(idle[str(n)]))
     idle_out = {"idle_bytes_per_s_per_node": {k: round(v["bytes_per_s_per_node"], 1) for k, v in idle.items()},
                 "idle_bytes_by_kind": {k: v["by_kind"] for k, v in idle.items()},
@@ -450,7 +485,7 @@ def main(argv=None):
         return
     scenarios, crash, runs = [], None, []
     for n in args.sizes:
-        res, c, meta = run_size(n, args, log)
+        res, c, meta = done[("scale", n)]
         scenarios += res
         runs.append(meta)
         crash = c or crash
