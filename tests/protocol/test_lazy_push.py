@@ -71,9 +71,11 @@ def test_a_node_that_missed_an_origins_first_records_pulls_them_on_an_ihave():
     is known from the held records), and b pulls them."""
     from onebyte.protocol.testing import Net
     from onebyte.protocol.wire import MessageType
+    # record_retransmit_mult=2: a sends each record to both peers (at 1, one of them), so c
+    # holds every record
     cfg = ProtocolConfig(SWARM, direct_push_max=0, updates_per_record=4, record_linger_s=0.1,
                          records_per_signature=1, anti_entropy_interval_s=60.0,
-                         anti_entropy_max_interval_s=60.0)
+                         anti_entropy_max_interval_s=60.0, record_retransmit_mult=2)
     net = Net(cfg)
     a = net.add(1)
     b = net.add(2, bootstrap=[net.addr_of[a.node_id]])
